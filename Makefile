@@ -1,0 +1,58 @@
+# Developer and CI entry points. `make run` starts everything locally with no servers;
+# `make test` runs the suite against the local PostgreSQL and Redis (CI runs it through .ci/run).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+# Written after a successful install; pip runs again only when a requirements file changes.
+STAMP := $(VENV)/.installed
+PIP := $(VPY) -m pip --disable-pip-version-check
+
+# Used by `make test` unless the environment already sets them.
+TEST_DATABASE_URL := postgres://postgres@127.0.0.1:5432/dagger
+TEST_BROKER_URL := redis://127.0.0.1:6379/15
+
+# Extra arguments: `make test PYTEST_ARGS="-k listener -x"`, `make run RUN_ARGS="--port 8001"`.
+PYTEST_ARGS ?=
+RUN_ARGS ?=
+
+.PHONY: help venv services test run lint migrations-check
+
+help:
+	@echo "make run               start the embedded stack (SQLite, file broker, worker, beat, web)"
+	@echo "make test              run the test suite on local PostgreSQL and Redis"
+	@echo "make lint              ruff check and ruff format --check"
+	@echo "make migrations-check  fail if models and migrations disagree"
+	@echo "make venv              create or update .venv"
+	@echo "make services          make sure PostgreSQL and Redis are running"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@test -x $(VPY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	$(PIP) install -r requirements-dev.txt
+	$(PIP) install -e .
+	@touch $@
+
+services:
+	bash scripts/ensure_services.sh
+
+test: venv services
+	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" \
+	CELERY_BROKER_URL="$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)}" \
+	$(VPY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+
+# No DATABASE_URL/CELERY_BROKER_URL here on purpose: the launcher runs on the embedded defaults
+# unless the user exported their own.
+run: venv
+	$(VPY) scripts/run_embedded.py $(RUN_ARGS)
+
+lint: venv
+	$(VPY) -m ruff check .
+	$(VPY) -m ruff format --check .
+
+migrations-check: venv
+	$(VPY) manage.py makemigrations --check --dry-run

@@ -1,0 +1,9 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/admin/dagger_django/workflow/", permanent=False)),
+    path("admin/", admin.site.urls),
+    path("api/dagger/", include("dagger_django.api.urls")),
+]

@@ -1,0 +1,1 @@
+"""Implementations of the engine's ports: Celery in production, in-memory fakes for tests."""

@@ -1,0 +1,127 @@
+"""A read-mostly admin: workflows with their nodes and history, stop and retry as actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from .exceptions import DaggerError
+from .models import Node, TaskEvent, Timer, Workflow, WorkflowTemplate
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class NodeInline(ReadOnlyInline):
+    model = Node
+    fields = ["name", "node_type", "kind", "status", "attempts", "time_submitted", "time_completed", "error"]
+    readonly_fields = fields
+    ordering = ["position"]
+
+
+class EventInline(ReadOnlyInline):
+    model = TaskEvent
+    fields = ["created_at", "node_name", "from_status", "to_status", "reason", "attempt", "detail"]
+    readonly_fields = fields
+    ordering = ["id"]
+
+
+@admin.register(Workflow)
+class WorkflowAdmin(admin.ModelAdmin):
+    list_display = ["id", "template_name", "status", "business_key", "time_created", "time_completed"]
+    list_filter = ["status", "template_name"]
+    search_fields = ["=id", "=business_key"]
+    show_full_result_count = False
+    list_select_related = False
+    date_hierarchy = None
+    readonly_fields = [
+        "id",
+        "template",
+        "template_name",
+        "status",
+        "failure_policy",
+        "business_key",
+        "partition_key_lookup",
+        "runtime_parameters",
+        "error",
+        "update_count",
+        "time_created",
+        "time_submitted",
+        "time_completed",
+        "updated_at",
+    ]
+    exclude = ["template_class", "root_node_id", "deferred_node_ids"]
+    inlines = [NodeInline, EventInline]
+    actions = ["stop_workflows", "retry_workflows"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.method in ("GET", "HEAD") and super().has_view_permission(request, obj)
+
+    def _apply(self, request: HttpRequest, queryset: QuerySet[Workflow], service: Any, verb: str) -> None:
+        done, failed = 0, []
+        for wf_id in queryset.values_list("id", flat=True):
+            try:
+                service(workflow_id=wf_id)
+                done += 1
+            except DaggerError as exc:
+                failed.append(f"{wf_id}: {exc}")
+        if done:
+            self.message_user(request, f"{verb} {done} workflow(s).", messages.SUCCESS)
+        for text in failed:
+            self.message_user(request, text, messages.WARNING)
+
+    @admin.action(description="Stop selected workflows", permissions=["view"])
+    def stop_workflows(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
+        from .engine.services import workflow_stop
+
+        self._apply(request, queryset, workflow_stop, "Stopped")
+
+    @admin.action(description="Retry selected failed workflows", permissions=["view"])
+    def retry_workflows(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
+        from .engine.services import workflow_retry
+
+        self._apply(request, queryset, workflow_retry, "Retried")
+
+
+@admin.register(WorkflowTemplate)
+class WorkflowTemplateAdmin(admin.ModelAdmin):
+    list_display = ["name", "version", "digest", "created_at"]
+    list_filter = ["name"]
+    readonly_fields = ["name", "version", "digest", "graph", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(Timer)
+class TimerAdmin(admin.ModelAdmin):
+    list_display = ["id", "workflow", "purpose", "due_at", "status", "fired_at"]
+    list_filter = ["status", "purpose"]
+    readonly_fields = [
+        "workflow",
+        "node_id",
+        "purpose",
+        "due_at",
+        "status",
+        "attempt",
+        "created_at",
+        "fired_at",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

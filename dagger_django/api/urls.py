@@ -1,0 +1,28 @@
+"""Routes of the HTTP API. The demo project mounts them at ``/api/dagger/``.
+
+Workflow ids are matched as plain strings so that an id that is not a UUID gets the API's JSON
+404 from the view rather than Django's HTML page from the resolver.
+"""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views
+
+app_name = "dagger_api"
+
+urlpatterns = [
+    path("templates/", views.TemplateListView.as_view(), name="template-list"),
+    path("templates/<str:name>/", views.TemplateDetailView.as_view(), name="template-detail"),
+    path("workflows/", views.WorkflowListCreateView.as_view(), name="workflow-list"),
+    path("workflows/<str:workflow_id>/", views.WorkflowDetailView.as_view(), name="workflow-detail"),
+    path("workflows/<str:workflow_id>/stop/", views.WorkflowStopView.as_view(), name="workflow-stop"),
+    path("workflows/<str:workflow_id>/retry/", views.WorkflowRetryView.as_view(), name="workflow-retry"),
+    path(
+        "workflows/<str:workflow_id>/runtime-parameters/",
+        views.WorkflowParametersView.as_view(),
+        name="workflow-runtime-parameters",
+    ),
+    path("health/", views.HealthView.as_view(), name="health"),
+]

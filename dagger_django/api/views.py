@@ -1,0 +1,345 @@
+"""The HTTP API: thin views over the engine's services.
+
+Each view parses its input, makes one service call and maps the result; rules about workflows
+live in :mod:`dagger_django.engine`. Reads use the selectors below, which only read and bound
+their number of queries (a page of workflows: two; one workflow with all its nodes: two).
+Every error is answered as ``{"error": <code>, "detail": <text>}`` (see :mod:`.errors`).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from django.db import DatabaseError, connection
+from django.db.models import Prefetch, QuerySet
+from django.urls import reverse
+from rest_framework import status
+from rest_framework.exceptions import ParseError
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.parsers import JSONParser
+from rest_framework.permissions import AllowAny
+from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from ..definitions.registry import Dagger
+from ..engine import services
+from ..exceptions import WorkflowDoesNotExist
+from ..models import Node, Workflow, WorkflowTemplate
+from . import errors
+from .serializers import (
+    TemplateDetailSerializer,
+    TemplateSerializer,
+    WorkflowCreateSerializer,
+    WorkflowDetailSerializer,
+    WorkflowFilterSerializer,
+    WorkflowListSerializer,
+)
+
+logger = logging.getLogger("dagger_django.api")
+
+
+# ==================================================================================================
+# selectors (read only)
+# ==================================================================================================
+def template_versions_get(*, digests: Mapping[str, str]) -> dict[str, int | None]:
+    """The stored version of each template's graph (``{name: digest}``), None if never stored.
+
+    Unlike :func:`dagger_django.engine.services.template_version` this never writes: a template
+    gets a version when the first workflow is created from it. One query for all templates.
+    """
+    if not digests:
+        return {}
+    rows = WorkflowTemplate.objects.filter(name__in=digests, digest__in=set(digests.values())).values_list(
+        "name", "digest", "version"
+    )
+    stored = {(name, digest): version for name, digest, version in rows}
+    return {name: stored.get((name, digest)) for name, digest in digests.items()}
+
+
+_LIST_FIELDS = (
+    "id",
+    "template",
+    "template__version",
+    "template_name",
+    "status",
+    "business_key",
+    "time_created",
+    "time_completed",
+    "updated_at",
+)
+
+_TASK_FIELDS = (
+    "id",
+    "workflow",
+    "parent",
+    "name",
+    "node_type",
+    "kind",
+    "status",
+    "position",
+    "attempts",
+    "error",
+    "time_created",
+    "time_submitted",
+    "time_completed",
+)
+
+
+def workflow_list(
+    *, status: str | None = None, template: str | None = None, key: str | None = None
+) -> QuerySet[Workflow]:
+    """Workflows newest first, optionally filtered; loads neither parameters nor template graphs."""
+    queryset = Workflow.objects.select_related("template").only(*_LIST_FIELDS)
+    if status:
+        queryset = queryset.filter(status=status)
+    if template:
+        queryset = queryset.filter(template_name=template)
+    if key:
+        queryset = queryset.filter(business_key=key)
+    return queryset.order_by("-time_created", "-id")
+
+
+def workflow_detail_get(*, workflow_id: Any) -> Workflow:
+    """One workflow with its template version and every node (``task_rows``): two queries.
+
+    An id that is not a UUID is simply not found.
+    """
+    try:
+        pk = workflow_id if isinstance(workflow_id, uuid.UUID) else uuid.UUID(str(workflow_id))
+    except ValueError as exc:
+        raise WorkflowDoesNotExist(f"No workflow with id {workflow_id!r}.") from exc
+    nodes = Node.objects.only(*_TASK_FIELDS).order_by("position", "time_created")
+    try:
+        return (
+            Workflow.objects.select_related("template")
+            .defer("template__graph")
+            .prefetch_related(Prefetch("nodes", queryset=nodes, to_attr="task_rows"))
+            .get(pk=pk)
+        )
+    except Workflow.DoesNotExist as exc:
+        raise WorkflowDoesNotExist(f"No workflow with id {pk}.") from exc
+
+
+# ==================================================================================================
+# plumbing
+# ==================================================================================================
+class DaggerJSONParser(JSONParser):
+    """DRF's JSON parser, also refusing documents nested deeper than Python can decode."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError as exc:
+            raise ParseError("JSON parse error - the document is nested too deeply.") from exc
+
+
+class WorkflowPagination(LimitOffsetPagination):
+    default_limit = 50
+    max_limit = 500
+
+
+class DaggerAPIView(APIView):
+    """Base view of the API: JSON in and out, every error in the API's error shape.
+
+    The mapping is installed here rather than in ``REST_FRAMEWORK["EXCEPTION_HANDLER"]`` because
+    the settings belong to the project. DRF's own ``handle_exception`` still runs first, so a
+    missing login is a 401 with ``WWW-Authenticate`` when the first authentication class offers
+    a challenge (basic auth) and a 403 otherwise (session auth).
+    """
+
+    parser_classes = [DaggerJSONParser]
+    renderer_classes = [JSONRenderer, BrowsableAPIRenderer]
+
+    def get_exception_handler(self) -> Callable[..., Response | None]:
+        return errors.exception_handler
+
+
+def _detail_response(
+    workflow: Workflow, *, workflow_id: Any, http_status: int = status.HTTP_200_OK, **kwargs: Any
+) -> Response:
+    """The detail of ``workflow`` (as a service returned it), read again with all its nodes."""
+    try:
+        return Response(
+            WorkflowDetailSerializer(workflow_detail_get(workflow_id=workflow_id)).data,
+            status=http_status,
+            **kwargs,
+        )
+    except WorkflowDoesNotExist:
+        # Deleted by the transition itself (DELETE_WORKFLOW_ON_COMPLETE): show what it became.
+        workflow.task_rows = []  # type: ignore[attr-defined]
+        data = dict(WorkflowDetailSerializer(workflow).data)
+        data["id"] = str(workflow_id)
+        return Response(data, status=http_status, **kwargs)
+
+
+# ==================================================================================================
+# templates
+# ==================================================================================================
+class TemplateListView(DaggerAPIView):
+    """Registered templates with the stored version of their current graph."""
+
+    def get(self, request: Request) -> Response:
+        templates: list[Any] = sorted(Dagger.template_dags.values(), key=lambda t: t.name)
+        digests = {template.name: template.digest() for template in templates}
+        versions = template_versions_get(digests=digests)
+        rows = [
+            {"name": name, "version": versions[name], "digest": digest} for name, digest in digests.items()
+        ]
+        return Response(TemplateSerializer(rows, many=True).data)
+
+
+class TemplateDetailView(DaggerAPIView):
+    """One registered template with its graph."""
+
+    def get(self, request: Request, name: str) -> Response:
+        template: Any = Dagger.get_template(name)
+        digest = template.digest()
+        row = {
+            "name": template.name,
+            "version": template_versions_get(digests={template.name: digest})[template.name],
+            "digest": digest,
+            "graph": template.to_graph(),
+        }
+        return Response(TemplateDetailSerializer(row).data)
+
+
+# ==================================================================================================
+# workflows
+# ==================================================================================================
+class WorkflowListCreateView(DaggerAPIView):
+    """``GET``: workflows, newest first, paginated. ``POST``: create a workflow and submit it."""
+
+    pagination_class = WorkflowPagination
+
+    def get(self, request: Request) -> Response:
+        filters = WorkflowFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        queryset = workflow_list(**filters.validated_data)
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(WorkflowListSerializer(page, many=True).data)
+
+    def post(self, request: Request) -> Response:
+        body = WorkflowCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        workflow = services.workflow_create(
+            template=Dagger.get_template(data["template"]),
+            workflow_id=data["id"],
+            partition_key_lookup=data["partition_key_lookup"],
+            runtime_parameters=data["runtime_parameters"],
+            submit=True,
+        )
+        location = request.build_absolute_uri(reverse("dagger_api:workflow-detail", args=[workflow.id]))
+        return _detail_response(
+            workflow,
+            workflow_id=workflow.id,
+            http_status=status.HTTP_201_CREATED,
+            headers={"Location": location},
+        )
+
+
+class WorkflowDetailView(DaggerAPIView):
+    """One workflow with every node."""
+
+    def get(self, request: Request, workflow_id: str) -> Response:
+        workflow = workflow_detail_get(workflow_id=workflow_id)
+        return Response(WorkflowDetailSerializer(workflow).data)
+
+
+class WorkflowStopView(DaggerAPIView):
+    """Stop a workflow; 409 when it already ended."""
+
+    def post(self, request: Request, workflow_id: str) -> Response:
+        workflow = services.workflow_stop(workflow_id=workflow_id)
+        return _detail_response(workflow, workflow_id=workflow_id)
+
+
+class WorkflowRetryView(DaggerAPIView):
+    """Resume a FAILURE workflow from its failed tasks; 409 for any other status."""
+
+    def post(self, request: Request, workflow_id: str) -> Response:
+        workflow = services.workflow_retry(workflow_id=workflow_id)
+        return _detail_response(workflow, workflow_id=workflow_id)
+
+
+class WorkflowParametersView(DaggerAPIView):
+    """Merge the body (a JSON object) into the workflow's runtime parameters."""
+
+    def patch(self, request: Request, workflow_id: str) -> Response:
+        workflow = services.workflow_update_parameters(workflow_id=workflow_id, changes=request.data)
+        return _detail_response(workflow, workflow_id=workflow_id)
+
+
+# ==================================================================================================
+# health
+# ==================================================================================================
+def _database_ok() -> bool:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+        return True
+    except DatabaseError as exc:
+        logger.warning("health: database check failed: %r", exc)
+        return False
+
+
+_BROKER_TIMEOUT = 2.0
+
+
+def _broker_ok() -> bool:
+    from celery import current_app
+
+    try:
+        # Bounded everywhere: a broker that drops packets must not hang a readiness probe.
+        with current_app.connection_for_write(
+            connect_timeout=_BROKER_TIMEOUT, transport_options={"socket_connect_timeout": _BROKER_TIMEOUT}
+        ) as conn:
+            conn.ensure_connection(
+                max_retries=1, interval_start=0.2, interval_step=0.2, timeout=_BROKER_TIMEOUT
+            )
+        return True
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the broker means "not ready"
+        logger.warning("health: broker check failed: %r", exc)
+        return False
+
+
+class HealthView(DaggerAPIView):
+    """Readiness: 200 when the database and the broker answer, 503 otherwise. Open, reveals no data.
+
+    ``bridge`` is null: the Kafka bridge is not configured in this version.
+    """
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    def get(self, request: Request) -> Response:
+        checks: dict[str, bool | None] = {"database": _database_ok(), "broker": _broker_ok(), "bridge": None}
+        healthy = all(value for value in checks.values() if value is not None)
+        return Response(
+            {"status": "ok" if healthy else "degraded", "checks": checks},
+            status=status.HTTP_200_OK if healthy else status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Cache-Control": "no-store"},
+        )
+
+
+__all__ = [
+    "DaggerAPIView",
+    "HealthView",
+    "TemplateDetailView",
+    "TemplateListView",
+    "WorkflowDetailView",
+    "WorkflowListCreateView",
+    "WorkflowParametersView",
+    "WorkflowRetryView",
+    "WorkflowStopView",
+    "template_versions_get",
+    "workflow_detail_get",
+    "workflow_list",
+]

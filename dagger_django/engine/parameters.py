@@ -1,0 +1,74 @@
+"""Runtime parameters: validation, and merging what a task changed into what is stored."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..conf import dagger_settings
+from ..exceptions import InvalidRuntimeParameters, RuntimeParametersTooLarge
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+
+
+def validate(value: Any, *, what: str = "runtime_parameters") -> str:
+    """Check ``value`` is a JSON object of bounded size; return its JSON text."""
+    if not isinstance(value, dict):
+        raise InvalidRuntimeParameters(f"{what} must be a JSON object, got {type(value).__name__}.")
+    bad_keys = [k for k in value if not isinstance(k, str)]
+    if bad_keys:
+        raise InvalidRuntimeParameters(f"{what} keys must be strings, got {bad_keys[:3]!r}.")
+    try:
+        text = dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRuntimeParameters(f"{what} cannot be stored as JSON: {exc}") from exc
+    if "\\u0000" in text and _has_nul(value):
+        raise InvalidRuntimeParameters(
+            f"{what} contain a NUL character (\\u0000), which the database cannot store."
+        )
+    limit = int(dagger_settings.MAX_RUNTIME_PARAMETERS_BYTES)
+    size = len(text.encode())
+    if size > limit:
+        raise RuntimeParametersTooLarge(
+            f"{what} take {size} bytes of JSON; the limit is {limit} (DAGGER['MAX_RUNTIME_PARAMETERS_BYTES'])."
+        )
+    return text
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def business_key(value: Any) -> str | None:
+    """The text stored (and searched) as a workflow's business key: scalars as text, others as JSON."""
+    if value is None:
+        return None
+    text = (
+        value if isinstance(value, str) else dumps(value) if isinstance(value, (dict, list)) else str(value)
+    )
+    return text[:255]
+
+
+def diff(before_json: str, after: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """What a task changed: (keys set to a new value, keys removed), against a JSON snapshot."""
+    before = json.loads(before_json)
+    changed = {k: v for k, v in after.items() if k not in before or before[k] != v}
+    removed = [k for k in before if k not in after]
+    return changed, removed
+
+
+def merge(current: dict[str, Any], changed: dict[str, Any], removed: list[str]) -> dict[str, Any]:
+    """Apply a task's changes onto the stored parameters (which other branches may have changed)."""
+    merged = dict(current)
+    merged.update(changed)
+    for key in removed:
+        merged.pop(key, None)
+    return merged

@@ -1,0 +1,264 @@
+"""One workflow's state inside one transaction, and the only code that changes a status.
+
+A transition locks the workflow row, loads its nodes into a :class:`WorkflowState`, lets the
+walker (:mod:`.walker`) change them in memory through :meth:`WorkflowState.set_status`, which
+checks the transition table and records a history event, and then :meth:`WorkflowState.flush`
+writes everything back in a fixed, small number of statements (one per table touched). The lock
+on the workflow row is what makes the in-memory update safe: no other transaction can change
+these rows until we commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from ..exceptions import TaskInvalidState
+from ..models import Node, Status, TaskEvent, Timer, Workflow
+from ..models.status import TERMINAL
+from . import ports
+
+S = Status
+
+#: Allowed node transitions. Anything else is a bug in the engine and raises.
+NODE_TRANSITIONS: dict[str, frozenset[str]] = {
+    S.NOT_STARTED: frozenset({S.SUBMITTED, S.EXECUTING, S.SKIPPED, S.STOPPED, S.FAILURE}),
+    S.SUBMITTED: frozenset({S.EXECUTING, S.SKIPPED, S.STOPPED, S.FAILURE}),
+    # EXECUTING -> SUBMITTED: a retry is scheduled, or a lost worker's node is handed out again.
+    S.EXECUTING: frozenset({S.COMPLETED, S.FAILURE, S.SKIPPED, S.STOPPED, S.SUBMITTED}),
+    # FAILURE -> SUBMITTED/EXECUTING: the workflow is retried from its failed node.
+    S.FAILURE: frozenset({S.SUBMITTED, S.EXECUTING, S.STOPPED}),
+    # A listener with allow_skip_to still accepts its message after it was skipped.
+    S.SKIPPED: frozenset({S.EXECUTING, S.COMPLETED}),
+    S.COMPLETED: frozenset(),
+    S.STOPPED: frozenset(),
+}
+
+WORKFLOW_TRANSITIONS: dict[str, frozenset[str]] = {
+    S.NOT_STARTED: frozenset({S.EXECUTING, S.STOPPED}),
+    S.SUBMITTED: frozenset({S.EXECUTING, S.STOPPED}),
+    S.EXECUTING: frozenset({S.COMPLETED, S.FAILURE, S.SKIPPED, S.STOPPED}),
+    S.FAILURE: frozenset({S.EXECUTING, S.STOPPED}),
+    S.COMPLETED: frozenset(),
+    S.SKIPPED: frozenset(),
+    S.STOPPED: frozenset(),
+}
+
+NODE_UPDATE_FIELDS = [
+    "status",
+    "attempts",
+    "lease",
+    "error",
+    "config",
+    "time_submitted",
+    "time_completed",
+    "updated_at",
+]
+
+
+class WorkflowState:
+    """The locked workflow, its nodes, and everything a transition will write or send."""
+
+    def __init__(self, workflow: Workflow, nodes: Iterable[Node], *, is_new: bool = False) -> None:
+        self.workflow = workflow
+        self.nodes: dict[uuid.UUID, Node] = {n.id: n for n in nodes}
+        self.is_new = is_new
+        self.now = ports.now()
+        self._dirty: set[uuid.UUID] = set()
+        self._added: list[Node] = []
+        self._workflow_fields: set[str] = set()
+        self.events: list[TaskEvent] = []
+        self.timers: list[Timer] = []
+        self.cancel_timers_for: set[uuid.UUID | None] = set()
+        #: Nodes to hand to a worker after commit (``Dispatcher.run_node``).
+        self.to_dispatch: list[uuid.UUID] = []
+        #: EXECUTING nodes that were stopped: their ``stop`` hooks run after commit.
+        self.to_stop_hooks: list[uuid.UUID] = []
+        #: (node or None, from, to) for signals after commit.
+        self.changes: list[tuple[Node | None, str, str]] = []
+        self.delete_after = False
+        self._children: dict[uuid.UUID | None, list[Node]] | None = None
+
+    # -- lookups --------------------------------------------------------------------------------
+    def node(self, node_id: uuid.UUID | str) -> Node:
+        key = node_id if isinstance(node_id, uuid.UUID) else uuid.UUID(str(node_id))
+        return self.nodes[key]
+
+    def get(self, node_id: uuid.UUID | str | None) -> Node | None:
+        if node_id is None:
+            return None
+        try:
+            return self.node(node_id)
+        except (KeyError, ValueError):
+            return None
+
+    def children(self, parent_id: uuid.UUID | None) -> list[Node]:
+        if self._children is None:
+            index: dict[uuid.UUID | None, list[Node]] = defaultdict(list)
+            for n in sorted(self.nodes.values(), key=lambda n: n.position):
+                index[n.parent_id].append(n)
+            self._children = index
+        return self._children.get(parent_id, [])
+
+    def descendants(self, node: Node) -> list[Node]:
+        out: list[Node] = []
+        stack = list(self.children(node.id))
+        while stack:
+            n = stack.pop()
+            out.append(n)
+            stack.extend(self.children(n.id))
+        return out
+
+    @property
+    def active(self) -> bool:
+        return self.workflow.status == S.EXECUTING
+
+    # -- the only writers of status ---------------------------------------------------------------
+    def set_status(
+        self,
+        node: Node,
+        to: str,
+        *,
+        reason: str,
+        detail: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        frm = node.status
+        if to == frm:
+            return
+        if to not in NODE_TRANSITIONS[frm]:
+            raise TaskInvalidState(f"{node.name}: {frm} -> {to} is not an allowed transition ({reason})")
+        node.status = to
+        if to == S.EXECUTING:
+            node.time_submitted = self.now
+        if to in TERMINAL and node.time_completed is None:
+            node.time_completed = self.now
+        if to in (S.SUBMITTED, S.EXECUTING) and frm == S.FAILURE:
+            node.time_completed = None
+        if error is not None:
+            node.error = error
+        self.touch(node)
+        self.events.append(
+            TaskEvent(
+                workflow_id=self.workflow.id,
+                node_id=node.id,
+                node_name=node.name,
+                from_status=frm,
+                to_status=to,
+                attempt=node.attempts,
+                reason=reason,
+                detail=detail or ({"error": error} if error else {}),
+                created_at=self.now,
+            )
+        )
+        self.changes.append((node, frm, to))
+
+    def set_workflow_status(
+        self, to: str, *, reason: str, detail: dict[str, Any] | None = None, error: str | None = None
+    ) -> None:
+        wf = self.workflow
+        frm = wf.status
+        if to == frm:
+            return
+        if to not in WORKFLOW_TRANSITIONS[frm]:
+            raise TaskInvalidState(f"workflow {wf.id}: {frm} -> {to} is not allowed ({reason})")
+        wf.status = to
+        fields = {"status"}
+        if to == S.EXECUTING and wf.time_submitted is None:
+            wf.time_submitted = self.now
+            fields.add("time_submitted")
+        if to in TERMINAL:
+            wf.time_completed = self.now
+            fields.add("time_completed")
+        elif frm == S.FAILURE:
+            wf.time_completed = None
+            wf.error = ""
+            fields |= {"time_completed", "error"}
+        if error is not None:
+            wf.error = error
+            fields.add("error")
+        self.touch_workflow(*fields)
+        self.events.append(
+            TaskEvent(
+                workflow_id=wf.id,
+                from_status=frm,
+                to_status=to,
+                reason=reason,
+                detail=detail or ({"error": error} if error else {}),
+                created_at=self.now,
+            )
+        )
+        self.changes.append((None, frm, to))
+
+    def touch(self, node: Node) -> None:
+        """Mark a node as changed (for fields other than status, e.g. ``config`` or ``lease``)."""
+        node.updated_at = self.now
+        self._dirty.add(node.id)
+
+    def touch_workflow(self, *fields: str) -> None:
+        self._workflow_fields.update(fields)
+
+    def add_node(self, node: Node) -> None:
+        """Add an engine-created node (a monitor) to the workflow."""
+        self.nodes[node.id] = node
+        self._added.append(node)
+        self._children = None
+
+    def record(self, *, reason: str, detail: dict[str, Any], node: Node | None = None) -> None:
+        """A history event that is not a status change (e.g. runtime parameters changed)."""
+        self.events.append(
+            TaskEvent(
+                workflow_id=self.workflow.id,
+                node_id=node.id if node else None,
+                node_name=node.name if node else "",
+                from_status=(node.status if node else self.workflow.status),
+                to_status=(node.status if node else self.workflow.status),
+                attempt=node.attempts if node else 0,
+                reason=reason,
+                detail=detail,
+                created_at=self.now,
+            )
+        )
+
+    # -- writing ------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write the transition: one statement per table touched. Call inside the transaction."""
+        wf = self.workflow
+        if self.timers and not wf.has_timers:
+            wf.has_timers = True
+            self._workflow_fields.add("has_timers")
+        wf.update_count += 1
+        wf.updated_at = self.now
+        if self.is_new:
+            if self.delete_after:
+                return
+            wf.save(force_insert=True)
+            Node.objects.bulk_create(list(self.nodes.values()))
+        else:
+            if self.delete_after:
+                wf.delete()
+                return
+            fields = self._workflow_fields | {"update_count", "updated_at"}
+            Workflow.objects.filter(pk=wf.pk).update(**{f: getattr(wf, f) for f in fields})
+            if self._added:
+                Node.objects.bulk_create(self._added)
+            added = {n.id for n in self._added}
+            dirty = [self.nodes[i] for i in self._dirty if i not in added]
+            if dirty:
+                Node.objects.bulk_update(dirty, NODE_UPDATE_FIELDS)
+        if self.cancel_timers_for and wf.has_timers:
+            self._cancel_timers()
+        if self.timers:
+            Timer.objects.bulk_create(self.timers)
+        if self.events:
+            TaskEvent.objects.bulk_create(self.events)
+
+    def _cancel_timers(self) -> None:
+        from ..models import TimerStatus
+
+        qs = Timer.objects.filter(workflow_id=self.workflow.id, status=TimerStatus.PENDING)
+        if None not in self.cancel_timers_for:
+            qs = qs.filter(node_id__in=list(self.cancel_timers_for))
+        qs.update(status=TimerStatus.CANCELLED)

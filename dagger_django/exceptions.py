@@ -1,0 +1,90 @@
+"""The errors users of dagger_django can act on.
+
+Every error the library raises on purpose is a :class:`DaggerError`. The HTTP API maps each class
+to one status code (``http_status``) and a stable machine-readable ``code``; the admin shows the
+message as is. The first five names come from the original Dagger and keep their meaning.
+"""
+
+from __future__ import annotations
+
+
+class DaggerError(Exception):
+    """Base class of every error raised on purpose by dagger_django."""
+
+    code = "dagger_error"
+    http_status = 400
+
+
+class InvalidTaskType(DaggerError):
+    """A builder was given a task class of the wrong family."""
+
+    code = "invalid_task_type"
+
+
+class TaskInvalidState(DaggerError):
+    """An operation is not allowed in the current state (e.g. submit a COMPLETED workflow)."""
+
+    code = "invalid_state"
+    http_status = 409
+
+
+class TemplateDoesNotExist(DaggerError):
+    """No workflow template is registered under that name."""
+
+    code = "template_not_found"
+    http_status = 404
+
+
+class InvalidTriggerTimeForTask(DaggerError):
+    """A trigger or interval task's time, period or deadline is missing or invalid."""
+
+    code = "invalid_trigger_time"
+
+
+class InvalidTemplate(DaggerError):
+    """A template definition is malformed: a cycle, a dangling reference, a missing setting."""
+
+    code = "invalid_template"
+
+
+class InvalidRuntimeParameters(DaggerError):
+    """Runtime parameters are not a JSON object, cannot be stored as JSON, or are too large."""
+
+    code = "invalid_runtime_parameters"
+
+
+class RuntimeParametersTooLarge(InvalidRuntimeParameters):
+    code = "runtime_parameters_too_large"
+    http_status = 413
+
+
+class WorkflowDoesNotExist(DaggerError):
+    code = "workflow_not_found"
+    http_status = 404
+
+
+class TaskClassNotFound(DaggerError):
+    """The class recorded for a running node cannot be imported any more (a deploy removed it)."""
+
+    code = "task_class_not_found"
+
+
+class InvalidTaskResult(DaggerError):
+    """User code returned a value of the wrong type (e.g. a decision returning a foreign id)."""
+
+    code = "invalid_task_result"
+
+
+__all__ = [
+    "DaggerError",
+    "InvalidTaskType",
+    "TaskInvalidState",
+    "TemplateDoesNotExist",
+    "InvalidTriggerTimeForTask",
+    "InvalidTemplate",
+    "InvalidRuntimeParameters",
+    "RuntimeParametersTooLarge",
+    "WorkflowDoesNotExist",
+    "TaskClassNotFound",
+    "InvalidTaskResult",
+]

@@ -1,0 +1,23 @@
+"""The ORM side of dagger_django: templates, workflows, their nodes, timers and history.
+
+Status changes go through :mod:`dagger_django.engine` only; nothing else writes ``status``.
+"""
+
+from .history import TaskEvent
+from .status import NodeKind, NodeType, Status, TimerPurpose, TimerStatus
+from .templates import WorkflowTemplate
+from .timers import Timer
+from .workflows import Node, Workflow
+
+__all__ = [
+    "NodeKind",
+    "NodeType",
+    "Node",
+    "Status",
+    "TaskEvent",
+    "Timer",
+    "TimerPurpose",
+    "TimerStatus",
+    "Workflow",
+    "WorkflowTemplate",
+]

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+from .status import NodeKind, NodeType, Status
+from .templates import WorkflowTemplate
+
+
+class Workflow(models.Model):
+    """The root of one running workflow (the original's ``ITemplateDAGInstance``).
+
+    Every transition of any of its nodes starts by locking this row, so all events of one workflow
+    (parallel branches, messages, timers) are serialised while different workflows never wait on
+    each other.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    template = models.ForeignKey(WorkflowTemplate, on_delete=models.PROTECT, related_name="workflows")
+    template_name = models.CharField(max_length=200)
+    template_class = models.CharField(max_length=300)
+    failure_policy = models.CharField(max_length=16, default="halt")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.NOT_STARTED)
+    runtime_parameters = models.JSONField(default=dict)
+    partition_key_lookup = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - None: no key
+    business_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 - "" is a valid key
+    root_node_id = models.UUIDField(null=True, blank=True)
+    update_count = models.PositiveIntegerField(default=0)
+    #: Nodes that finished while the workflow was halted (FAILURE): advanced on retry.
+    deferred_node_ids = models.JSONField(default=list, blank=True)
+    #: Whether a timer was ever created for this workflow (saves a query when it finishes).
+    has_timers = models.BooleanField(default=False)
+    error = models.TextField(blank=True, default="")
+    time_created = models.DateTimeField()
+    time_submitted = models.DateTimeField(null=True, blank=True)
+    time_completed = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-time_created"]
+        indexes = [
+            models.Index(fields=["status", "-time_created"], name="dagger_wf_status_created"),
+            models.Index(fields=["template_name", "-time_created"], name="dagger_wf_template_created"),
+            models.Index(fields=["business_key"], name="dagger_wf_business_key"),
+            models.Index(fields=["-time_created"], name="dagger_wf_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.template_name} {self.id}"
+
+
+class Node(models.Model):
+    """A process, a parallel group or a task of a workflow (``Node.node_type``).
+
+    The whole tree is inserted in one statement when the workflow is created; engine-created
+    nodes (monitors) may be added later. ``next_ids`` are the successors (alternatives: the first
+    one not SKIPPED is started); ``child_ids`` are what a container starts (a process: its first
+    task; a parallel group: the heads of its branches).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="nodes")
+    parent = models.ForeignKey(
+        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="+", db_constraint=False
+    )
+    name = models.CharField(max_length=500)
+    node_type = models.CharField(max_length=24, choices=NodeType.choices)
+    kind = models.CharField(max_length=16, choices=NodeKind.choices)
+    task_class = models.CharField(max_length=300)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.NOT_STARTED)
+    position = models.PositiveIntegerField(default=0)
+    next_ids = models.JSONField(default=list)
+    child_ids = models.JSONField(default=list)
+    config = models.JSONField(default=dict)
+    attempts = models.PositiveIntegerField(default=0)
+    lease = models.CharField(max_length=64, blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    time_created = models.DateTimeField()
+    time_submitted = models.DateTimeField(null=True, blank=True)
+    time_completed = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["position"]
+        indexes = [
+            models.Index(
+                fields=["status", "updated_at"],
+                name="dagger_node_active_updated",
+                condition=models.Q(status__in=[Status.SUBMITTED, Status.EXECUTING]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"

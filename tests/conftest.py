@@ -1,0 +1,250 @@
+"""Suite-wide fixtures: a real Celery worker process on the test database.
+
+``make test`` points the suite at the local PostgreSQL (DATABASE_URL) and Redis (CELERY_BROKER_URL).
+Tests that need work to be executed by Celery request ``celery_worker_process``: one worker for the
+whole session, consuming a queue of its own, connected to pytest-django's test database. Such tests
+must be transactional (``@pytest.mark.django_db(transaction=True)``): the worker only sees
+committed rows. They wait for outcomes with :func:`tests.helpers.wait_for`, never with a sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LOG_TAIL_LINES = 100
+WORKER_START_TIMEOUT = 60.0
+WORKER_STOP_TIMEOUT = 20.0
+#: Modules the test worker imports besides the project's tasks (tasks that only tests use).
+WORKER_TEST_MODULES = ("tests.worker_tasks",)
+#: Brokers that carry Celery's remote control (the readiness ping needs it) across processes.
+REAL_BROKERS = ("redis", "rediss", "amqp", "amqps", "pyamqp")
+
+
+@dataclass
+class WorkerProcess:
+    """The running test worker: what a test may need to know about it."""
+
+    proc: subprocess.Popen[bytes]
+    queue: str
+    nodename: str
+    log_path: Path
+    database_url: str
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as exc:
+            return f"(worker log unreadable: {exc})"
+        return "\n".join(text.splitlines()[-lines:]) or "(worker log is empty)"
+
+    def assert_alive(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            pytest.fail(
+                f"the Celery test worker exited with code {code}; its log ends with:\n{self.log_tail()}"
+            )
+
+
+_worker_key = pytest.StashKey[WorkerProcess]()
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(
+    request: pytest.FixtureRequest, django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """Start one real worker (prefork, 2 processes) for the session and stop it at the end.
+
+    It consumes a queue named for this session only, so concurrent runs on the same Redis never
+    steal each other's messages, and this process routes its own sends there by making that queue
+    the Celery app's default. The test database exists once ``django_db_setup`` has run; its name
+    (``test_...``) is then in the connection's settings and goes to the worker as DATABASE_URL.
+    """
+    from django.conf import settings
+    from django.db import connection
+
+    from config.celery import app
+
+    _require_real_services(connection.vendor, settings.CELERY_BROKER_URL)
+
+    queue = f"dagger-test-{uuid.uuid4().hex[:12]}"
+    nodename = f"{queue}@{socket.gethostname()}"
+    database_url = _database_url(connection.settings_dict)
+    log_path = tmp_path_factory.mktemp("celery-worker") / "worker.log"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE,
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "CELERY_QUEUE": queue,
+        "PYTHONUNBUFFERED": "1",
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "config",
+        "worker",
+        "-l",
+        os.environ.get("DAGGER_TEST_WORKER_LOGLEVEL", "warning"),
+        "--pool=prefork",
+        "--concurrency=2",
+        "-Q",
+        queue,
+        "-n",
+        nodename,
+        "--include",
+        ",".join(WORKER_TEST_MODULES),
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+    _queue_purge(app, queue)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    worker = WorkerProcess(
+        proc=proc, queue=queue, nodename=nodename, log_path=log_path, database_url=database_url
+    )
+    request.config.stash[_worker_key] = worker
+    previous_default_queue = app.conf.task_default_queue
+    app.conf.task_default_queue = queue
+    try:
+        _wait_until_ready(app, worker)
+        yield worker
+    finally:
+        app.conf.task_default_queue = previous_default_queue
+        clean = _stop(worker)
+        _queue_delete(app, queue)
+        if not clean:
+            _report(request, f"the Celery test worker did not stop cleanly; log tail:\n{worker.log_tail()}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """Attach the worker's recent log to every failing test that used the worker."""
+    report = yield
+    # A worker that fails to start reports its log in the setup error already.
+    if (
+        report.when == "call"
+        and report.failed
+        and "celery_worker_process" in getattr(item, "fixturenames", ())
+    ):
+        worker = item.config.stash.get(_worker_key, None)
+        if worker is not None:
+            title = f"Celery worker log, last {LOG_TAIL_LINES} lines ({worker.log_path})"
+            report.sections.append((title, worker.log_tail()))
+    return report
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _require_real_services(vendor: str, broker_url: str) -> None:
+    problems = []
+    if vendor != "postgresql":
+        problems.append(f"the database is {vendor}; set DATABASE_URL=postgres://...")
+    if urlsplit(broker_url).scheme not in REAL_BROKERS:
+        problems.append(f"the broker is {broker_url!r}; set CELERY_BROKER_URL=redis://...")
+    if problems:
+        message = "a real Celery worker needs shared services (`make test` sets them): " + "; ".join(problems)
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def _database_url(settings_dict: dict[str, Any]) -> str:
+    """A DATABASE_URL for the worker: the same server and credentials, the test database's name."""
+    user = quote(str(settings_dict.get("USER") or ""), safe="")
+    password = settings_dict.get("PASSWORD")
+    credentials = f"{user}:{quote(str(password), safe='')}" if password else user
+    host = str(settings_dict.get("HOST") or "localhost")
+    port = settings_dict.get("PORT")
+    netloc = f"{credentials}@{host}" if credentials else host
+    if port:
+        netloc += f":{port}"
+    return f"postgres://{netloc}/{quote(str(settings_dict['NAME']), safe='')}"
+
+
+def _wait_until_ready(app: Any, worker: WorkerProcess) -> None:
+    """Ping the worker by name until it answers: it then consumes its queue."""
+    deadline = time.monotonic() + WORKER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        worker.assert_alive()
+        if app.control.ping(destination=[worker.nodename], timeout=1.0):
+            return
+    pytest.fail(
+        f"the Celery test worker did not answer a ping within {WORKER_START_TIMEOUT:.0f}s; "
+        f"its log ends with:\n{worker.log_tail()}"
+    )
+
+
+def _stop(worker: WorkerProcess) -> bool:
+    """SIGTERM (Celery's warm shutdown), then SIGKILL the whole process group. True when clean."""
+    proc = worker.proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=WORKER_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass
+    clean = proc.poll() == 0
+    try:  # pool processes left behind by a worker that died or hung
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait(timeout=10)
+    return clean
+
+
+def _queue_purge(app: Any, queue: str) -> None:
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(queue)
+
+
+def _queue_delete(app: Any, queue: str) -> None:
+    """Remove the session's queue and its binding from the broker.
+
+    The queue is declared first: kombu only deletes bindings its channel knows about.
+    """
+    from kombu import Exchange, Queue
+
+    try:
+        with app.connection_for_write() as conn:
+            bound = Queue(queue, Exchange(queue, type="direct"), routing_key=queue)(conn.default_channel)
+            bound.declare()
+            bound.delete()
+    except Exception:  # best effort: a leftover empty queue on the test broker harms nobody
+        pass
+
+
+def _report(request: pytest.FixtureRequest, message: str) -> None:
+    """Write to the terminal even from a session fixture's teardown, where output is captured."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        print(message, file=sys.stderr)
+        return
+    with capture.global_and_fixture_disabled():
+        print(f"\n{message}", file=sys.stderr)

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dagger_django.models import Node, Workflow
+from dagger_django.testing import FrozenClock, InMemoryDispatcher, engine_under_test
+
+
+@pytest.fixture
+def engine(transactional_db: Any) -> Iterator[tuple[InMemoryDispatcher, FrozenClock]]:
+    """The real engine on the real database, with an in-memory dispatcher and a frozen clock.
+
+    Transactional: on_commit callbacks (the dispatch) only run after a real commit.
+    """
+    with engine_under_test() as pair:
+        yield pair
+
+
+@pytest.fixture
+def dispatcher(engine: tuple[InMemoryDispatcher, FrozenClock]) -> InMemoryDispatcher:
+    return engine[0]
+
+
+@pytest.fixture
+def clock(engine: tuple[InMemoryDispatcher, FrozenClock]) -> FrozenClock:
+    return engine[1]
+
+
+def statuses(workflow_id: Any) -> dict[str, str]:
+    """{short node name: status} of a workflow."""
+    return {n.name.rsplit(".", 1)[-1]: n.status for n in Node.objects.filter(workflow_id=workflow_id)}
+
+
+def reload(workflow_id: Any) -> Workflow:
+    return Workflow.objects.get(pk=workflow_id)

@@ -1,0 +1,109 @@
+"""Task classes used by the engine tests (importable by path, as the engine requires)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from dagger_django import (
+    DecisionTask,
+    ExecutorTask,
+    KafkaListenerTask,
+    TaskStatus,
+    TaskStatusEnum,
+)
+
+STOPPED_HOOKS: list[str] = []
+CALLBACK_SEEN: list[tuple[str, str]] = []
+
+
+def short(task: Any) -> str:
+    return str(task.task_name).rsplit(".", 1)[-1]
+
+
+class Record(ExecutorTask):
+    """Appends its own name to runtime parameter ``trace``."""
+
+    def execute(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
+        runtime_parameters.setdefault("trace", []).append(short(self))
+
+
+class AsyncRecord(ExecutorTask):
+    async def execute(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
+        runtime_parameters.setdefault("trace", []).append(short(self))
+
+
+class SetFlag(ExecutorTask):
+    """Sets runtime parameter ``<own name>`` (safe in parallel branches: one key each)."""
+
+    def execute(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
+        runtime_parameters[short(self)] = True
+
+
+class Boom(ExecutorTask):
+    """Raises until runtime parameter ``fixed`` is true."""
+
+    def execute(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
+        if not runtime_parameters.get("fixed"):
+            raise RuntimeError("boom")
+        runtime_parameters.setdefault("trace", []).append(short(self))
+
+
+class Flaky(ExecutorTask):
+    """Fails its first ``fail_times`` attempts, with two retries and a 10 s backoff."""
+
+    max_retries = 2
+    retry_backoff = 10.0
+
+    def execute(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
+        runtime_parameters.setdefault("keys", []).append(self.idempotency_key)
+        if self.attempt <= runtime_parameters.get("fail_times", 0):
+            raise ConnectionError(f"attempt {self.attempt} failed")
+
+
+class SetsFailure(ExecutorTask):
+    def execute(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
+        self.status = TaskStatus(code=TaskStatusEnum.FAILURE.name, value=TaskStatusEnum.FAILURE.value)
+
+
+class WritesNonJson(ExecutorTask):
+    def execute(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
+        runtime_parameters["when"] = object()
+
+
+class PickByParameter(DecisionTask):
+    """Chooses successor number ``runtime_parameters['branch']`` (None: no branch)."""
+
+    def evaluate(self, **kwargs: Any) -> Any:
+        branch = kwargs.get("branch")
+        return None if branch is None else self.next_dags[branch]
+
+
+class PickForeign(DecisionTask):
+    async def evaluate(self, **kwargs: Any) -> Any:
+        return uuid.uuid4()
+
+
+class Waiter(KafkaListenerTask):
+    """A listener that waits (the Kafka issue delivers its messages)."""
+
+    correlatable_key = "order_id"
+
+    async def on_message(self, runtime_parameters: dict[str, Any], *args: Any, **kwargs: Any) -> bool:
+        return True
+
+    async def stop(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
+        STOPPED_HOOKS.append(short(self))
+
+
+def sync_callback(workflow: Any) -> None:
+    CALLBACK_SEEN.append(("sync", workflow.status.code))
+
+
+async def async_callback(workflow: Any) -> None:
+    CALLBACK_SEEN.append(("async", workflow.status.code))
+
+
+class WritesNul(ExecutorTask):
+    def execute(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
+        runtime_parameters["name"] = "a\x00b"

@@ -1,0 +1,34 @@
+"""Small helpers for tests that wait on other processes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+
+def wait_for(
+    predicate: Callable[[], T],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    message: str | Callable[[], str] = "the condition to hold",
+) -> T:
+    """Call ``predicate`` until it returns something truthy, and return that.
+
+    Fails the test once ``timeout`` seconds have passed. ``message`` says what was awaited; give a
+    callable to describe the state at the moment of failure (for example the current status).
+    The predicate is always tried once more at the deadline, so a slow last poll is not lost.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            detail = message() if callable(message) else message
+            pytest.fail(f"timed out after {timeout:g}s waiting for {detail}")
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
