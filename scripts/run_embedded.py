@@ -149,7 +149,7 @@ class Launcher:
             return 1
         self.ensure_superuser()
         has_demo = DEMO_COMMAND in _django_commands()
-        baseline = _workflow_ids() if has_demo else set()
+        baseline = _workflow_ids() if has_demo and self.check else set()
 
         python = sys.executable
         celery = [python, "-m", "celery", "-A", "config"]
@@ -191,8 +191,8 @@ class Launcher:
     def describe_settings(self) -> None:
         database = os.environ.get("DATABASE_URL") or f"SQLite file {_var_dir() / 'dagger.sqlite3'}"
         broker = os.environ.get("CELERY_BROKER_URL") or f"kombu filesystem broker in {_var_dir() / 'broker'}"
-        say(f"database: {database}")
-        say(f"broker:   {broker}")
+        say(f"database: {_hide_password(database)}")
+        say(f"broker:   {_hide_password(broker)}")
 
     def ensure_superuser(self) -> None:
         _django_setup()
@@ -396,6 +396,10 @@ def _http_status(url: str, *, auth: tuple[str, str] | None = None) -> int | None
         return exc.code
     except (urllib.error.URLError, OSError):
         return None
+
+
+def _hide_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def _port_is_free(port: int) -> bool:

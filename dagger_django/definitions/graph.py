@@ -343,7 +343,7 @@ def _number(value: Any) -> int | float | None:
     return None
 
 
-def _epoch(params: Mapping[str, Any], key: str | None, what: str, where: str) -> int:
+def _epoch(params: Mapping[str, Any], key: str | None, what: str, where: str) -> int | float:
     raw = _lookup(params, key, what, where)
     value = _number(raw)
     if value is None:
@@ -355,7 +355,8 @@ def _epoch(params: Mapping[str, Any], key: str | None, what: str, where: str) ->
             f"{where}: runtime parameter {key!r} ({what}) = {raw!r} is not a valid epoch in seconds"
             + (" (milliseconds?)" if value > MAX_EPOCH_SECONDS else "")
         )
-    return int(value)
+    # Fractions are kept: a trigger due at 12.5 s must not fire at 12 s.
+    return value
 
 
 def _period(params: Mapping[str, Any], key: str | None, where: str) -> int | float:

@@ -368,9 +368,9 @@ class Dagger:
     @classmethod
     def get_instance(cls, id: Any, log: bool = True) -> Any:
         """The workflow with this id (``WorkflowDoesNotExist`` if there is none)."""
-        from dagger_django.engine.services import workflow_get
+        from dagger_django.engine.services import workflow_instance
 
-        return workflow_get(workflow_id=_workflow_id(id))
+        return workflow_instance(workflow_id=_workflow_id(id))
 
     @classmethod
     async def aget_instance(cls, id: Any, log: bool = True) -> Any:

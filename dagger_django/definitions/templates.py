@@ -564,13 +564,14 @@ class TemplateDAG(ITemplateDAG):
         is shared by every worker, so there is no partition owner to hand the workflow to.
         ``dynamic_process_builders`` maps a dynamic process name to its process builders, and
         ``parallel_process_templates`` maps a parallel group name to its process templates (or to
-        ``(n, builder)`` for n copies), for this workflow only. Returns what the engine's
-        ``workflow_create`` returns (the stored workflow).
+        ``(n, builder)`` for n copies), for this workflow only. Returns the workflow as an
+        instance of ``template_type`` (``id``, ``status``, ``runtime_parameters``, ``tasks``), as
+        the original did; ``instance.model`` is the stored :class:`~dagger_django.models.Workflow`.
         """
-        from dagger_django.engine.services import workflow_create
+        from dagger_django.engine.services import instance_create
 
         dynamic, parallel = self._shape_for_call(dynamic_process_builders, parallel_process_templates)
-        return workflow_create(
+        return instance_create(
             template=self,
             workflow_id=id,
             partition_key_lookup=partition_key_lookup,

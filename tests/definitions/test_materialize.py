@@ -430,7 +430,12 @@ def trigger_template(key: str | None = "DEADLINE") -> TemplateDAG:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(1_700_000_000, 1_700_000_000), (1_700_000_000.9, 1_700_000_000), ("1700000000", 1_700_000_000), (0, 0)],
+    [
+        (1_700_000_000, 1_700_000_000),
+        (1_700_000_000.9, 1_700_000_000.9),
+        ("1700000000", 1_700_000_000),
+        (0, 0),
+    ],
 )
 def test_trigger_time_is_resolved_from_runtime_parameters(value: Any, expected: int) -> None:
     node = by_name(run(trigger_template(), {"DEADLINE": value}))["WF.P.wait"]

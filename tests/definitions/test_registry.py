@@ -56,7 +56,7 @@ def engine(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
 
         return call
 
-    for name in ("workflow_create", "workflow_submit", "workflow_get", "workflow_stop", "outbox_send"):
+    for name in ("instance_create", "workflow_submit", "workflow_instance", "workflow_stop", "outbox_send"):
         setattr(module, name, recorder(name))
     monkeypatch.setitem(sys.modules, "dagger_django.engine.services", module)
     return calls
@@ -236,11 +236,11 @@ def test_submit_get_instance_and_stop_call_the_engine_with_a_uuid(
     wid = uuid.uuid4()
     instance = types.SimpleNamespace(id=wid)
     assert Dagger.submit(instance, repartition=False) == "workflow_submit-result"
-    assert Dagger.get_instance(str(wid)) == "workflow_get-result"
+    assert Dagger.get_instance(str(wid)) == "workflow_instance-result"
     assert Dagger.stop(wid) == "workflow_stop-result"
     assert engine == [
         ("workflow_submit", {"workflow_id": wid}),
-        ("workflow_get", {"workflow_id": wid}),
+        ("workflow_instance", {"workflow_id": wid}),
         ("workflow_stop", {"workflow_id": wid}),
     ]
 
@@ -251,8 +251,12 @@ def test_async_twins_call_the_same_services(engine: list[tuple[str, dict[str, An
     async def main() -> list[Any]:
         return [await Dagger.asubmit(wid), await Dagger.aget_instance(wid), await Dagger.astop(wid)]
 
-    assert asyncio.run(main()) == ["workflow_submit-result", "workflow_get-result", "workflow_stop-result"]
-    assert [c[0] for c in engine] == ["workflow_submit", "workflow_get", "workflow_stop"]
+    assert asyncio.run(main()) == [
+        "workflow_submit-result",
+        "workflow_instance-result",
+        "workflow_stop-result",
+    ]
+    assert [c[0] for c in engine] == ["workflow_submit", "workflow_instance", "workflow_stop"]
 
 
 def test_a_malformed_workflow_id_raises_workflow_does_not_exist(
@@ -271,10 +275,10 @@ def test_create_instance_passes_runtime_parameters_and_options_to_the_engine(
     result = template.create_instance(
         wid, partition_key_lookup="order_id", repartition=True, seed="s", submit_task=True, order_id="o1", n=2
     )
-    assert result == "workflow_create-result"
+    assert result == "instance_create-result"
     assert engine == [
         (
-            "workflow_create",
+            "instance_create",
             {
                 "template": template,
                 "workflow_id": wid,
@@ -325,7 +329,7 @@ def test_acreate_instance_uses_the_shape_recorded_in_the_calling_task(
         template.set_dynamic_builders_for_process_template("PRE", builders)
         return await template.acreate_instance(None, "k", submit_task=True, k="v")
 
-    assert asyncio.run(main()) == "workflow_create-result"
+    assert asyncio.run(main()) == "instance_create-result"
     call = engine[0][1]
     assert call["dynamic_process_builders"] == {"PRE": tuple(builders)}
     assert (
