@@ -37,7 +37,7 @@ from ..exceptions import (
     WorkflowDoesNotExist,
 )
 from ..models import Node, NodeKind, Status, Timer, TimerPurpose, TimerStatus, Workflow, WorkflowTemplate
-from . import parameters, ports, walker
+from . import correlation, parameters, ports, timing, walker
 from .hooks import call_hook
 from .state import WorkflowState
 
@@ -75,6 +75,8 @@ def locked(workflow_id: Any) -> Iterator[WorkflowState]:
 
 
 def _commit(state: WorkflowState) -> None:
+    timing.before_flush(state)
+    correlation.before_flush(state)
     state.flush()
     transaction.on_commit(partial(_after_commit, state))
 
@@ -316,6 +318,7 @@ def _set_parameters(
         fields.append("business_key")
     state.touch_workflow(*fields)
     state.record(reason="parameters_changed", detail={"changed": changed, "removed": removed}, node=node)
+    correlation.parameters_changed(state, changed=changed, removed=removed)
 
 
 # ==================================================================================================
@@ -552,13 +555,8 @@ def timer_fire(*, timer_id: int) -> bool:
             if not fired:
                 return False
             node = state.get(row["node_id"])
-            if node is None:
-                return True
-            purpose = row["purpose"]
-            if purpose == TimerPurpose.RETRY and node.status == S.SUBMITTED:
-                state.to_dispatch.append(node.id)
-            elif purpose == TimerPurpose.TRIGGER and node.status == S.EXECUTING:
-                walker.submit_to_worker(state, node, reason="trigger_due")
+            if node is not None:
+                timing.fire(state, node, purpose=row["purpose"])
             return True
     except WorkflowDoesNotExist:
         return False

@@ -78,6 +78,9 @@ class WorkflowState:
         self.to_stop_hooks: list[uuid.UUID] = []
         #: (node or None, from, to) for signals after commit.
         self.changes: list[tuple[Node | None, str, str]] = []
+        #: Nodes that reached a terminal status in this transition (their timers and
+        #: subscriptions are closed before the flush).
+        self.ended: list[Node] = []
         self.delete_after = False
         self._children: dict[uuid.UUID | None, list[Node]] | None = None
 
@@ -133,8 +136,10 @@ class WorkflowState:
         node.status = to
         if to == S.EXECUTING:
             node.time_submitted = self.now
-        if to in TERMINAL and node.time_completed is None:
-            node.time_completed = self.now
+        if to in TERMINAL:
+            self.ended.append(node)
+            if node.time_completed is None:
+                node.time_completed = self.now
         if to in (S.SUBMITTED, S.EXECUTING) and frm == S.FAILURE:
             node.time_completed = None
         if error is not None:

@@ -33,6 +33,26 @@ def add_timer(state: WorkflowState, node: Node, *, purpose: str, due_at: dt.date
     return timer
 
 
+def process_started(state: WorkflowState, node: Node) -> None:
+    """A process began executing: set up its deadline and monitor (the time-driven issue)."""
+
+
+def before_flush(state: WorkflowState) -> None:
+    """Close the waits of nodes that ended in this transition."""
+    for node in state.ended:
+        state.cancel_timers_for.add(node.id)
+
+
+def fire(state: WorkflowState, node: Node, *, purpose: str) -> None:
+    """A timer of ``node`` is due (it was claimed by the caller): act on its purpose."""
+    from .walker import submit_to_worker
+
+    if purpose == TimerPurpose.RETRY and node.status == S.SUBMITTED:
+        state.to_dispatch.append(node.id)
+    elif purpose == TimerPurpose.TRIGGER and node.status == S.EXECUTING:
+        submit_to_worker(state, node, reason="trigger_due")
+
+
 def start_timed(state: WorkflowState, node: Node) -> None:
     from .walker import submit_to_worker
 

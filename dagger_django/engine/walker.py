@@ -17,6 +17,7 @@ from ..conf import dagger_settings
 from ..exceptions import InvalidTaskResult, TaskInvalidState
 from ..models import Node, NodeKind, NodeType, Status
 from ..models.status import TERMINAL, WORKER_KINDS
+from . import correlation, timing
 from .state import WorkflowState
 
 S = Status
@@ -45,6 +46,8 @@ def start(state: WorkflowState, node: Node) -> None:
     kind = node.kind
     if kind in (NodeKind.PROCESS, NodeKind.PARALLEL):
         state.set_status(node, S.EXECUTING, reason="started")
+        if kind == NodeKind.PROCESS:
+            timing.process_started(state, node)
         heads = [c for c in (state.get(i) for i in node.child_ids) if c is not None]
         if not heads:
             finish(state, node, S.COMPLETED, reason="empty")
@@ -58,10 +61,9 @@ def start(state: WorkflowState, node: Node) -> None:
     elif kind == NodeKind.LISTENER:
         # Waits for a correlated message; waiting costs no worker.
         state.set_status(node, S.EXECUTING, reason="waiting")
+        correlation.listener_started(state, node)
     elif kind in (NodeKind.TRIGGER, NodeKind.INTERVAL, NodeKind.MONITOR):
-        from .timing import start_timed
-
-        start_timed(state, node)
+        timing.start_timed(state, node)
     else:  # pragma: no cover - kinds are a closed set
         raise TaskInvalidState(f"{node.name}: unknown kind {kind!r}")
 
