@@ -56,3 +56,9 @@ lint: venv
 
 migrations-check: venv
 	$(VPY) manage.py makemigrations --check --dry-run
+
+# Benchmarks (docs/benchmarks.md): `make bench BENCH_ARGS="--n 200 1000"`.
+BENCH_ARGS ?=
+.PHONY: bench
+bench: venv services
+	$(VPY) -m benchmarks $(BENCH_ARGS)

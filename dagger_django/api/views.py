@@ -20,7 +20,7 @@ from rest_framework import status
 from rest_framework.exceptions import ParseError
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import JSONParser
-from rest_framework.permissions import AllowAny
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -154,6 +154,8 @@ class DaggerAPIView(APIView):
 
     parser_classes = [DaggerJSONParser]
     renderer_classes = [JSONRenderer, BrowsableAPIRenderer]
+    # Explicit, whatever the project's defaults: stop and retry must never be open.
+    permission_classes = [IsAuthenticated]
 
     def get_exception_handler(self) -> Callable[..., Response | None]:
         return errors.exception_handler

@@ -39,7 +39,7 @@ from ..exceptions import (
 from ..models import Node, NodeKind, Status, Timer, TimerPurpose, TimerStatus, Workflow, WorkflowTemplate
 from . import correlation, parameters, ports, timing, walker
 from .hooks import call_hook
-from .state import WorkflowState
+from .state import WorkflowState, load_locked
 
 logger = logging.getLogger("dagger_django.engine")
 S = Status
@@ -68,8 +68,10 @@ def _lock(workflow_id: Any) -> Workflow:
 def locked(workflow_id: Any) -> Iterator[WorkflowState]:
     """Lock a workflow, load its nodes, yield the state; on success write it and schedule sends."""
     with transaction.atomic():
-        wf = _lock(workflow_id)
-        state = WorkflowState(wf, Node.objects.filter(workflow_id=wf.id))
+        wf, nodes = load_locked(_uuid(workflow_id))
+        if wf is None:
+            raise WorkflowDoesNotExist(f"No workflow with id {workflow_id}.")
+        state = WorkflowState(wf, nodes)
         yield state
         _commit(state)
 
@@ -111,7 +113,7 @@ def _announce(state: WorkflowState) -> None:
         if specific is not None:
             _send(specific, workflow=wf, node=node, from_status=frm, to_status=to)
     callbacks = dagger_settings.callbacks()
-    if callbacks and state.changes:
+    if callbacks and (state.changes or state.parameters_changed):
         view = build_workflow_view(wf, list(state.nodes.values()), strict=False)
         for callback in callbacks:
             try:
@@ -301,6 +303,10 @@ def workflow_update_parameters(*, workflow_id: Any, changes: Any) -> Workflow:
     parameters.validate(changes, what="runtime parameter changes")
     with locked(workflow_id) as state:
         wf = state.workflow
+        if wf.status in (S.COMPLETED, S.STOPPED, S.SKIPPED):
+            raise TaskInvalidState(
+                f"Workflow {wf.id} is {wf.status}; its runtime parameters can no longer change."
+            )
         merged = parameters.merge(wf.runtime_parameters, changes, [])
         parameters.validate(merged)
         _set_parameters(state, merged, changed=sorted(changes), removed=[], node=None)
@@ -317,6 +323,7 @@ def _set_parameters(
         wf.business_key = parameters.business_key(merged.get(wf.partition_key_lookup))
         fields.append("business_key")
     state.touch_workflow(*fields)
+    state.parameters_changed = True
     state.record(reason="parameters_changed", detail={"changed": changed, "removed": removed}, node=node)
     correlation.parameters_changed(state, changed=changed, removed=removed)
 
@@ -504,7 +511,8 @@ def _fail_or_retry(state: WorkflowState, node: Node, outcome: Outcome) -> None:
     retry_on = getattr(task_cls, "retry_on", (Exception,))
     error = outcome.error
     retryable = not isinstance(error, DaggerError) and isinstance(error, retry_on)
-    if retryable and node.attempts <= max_retries:
+    used = node.attempts - int(node.config.get("retry_base", 0))
+    if retryable and used <= max_retries:
         backoff = float(getattr(task_cls, "retry_backoff", 1.0))
         delay = min(
             backoff * (2 ** (node.attempts - 1)), float(getattr(task_cls, "retry_backoff_max", 300.0))

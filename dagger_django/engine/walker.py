@@ -278,9 +278,10 @@ def retry_workflow(state: WorkflowState) -> list[Node]:
                 state.set_status(parent, S.EXECUTING, reason="retried")
             parent = state.get(parent.parent_id)
     for leaf in sorted(failed, key=lambda n: n.position):
-        leaf.attempts = 0
+        # Attempts keep counting (idempotency keys never repeat); the retry budget starts anew.
+        leaf.config = {**leaf.config, "retry_base": leaf.attempts}
         leaf.error = ""
-        if leaf.kind in WORKER_KINDS:
+        if leaf.kind in WORKER_KINDS or leaf.kind == NodeKind.TRIGGER:
             submit_to_worker(state, leaf, reason="retried")
         else:
             state.set_status(leaf, S.EXECUTING, reason="retried")

@@ -620,3 +620,16 @@ def test_health_is_503_degraded_when_the_broker_does_not_answer(monkeypatch: pyt
         "status": "degraded",
         "checks": {"database": True, "broker": False, "bridge": None},
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_patch_runtime_parameters_of_a_finished_workflow_is_a_conflict(
+    api: APIClient, dispatcher: InMemoryDispatcher
+) -> None:
+    created = create(api)
+    dispatcher.drain()
+    response = api.patch(
+        f"{BASE}/workflows/{created.json()['id']}/runtime-parameters/", {"x": 1}, format="json"
+    )
+    assert response.status_code == 409
+    assert response.json()["error"] == "invalid_state"

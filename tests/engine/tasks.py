@@ -11,6 +11,7 @@ from dagger_django import (
     KafkaListenerTask,
     TaskStatus,
     TaskStatusEnum,
+    TriggerTask,
 )
 
 STOPPED_HOOKS: list[str] = []
@@ -107,3 +108,9 @@ async def async_callback(workflow: Any) -> None:
 class WritesNul(ExecutorTask):
     def execute(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
         runtime_parameters["name"] = "a\x00b"
+
+
+class TriggerBoom(TriggerTask):
+    def execute(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
+        if not runtime_parameters.get("fixed"):
+            raise RuntimeError("trigger boom")

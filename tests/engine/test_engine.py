@@ -542,3 +542,49 @@ def test_task_storing_a_nul_character_fails_cleanly(dispatcher: Any) -> None:
 def test_business_key_of_a_structured_value_is_json(dispatcher: Any) -> None:
     wf = b.linear("StructKey", (t.Record, "a")).create_instance(partition_key_lookup="k", k={"deep": [1]})
     assert reload(wf.id).business_key == '{"deep":[1]}'
+
+
+def test_retrying_a_workflow_keeps_counting_attempts_so_keys_never_repeat(
+    dispatcher: Any, clock: Any
+) -> None:
+    tmpl = b.linear("RetryKeys", (t.Flaky, "flaky"))
+    wf = tmpl.create_instance(submit_task=True, fail_times=3)
+    for _ in range(3):
+        dispatcher.drain()
+        clock.advance(seconds=100)
+    assert reload(wf.id).status == S.FAILURE
+    services.workflow_retry(workflow_id=wf.id)
+    dispatcher.drain()
+    node = Node.objects.get(workflow_id=wf.id, name__endswith="flaky_executor_task")
+    assert node.status == S.COMPLETED and node.attempts == 4
+    assert reload(wf.id).runtime_parameters["keys"] == [f"{node.id}:4"]
+
+
+def test_failed_trigger_is_run_again_when_the_workflow_is_retried(dispatcher: Any, clock: Any) -> None:
+    from dagger_django import Dagger, TriggerTaskTemplateBuilder
+
+    trigger = TriggerTaskTemplateBuilder(Dagger.app).set_type(t.TriggerBoom).set_name("when")
+    trigger.set_time_to_execute_lookup_key("at")
+    tmpl = b.template("RetryTrigger", b.process("main", trigger.build()))
+    wf = tmpl.create_instance(submit_task=True, at=clock.now().timestamp() - 1)
+    dispatcher.drain()
+    assert reload(wf.id).status == S.FAILURE
+    services.workflow_update_parameters(workflow_id=wf.id, changes={"fixed": True})
+    services.workflow_retry(workflow_id=wf.id)
+    dispatcher.drain()
+    assert reload(wf.id).status == S.COMPLETED
+
+
+def test_runtime_parameters_of_a_finished_workflow_cannot_change(dispatcher: Any) -> None:
+    wf = run(b.linear("Frozen", (t.Record, "a")), dispatcher)
+    with pytest.raises(TaskInvalidState):
+        services.workflow_update_parameters(workflow_id=wf.id, changes={"x": 1})
+    assert "x" not in reload(wf.id).runtime_parameters
+
+
+def test_update_callbacks_also_run_when_only_parameters_change(dispatcher: Any, settings: Any) -> None:
+    t.CALLBACK_SEEN.clear()
+    wf = b.linear("CallbackParams", (t.Record, "a")).create_instance(x=1)
+    settings.DAGGER = {"TASK_UPDATE_CALLBACKS": [t.sync_callback]}
+    services.workflow_update_parameters(workflow_id=wf.id, changes={"x": 2})
+    assert t.CALLBACK_SEEN == [("sync", "NOT_STARTED")]

@@ -1,0 +1,148 @@
+"""Run the benchmark suite: ``python -m benchmarks`` (``make bench``).
+
+Starts what it needs (PostgreSQL and Redis if down, a real Celery worker with 2 prefork
+processes on its own queue), runs each workload at each N, prints a table and writes JSON to
+benchmarks/results/latest.json. Options: ``--n 200 1000``, ``--workloads linear,cost``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/dagger_bench"
+DEFAULT_BROKER = "redis://127.0.0.1:6379/11"
+WORKLOADS = ("linear", "cost")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--n", type=int, nargs="+", default=[200, 1000, 10000])
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--concurrency", type=int, default=2, help="worker processes (prefork)")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
+    args = parser.parse_args(argv)
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+
+    env = dict(os.environ)
+    env.setdefault("DATABASE_URL", DEFAULT_DB)
+    env.setdefault("CELERY_BROKER_URL", DEFAULT_BROKER)
+    env.setdefault("BENCH_REDIS_URL", env["CELERY_BROKER_URL"])
+    env["CELERY_QUEUE"] = f"bench-{uuid.uuid4().hex[:8]}"
+    env["DJANGO_SETTINGS_MODULE"] = "config.settings"
+    env["LOG_LEVEL"] = "WARNING"
+    os.environ.update(env)
+
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "ensure_services.sh")], check=True, stdout=subprocess.DEVNULL
+    )
+    _ensure_database(env["DATABASE_URL"])
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    from .harness import Worker, machine
+
+    report: dict[str, Any] = {
+        "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine(),
+        "settings": {
+            "database": settings.DATABASES["default"]["ENGINE"],
+            "broker": settings.CELERY_BROKER_URL.split("://")[0],
+            "worker": f"prefork x{args.concurrency}",
+            "DAGGER": getattr(settings, "DAGGER", {}),
+        },
+        "results": {},
+    }
+    worker = Worker(env=env, concurrency=args.concurrency)
+    worker.start()
+    try:
+        for name in workloads:
+            report["results"][name] = _run(name, args.n, worker)
+        report["rss_mb"] = worker.rss_mb()
+    finally:
+        worker.stop()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2, default=str))
+    _print(report)
+    print(f"\nJSON written to {args.json}")
+    return 0
+
+
+def _run(name: str, sizes: list[int], worker: Any) -> Any:
+    if name == "linear":
+        from . import linear
+
+        rows = []
+        for n in sizes:
+            dagger = linear.run_dagger(n)
+            bare = linear.run_bare_chain(n)
+            ratio = dagger["workflows_per_s"] / bare["chains_per_s"] if bare["chains_per_s"] else None
+            rows.append({"n": n, "dagger": dagger, "bare_celery_chain": bare, "ratio": round(ratio or 0, 2)})
+            print(
+                f"  linear n={n}: dagger {dagger['workflows_per_s']}/s, bare chain {bare['chains_per_s']}/s,"
+                f" ratio {ratio:.2f}",
+                flush=True,
+            )
+        return rows
+    if name == "cost":
+        from . import cost
+
+        return cost.run()
+    raise SystemExit(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+
+
+def _ensure_database(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    import psycopg
+
+    admin = parts._replace(path="/postgres").geturl()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _print(report: dict[str, Any]) -> None:
+    m = report["machine"]
+    print(f"\nmachine: {m['cores']} cores, {m['memory_gb']} GB; Python {m['python']}, Django {m['django']},"
+          f" Celery {m['celery']}; {m['postgresql']}; {m['redis']}")  # fmt: skip
+    print(f"settings: {report['settings']}")
+    linear = report["results"].get("linear")
+    if linear:
+        print(
+            "\nW1 linear (3 executor steps)        n   wf/s  trans/s  p50 s   p99 s | bare chain/s  p50 s   p99 s | ratio"
+        )
+        for row in linear:
+            d, b = row["dagger"], row["bare_celery_chain"]
+            print(
+                f"{'':34}{row['n']:>5} {d['workflows_per_s']:>6} {d['transitions_per_s']:>8}"
+                f" {d['latency_s']['p50']:>6} {d['latency_s']['p99']:>7} | {b['chains_per_s']:>12}"
+                f" {b['latency_s']['p50']:>6} {b['latency_s']['p99']:>7} | {row['ratio']:>5}"
+            )
+    cost = report["results"].get("cost")
+    if cost:
+        print("\nW5 cost per transition              queries  rows written")
+        for step, row in cost.items():
+            print(f"  {step:<34}{row['queries']:>7}  {row['rows_written']:>12}")
+    if "rss_mb" in report:
+        print("\npeak RSS (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in report["rss_mb"].items()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

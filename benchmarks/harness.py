@@ -1,0 +1,138 @@
+"""Processes and measurements shared by the workloads: services, a worker, RSS, percentiles."""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "mean": statistics.fmean(values) if values else float("nan"),
+        "max": max(values) if values else float("nan"),
+    }
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a process, in MB; 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    except OSError:
+        return []
+    return [int(x) for x in out.split()]
+
+
+def machine() -> dict[str, Any]:
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    import celery
+    import django
+    import kombu
+
+    pg = subprocess.run(["psql", "--version"], capture_output=True, text=True).stdout.strip()
+    redis_v = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()
+    return {
+        "cores": os.cpu_count(),
+        "memory_gb": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "django": django.get_version(),
+        "celery": celery.__version__,
+        "kombu": kombu.__version__,
+        "postgresql": pg,
+        "redis": " ".join(redis_v[:3]),
+    }
+
+
+@dataclass
+class Worker:
+    """A real Celery worker subprocess on its own queue."""
+
+    env: dict[str, str]
+    concurrency: int = 2
+    pool: str = "prefork"
+    include: tuple[str, ...] = ("benchmarks.workflows",)
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path = field(default_factory=lambda: Path(f"/tmp/dagger-bench-worker-{uuid.uuid4().hex[:6]}.log"))
+
+    def start(self) -> None:
+        argv = [
+            sys.executable, "-m", "celery", "-A", "config", "worker", "-l", "warning",
+            f"--pool={self.pool}", f"--concurrency={self.concurrency}", "-Q", self.env["CELERY_QUEUE"],
+            "-n", f"{self.env['CELERY_QUEUE']}@%h", "--include", ",".join(self.include),
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        from config.celery import app
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log.read_text()[-2000:]}")
+            if app.control.ping(destination=[f"{self.env['CELERY_QUEUE']}@{platform.node()}"], timeout=0.5):
+                return
+        raise RuntimeError("worker did not become ready in 60 s")
+
+    def rss_mb(self) -> dict[str, float]:
+        assert self.proc is not None
+        out = {"worker_main": peak_rss_mb(self.proc.pid)}
+        for i, child in enumerate(children(self.proc.pid)):
+            out[f"worker_child_{i}"] = peak_rss_mb(child)
+        return out
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+
+def reset_tables() -> None:
+    """Empty the workflow tables (everything that references workflows goes with them)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE dagger_django_workflow CASCADE")
