@@ -19,7 +19,7 @@ TEST_BROKER_URL := redis://127.0.0.1:6379/15
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: help venv services test run lint migrations-check
+.PHONY: help venv services browser test run lint migrations-check
 
 help:
 	@echo "make run               start the embedded stack (SQLite, file broker, worker, beat, web)"
@@ -40,7 +40,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 services:
 	bash scripts/ensure_services.sh
 
-test: venv services
+browser:
+	bash scripts/ensure_browser.sh
+
+test: venv services browser
 	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" \
 	CELERY_BROKER_URL="$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)}" \
 	$(VPY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -62,7 +63,7 @@ class WorkflowAdmin(admin.ModelAdmin):
         "time_completed",
         "updated_at",
     ]
-    exclude = ["template_class", "root_node_id", "deferred_node_ids"]
+    exclude = ["template_class", "root_node_id", "deferred_node_ids", "has_timers"]
     inlines = [NodeInline, EventInline]
     actions = ["stop_workflows", "retry_workflows"]
 
@@ -71,6 +72,18 @@ class WorkflowAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return request.method in ("GET", "HEAD") and super().has_view_permission(request, obj)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> Any:
+        from .graph_view import workflow_graph
+
+        context = dict(extra_context or {})
+        try:
+            context["dagger_graph"] = workflow_graph(object_id)
+        except (ValueError, TypeError, ValidationError):
+            context["dagger_graph"] = None
+        return super().change_view(request, object_id, form_url, extra_context=context)
 
     def _apply(self, request: HttpRequest, queryset: QuerySet[Workflow], service: Any, verb: str) -> None:
         done, failed = 0, []

@@ -1,0 +1,82 @@
+"""The admin's workflow graph in a real browser (headless Chromium driven by Selenium)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dagger_django.models import Node
+from dagger_django.testing import InMemoryDispatcher, engine_under_test
+
+from .engine import builders as b
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("Chromium and chromedriver are not installed (make test installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def dispatcher() -> Iterator[InMemoryDispatcher]:
+    with engine_under_test() as (dispatcher, _clock):
+        yield dispatcher
+
+
+def test_admin_shows_a_workflow_graph_a_person_can_read(
+    browser: Any, live_server: Any, django_user_model: Any, dispatcher: Any, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    django_user_model.objects.create_superuser("boss", "boss@example.com", "pw")
+    wf = b.decision("BrowserDecision").create_instance(submit_task=True, branch=1)
+    dispatcher.drain()
+
+    browser.get(f"{live_server.url}/admin/login/")
+    browser.find_element(By.NAME, "username").send_keys("boss")
+    browser.find_element(By.NAME, "password").send_keys("pw")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    browser.get(f"{live_server.url}/admin/dagger_django/workflow/{wf.id}/change/")
+
+    graph = browser.find_element(By.ID, "dagger-graph")
+    boxes = graph.find_elements(By.CSS_SELECTOR, ".box")
+    assert len(boxes) == Node.objects.filter(workflow_id=wf.id).count()
+    shown = {box.get_attribute("data-node"): box.get_attribute("data-status") for box in boxes}
+    assert shown == {str(n.id): n.status for n in Node.objects.filter(workflow_id=wf.id)}
+    skipped = [box for box in boxes if box.get_attribute("data-status") == "SKIPPED"]
+    assert skipped and all(box.is_displayed() for box in skipped)
+    assert "decide" in graph.text and "right_executor_task" in graph.text
+    graph.screenshot(str(tmp_path / "graph.png"))
+    assert (tmp_path / "graph.png").stat().st_size > 5_000
