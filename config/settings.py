@@ -7,6 +7,7 @@ DATABASE_URL=postgres://... and CELERY_BROKER_URL=redis://... .
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -134,6 +135,30 @@ CELERY_TIMEZONE = "UTC"
 DAGGER = {
     "MAX_RUNTIME_PARAMETERS_BYTES": int(os.environ.get("DAGGER_MAX_RUNTIME_PARAMETERS_BYTES", 256 * 1024)),
 }
+# Timers and recovery (docs/time.md): DAGGER_<NAME> in the environment overrides the default.
+for _name, _cast in (
+    ("TRIGGER_INTERVAL", float),
+    ("MAX_TASKS_PER_TRIGGER", int),
+    ("LEASE_SECONDS", float),
+    ("RECOVERY_INTERVAL", float),
+):
+    if os.environ.get(f"DAGGER_{_name}"):
+        DAGGER[_name] = _cast(os.environ[f"DAGGER_{_name}"])
+if os.environ.get("DAGGER_TIMER_QUEUE"):
+    DAGGER["TIMER_QUEUE"] = os.environ["DAGGER_TIMER_QUEUE"]
+if os.environ.get("DAGGER_RESTART_TASKS_ON_BOOT"):
+    DAGGER["RESTART_TASKS_ON_BOOT"] = env_bool("DAGGER_RESTART_TASKS_ON_BOOT", True)
+# Kafka (optional; docs/bridge.md): the bridge and the outbox relay connect when servers are set.
+# KAFKA_CONFIG / KAFKA_CONSUMER_CONFIG / KAFKA_PRODUCER_CONFIG: JSON objects of librdkafka settings.
+if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+    DAGGER["KAFKA"] = {
+        **json.loads(os.environ.get("KAFKA_CONFIG") or "{}"),
+        "bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"],
+    }
+    DAGGER["KAFKA_CONSUMER"] = json.loads(os.environ.get("KAFKA_CONSUMER_CONFIG") or "{}")
+    DAGGER["KAFKA_PRODUCER"] = json.loads(os.environ.get("KAFKA_PRODUCER_CONFIG") or "{}")
+if os.environ.get("DAGGER_TASK_UPDATE_TOPIC"):
+    DAGGER["TASK_UPDATE_TOPIC"] = os.environ["DAGGER_TASK_UPDATE_TOPIC"]
 
 LOGGING = {
     "version": 1,

@@ -9,9 +9,14 @@ class DaggerDjangoConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_migrate
         from django.utils.module_loading import autodiscover_modules
 
         from . import checks  # noqa: F401  (registers system checks)
+        from .beat import on_post_migrate
+
+        # dagger's celery-beat entries (timer sweep, recovery sweep), registered idempotently.
+        post_migrate.connect(on_post_migrate, sender=self, dispatch_uid="dagger_django.beat_setup")
 
         # Templates are registered by importing each installed app's ``workflows`` module, the
         # way the admin discovers ``admin`` modules. No database access happens here.

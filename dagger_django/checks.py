@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.checks import Error, register
+from django.core.checks import Error, Warning, register
 from django.utils.module_loading import import_string
 
 
@@ -38,6 +38,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         )
     if float(dagger_settings.TRIGGER_INTERVAL) <= 0:
         problems.append(Error("DAGGER['TRIGGER_INTERVAL'] must be positive.", id="dagger_django.E004"))
+    problems.extend(_time_problems(dagger_settings))
     for cb in dagger_settings.TASK_UPDATE_CALLBACKS:
         if isinstance(cb, str):
             try:
@@ -46,4 +47,80 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 problems.append(
                     Error(f"Task update callback {cb!r} cannot be imported: {exc}", id="dagger_django.E005")
                 )
+    return problems
+
+
+def _time_problems(dagger_settings: Any) -> list[Any]:
+    """Settings of timers and recovery (docs/time.md)."""
+    problems: list[Any] = []
+    if int(dagger_settings.MAX_TASKS_PER_TRIGGER) < 1:
+        problems.append(
+            Error(
+                "DAGGER['MAX_TASKS_PER_TRIGGER'] must be at least 1.",
+                hint="It caps the timers one sweep fires; the default is 2000.",
+                id="dagger_django.E006",
+            )
+        )
+    if float(dagger_settings.LEASE_SECONDS) <= 0:
+        problems.append(
+            Error(
+                "DAGGER['LEASE_SECONDS'] must be positive.",
+                hint="Seconds after which a SUBMITTED/EXECUTING node is handed out again; default 300.",
+                id="dagger_django.E007",
+            )
+        )
+    if float(dagger_settings.RECOVERY_INTERVAL) < 0:
+        problems.append(
+            Error("DAGGER['RECOVERY_INTERVAL'] must be 0 (off) or positive.", id="dagger_django.E008")
+        )
+    interval = float(dagger_settings.TRIGGER_INTERVAL)
+    if interval > 0 and (interval < 1 or not interval.is_integer()):
+        problems.append(
+            Warning(
+                f"DAGGER['TRIGGER_INTERVAL'] = {interval:g}: celery-beat runs the sweep every "
+                f"{max(1, round(interval))} s (whole seconds).",
+                hint="Timers due soon still fire on time: they are sent with a Celery countdown.",
+                id="dagger_django.W001",
+            )
+        )
+    return problems
+
+
+# -- Kafka issue: messages in and out (ids E020-E029) ------------------------------------------------
+@register("dagger_django")
+def check_messaging_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    from .conf import dagger_settings
+
+    problems: list[Any] = []
+    for name in ("KAFKA", "KAFKA_CONSUMER", "KAFKA_PRODUCER"):
+        value = getattr(dagger_settings, name)
+        if value is not None and not isinstance(value, dict):
+            problems.append(
+                Error(
+                    f"DAGGER['{name}'] must be a dict of librdkafka settings, not {type(value).__name__}.",
+                    hint='For example {"bootstrap.servers": "kafka:9092"}.',
+                    id="dagger_django.E020",
+                )
+            )
+    relay = dagger_settings.OUTBOX_RELAY
+    if relay:
+        try:
+            import_string(relay)
+        except ImportError as exc:
+            problems.append(
+                Error(
+                    f"DAGGER['OUTBOX_RELAY'] cannot be imported: {exc}",
+                    hint="Use 'dagger_django.kafka.producer.KafkaRelay' (default; needs confluent-kafka) or None.",
+                    id="dagger_django.E021",
+                )
+            )
+    for name in ("BUFFER_TTL_SECONDS", "MAX_MESSAGE_BYTES", "DELIVERY_LEASE_SECONDS"):
+        if float(getattr(dagger_settings, name)) <= 0:
+            problems.append(Error(f"DAGGER['{name}'] must be positive.", id="dagger_django.E022"))
+    if float(dagger_settings.INBOX_RETENTION_DAYS) < 0:
+        problems.append(
+            Error("DAGGER['INBOX_RETENTION_DAYS'] must be 0 (keep all) or positive.", id="dagger_django.E023")
+        )
+    if not dagger_settings.KAFKA_GROUP_ID:
+        problems.append(Error("DAGGER['KAFKA_GROUP_ID'] must not be empty.", id="dagger_django.E024"))
     return problems

@@ -31,12 +31,43 @@ class Defaults:
     TASK_UPDATE_CALLBACKS: tuple[Any, ...] = ()
     #: Kafka topic receiving every workflow update (the Kafka issue wires the relay).
     TASK_UPDATE_TOPIC: str | None = None
-    #: Seconds between timer sweeps (django-celery-beat entry).
+    #: Seconds between timer sweeps (django-celery-beat entry; beat schedules whole seconds).
     TRIGGER_INTERVAL: float = 60.0
-    #: Timers fired per sweep at most.
+    #: Timers fired per sweep at most (and nodes recovered per recovery sweep).
     MAX_TASKS_PER_TRIGGER: int = 2000
-    #: Re-dispatch nodes left SUBMITTED/EXECUTING past a lease.
+    #: Run a recovery sweep when a worker starts (see LEASE_SECONDS, docs/time.md).
     RESTART_TASKS_ON_BOOT: bool = True
+    # -- time-driven issue: recovery and beat (docs/time.md) --
+    #: A node left SUBMITTED/EXECUTING this many seconds without a change is handed out again.
+    #: Keep it above your longest task's run time.
+    LEASE_SECONDS: float = 300.0
+    #: Seconds between periodic recovery sweeps (a second beat entry); 0 disables them.
+    RECOVERY_INTERVAL: float = 60.0
+    #: Register dagger's beat entries after ``migrate`` (else run ``manage.py dagger_setup_beat``).
+    BEAT_AUTO_SETUP: bool = True
+    #: Celery queue of the timer sweep and of timers' countdown messages (None = CELERY_QUEUE).
+    TIMER_QUEUE: str | None = None
+    # -- Kafka issue: messages in and out (docs/correlation.md, docs/bridge.md) --
+    #: librdkafka settings shared by the bridge's consumer and the outbox relay's producer
+    #: (``bootstrap.servers``, ``security.protocol``, ``sasl.*``, ``ssl.*``, ...). None = {}.
+    KAFKA: dict[str, Any] | None = None
+    #: Extra librdkafka settings for the bridge's consumer only / the relay's producer only.
+    KAFKA_CONSUMER: dict[str, Any] | None = None
+    KAFKA_PRODUCER: dict[str, Any] | None = None
+    #: Consumer group of the bridges (``dagger_kafka_bridge --group-id`` overrides it).
+    KAFKA_GROUP_ID: str = "dagger-bridge"
+    #: Dotted path of the outbox relay (``engine.outbox.Relay``); None = rows wait for a sweep.
+    OUTBOX_RELAY: str | None = "dagger_django.kafka.producer.KafkaRelay"
+    #: How long a message for a listener that has not started yet is kept (a listener class
+    #: may set ``buffer_ttl_seconds``).
+    BUFFER_TTL_SECONDS: float = 3600.0
+    #: Largest accepted message value, in bytes (bigger ones are dead letters / HTTP 413).
+    MAX_MESSAGE_BYTES: int = 1024 * 1024
+    #: A delivery being handled (or waiting for a worker) this long is handed out again.
+    DELIVERY_LEASE_SECONDS: float = 300.0
+    #: Routed and unmatched inbox rows are deleted after this many days (the dedupe window);
+    #: dead letters and buffered messages are kept. 0 keeps everything.
+    INBOX_RETENTION_DAYS: float = 7.0
     #: Accepted for compatibility: the correlation table needs no chunking.
     MAX_CORRELETABLE_KEYS_IN_VALUES: int = 15000
     #: Celery queue for dagger's tasks (None = the project's default queue).

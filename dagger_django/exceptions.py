@@ -75,6 +75,21 @@ class InvalidTaskResult(DaggerError):
     code = "invalid_task_result"
 
 
+# -- messages (the Kafka issue) ---------------------------------------------------------------------
+class UnknownTopic(DaggerError):
+    """No registered listener template waits on this topic."""
+
+    code = "unknown_topic"
+    http_status = 404
+
+
+class MessageTooLarge(DaggerError):
+    """A message is larger than ``DAGGER['MAX_MESSAGE_BYTES']``."""
+
+    code = "message_too_large"
+    http_status = 413
+
+
 __all__ = [
     "DaggerError",
     "InvalidTaskType",
@@ -87,4 +102,6 @@ __all__ = [
     "WorkflowDoesNotExist",
     "TaskClassNotFound",
     "InvalidTaskResult",
+    "UnknownTopic",
+    "MessageTooLarge",
 ]

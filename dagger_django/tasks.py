@@ -1,7 +1,8 @@
 """dagger's Celery tasks: ids in, one engine call, the retry/ack policy out.
 
-All are ``acks_late`` with ``reject_on_worker_lost``: a worker that dies mid-task leaves the
-message to be delivered again, and the engine's guards make the second delivery safe.
+The per-node tasks are ``acks_late`` with ``reject_on_worker_lost``: a worker that dies mid-task
+leaves the message to be delivered again, and the engine's guards make the second delivery safe.
+The sweeps started by celery-beat are not: a lost sweep is the next sweep's work.
 Database outages are retried with backoff instead of losing the message.
 """
 
@@ -10,9 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery import shared_task
+from celery.signals import worker_ready
 from django.db import InterfaceError, OperationalError
 
-from .engine import services
+from .conf import dagger_settings
+from .engine import recovery, services
 
 _COMMON: dict[str, Any] = {
     "acks_late": True,
@@ -40,4 +43,28 @@ def run_stop_hooks(workflow_id: str, node_ids: list[str]) -> int:
     return services.stop_hooks_run(workflow_id=workflow_id, node_ids=node_ids)
 
 
-__all__ = ["run_node", "fire_timer", "run_stop_hooks"]
+# -- time: the beat entries' tasks and recovery at worker start (docs/time.md) ------------------------
+# Not acks_late: a sweep that is lost or fails is simply the next sweep's work.
+@shared_task(name="dagger_django.sweep_timers", ignore_result=True)
+def sweep_timers(upcoming: bool = True) -> int:
+    """Fire the due timers; then (the beat's sweep) schedule sweeps for those due before the next."""
+    fired = services.timers_fire_due()
+    if upcoming:
+        services.timers_dispatch_upcoming()
+    return fired
+
+
+@shared_task(name="dagger_django.recover_nodes", ignore_result=True)
+def recover_nodes() -> int:
+    return recovery.nodes_recover()
+
+
+@worker_ready.connect(dispatch_uid="dagger_django.recover_on_boot")
+def _recover_on_boot(sender: Any = None, **kwargs: Any) -> None:
+    """``RESTART_TASKS_ON_BOOT``: a starting worker asks for one recovery sweep."""
+    if dagger_settings.RESTART_TASKS_ON_BOOT:
+        queue = dagger_settings.CELERY_QUEUE
+        recover_nodes.apply_async(**({"queue": queue} if queue else {}))
+
+
+__all__ = ["run_node", "fire_timer", "run_stop_hooks", "sweep_timers", "recover_nodes"]

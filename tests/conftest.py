@@ -63,8 +63,35 @@ _worker_key = pytest.StashKey[WorkerProcess]()
 
 
 @pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Kafka-protocol broker (Tansu, tests/kafka/broker.py), once per session.
+
+    This process's ``settings.DAGGER`` points at it for the session, and so do the worker and
+    the bridges started by the tests (through their environment).
+    """
+    from django.conf import settings
+
+    from tests.kafka.broker import start_broker
+
+    broker = start_broker(tmp_path_factory.mktemp("kafka") / "tansu.log")
+    previous = settings.DAGGER
+    settings.DAGGER = {**previous, **broker.settings()}
+    try:
+        yield broker
+    finally:
+        settings.DAGGER = previous
+        from dagger_django.kafka.producer import close_producer
+
+        close_producer()
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
 def celery_worker_process(
-    request: pytest.FixtureRequest, django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    django_db_setup: None,
+    tmp_path_factory: pytest.TempPathFactory,
+    kafka_broker: Any,
 ) -> Iterator[WorkerProcess]:
     """Start one real worker (prefork, 2 processes) for the session and stop it at the end.
 
@@ -91,6 +118,7 @@ def celery_worker_process(
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "CELERY_QUEUE": queue,
         "PYTHONUNBUFFERED": "1",
+        **kafka_broker.env,  # command tasks relay their messages to the test broker
     }
     argv = [
         sys.executable,

@@ -59,6 +59,7 @@ def test_admin_shows_a_workflow_graph_a_person_can_read(
     browser: Any, live_server: Any, django_user_model: Any, dispatcher: Any, tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     django_user_model.objects.create_superuser("boss", "boss@example.com", "pw")
     wf = b.decision("BrowserDecision").create_instance(submit_task=True, branch=1)
@@ -68,9 +69,11 @@ def test_admin_shows_a_workflow_graph_a_person_can_read(
     browser.find_element(By.NAME, "username").send_keys("boss")
     browser.find_element(By.NAME, "password").send_keys("pw")
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    # The login POST must finish (its session cookie set) before the next page is asked for.
+    WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.ID, "user-tools"))
     browser.get(f"{live_server.url}/admin/dagger_django/workflow/{wf.id}/change/")
 
-    graph = browser.find_element(By.ID, "dagger-graph")
+    graph = WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "dagger-graph"))
     boxes = graph.find_elements(By.CSS_SELECTOR, ".box")
     assert len(boxes) == Node.objects.filter(workflow_id=wf.id).count()
     shown = {box.get_attribute("data-node"): box.get_attribute("data-status") for box in boxes}

@@ -27,11 +27,30 @@ class CeleryDispatcher:
 
         countdown = max(0.0, (eta - ports.now()).total_seconds())
         # Only near timers are sent with a countdown: brokers hold far ones badly (Redis
-        # re-delivers countdown messages after its visibility timeout). The sweep fires the rest.
+        # re-delivers countdown messages after its visibility timeout). The sweep fires the rest,
+        # and sends those due before the next sweep (services.timers_dispatch_upcoming).
         if countdown <= max(float(dagger_settings.TRIGGER_INTERVAL), 1.0) * 2:
-            fire_timer.apply_async(args=[timer_id], countdown=countdown, **self._options())
+            fire_timer.apply_async(args=[timer_id], countdown=countdown, **timer_options())
+
+    def sweep_timers(self, *, eta: dt.datetime, count: int = 1) -> None:
+        from ..engine import ports
+        from ..tasks import sweep_timers
+
+        countdown = max(0.0, (eta - ports.now()).total_seconds())
+        for _ in range(count):
+            # A precision sweep fires what is due and does not look ahead (the beat's sweep does).
+            sweep_timers.apply_async(kwargs={"upcoming": False}, countdown=countdown, **timer_options())
 
     def run_stop_hooks(self, *, workflow_id: uuid.UUID, node_ids: list[uuid.UUID]) -> None:
         from ..tasks import run_stop_hooks
 
         run_stop_hooks.apply_async(args=[str(workflow_id), [str(i) for i in node_ids]], **self._options())
+
+
+def timer_options() -> dict[str, Any]:
+    """Where timer work goes: ``DAGGER['TIMER_QUEUE']``, else ``DAGGER['CELERY_QUEUE']``.
+
+    A queue of their own keeps timers on time while the main queue has a backlog.
+    """
+    queue = dagger_settings.TIMER_QUEUE or dagger_settings.CELERY_QUEUE
+    return {"queue": queue} if queue else {}

@@ -17,6 +17,8 @@ from typing import Any
 class InMemoryDispatcher:
     runs: deque[tuple[str, str, str]] = field(default_factory=deque)
     timers: list[tuple[int, dt.datetime]] = field(default_factory=list)
+    #: Timer sweeps asked for, with their due time (engine: ``services.timers_dispatch_upcoming``).
+    sweeps: list[dt.datetime] = field(default_factory=list)
     stop_hooks: deque[tuple[str, list[str]]] = field(default_factory=deque)
     sent: list[tuple[str, Any]] = field(default_factory=list)
 
@@ -28,6 +30,10 @@ class InMemoryDispatcher:
     def fire_timer(self, *, timer_id: int, eta: dt.datetime) -> None:
         self.timers.append((timer_id, eta))
         self.sent.append(("fire_timer", timer_id))
+
+    def sweep_timers(self, *, eta: dt.datetime, count: int = 1) -> None:
+        self.sweeps.extend([eta] * count)
+        self.sent.append(("sweep_timers", count))
 
     def run_stop_hooks(self, *, workflow_id: uuid.UUID, node_ids: list[uuid.UUID]) -> None:
         self.stop_hooks.append((str(workflow_id), [str(i) for i in node_ids]))
@@ -50,6 +56,9 @@ class InMemoryDispatcher:
                 self.timers = [t for t in self.timers if t[1] > ports.now()]
                 for timer_id, _ in due:
                     services.timer_fire(timer_id=timer_id)
+            elif fire_due_timers and any(eta <= ports.now() for eta in self.sweeps):
+                self.sweeps = [eta for eta in self.sweeps if eta > ports.now()]
+                services.timers_fire_due()
             else:
                 return done
             done += 1

@@ -52,6 +52,14 @@ class WorkflowCreateSerializer(serializers.Serializer):
     )
 
 
+class EventSerializer(serializers.Serializer):
+    """Body of ``POST events/``: a message for the listeners of ``topic`` (the Kafka issue)."""
+
+    topic = serializers.CharField(max_length=255)
+    payload = serializers.JSONField()
+    message_id = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
+
+
 class WorkflowFilterSerializer(serializers.Serializer):
     """Query string of ``GET workflows/``. An empty value means no filter."""
 
@@ -128,6 +136,7 @@ class WorkflowDetailSerializer(serializers.Serializer):
 
 
 __all__ = [
+    "EventSerializer",
     "JSONObjectField",
     "TaskSerializer",
     "TemplateDetailSerializer",

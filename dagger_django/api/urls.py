@@ -24,5 +24,6 @@ urlpatterns = [
         views.WorkflowParametersView.as_view(),
         name="workflow-runtime-parameters",
     ),
+    path("events/", views.EventView.as_view(), name="events"),
     path("health/", views.HealthView.as_view(), name="health"),
 ]

@@ -32,6 +32,7 @@ from ..exceptions import WorkflowDoesNotExist
 from ..models import Node, Workflow, WorkflowTemplate
 from . import errors
 from .serializers import (
+    EventSerializer,
     TemplateDetailSerializer,
     TemplateSerializer,
     WorkflowCreateSerializer,
@@ -279,6 +280,36 @@ class WorkflowParametersView(DaggerAPIView):
 
 
 # ==================================================================================================
+# events (the Kafka issue: engine/messages.py)
+# ==================================================================================================
+class EventView(DaggerAPIView):
+    """Route a message exactly as if it came from Kafka: 202 ``{matched, status, message}``.
+
+    ``status`` is ``routed``, ``unmatched``, ``invalid`` (a dead letter: ``reason`` and
+    ``detail`` say why) or ``duplicate`` (this ``message_id`` was received before; nothing was
+    done again). An unknown topic is a 404, a payload over ``MAX_MESSAGE_BYTES`` a 413.
+    """
+
+    def post(self, request: Request) -> Response:
+        from ..engine import messages
+
+        body = EventSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        result = messages.message_receive(
+            topic=data["topic"], payload=data["payload"], message_id=data["message_id"]
+        )
+        answer: dict[str, Any] = {
+            "matched": result.matched,
+            "status": result.status,
+            "message": result.inbox_id,
+        }
+        if result.reason:
+            answer.update(reason=result.reason, detail=result.detail)
+        return Response(answer, status=status.HTTP_202_ACCEPTED)
+
+
+# ==================================================================================================
 # health
 # ==================================================================================================
 def _database_ok() -> bool:
@@ -312,17 +343,29 @@ def _broker_ok() -> bool:
         return False
 
 
-class HealthView(DaggerAPIView):
-    """Readiness: 200 when the database and the broker answer, 503 otherwise. Open, reveals no data.
+def _bridge_ok() -> bool | None:
+    """Whether a Kafka bridge is running (None: no Kafka configured; see kafka/health.py)."""
+    try:
+        from ..kafka.health import bridge_alive
+    except ImportError:  # confluent-kafka is not installed: Kafka is not used
+        return None
+    return bridge_alive(timeout=_BROKER_TIMEOUT)
 
-    ``bridge`` is null: the Kafka bridge is not configured in this version.
+
+class HealthView(DaggerAPIView):
+    """Readiness: 200 when the database, the broker and (with Kafka configured) a bridge answer,
+    503 otherwise. Open, reveals no data. ``bridge`` is null when no Kafka is configured.
     """
 
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
 
     def get(self, request: Request) -> Response:
-        checks: dict[str, bool | None] = {"database": _database_ok(), "broker": _broker_ok(), "bridge": None}
+        checks: dict[str, bool | None] = {
+            "database": _database_ok(),
+            "broker": _broker_ok(),
+            "bridge": _bridge_ok(),
+        }
         healthy = all(value for value in checks.values() if value is not None)
         return Response(
             {"status": "ok" if healthy else "degraded", "checks": checks},
@@ -333,6 +376,7 @@ class HealthView(DaggerAPIView):
 
 __all__ = [
     "DaggerAPIView",
+    "EventView",
     "HealthView",
     "TemplateDetailView",
     "TemplateListView",

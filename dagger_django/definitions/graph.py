@@ -22,9 +22,9 @@ from ..exceptions import (
     InvalidTriggerTimeForTask,
     TaskInvalidState,
 )
-from .enums import NodeKind
+from .enums import COMPLETE_BY_KEY, NodeKind
 from .ids import new_id, seeded_random
-from .tasks import class_path
+from .tasks import IMonitoredTask, MonitoringTask, class_path
 from .templates import (
     DefaultIntervalTaskTemplate,
     DefaultTriggerTaskTemplate,
@@ -309,7 +309,32 @@ class _Materializer:
             config["time_to_execute"] = start
             config["time_to_force_complete"] = deadline
             config["interval_execute_period"] = period
+        elif kind == NodeKind.PROCESS:
+            monitor = _monitoring_task_class(template, where)
+            if monitor is not None:
+                config["monitoring_task_class"] = monitor
+                if self.params.get(COMPLETE_BY_KEY) is not None:
+                    # Read again when the process starts; checked now so bad input stores nothing.
+                    _epoch(self.params, COMPLETE_BY_KEY, "complete by time", where)
         return config
+
+
+def _monitoring_task_class(template: Any, where: str) -> str | None:
+    """The monitor class path of a monitored process (``IMonitoredTask``), else None."""
+    process_type = template_class(template)
+    if not (isinstance(process_type, type) and issubclass(process_type, IMonitoredTask)):
+        return None
+    try:
+        monitor = process_type().get_monitoring_task_type()
+    except Exception as exc:  # noqa: BLE001 - any failure is a template problem, reported as such
+        raise InvalidTemplate(
+            f"{where}: get_monitoring_task_type() failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not (isinstance(monitor, type) and issubclass(monitor, MonitoringTask)):
+        raise InvalidTemplate(
+            f"{where}: get_monitoring_task_type() must return a MonitoringTask subclass, not {monitor!r}"
+        )
+    return class_path(monitor)
 
 
 # -- runtime values ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import threading
 from typing import Any
@@ -32,7 +33,9 @@ def call_hook(fn: Any, *args: Any, **kwargs: Any) -> Any:
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             box["error"] = exc
 
-    t = threading.Thread(target=runner)
+    # The helper thread runs in a copy of this context, so context variables (the outbox's
+    # collector of Topic.send calls) reach the hook.
+    t = threading.Thread(target=contextvars.copy_context().run, args=(runner,))
     t.start()
     t.join()
     if "error" in box:

@@ -16,6 +16,10 @@ class Dispatcher(Protocol):
 
     def fire_timer(self, *, timer_id: int, eta: dt.datetime) -> None: ...
 
+    def sweep_timers(self, *, eta: dt.datetime, count: int = 1) -> None:
+        """Run ``count`` timer sweeps at ``eta`` (docs/time.md: precision for bursts of timers)."""
+        ...
+
     def run_stop_hooks(self, *, workflow_id: uuid.UUID, node_ids: list[uuid.UUID]) -> None: ...
 
 

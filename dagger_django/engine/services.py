@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
+from django.db.models import Count
 
 from .. import signals
 from ..conf import dagger_settings
@@ -37,8 +38,9 @@ from ..exceptions import (
     WorkflowDoesNotExist,
 )
 from ..models import Node, NodeKind, Status, Timer, TimerPurpose, TimerStatus, Workflow, WorkflowTemplate
-from . import correlation, parameters, ports, timing, walker
+from . import correlation, messages, outbox, parameters, ports, timing, walker
 from .hooks import call_hook
+from .outbox import outbox_send  # noqa: F401 - Topic.send's entry point (engine/outbox.py)
 from .state import WorkflowState, load_locked
 
 logger = logging.getLogger("dagger_django.engine")
@@ -80,6 +82,7 @@ def _commit(state: WorkflowState) -> None:
     timing.before_flush(state)
     correlation.before_flush(state)
     state.flush()
+    outbox.after_flush(state)  # task_update_topic (engine/outbox.py)
     transaction.on_commit(partial(_after_commit, state))
 
 
@@ -133,10 +136,34 @@ def _send(signal: Any, **kwargs: Any) -> None:
 # ==================================================================================================
 # templates and creation
 # ==================================================================================================
-def template_version(template: Any) -> WorkflowTemplate:
+def template_graph(template: Any) -> tuple[dict[str, Any], str]:
+    """``(graph, digest)`` of a template, computed once per template object.
+
+    A registered template is not changed after registration (the seed's shape mutators only
+    record a shape for the next creation), so the serialisation is cached on the object.
+    """
+    cached = getattr(template, "_dagger_graph", None)
+    if cached is None:
+        cached = (template.to_graph(), template.digest())
+        try:
+            template._dagger_graph = cached
+        except AttributeError:  # pragma: no cover - a template class with __slots__
+            pass
+    return cached
+
+
+#: (template name, digest) -> WorkflowTemplate row, per process. Used and filled only when the
+#: caller is not inside a transaction of its own, which could roll the row back.
+_VERSIONS: dict[tuple[str, str], WorkflowTemplate] = {}
+
+
+def template_version(template: Any, *, cache: bool = False) -> WorkflowTemplate:
     """The stored version of ``template``'s current graph, created if this digest is new."""
-    graph = template.to_graph()
-    digest = template.digest()
+    graph, digest = template_graph(template)
+    key = (template.name, digest)
+    row = _VERSIONS.get(key) if cache else None
+    if row is not None:
+        return row
     row = WorkflowTemplate.objects.filter(name=template.name, digest=digest).first()
     attempts = 0
     while row is None:
@@ -156,6 +183,8 @@ def template_version(template: Any) -> WorkflowTemplate:
             if attempts >= 5:
                 raise
             row = WorkflowTemplate.objects.filter(name=template.name, digest=digest).first()
+    if cache:
+        _VERSIONS[key] = row
     return row
 
 
@@ -196,9 +225,11 @@ def workflow_create(
     )
     now = ports.now()
     business_value = params.get(partition_key_lookup) if partition_key_lookup else None
+    outer_transaction = transaction.get_connection().in_atomic_block
+    version: WorkflowTemplate | None = None
     try:
         with transaction.atomic():
-            version = template_version(template)
+            version = template_version(template, cache=not outer_transaction)
             wf = Workflow(
                 id=wid,
                 template=version,
@@ -240,6 +271,19 @@ def workflow_create(
     except IntegrityError as exc:
         if Workflow.objects.filter(pk=wid).exists():
             raise TaskInvalidState(f"A workflow with id {wid} already exists.") from exc
+        if version is not None and _VERSIONS.pop((template.name, version.digest), None) is not None:
+            # The cached template version row is gone (a database flushed under a running
+            # process, as tests do): look it up again and create the workflow once more.
+            return workflow_create(
+                template=template,
+                workflow_id=wid,
+                partition_key_lookup=partition_key_lookup,
+                runtime_parameters=runtime_parameters,
+                submit=submit,
+                seed=seed,
+                dynamic_process_builders=dynamic_process_builders,
+                parallel_process_templates=parallel_process_templates,
+            )
         raise
     return wf
 
@@ -344,6 +388,8 @@ class Work:
     view: Any
     params: dict[str, Any]
     params_json: str
+    #: A listener's message to hand to ``on_message`` (engine/messages.py).
+    delivery: Any = None
 
 
 @dataclass
@@ -353,6 +399,8 @@ class Outcome:
     error: BaseException | None = None
     error_text: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    #: Messages the hook sent with ``Topic.send``, written when its result is applied.
+    sends: list[Any] = field(default_factory=list)
 
 
 def node_run(*, workflow_id: Any, node_id: Any, lease: str) -> int:
@@ -367,7 +415,9 @@ def node_run(*, workflow_id: Any, node_id: Any, lease: str) -> int:
     deadline = time.monotonic() + float(dagger_settings.INLINE_SECONDS)
     max_steps = int(dagger_settings.INLINE_STEPS)
     while work is not None:
-        outcome = _execute(work)
+        with outbox.collecting() as sends:  # Topic.send inside the hook (engine/outbox.py)
+            outcome = _execute(work)
+        outcome.sends = sends
         steps += 1
         inline = steps <= max_steps and time.monotonic() < deadline
         work = _apply(work, outcome, lease=lease, claim_next=inline)
@@ -380,6 +430,8 @@ def _claim(workflow_id: uuid.UUID, node_id: uuid.UUID, lease: str) -> Work | Non
             node = state.get(node_id)
             if node is None:
                 return None
+            if node.kind == NodeKind.LISTENER:  # its next message (engine/messages.py)
+                return messages.delivery_claim(state, node, lease)
             if not (node.status == S.SUBMITTED or (node.status == S.EXECUTING and node.lease == lease)):
                 node = next(
                     (
@@ -399,6 +451,8 @@ def _claim(workflow_id: uuid.UUID, node_id: uuid.UUID, lease: str) -> Work | Non
 
 def _claim_node(state: WorkflowState, node: Node, lease: str) -> Work | None:
     """Mark ``node`` EXECUTING for this worker; None if its class cannot be loaded (it FAILS)."""
+    if node.kind == NodeKind.LISTENER:  # its next message (engine/messages.py)
+        return messages.delivery_claim(state, node, lease)
     try:
         task = build_task(node, strict=True)
     except TaskClassNotFound as exc:
@@ -436,10 +490,14 @@ def _refresh_task(task: Any, node: Node) -> None:
 
 
 def _execute(work: Work) -> Outcome:
+    if work.delivery is not None:  # on_message (engine/messages.py)
+        return messages.delivery_execute(work)
     task = work.task
     try:
         if work.kind == NodeKind.DECISION:
             value = call_hook(task.evaluate, **dict(work.params))
+        elif work.kind in timing.HOOK_KINDS:  # interval poll / monitor hook (engine/timing.py)
+            value = timing.run_worker_hooks(work)
         else:
             value = call_hook(task.execute, work.params, work.view)
     except Exception as exc:
@@ -461,6 +519,8 @@ def _execute(work: Work) -> Outcome:
 
 
 def _apply(work: Work, outcome: Outcome, *, lease: str, claim_next: bool) -> Work | None:
+    if work.delivery is not None:  # on_message's result (engine/messages.py)
+        return messages.delivery_apply(work, outcome, lease=lease, claim_next=claim_next)
     try:
         with locked(work.workflow_id) as state:
             node = state.get(work.node_id)
@@ -492,8 +552,11 @@ def _complete(state: WorkflowState, node: Node, work: Work, outcome: Outcome) ->
             merged = parameters.merge(state.workflow.runtime_parameters, changed, removed)
             parameters.validate(merged)
             _set_parameters(state, merged, changed=sorted(changed), removed=removed, node=node)
+        outbox.stage(state, node, outcome.sends)  # commands sent by the hook (engine/outbox.py)
         if node.kind == NodeKind.DECISION:
             walker.decide(state, node, outcome.value)
+        elif outcome.value is timing.POLL_AGAIN and outcome.status != S.FAILURE:
+            timing.interval_wait(state, node)  # an interval task is not ready yet
         elif outcome.status == S.FAILURE:
             walker.finish(
                 state, node, S.FAILURE, reason="task_set_failure", error="the task set its status to FAILURE"
@@ -514,9 +577,7 @@ def _fail_or_retry(state: WorkflowState, node: Node, outcome: Outcome) -> None:
     used = node.attempts - int(node.config.get("retry_base", 0))
     if retryable and used <= max_retries:
         backoff = float(getattr(task_cls, "retry_backoff", 1.0))
-        delay = min(
-            backoff * (2 ** (node.attempts - 1)), float(getattr(task_cls, "retry_backoff_max", 300.0))
-        )
+        delay = min(backoff * (2 ** (used - 1)), float(getattr(task_cls, "retry_backoff_max", 300.0)))
         from .timing import add_timer
 
         due = state.now + dt.timedelta(seconds=delay)
@@ -543,10 +604,13 @@ def _fail_or_retry(state: WorkflowState, node: Node, outcome: Outcome) -> None:
 # timers and stop hooks
 # ==================================================================================================
 def timer_fire(*, timer_id: int) -> bool:
-    """Fire one timer if it is still pending; a second firing is a no-op. Returns whether it fired."""
+    """Fire one timer if it is still pending; a second firing is a no-op. Returns whether it fired.
+
+    The path of a timer's Celery countdown message (``dagger_django.fire_timer``).
+    """
     row = (
         Timer.objects.filter(pk=timer_id)
-        .values("workflow_id", "node_id", "purpose", "due_at", "status")
+        .values("workflow_id", "node_id", "purpose", "due_at", "status", "attempt")
         .first()
     )
     if row is None or row["status"] != TimerStatus.PENDING:
@@ -555,19 +619,187 @@ def timer_fire(*, timer_id: int) -> bool:
         # A broker's countdown can run a few milliseconds early: the table decides, so wait on.
         ports.get_dispatcher().fire_timer(timer_id=timer_id, eta=row["due_at"])
         return False
+    with transaction.atomic():
+        wf, nodes = load_locked(row["workflow_id"])
+        if wf is None:
+            return False
+        return _timer_fire_locked(
+            WorkflowState(wf, nodes),
+            timer_id=timer_id,
+            node_id=row["node_id"],
+            purpose=row["purpose"],
+            attempt=row["attempt"],
+        )
+
+
+def _timer_fire_locked(
+    state: WorkflowState,
+    *,
+    timer_id: int,
+    node_id: Any,
+    purpose: str,
+    attempt: int | None,
+    marked: bool = False,
+) -> bool:
+    """Inside the workflow's transaction: mark the timer FIRED (compare-and-set; ``marked``: the
+    claim did it already) and act on it."""
+    if not marked:
+        claimed = Timer.objects.filter(pk=timer_id, status=TimerStatus.PENDING).update(
+            status=TimerStatus.FIRED, fired_at=state.now
+        )
+        if not claimed:
+            return False
+    timing.fire(state, state.get(node_id), purpose=purpose, attempt=attempt, timer_id=timer_id)
+    _commit(state)
+    return True
+
+
+# -- the sweep (celery-beat's ``dagger_django.sweep_timers``, ``manage.py dagger_fire_timers``) --------
+def timers_fire_due(*, limit: int | None = None) -> int:
+    """One sweep: fire due timers, earliest first, each in its own transaction. Returns how many.
+
+    At most ``limit`` (default ``MAX_TASKS_PER_TRIGGER``) timers are tried. Each is claimed with
+    ``SELECT ... FOR UPDATE OF timer, workflow SKIP LOCKED``: a timer another sweep holds, or whose
+    workflow another transaction is changing right now, is passed over (the next sweep, or its
+    countdown message, takes it), so concurrent sweeps share the work and never wait or deadlock.
+    A timer whose firing raises is logged, stays PENDING (the table is the truth; fix the cause
+    and the next sweep fires it) and is not tried again in this sweep. A database outage ends the
+    sweep with its error.
+    """
+    cap = int(dagger_settings.MAX_TASKS_PER_TRIGGER if limit is None else limit)
+    fired = 0
+    failed: list[int] = []
+    while fired + len(failed) < cap:
+        result = _timer_fire_next_due(exclude=failed)
+        if result is None:
+            break
+        timer_id, ok = result
+        if ok:
+            fired += 1
+        else:
+            failed.append(timer_id)
+    return fired
+
+
+def _timer_fire_next_due(*, exclude: list[int]) -> tuple[int, bool] | None:
+    timer_id: int | None = None
     try:
-        with locked(row["workflow_id"]) as state:
-            fired = Timer.objects.filter(pk=timer_id, status=TimerStatus.PENDING).update(
-                status=TimerStatus.FIRED, fired_at=state.now
+        with transaction.atomic():
+            claim = _timer_claim_due(now=ports.now(), exclude=exclude)
+            if claim is None:
+                return None
+            (timer_id, workflow_id, node_id, purpose, attempt), marked = claim
+            wf, nodes = load_locked(workflow_id)  # already locked by the claim: no wait
+            assert wf is not None
+            state = WorkflowState(wf, nodes)
+            _timer_fire_locked(
+                state, timer_id=timer_id, node_id=node_id, purpose=purpose, attempt=attempt, marked=marked
             )
-            if not fired:
-                return False
-            node = state.get(row["node_id"])
-            if node is not None:
-                timing.fire(state, node, purpose=row["purpose"])
-            return True
-    except WorkflowDoesNotExist:
-        return False
+        return timer_id, True
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception:
+        if timer_id is None:
+            raise
+        logger.exception("timer %s failed to fire; it stays pending for the next sweep", timer_id)
+        return timer_id, False
+
+
+_CLAIM_SQL: dict[str, str] = {}
+
+
+def _timer_claim_due(*, now: dt.datetime, exclude: list[int]) -> tuple[tuple[Any, ...], bool] | None:
+    """Lock the earliest due timer and its workflow, skipping locked rows.
+
+    Returns ``((id, workflow_id, node_id, purpose, attempt), marked)`` or None. On PostgreSQL one
+    statement, compiled once per process, claims the timer and marks it FIRED (``marked``), the
+    queue idiom ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``; elsewhere
+    the ORM (SQLite has no row locks: its writers are serialised), and the caller marks it.
+    """
+    conn = transaction.get_connection()
+    if conn.vendor != "postgresql":
+        row = (
+            Timer.objects.select_for_update(skip_locked=True, of=("self", "workflow"))
+            .select_related("workflow")
+            .filter(status=TimerStatus.PENDING, due_at__lte=now)
+            .exclude(pk__in=exclude)
+            .order_by("due_at")
+            .values_list("id", "workflow_id", "node_id", "purpose", "attempt")
+            .first()
+        )
+        return (tuple(row), False) if row is not None else None
+    sql = _CLAIM_SQL.get(conn.alias)
+    if sql is None:
+        qn = conn.ops.quote_name
+        timer, workflow = qn(Timer._meta.db_table), qn(Workflow._meta.db_table)
+        sql = (
+            f"UPDATE {timer} SET status = %s, fired_at = %s WHERE id = ("
+            f"SELECT t.id FROM {timer} t JOIN {workflow} w ON w.id = t.workflow_id"
+            " WHERE t.status = %s AND t.due_at <= %s AND NOT (t.id = ANY(%s))"
+            " ORDER BY t.due_at LIMIT 1 FOR UPDATE OF t, w SKIP LOCKED"
+            ") RETURNING id, workflow_id, node_id, purpose, attempt"
+        )
+        _CLAIM_SQL[conn.alias] = sql
+    params = [TimerStatus.FIRED.value, now, TimerStatus.PENDING.value, now, list(exclude)]
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return (tuple(row), True) if row is not None else None
+
+
+#: Timers due within this many seconds of the first of them share one precision sweep.
+SWEEP_BUCKET_SECONDS = 0.05
+#: A bucket gets one precision sweep per this many timers, at most SWEEPS_PER_BUCKET (they run
+#: in parallel on several worker processes and share the work through SKIP LOCKED), and always
+#: enough of them to fire the whole bucket (each fires at most MAX_TASKS_PER_TRIGGER).
+TIMERS_PER_SWEEP = 500
+SWEEPS_PER_BUCKET = 4
+
+
+def timers_dispatch_upcoming(*, horizon: float | None = None, limit: int | None = None) -> int:
+    """Schedule sweeps (Celery countdowns) at the due times of the timers due before the next
+    regular sweep. Returns the number of sweeps scheduled.
+
+    This is what makes a timer fire on time rather than at the next sweep, for timers created
+    too far ahead to be sent with a countdown at creation. It sends sweeps, not one message per
+    timer: a burst of timers due in the same instant costs a few messages, and a sweep fires
+    timers several times faster than one message each (measured: docs/time.md). Timers due
+    within ``SWEEP_BUCKET_SECONDS`` of each other share a sweep, scheduled at the last of them.
+
+    Each regular sweep looks at the timers due between half an interval and one and a half
+    intervals from now (``horizon``, default ``TRIGGER_INTERVAL``, is the window's length), so
+    sweeps one interval apart tile the time line. A sweep scheduled twice is harmless, one that is
+    missed or lost leaves its timers to the next regular sweep. ``limit`` (default
+    ``MAX_TASKS_PER_TRIGGER``) caps the distinct due times read.
+    """
+    now = ports.now()
+    interval = float(dagger_settings.TRIGGER_INTERVAL)
+    start = now + dt.timedelta(seconds=interval / 2)
+    end = start + dt.timedelta(seconds=interval if horizon is None else horizon)
+    cap = int(dagger_settings.MAX_TASKS_PER_TRIGGER if limit is None else limit)
+    rows = list(
+        Timer.objects.filter(status=TimerStatus.PENDING, due_at__gt=start, due_at__lte=end)
+        .values("due_at")
+        .annotate(n=Count("id"))
+        .order_by("due_at")
+        .values_list("due_at", "n")[:cap]
+    )
+    buckets: list[tuple[dt.datetime, dt.datetime, int]] = []  # (first due, last due, timers)
+    for due_at, n in rows:
+        if buckets and (due_at - buckets[-1][0]).total_seconds() <= SWEEP_BUCKET_SECONDS:
+            first, _, count = buckets[-1]
+            buckets[-1] = (first, due_at, count + n)
+        else:
+            buckets.append((due_at, due_at, n))
+    dispatcher = ports.get_dispatcher()
+    sent = 0
+    per_sweep = max(1, int(dagger_settings.MAX_TASKS_PER_TRIGGER))
+    for _, last, count in buckets:
+        # Enough sweeps to fire the whole bucket, and a few in parallel for a large one.
+        sweeps = max(-(-count // per_sweep), min(SWEEPS_PER_BUCKET, -(-count // TIMERS_PER_SWEEP)))
+        dispatcher.sweep_timers(eta=last, count=sweeps)
+        sent += sweeps
+    return sent
 
 
 def stop_hooks_run(*, workflow_id: Any, node_ids: list[Any]) -> int:

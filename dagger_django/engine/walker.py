@@ -87,6 +87,8 @@ def finish(
 ) -> None:
     """``node`` ends with ``status``; walk on (or halt the workflow on a failure)."""
     state.set_status(node, status, reason=reason, error=error, detail=detail)
+    if node.kind == NodeKind.MONITOR:
+        return  # engine-created, outside the graph: nothing follows a monitor, it never halts
     if status == S.FAILURE and state.workflow.failure_policy != "continue":
         halt(state, node, error or "failed")
         return
@@ -267,7 +269,11 @@ def retry_workflow(state: WorkflowState) -> list[Node]:
     wf = state.workflow
     if wf.status != S.FAILURE:
         raise TaskInvalidState(f"Only a FAILURE workflow can be retried; {wf.id} is {wf.status}.")
-    failed = [n for n in state.nodes.values() if n.status == S.FAILURE and n.node_type == NodeType.LEAF]
+    failed = [
+        n
+        for n in state.nodes.values()
+        if n.status == S.FAILURE and n.node_type == NodeType.LEAF and n.kind != NodeKind.MONITOR
+    ]
     if not failed:
         raise TaskInvalidState(f"Workflow {wf.id} has no failed task to retry.")
     state.set_workflow_status(S.EXECUTING, reason="retried")
@@ -281,7 +287,7 @@ def retry_workflow(state: WorkflowState) -> list[Node]:
         # Attempts keep counting (idempotency keys never repeat); the retry budget starts anew.
         leaf.config = {**leaf.config, "retry_base": leaf.attempts}
         leaf.error = ""
-        if leaf.kind in WORKER_KINDS or leaf.kind == NodeKind.TRIGGER:
+        if leaf.kind in WORKER_KINDS or leaf.kind in (NodeKind.TRIGGER, NodeKind.INTERVAL):
             submit_to_worker(state, leaf, reason="retried")
         else:
             state.set_status(leaf, S.EXECUTING, reason="retried")

@@ -4,12 +4,28 @@ Status changes go through :mod:`dagger_django.engine` only; nothing else writes 
 """
 
 from .history import TaskEvent
+from .messages import (
+    Delivery,
+    DeliveryStatus,
+    InboxMessage,
+    InboxStatus,
+    OutboxKind,
+    OutboxMessage,
+    Subscription,
+)
 from .status import NodeKind, NodeType, Status, TimerPurpose, TimerStatus
 from .templates import WorkflowTemplate
 from .timers import Timer
 from .workflows import Node, Workflow
 
 __all__ = [
+    "Delivery",
+    "DeliveryStatus",
+    "InboxMessage",
+    "InboxStatus",
+    "OutboxKind",
+    "OutboxMessage",
+    "Subscription",
     "NodeKind",
     "NodeType",
     "Node",

@@ -1,0 +1,884 @@
+"""Incoming messages: routing them to listener nodes, and handing each one to its listener.
+
+Two steps, so that no user code ever runs while a workflow row is locked and the router never
+locks a workflow at all:
+
+1. **Route** (:func:`messages_route`, the bridge and ``POST /api/dagger/events/``). For a batch
+   of messages: decode, extract the correlation keys with the listener classes of the topic,
+   look the keys up in the subscription index (one query for the batch), and in **one**
+   transaction record every message in the inbox (whose unique keys make a redelivered message
+   a duplicate with no second effect) together with one :class:`~dagger_django.models.Delivery`
+   per matching listener node. After commit each node with a new delivery is handed to a worker
+   (``Dispatcher.run_node``). No workflow is locked here, so routing costs a few statements per
+   batch and cannot deadlock with anything.
+2. **Deliver** (on a worker, through ``services.node_run``, like an executor's claim/execute/
+   apply). *Claim*, with the workflow locked: decide what the listener's state allows - deliver,
+   jump to it (``allow_skip_to``), keep the message until it starts (buffer), or ignore it - and
+   mark the delivery as taken. *Execute* ``on_message`` with no lock held. *Apply*, locked again:
+   merge the runtime parameters it changed (which re-keys subscriptions), complete the listener
+   when it returned True and walk on, and record the outcome. One node's deliveries are handled
+   one at a time, in arrival order.
+
+See ``docs/correlation.md`` for the rules and their differences from the original.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+
+from ..conf import dagger_settings
+from ..definitions.tasks import resolve_hook_result
+from ..definitions.views import build_task, build_workflow_view
+from ..exceptions import (
+    DaggerError,
+    MessageTooLarge,
+    TaskClassNotFound,
+    UnknownTopic,
+    WorkflowDoesNotExist,
+)
+from ..models import (
+    Delivery,
+    DeliveryStatus,
+    InboxMessage,
+    InboxStatus,
+    Node,
+    NodeKind,
+    Status,
+    Subscription,
+)
+from ..models.messages import OPEN_DELIVERY
+from ..models.status import TERMINAL
+from . import correlation, outbox, parameters, ports, services, timing, walker
+from .state import WorkflowState
+
+if TYPE_CHECKING:
+    from .services import Outcome, Work
+
+logger = logging.getLogger("dagger_django.messages")
+S = Status
+D = DeliveryStatus
+
+#: Status of a message that had been received before (``messages_route`` results only).
+DUPLICATE = "duplicate"
+
+
+# ==================================================================================================
+# decoding
+# ==================================================================================================
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_json(raw: bytes | None) -> tuple[Any, str, str]:
+    """``(payload, reason, detail)`` for message bytes; ``reason`` is empty when they decoded."""
+    if raw is None:
+        return None, "empty", "the message has no value (a tombstone)"
+    limit = int(dagger_settings.MAX_MESSAGE_BYTES)
+    if len(raw) > limit:
+        return None, "too_large", f"{len(raw)} bytes; DAGGER['MAX_MESSAGE_BYTES'] is {limit}"
+    try:
+        payload = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return None, "not_json", f"{type(exc).__name__}: {exc}"[:500]
+    problem = _unstorable(payload)
+    if problem:
+        return None, "not_json", problem
+    return payload, "", ""
+
+
+def _unstorable(payload: Any) -> str:
+    """Why the database could not store ``payload`` as JSON ('' when it can)."""
+    try:
+        text = json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return f"the payload is not JSON: {exc}"[:500]
+    if "\\u0000" in text and _has_nul(payload):
+        return "the payload contains a NUL character, which the database cannot store"
+    return ""
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _text(value: Any, limit: int) -> str | None:
+    """Text safe for a text column: no NUL, bounded."""
+    if value is None:
+        return None
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return text.replace("\x00", "\ufffd")[:limit]
+
+
+# ==================================================================================================
+# routing
+# ==================================================================================================
+@dataclass
+class Incoming:
+    """A message to route. A transport that could not decode it sets ``invalid`` (the reason)."""
+
+    topic: str
+    payload: Any = None
+    source: str = "kafka"
+    partition: int | None = None
+    offset: int | None = None
+    message_id: str | None = None
+    key: str | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    raw: bytes | None = None
+    invalid: str = ""
+    detail: str = ""
+
+
+@dataclass
+class Routed:
+    """What became of a routed message. ``status``: routed, unmatched, invalid or duplicate."""
+
+    status: str
+    matched: int = 0
+    inbox_id: int | None = None
+    reason: str = ""
+    detail: str = ""
+
+
+@dataclass
+class _Plan:
+    message: Incoming
+    status: str = InboxStatus.ROUTED
+    reason: str = ""
+    detail: str = ""
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    #: (workflow id, node id) to deliver to, in order.
+    targets: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)
+    duplicate_of: tuple[int, int] | None = None
+    row: InboxMessage | None = None
+
+
+def _prepare(message: Incoming, *, strict: bool) -> _Plan:
+    """Decode-level checks and key extraction (user code); no database access."""
+    plan = _Plan(message)
+    if message.invalid:
+        plan.status, plan.reason, plan.detail = InboxStatus.INVALID, message.invalid, message.detail
+        return plan
+    listeners = correlation.topic_listeners(message.topic)
+    if listeners is None:
+        if strict:
+            raise UnknownTopic(f"No registered listener template waits on topic {message.topic!r}.")
+        plan.status, plan.reason = InboxStatus.UNMATCHED, "no_listener"
+        plan.detail = "no registered listener template waits on this topic"
+        return plan
+    problem = _unstorable(message.payload)
+    if problem:
+        plan.status, plan.reason, plan.detail = InboxStatus.INVALID, "not_json", problem
+        return plan
+    keys = correlation.extract_keys(listeners, message.payload)
+    if not keys.pairs:
+        plan.status, plan.reason = InboxStatus.INVALID, keys.reason
+        plan.detail = "; ".join(keys.problems)[:2000] or "no correlation key in the payload"
+        return plan
+    plan.pairs = keys.pairs
+    return plan
+
+
+def _match(plans: list[_Plan]) -> None:
+    """Find the listener nodes of every plan's keys: one query for the whole batch."""
+    wanted: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for plan in plans:
+        for name, value in plan.pairs:
+            wanted[(plan.message.topic, name)].add(value)
+    if not wanted:
+        return
+    query = Q()
+    for (topic, name), values in wanted.items():
+        query |= Q(topic=topic, key_name=name, key_value__in=sorted(values))
+    index: dict[tuple[str, str, str], list[tuple[uuid.UUID, uuid.UUID, bool]]] = defaultdict(list)
+    rows = (
+        Subscription.objects.filter(query)
+        .order_by("id")
+        .values_list("topic", "key_name", "key_value", "workflow_id", "node_id", "match_only_one")
+    )
+    for topic, name, value, workflow_id, node_id, only_one in rows:
+        index[(topic, name, value)].append((workflow_id, node_id, only_one))
+    for plan in plans:
+        seen: set[uuid.UUID] = set()
+        for name, value in plan.pairs:
+            taken_one = False
+            for workflow_id, node_id, only_one in index.get((plan.message.topic, name, value), ()):
+                if only_one:
+                    # match_only_one: of the listeners of that class waiting on this key, the
+                    # first registered gets the message.
+                    if taken_one:
+                        continue
+                    taken_one = True
+                if node_id not in seen:
+                    seen.add(node_id)
+                    plan.targets.append((workflow_id, node_id))
+        if not plan.targets:
+            plan.status, plan.reason = InboxStatus.UNMATCHED, "no_subscription"
+            plan.detail = "no waiting listener has these keys: " + ", ".join(
+                f"{n}={v}" for n, v in plan.pairs
+            )
+
+
+def _find_duplicates(plans: list[_Plan]) -> None:
+    """Mark the plans whose message is already in the inbox (or earlier in this batch)."""
+    positions: dict[tuple[str, str, int], set[int]] = defaultdict(set)
+    ids: dict[str, set[str]] = defaultdict(set)
+    for plan in plans:
+        m = plan.message
+        if m.offset is not None and m.partition is not None:
+            positions[(m.source, m.topic, m.partition)].add(m.offset)
+        if m.message_id is not None:
+            ids[m.topic].add(m.message_id)
+    if not positions and not ids:
+        return
+    query = Q()
+    for (source, topic, partition), offsets in positions.items():
+        query |= Q(source=source, topic=topic, partition=partition, offset__in=sorted(offsets))
+    for topic, values in ids.items():
+        query |= Q(topic=topic, message_id__in=sorted(values))
+    known_positions: dict[tuple[str, str, int, int], tuple[int, int]] = {}
+    known_ids: dict[tuple[str, str], tuple[int, int]] = {}
+    for pk, source, topic, partition, offset, message_id, matched in InboxMessage.objects.filter(
+        query
+    ).values_list("id", "source", "topic", "partition", "offset", "message_id", "matched"):
+        if offset is not None:
+            known_positions[(source, topic, partition, offset)] = (pk, matched)
+        if message_id is not None:
+            known_ids[(topic, message_id)] = (pk, matched)
+    for plan in plans:
+        m = plan.message
+        hit = None
+        if m.offset is not None and m.partition is not None:
+            hit = known_positions.get((m.source, m.topic, m.partition, m.offset))
+        if hit is None and m.message_id is not None:
+            hit = known_ids.get((m.topic, m.message_id))
+        if hit is not None:
+            plan.duplicate_of = hit
+            continue
+        # Within the batch: the first occurrence wins, later ones are duplicates of it.
+        if m.offset is not None and m.partition is not None:
+            known_positions[(m.source, m.topic, m.partition, m.offset)] = (-1, 0)
+        if m.message_id is not None:
+            known_ids[(m.topic, m.message_id)] = (-1, 0)
+
+
+def _inbox_row(plan: _Plan, now: dt.datetime) -> InboxMessage:
+    m = plan.message
+    invalid = plan.status == InboxStatus.INVALID
+    raw = (
+        m.raw
+        if invalid and m.raw is not None and len(m.raw) <= int(dagger_settings.MAX_MESSAGE_BYTES)
+        else None
+    )
+    return InboxMessage(
+        source=m.source,
+        topic=m.topic,
+        partition=m.partition,
+        offset=m.offset,
+        message_id=m.message_id,
+        key=_text(m.key, 10_000),
+        payload=None if invalid else m.payload,
+        raw=raw,
+        headers={_text(k, 200): _text(v, 2000) for k, v in (m.headers or {}).items()},
+        status=plan.status,
+        reason=plan.reason,
+        detail=_text(plan.detail, 4000) or "",
+        matched=len(plan.targets),
+        received_at=now,
+        updated_at=now,
+    )
+
+
+def _write(plans: list[_Plan]) -> None:
+    """Record the messages and their deliveries in one transaction; dispatch after commit."""
+    now = ports.now()
+    with transaction.atomic():
+        _find_duplicates(plans)
+        fresh = [p for p in plans if p.duplicate_of is None]
+        rows = [_inbox_row(p, now) for p in fresh]
+        InboxMessage.objects.bulk_create(rows)
+        deliveries: list[Delivery] = []
+        for plan, row in zip(fresh, rows, strict=True):
+            plan.row = row
+            for workflow_id, node_id in plan.targets:
+                deliveries.append(
+                    Delivery(
+                        message_id=row.pk,
+                        workflow_id=workflow_id,
+                        node_id=node_id,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+        if deliveries:
+            Delivery.objects.bulk_create(deliveries)
+            targets = list(dict.fromkeys((d.workflow_id, d.node_id) for d in deliveries))
+            transaction.on_commit(partial(_dispatch, targets))
+
+
+def _dispatch(targets: Iterable[tuple[Any, Any]]) -> None:
+    """After commit: hand each listener with new messages to a worker. A failure here loses
+    nothing: the deliveries are committed and the sweep hands them out again."""
+    dispatcher = ports.get_dispatcher()
+    for workflow_id, node_id in targets:
+        try:
+            dispatcher.run_node(workflow_id=workflow_id, node_id=node_id)
+        except Exception:
+            logger.exception("could not dispatch node %s; the sweep will", node_id)
+
+
+def messages_route(messages: list[Incoming], *, strict: bool = False) -> list[Routed]:
+    """Route a batch of messages (see the module docstring); one result per message, in order.
+
+    ``strict`` (the HTTP path) raises :class:`UnknownTopic` instead of recording a message for a
+    topic no listener template uses. Key extraction runs the listener classes' hooks here, in
+    the caller's process and outside any transaction; an exception there makes the message a
+    dead letter, never stops the batch. Database errors propagate (the caller retries the
+    batch: its effects are all or nothing, and the inbox makes a retry safe).
+    """
+    plans = [_prepare(m, strict=strict) for m in messages]
+    _match([p for p in plans if p.status == InboxStatus.ROUTED])
+    try:
+        _write(plans)
+    except IntegrityError:
+        # Another router recorded one of these messages between our check and our insert
+        # (two bridges during a rebalance): record them one by one; the loser is a duplicate.
+        for plan in plans:
+            plan.duplicate_of = plan.row = None
+            try:
+                _write([plan])
+            except IntegrityError:
+                _find_duplicates([plan])
+                if plan.duplicate_of is None:
+                    raise
+    return [_result(p) for p in plans]
+
+
+def _result(plan: _Plan) -> Routed:
+    if plan.duplicate_of is not None:
+        pk, matched = plan.duplicate_of
+        return Routed(status=DUPLICATE, matched=matched, inbox_id=pk if pk > 0 else None)
+    assert plan.row is not None
+    return Routed(
+        status=plan.status,
+        matched=len(plan.targets),
+        inbox_id=plan.row.pk,
+        reason=plan.reason,
+        detail=plan.detail,
+    )
+
+
+def message_receive(
+    *, topic: str, payload: Any, message_id: str | None = None, key: str | None = None, source: str = "http"
+) -> Routed:
+    """Route one message given as decoded JSON (the HTTP API), exactly as if it came from Kafka.
+
+    ``message_id`` makes retries safe: the same id on the same topic is routed once. Raises
+    :class:`UnknownTopic` and :class:`MessageTooLarge` for requests that cannot be a message.
+    """
+    if correlation.topic_listeners(topic) is None:
+        raise UnknownTopic(f"No registered listener template waits on topic {topic!r}.")
+    size = len(json.dumps(payload, separators=(",", ":"), default=str).encode("utf-8"))
+    limit = int(dagger_settings.MAX_MESSAGE_BYTES)
+    if size > limit:
+        raise MessageTooLarge(
+            f"The payload takes {size} bytes of JSON; DAGGER['MAX_MESSAGE_BYTES'] is {limit}."
+        )
+    message = Incoming(topic=topic, payload=payload, source=source, message_id=message_id, key=key)
+    return messages_route([message], strict=True)[0]
+
+
+def message_replay(*, inbox_id: int) -> Routed:
+    """Route a recorded message again (a dead letter after a fix, an expired or unmatched one).
+
+    Invalid messages with their raw bytes are decoded again. The inbox row is reused (no
+    deduplication applies to a replay) and gets the new outcome.
+    """
+    row = InboxMessage.objects.get(pk=inbox_id)
+    payload = row.payload
+    incoming = Incoming(topic=row.topic, source=row.source, key=row.key, headers=row.headers or {})
+    if row.status == InboxStatus.INVALID and row.raw is not None:
+        payload, reason, detail = decode_json(bytes(row.raw))
+        incoming.invalid, incoming.detail, incoming.raw = reason, detail, bytes(row.raw)
+    incoming.payload = payload
+    plan = _prepare(incoming, strict=False)
+    if plan.status == InboxStatus.ROUTED:
+        _match([plan])
+    now = ports.now()
+    with transaction.atomic():
+        fields = {"status": plan.status, "reason": plan.reason, "detail": _text(plan.detail, 4000) or ""}
+        if plan.status != InboxStatus.INVALID:
+            fields["payload"] = payload
+        InboxMessage.objects.filter(pk=row.pk).update(
+            matched=F("matched") + len(plan.targets), updated_at=now, **fields
+        )
+        if plan.targets:
+            Delivery.objects.bulk_create(
+                Delivery(message_id=row.pk, workflow_id=w, node_id=n, created_at=now, updated_at=now)
+                for w, n in plan.targets
+            )
+            transaction.on_commit(partial(_dispatch, list(plan.targets)))
+    return Routed(
+        status=plan.status, matched=len(plan.targets), inbox_id=row.pk, reason=plan.reason, detail=plan.detail
+    )
+
+
+# ==================================================================================================
+# delivering (called by services.node_run for listener nodes; the workflow is locked)
+# ==================================================================================================
+@dataclass
+class DeliveryWork:
+    """The message a claimed delivery carries to ``on_message``."""
+
+    id: int
+    message_id: int
+    topic: str
+    payload: Any
+
+
+def _eligibility(state: WorkflowState, node: Node) -> str:
+    """What a message can do to this listener now: deliver, skip_to, buffer or ignore:<why>."""
+    wf_status = state.workflow.status
+    config = node.config
+    if node.status == S.NOT_STARTED:
+        if config.get("allow_skip_to") and wf_status == S.EXECUTING:
+            return "skip_to"
+        if wf_status in TERMINAL and wf_status != S.FAILURE:
+            return "ignore:workflow_finished"
+        return "buffer"
+    if node.status == S.EXECUTING:
+        return "deliver"
+    if node.status == S.SKIPPED and config.get("allow_skip_to"):
+        return "deliver"
+    if node.status == S.COMPLETED and config.get("reprocess_on_message"):
+        return "deliver"
+    return f"ignore:listener_{str(node.status).lower()}"
+
+
+def _buffer_ttl(node: Node) -> float:
+    cls = correlation.listener_class(node.task_class)
+    ttl = getattr(cls, "buffer_ttl_seconds", None)
+    return float(dagger_settings.BUFFER_TTL_SECONDS if ttl is None else ttl)
+
+
+def delivery_claim(state: WorkflowState, node: Node, lease: str) -> Work | None:
+    """Take the listener's next message (or buffer/ignore what it cannot take). Lock held."""
+    now = state.now
+    rows = list(
+        Delivery.objects.filter(node_id=node.id, status__in=OPEN_DELIVERY)
+        .order_by("id")
+        .values(
+            "id", "status", "lease", "attempts", "expires_at", "available_at", "updated_at", "message_id"
+        )[:200]
+    )
+    if not rows:
+        return None
+    stale_before = now - dt.timedelta(seconds=float(dagger_settings.DELIVERY_LEASE_SECONDS))
+    mine = next((r for r in rows if r["status"] == D.CLAIMED and lease and r["lease"] == lease), None)
+    if mine is None and any(r["status"] == D.CLAIMED and r["updated_at"] > stale_before for r in rows):
+        return None  # another worker is running on_message for this listener; it hands on after
+    decision = _eligibility(state, node)
+    if decision == "buffer":
+        _buffer(state, node, rows)
+        return None
+    if decision.startswith("ignore:"):
+        reason = decision.split(":", 1)[1]
+        Delivery.objects.filter(pk__in=[r["id"] for r in rows]).update(
+            status=D.IGNORED, outcome=reason, lease="", updated_at=now
+        )
+        return None
+    chosen = mine or next(
+        (
+            r
+            for r in rows
+            if (r["status"] == D.PENDING and (r["available_at"] is None or r["available_at"] <= now))
+            or (r["status"] == D.BUFFERED and (r["expires_at"] is None or r["expires_at"] > now))
+            or r["status"] == D.CLAIMED  # a stale claim: its worker is gone
+        ),
+        None,
+    )
+    if chosen is None:
+        return None  # retries not due yet, or only expired buffered messages left
+    message = (
+        InboxMessage.objects.filter(pk=chosen["message_id"])
+        .values("id", "topic", "payload", "status")
+        .first()
+    )
+    if message is None:  # pragma: no cover - deliveries go with their message
+        return None
+    try:
+        task = build_task(node, strict=True)
+    except TaskClassNotFound as exc:
+        Delivery.objects.filter(pk=chosen["id"]).update(
+            status=D.FAILED, outcome="class_not_found", error=str(exc), updated_at=now
+        )
+        if node.status == S.EXECUTING:
+            walker.finish(state, node, S.FAILURE, reason="class_not_found", error=str(exc))
+        return None
+    if decision == "skip_to":
+        skip_to(state, node)
+    attempt = chosen["attempts"] + 1
+    Delivery.objects.filter(pk=chosen["id"]).update(
+        status=D.CLAIMED, lease=lease, attempts=attempt, available_at=None, updated_at=now
+    )
+    if message["status"] == InboxStatus.BUFFERED:
+        InboxMessage.objects.filter(pk=message["id"]).update(status=InboxStatus.ROUTED, updated_at=now)
+    task.status = node.status
+    task.attempt = attempt
+    task.idempotency_key = f"{node.id}:message-{chosen['id']}:{attempt}"
+    params_json = parameters.dumps(state.workflow.runtime_parameters)
+    params = json.loads(params_json)
+    view = build_workflow_view(state.workflow, list(state.nodes.values()), strict=False)
+    view.runtime_parameters = params
+    return services.Work(
+        workflow_id=state.workflow.id,
+        node_id=node.id,
+        name=node.name,
+        kind=node.kind,
+        attempt=attempt,
+        task=task,
+        view=view,
+        params=params,
+        params_json=params_json,
+        delivery=DeliveryWork(
+            id=chosen["id"], message_id=message["id"], topic=message["topic"], payload=message["payload"]
+        ),
+    )
+
+
+def _buffer(state: WorkflowState, node: Node, rows: list[dict[str, Any]]) -> None:
+    """The listener has not started: keep its messages until it does (or until the TTL)."""
+    now = state.now
+    waiting = [r for r in rows if r["status"] != D.BUFFERED]
+    if waiting:
+        expires = now + dt.timedelta(seconds=_buffer_ttl(node))
+        Delivery.objects.filter(pk__in=[r["id"] for r in waiting]).update(
+            status=D.BUFFERED, expires_at=expires, lease="", updated_at=now
+        )
+        InboxMessage.objects.filter(
+            pk__in={r["message_id"] for r in waiting}, status=InboxStatus.ROUTED
+        ).update(status=InboxStatus.BUFFERED, updated_at=now)
+    if not node.config.get("_buffered"):
+        node.config = {**node.config, "_buffered": True}
+        state.touch(node)
+
+
+def delivery_execute(work: Work) -> Outcome:
+    """Run ``on_message(runtime_parameters, payload)`` with no lock held (called by services;
+    its ``Topic.send`` calls are collected around this call, as for any hook)."""
+    from .hooks import call_hook
+
+    assert work.delivery is not None
+    try:
+        value = call_hook(work.task.on_message, work.params, work.delivery.payload)
+    except Exception as exc:
+        import traceback
+
+        logger.warning("on_message of %s (message %s) raised %r", work.name, work.delivery.message_id, exc)
+        return services.Outcome(
+            error=exc,
+            error_text=f"{type(exc).__name__}: {exc}",
+            details={"traceback": traceback.format_exc(limit=20)},
+        )
+    return services.Outcome(value=resolve_hook_result(value))
+
+
+class _Stale(Exception):
+    """The delivery was taken over while on_message ran: roll back and drop the result."""
+
+
+def delivery_apply(work: Work, outcome: Outcome, *, lease: str, claim_next: bool) -> Work | None:
+    """Apply what ``on_message`` returned, in a short locked transaction (called by services)."""
+    try:
+        with services.locked(work.workflow_id) as state:
+            node = state.get(work.node_id)
+            if node is None:
+                raise _Stale
+            _apply_delivery(state, node, work, outcome, lease)
+            if not (claim_next and state.to_dispatch):
+                return None
+            next_id = state.to_dispatch.pop(0)
+            return services._claim_node(state, state.node(next_id), lease)
+    except _Stale:
+        logger.info("discarding the stale result of %s for message %s", work.name, work.delivery)
+        return None
+    except WorkflowDoesNotExist:
+        return None
+
+
+def _apply_delivery(state: WorkflowState, node: Node, work: Work, outcome: Outcome, lease: str) -> None:
+    delivery = work.delivery
+    assert delivery is not None
+    now = state.now
+    eligible = _eligibility(state, node) == "deliver"
+    fields: dict[str, Any] = {"lease": "", "updated_at": now}
+    finish: tuple[str, str, str] | None = None  # (status, reason, error) for the node
+    value: Any = None
+    if not eligible:
+        # Stopped, skipped or failed while on_message ran: the result is not wanted.
+        fields.update(status=D.IGNORED, outcome=f"listener_{str(node.status).lower()}")
+    elif outcome.error is not None:
+        if _retry_due(node, work, outcome, fields):
+            pass
+        else:
+            fields.update(status=D.FAILED, outcome="raised", error=outcome.error_text[:4000])
+            finish = (S.FAILURE, "message_failed", outcome.error_text)
+    elif not isinstance(outcome.value, bool):
+        text = f"InvalidTaskResult: on_message returned {outcome.value!r}, not True or False"
+        fields.update(status=D.FAILED, outcome="invalid_result", error=text[:4000])
+        finish = (S.FAILURE, "invalid_result", text)
+    else:
+        value = outcome.value
+        done = value and node.status in (S.EXECUTING, S.SKIPPED)
+        label = "completed" if done else "reprocessed" if node.status == S.COMPLETED else "waiting"
+        fields.update(status=D.DELIVERED, outcome=label)
+    updated = Delivery.objects.filter(
+        pk=delivery.id, status=D.CLAIMED, lease=lease, attempts=work.attempt
+    ).update(**fields)
+    if not updated:
+        raise _Stale
+    if fields["status"] == D.DELIVERED:
+        try:
+            _merge_parameters(state, node, work)
+        except DaggerError as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            Delivery.objects.filter(pk=delivery.id).update(
+                status=D.FAILED, outcome="invalid_result", error=text
+            )
+            finish = (S.FAILURE, "invalid_result", text)
+        else:
+            outbox.stage(state, node, outcome.sends)
+            state.record(
+                reason="message_received",
+                detail={"message": delivery.message_id, "topic": delivery.topic, "result": value},
+                node=node,
+            )
+            if value and node.status in (S.EXECUTING, S.SKIPPED):
+                walker.finish(state, node, S.COMPLETED, reason="message")
+    if finish is not None and node.status == S.EXECUTING:
+        walker.finish(state, node, finish[0], reason=finish[1], error=finish[2])
+    if correlation.keeps_subscription(node) and _more_waiting(node, now):
+        state.to_dispatch.append(node.id)
+
+
+def _retry_due(node: Node, work: Work, outcome: Outcome, fields: dict[str, Any]) -> bool:
+    """Apply the listener class's retry policy to a raising on_message; True when retried."""
+    cls = type(work.task)
+    retryable = not isinstance(outcome.error, DaggerError) and isinstance(
+        outcome.error, getattr(cls, "retry_on", (Exception,))
+    )
+    if not retryable or work.attempt > int(getattr(cls, "max_retries", 0) or 0):
+        return False
+    backoff = float(getattr(cls, "retry_backoff", 1.0))
+    delay = min(backoff * (2 ** (work.attempt - 1)), float(getattr(cls, "retry_backoff_max", 300.0)))
+    fields.update(
+        status=D.PENDING,
+        outcome="retry_scheduled",
+        error=outcome.error_text[:4000],
+        available_at=fields["updated_at"] + dt.timedelta(seconds=delay),
+    )
+    return True
+
+
+def _merge_parameters(state: WorkflowState, node: Node, work: Work) -> None:
+    changed, removed = parameters.diff(work.params_json, work.params)
+    if changed or removed:
+        merged = parameters.merge(state.workflow.runtime_parameters, changed, removed)
+        parameters.validate(merged)
+        services._set_parameters(state, merged, changed=sorted(changed), removed=removed, node=node)
+
+
+def _more_waiting(node: Node, now: dt.datetime) -> bool:
+    return (
+        Delivery.objects.filter(node_id=node.id, status=D.PENDING)
+        .filter(Q(available_at__isnull=True) | Q(available_at__lte=now))
+        .exists()
+    )
+
+
+# -- allow_skip_to ------------------------------------------------------------------------------------
+def skip_to(state: WorkflowState, node: Node) -> None:
+    """Jump to ``node``: everything that had to happen before it and has not finished is SKIPPED.
+
+    "Before it" is, at every level from the listener up to the workflow, the chain of nodes that
+    leads to it (with all their children), the way the original's ``get_remaining_tasks`` walk
+    found them; branches of a parallel group that contains the listener are left alone. Its
+    containers that had not started are started (without starting their first task), and the
+    listener waits - its message is handed to ``on_message`` right after.
+    """
+    current = node
+    while current is not None:
+        for before in _chain_before(state, current):
+            _skip_subtree(state, before)
+        parent = state.get(current.parent_id)
+        current = parent
+    ancestors = []
+    parent = state.get(node.parent_id)
+    while parent is not None:
+        ancestors.append(parent)
+        parent = state.get(parent.parent_id)
+    path = [*reversed(ancestors), node]
+    for container, inner in zip(path, path[1:], strict=False):
+        if container.status != S.NOT_STARTED:
+            continue
+        state.set_status(container, S.EXECUTING, reason="skipped_to", detail={"to": node.name})
+        if container.kind == NodeKind.PROCESS:
+            timing.process_started(state, container)
+        elif container.kind == NodeKind.PARALLEL:
+            # The group's other branches run as if the group had started normally.
+            mine = str(walker.branch_head(state, container, inner))
+            for head_id in container.child_ids:
+                head = state.get(head_id)
+                if head is not None and str(head.id) != mine and state.active:
+                    walker.start(state, head)
+    state.set_status(node, S.EXECUTING, reason="skipped_to")
+
+
+def _chain_before(state: WorkflowState, node: Node) -> list[Node]:
+    siblings = state.children(node.parent_id)
+    previous: dict[str, list[Node]] = defaultdict(list)
+    for sibling in siblings:
+        for nxt in sibling.next_ids:
+            previous[str(nxt)].append(sibling)
+    found: list[Node] = []
+    seen = {str(node.id)}
+    stack = [str(node.id)]
+    while stack:
+        for before in previous.get(stack.pop(), ()):
+            if str(before.id) not in seen:
+                seen.add(str(before.id))
+                found.append(before)
+                stack.append(str(before.id))
+    return found
+
+
+def _skip_subtree(state: WorkflowState, top: Node) -> None:
+    for n in [top, *state.descendants(top)]:
+        if n.status in (S.NOT_STARTED, S.SUBMITTED, S.EXECUTING):
+            state.set_status(n, S.SKIPPED, reason="skipped_by_skip_to")
+
+
+# ==================================================================================================
+# sweeps (run by every bridge, see docs/bridge.md)
+# ==================================================================================================
+def deliveries_expire(*, limit: int = 5000) -> int:
+    """Buffered messages whose TTL passed are dropped (EXPIRED, replayable)."""
+    now = ports.now()
+    rows = list(
+        Delivery.objects.filter(status=D.BUFFERED, expires_at__lte=now).values_list("id", "message_id")[
+            :limit
+        ]
+    )
+    if not rows:
+        return 0
+    with transaction.atomic():
+        count = Delivery.objects.filter(pk__in=[r[0] for r in rows], status=D.BUFFERED).update(
+            status=D.EXPIRED, outcome="buffer_ttl", updated_at=now
+        )
+        InboxMessage.objects.filter(pk__in={r[1] for r in rows}, status=InboxStatus.BUFFERED).exclude(
+            deliveries__status__in=OPEN_DELIVERY
+        ).update(status=InboxStatus.EXPIRED, updated_at=now)
+    return count
+
+
+def deliveries_redispatch(*, limit: int = 1000) -> int:
+    """Hand out again deliveries whose retry is due, or whose dispatch or worker was lost."""
+    now = ports.now()
+    stale = now - dt.timedelta(seconds=float(dagger_settings.DELIVERY_LEASE_SECONDS))
+    due = Q(status=D.PENDING, available_at__lte=now)
+    lost = Q(status__in=[D.PENDING, D.CLAIMED], available_at__isnull=True, updated_at__lte=stale)
+    rows = list(
+        Delivery.objects.filter(due | lost).order_by("id").values_list("id", "workflow_id", "node_id")[:limit]
+    )
+    if not rows:
+        return 0
+    with transaction.atomic():
+        Delivery.objects.filter(pk__in=[r[0] for r in rows]).update(
+            status=D.PENDING, lease="", available_at=None, updated_at=now
+        )
+        transaction.on_commit(partial(_dispatch, list(dict.fromkeys((r[1], r[2]) for r in rows))))
+    return len(rows)
+
+
+def inbox_prune(*, limit: int = 5000) -> int:
+    """Delete routed and unmatched messages older than ``INBOX_RETENTION_DAYS`` (0: keep all)."""
+    days = float(dagger_settings.INBOX_RETENTION_DAYS)
+    if days <= 0:
+        return 0
+    cutoff = ports.now() - dt.timedelta(days=days)
+    ids = list(
+        InboxMessage.objects.filter(
+            status__in=[InboxStatus.ROUTED, InboxStatus.UNMATCHED], received_at__lt=cutoff
+        )
+        .exclude(deliveries__status__in=OPEN_DELIVERY)
+        .values_list("id", flat=True)[:limit]
+    )
+    if not ids:
+        return 0
+    with transaction.atomic():
+        Delivery.objects.filter(message_id__in=ids).delete()
+        InboxMessage.objects.filter(pk__in=ids).delete()
+    return len(ids)
+
+
+@dataclass
+class SweepResult:
+    expired: int = 0
+    redispatched: int = 0
+    pruned: int = 0
+    relayed: int = 0
+
+    def total(self) -> int:
+        return sum(dataclasses.astuple(self))
+
+
+def messages_sweep(*, relay_grace_seconds: float = 10.0) -> SweepResult:
+    """One sweep: expire buffered messages, redispatch lost deliveries, prune the inbox, and send
+    outbox rows older than ``relay_grace_seconds`` that no after-commit relay sent."""
+    result = SweepResult(
+        expired=deliveries_expire(), redispatched=deliveries_redispatch(), pruned=inbox_prune()
+    )
+    relay = outbox.get_relay()
+    if relay is not None:
+        older = ports.now() - dt.timedelta(seconds=max(0.0, relay_grace_seconds))
+        result.relayed = relay.relay(older_than=older)
+    return result
+
+
+__all__ = [
+    "DUPLICATE",
+    "DeliveryWork",
+    "Incoming",
+    "Routed",
+    "SweepResult",
+    "decode_json",
+    "deliveries_expire",
+    "deliveries_redispatch",
+    "delivery_apply",
+    "delivery_claim",
+    "delivery_execute",
+    "inbox_prune",
+    "message_receive",
+    "message_replay",
+    "messages_route",
+    "messages_sweep",
+    "skip_to",
+]

@@ -1,0 +1,339 @@
+"""The bridge: consume the listener topics, route each batch in one transaction, then commit offsets.
+
+The order of the two commits is the whole guarantee. The database commit of a batch (its inbox
+rows and deliveries) comes first, the Kafka offsets after; a bridge that dies in between reads
+the batch again, and the inbox recognises every message (same topic, partition and offset, or
+same ``dagger-message-id``): at-least-once delivery from Kafka, one effect per message.
+
+A database outage makes the bridge retry the same batch with backoff (it consumes nothing new
+meanwhile); a broker outage is retried by librdkafka while the bridge logs it. SIGTERM or SIGINT
+finishes the batch in hand - route, commit offsets - and leaves the group cleanly. Every
+``sweep_interval`` seconds the bridge also runs the message sweep
+(``engine.messages.messages_sweep``): buffered messages past their TTL, lost deliveries, inbox
+retention, and outbox rows that no after-commit relay sent. See ``docs/bridge.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connections
+
+from ..conf import dagger_settings
+from ..engine import correlation, messages
+from .codec import from_kafka
+from .config import client_config
+
+logger = logging.getLogger("dagger_django.bridge")
+
+#: librdkafka defaults for the bridge's consumer (``DAGGER['KAFKA']`` overrides any of them).
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "enable.auto.commit": False,
+    "auto.offset.reset": "earliest",
+    "enable.partition.eof": True,
+    # A fetch returns after this long even with nothing new (Kafka's default is 500 ms; some
+    # brokers, e.g. Tansu, wait the whole time before returning what arrived meanwhile).
+    "fetch.wait.max.ms": 100,
+    "client.id": "dagger-django-bridge",
+}
+#: Test hook: crash (SIGKILL itself) after routing this many batches, before committing offsets.
+CRASH_ENV = "DAGGER_BRIDGE_CRASH_AFTER_ROUTE"
+BACKOFF_START = 0.5
+BACKOFF_MAX = 30.0
+
+
+class BridgeError(Exception):
+    """The bridge cannot run (no topics, bad configuration, a fatal Kafka error)."""
+
+
+@dataclass
+class BridgeStats:
+    messages: int = 0
+    batches: int = 0
+    routed: int = 0
+    duplicates: int = 0
+    unmatched: int = 0
+    invalid: int = 0
+    db_retries: int = 0
+    started: float = field(default_factory=time.monotonic)
+    #: monotonic times: the first batch received, the last batch committed.
+    first_at: float | None = None
+    last_at: float | None = None
+
+    def count(self, results: list[messages.Routed]) -> None:
+        self.batches += 1
+        self.messages += len(results)
+        for result in results:
+            if result.status == messages.DUPLICATE:
+                self.duplicates += 1
+            elif result.status == "routed":
+                self.routed += 1
+            elif result.status == "unmatched":
+                self.unmatched += 1
+            else:
+                self.invalid += 1
+
+    def rate(self) -> float:
+        """Messages per second from the first batch received to the last one committed."""
+        if self.first_at is None or self.last_at is None or self.last_at <= self.first_at:
+            return 0.0
+        return self.messages / (self.last_at - self.first_at)
+
+    def summary(self) -> str:
+        return (
+            f"{self.messages} messages in {self.batches} batches ({self.rate():.0f}/s while busy): "
+            f"{self.routed} routed, {self.duplicates} duplicates, {self.unmatched} unmatched, "
+            f"{self.invalid} invalid; {self.db_retries} database retries"
+        )
+
+
+class Bridge:
+    """One bridge process. ``run()`` blocks until stopped, ``--once`` is done, or ``max_messages``."""
+
+    def __init__(
+        self,
+        *,
+        topics: list[str] | None = None,
+        group_id: str | None = None,
+        batch_size: int = 500,
+        poll_timeout: float = 0.5,
+        once: bool = False,
+        max_messages: int | None = None,
+        sweep_interval: float = 5.0,
+        consumer_factory: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> None:
+        self.topics = topics
+        self.group_id = group_id or dagger_settings.KAFKA_GROUP_ID
+        self.batch_size = max(1, batch_size)
+        self.poll_timeout = poll_timeout
+        self.once = once
+        self.max_messages = max_messages
+        self.sweep_interval = sweep_interval
+        self.consumer_factory = consumer_factory
+        self.stats = BridgeStats()
+        self._stopping = False
+        self._assigned: set[tuple[str, int]] = set()
+        self._at_end: set[tuple[str, int]] = set()
+        self._next_sweep = 0.0
+        crash = os.environ.get(CRASH_ENV, "")
+        self._crash_after = int(crash) if crash.isdigit() else 0
+
+    # -- control ----------------------------------------------------------------------------------
+    def stop(self, *args: Any) -> None:
+        """Finish the batch in hand, commit it, and return from ``run`` (a signal handler)."""
+        if not self._stopping:
+            logger.info("bridge: stopping after the current batch")
+        self._stopping = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def consumer_config(self) -> dict[str, Any]:
+        config = client_config("consumer", **CONSUMER_DEFAULTS)
+        config["group.id"] = self.group_id
+        if not config.get("bootstrap.servers"):
+            raise BridgeError(
+                "No Kafka servers: set DAGGER['KAFKA']['bootstrap.servers'] (or Dagger(broker=...))."
+            )
+        return config
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run(self) -> BridgeStats:
+        topics = sorted(set(self.topics or correlation.listener_topics()))
+        if not topics:
+            raise BridgeError("No topics: no registered template has a listener task, and --topics is empty.")
+        config = self.consumer_config()
+        if self.consumer_factory is not None:
+            consumer = self.consumer_factory(config)
+        else:
+            from confluent_kafka import Consumer
+
+            consumer = Consumer(config)
+        consumer.subscribe(
+            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
+        logger.info("bridge: group %r consuming %s", self.group_id, ", ".join(topics))
+        self._sweep()
+        idle_since = time.monotonic()
+        try:
+            while not self._stopping:
+                want = self.batch_size
+                if self.max_messages is not None:
+                    want = min(want, self.max_messages - self.stats.messages)
+                    if want <= 0:
+                        break
+                batch = self._poll(consumer, want)
+                if batch:
+                    self._handle(consumer, batch)
+                    idle_since = time.monotonic()
+                elif self.once and self._done_once(idle_since):
+                    break
+                self._maybe_sweep()
+        finally:
+            try:
+                consumer.close()
+            except Exception:  # noqa: BLE001 - closing after a fatal error may fail as well
+                logger.exception("bridge: closing the consumer failed")
+            logger.info("bridge: %s", self.stats.summary())
+        return self.stats
+
+    def _poll(self, consumer: Any, want: int) -> list[Any]:
+        from confluent_kafka import KafkaError
+
+        # Wait for the first message only, then take what is already fetched: a batch is as big
+        # as the backlog (up to ``want``) and a lone message is not held back to fill one.
+        first = consumer.poll(self.poll_timeout)
+        if first is None:
+            return []
+        received = [first]
+        if want > 1:
+            received.extend(consumer.consume(num_messages=want - 1, timeout=0))
+        batch = []
+        for message in received:
+            error = message.error()
+            if error is None:
+                self._at_end.discard((message.topic(), message.partition()))
+                batch.append(message)
+            elif error.code() == KafkaError._PARTITION_EOF:
+                self._at_end.add((message.topic(), message.partition()))
+            elif error.fatal():
+                raise BridgeError(f"fatal Kafka error: {error}")
+            else:
+                # Broker down, topic missing, ...: librdkafka keeps retrying by itself.
+                logger.warning("bridge: Kafka reports %s", error)
+        return batch
+
+    def _done_once(self, idle_since: float) -> bool:
+        if self._assigned:
+            return self._assigned <= self._at_end
+        return time.monotonic() - idle_since > 30.0  # never got a partition
+
+    def _handle(self, consumer: Any, batch: list[Any]) -> None:
+        if self.stats.first_at is None:
+            self.stats.first_at = time.monotonic()
+        incoming = [from_kafka(m) for m in batch]
+        results = self._route(incoming)
+        if results is None:
+            return  # stopped during a database outage: not committed, read again later
+        self.stats.count(results)
+        if self._crash_after and self.stats.batches >= self._crash_after:
+            logger.warning("bridge: %s set, killing myself before the offset commit", CRASH_ENV)
+            os.kill(os.getpid(), signal.SIGKILL)
+        self._commit(consumer, batch)
+        self.stats.last_at = time.monotonic()
+
+    def _route(self, incoming: list[messages.Incoming]) -> list[messages.Routed] | None:
+        delay = BACKOFF_START
+        while True:
+            try:
+                return messages.messages_route(incoming)
+            except (OperationalError, InterfaceError) as exc:
+                self._database_down(exc, delay)
+            except DatabaseError as exc:
+                # The database refused a value of some message (not an outage): find it.
+                logger.warning("bridge: the database refused the batch (%s); routing one by one", exc)
+                return [self._route_alone(m) for m in incoming]
+            self.stats.db_retries += 1
+            if self._stopping:
+                return None
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    def _route_alone(self, message: messages.Incoming) -> messages.Routed:
+        try:
+            return messages.messages_route([message])[0]
+        except (OperationalError, InterfaceError):
+            raise
+        except DatabaseError as exc:
+            dead = messages.Incoming(
+                topic=message.topic,
+                source=message.source,
+                partition=message.partition,
+                offset=message.offset,
+                message_id=message.message_id,
+                invalid="unstorable",
+                detail=f"the database refused the message: {exc}"[:2000],
+            )
+            return messages.messages_route([dead])[0]
+
+    def _database_down(self, exc: Exception, delay: float) -> None:
+        logger.warning("bridge: database error (%s); retrying the batch in %.1fs", exc, delay)
+        for conn in connections.all():
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - the connection is broken anyway
+                pass
+        end = time.monotonic() + delay
+        while time.monotonic() < end and not self._stopping:
+            time.sleep(min(0.1, end - time.monotonic()))
+
+    def _commit(self, consumer: Any, batch: list[Any]) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        ends: dict[tuple[str, int], int] = {}
+        for message in batch:
+            key = (message.topic(), message.partition())
+            ends[key] = max(ends.get(key, -1), message.offset())
+        offsets = [
+            TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in ends.items()
+        ]
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # A rebalance took the partition away: its next owner reads these messages again and
+            # the inbox knows them.
+            logger.warning("bridge: offset commit failed (%s); the batch will be deduplicated", exc)
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self._assigned |= {(p.topic, p.partition) for p in partitions}
+        logger.info("bridge: assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        gone = {(p.topic, p.partition) for p in partitions}
+        self._assigned -= gone
+        self._at_end -= gone
+
+    # -- sweeps -------------------------------------------------------------------------------------
+    def _maybe_sweep(self) -> None:
+        if self.sweep_interval > 0 and time.monotonic() >= self._next_sweep:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        if self.sweep_interval <= 0:
+            return
+        self._next_sweep = time.monotonic() + self.sweep_interval
+        try:
+            close_old_connections()
+            result = messages.messages_sweep()
+            if result.total():
+                logger.info("bridge: sweep %s", result)
+        except Exception:  # noqa: BLE001 - a failed sweep is retried at the next interval
+            logger.exception("bridge: sweep failed")
+
+
+def sweep_forever(*, interval: float, once: bool = False, stop: Callable[[], bool] = lambda: False) -> None:
+    """Run only the message sweep (deployments that route over HTTP and run no bridge)."""
+    while True:
+        try:
+            close_old_connections()
+            result = messages.messages_sweep()
+            if result.total():
+                logger.info("sweep %s", result)
+        except Exception:  # noqa: BLE001
+            logger.exception("sweep failed")
+        if once or stop():
+            return
+        end = time.monotonic() + interval
+        while time.monotonic() < end and not stop():
+            time.sleep(min(0.2, end - time.monotonic()))
+        if stop():
+            return
+
+
+__all__ = ["Bridge", "BridgeError", "BridgeStats", "CONSUMER_DEFAULTS", "CRASH_ENV", "sweep_forever"]
