@@ -20,7 +20,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/dagger_bench"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/11"
-WORKLOADS = ("linear", "cost")
+WORKLOADS = ("linear", "cost", "listener", "timers")
+#: Workloads with a command of their own (their own database, broker and processes): run as
+#: subprocesses, their JSON folded into this report.
+SUBCOMMANDS = {"listener": "benchmarks.bridge", "timers": "benchmarks.timers"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,10 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     worker.start()
     try:
         for name in workloads:
-            report["results"][name] = _run(name, args.n, worker)
+            if name not in SUBCOMMANDS:
+                report["results"][name] = _run(name, args.n, worker)
         report["rss_mb"] = worker.rss_mb()
     finally:
         worker.stop()
+    for name in workloads:
+        if name in SUBCOMMANDS:
+            report["results"][name] = _run_subcommand(name, args.n)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2, default=str))
     _print(report)
@@ -102,6 +109,27 @@ def _run(name: str, sizes: list[int], worker: Any) -> Any:
 
         return cost.run()
     raise SystemExit(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+
+
+def _run_subcommand(name: str, sizes: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_QUEUE")
+    }
+    for n in sizes:
+        out = ROOT / "benchmarks" / "results" / f"{name}-{n}.json"
+        print(f"  {name} n={n}: python -m {SUBCOMMANDS[name]} --n {n}", flush=True)
+        done = subprocess.run(
+            [sys.executable, "-m", SUBCOMMANDS[name], "--n", str(n), "--json", str(out)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        if done.returncode != 0 or not out.exists():
+            rows.append({"n": n, "error": f"exit {done.returncode}"})
+            continue
+        rows.append({"n": n, **json.loads(out.read_text())})
+    return rows
 
 
 def _ensure_database(url: str) -> None:
@@ -140,6 +168,33 @@ def _print(report: dict[str, Any]) -> None:
         print("\nW5 cost per transition              queries  rows written")
         for step, row in cost.items():
             print(f"  {step:<34}{row['queries']:>7}  {row['rows_written']:>12}")
+    listener = report["results"].get("listener")
+    if listener:
+        print(
+            "\nW2 listener (Kafka, one bridge)     n  routed msg/s | msg -> next task: offered/s  done/s  p50 s   p99 s"
+        )
+        for row in listener:
+            if "error" in row:
+                print(f"{'':34}{row['n']:>5}  {row['error']}")
+                continue
+            t, lat = row["throughput"], row["latency"]
+            print(
+                f"{'':34}{row['n']:>5} {t['messages_per_s']:>12} | {lat['rate_offered_per_s']:>26}"
+                f" {lat['completed_per_s']:>7} {lat['latency_s']['p50']:>6} {lat['latency_s']['p99']:>7}"
+            )
+    timers = report["results"].get("timers")
+    if timers:
+        print(
+            "\nW3 timers due in the same second      n | fired late p50 s  p99 s | completed late p50 s  p99 s"
+        )
+        for row in timers:
+            if "error" in row:
+                print(f"{'':35}{row['n']:>5}  {row['error']}")
+                continue
+            f, d = row["fire_lateness_s"], row["done_lateness_s"]
+            print(
+                f"{'':35}{row['n']:>5} | {f['p50']:>16.3f} {f['p99']:>6.3f} | {d['p50']:>20.3f} {d['p99']:>6.3f}"
+            )
     if "rss_mb" in report:
         print("\npeak RSS (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in report["rss_mb"].items()))
 

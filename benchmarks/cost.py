@@ -14,6 +14,17 @@ from typing import Any
 CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
 
 
+def _rows(sql: str, params: Any, many: bool, rowcount: int) -> int:
+    """Rows a write statement touched. Inside a psycopg pipeline the row count is not known
+    until the pipeline syncs, so it is derived from the parameters: one row per parameter set
+    of an ``executemany``, one per element of the arrays of an ``INSERT ... UNNEST``."""
+    if many:
+        return len(params)
+    if "UNNEST" in sql.upper() and params:
+        return len(params[0])
+    return rowcount if rowcount >= 0 else 1
+
+
 @contextmanager
 def counting() -> Any:
     from django.db import connection
@@ -28,7 +39,7 @@ def counting() -> Any:
         if head not in CONTROL:
             stats["queries"] += 1
         if head in ("INSERT", "UPDATE", "DELETE"):
-            stats["rows_written"] += max(context["cursor"].rowcount, 0)
+            stats["rows_written"] += _rows(sql, params, many, context["cursor"].rowcount)
         return result
 
     with connection.execute_wrapper(wrapper):
