@@ -12,7 +12,8 @@ class TaskEvent(models.Model):
     """
 
     id = models.BigAutoField(primary_key=True)
-    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="events")
+    # Indexed by (workflow, id) below, which also serves lookups and cascades by workflow alone.
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="events", db_index=False)
     node_id = models.UUIDField(null=True, blank=True)
     node_name = models.CharField(max_length=500, blank=True, default="")
     from_status = models.CharField(max_length=16, blank=True, default="")

@@ -61,8 +61,17 @@ class Node(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="nodes")
+    # No constraint and no index: nothing is looked up by parent in the database (the engine
+    # loads a workflow's nodes at once), and the workflow's own cascade removes every node, so
+    # deleting a workflow never scans other workflows' nodes for children.
     parent = models.ForeignKey(
-        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="+", db_constraint=False
+        "self",
+        on_delete=models.DO_NOTHING,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
     )
     name = models.CharField(max_length=500)
     node_type = models.CharField(max_length=24, choices=NodeType.choices)
