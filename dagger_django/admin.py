@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.contrib import admin, messages
@@ -39,11 +40,29 @@ class EventInline(ReadOnlyInline):
     ordering = ["id"]
 
 
+class TemplateNameFilter(admin.SimpleListFilter):
+    """Filter by template, with choices from the (small) template table, not a DISTINCT scan of
+    every workflow."""
+
+    title = "template"
+    parameter_name = "template_name"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        names = WorkflowTemplate.objects.order_by("name").values_list("name", flat=True).distinct()
+        return [(name, name) for name in names]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> QuerySet[Workflow]:
+        value = self.value()
+        return queryset.filter(template_name=value) if value else queryset
+
+
 @admin.register(Workflow)
 class WorkflowAdmin(admin.ModelAdmin):
     list_display = ["id", "template_name", "status", "business_key", "time_created", "time_completed"]
-    list_filter = ["status", "template_name"]
-    search_fields = ["=id", "=business_key"]
+    list_filter = ["status", TemplateNameFilter]
+    # Searched exactly by id or business key through get_search_results (indexed lookups).
+    search_fields = ["business_key"]
+    search_help_text = "A workflow id, or a business key (exact)."
     show_full_result_count = False
     list_select_related = False
     date_hierarchy = None
@@ -72,6 +91,19 @@ class WorkflowAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return request.method in ("GET", "HEAD") and super().has_view_permission(request, obj)
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Workflow], search_term: str
+    ) -> tuple[QuerySet[Workflow], bool]:
+        # Exact matches only, so the primary key and the business_key index serve the search
+        # (Django's "=field" search compares UPPER(...) and scans the table).
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        try:
+            return queryset.filter(id=uuid.UUID(term)), False
+        except ValueError:
+            return queryset.filter(business_key=term), False
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None

@@ -104,3 +104,15 @@ def test_retry_action_resumes_a_failed_workflow(staff: Client, dispatcher: Any) 
 def test_change_page_of_an_unknown_workflow_is_not_an_error(staff: Client, dispatcher: Any) -> None:
     response = staff.get("/admin/dagger_django/workflow/not-a-uuid/change/", follow=True)
     assert response.status_code == 200
+
+
+def test_search_by_workflow_id_and_template_filter_use_exact_matches(staff: Client, dispatcher: Any) -> None:
+    first = b.linear("AdminSearchA", (t.Record, "a")).create_instance(partition_key_lookup="k", k="key-a")
+    second = b.linear("AdminSearchB", (t.Record, "a")).create_instance(partition_key_lookup="k", k="key-b")
+    html = staff.get(f"/admin/dagger_django/workflow/?q={first.id}").content.decode()
+    assert str(first.id) in html and str(second.id) not in html
+    html = staff.get("/admin/dagger_django/workflow/?q=key-b").content.decode()
+    assert str(second.id) in html and str(first.id) not in html
+    html = staff.get("/admin/dagger_django/workflow/?template_name=AdminSearchA").content.decode()
+    assert str(first.id) in html and str(second.id) not in html
+    assert "AdminSearchB" in html  # offered as a filter choice from the template table
