@@ -104,19 +104,9 @@ def _unstorable(payload: Any) -> str:
         text = json.dumps(payload, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         return f"the payload is not JSON: {exc}"[:500]
-    if "\\u0000" in text and _has_nul(payload):
+    if "\\u0000" in text and parameters.has_nul(payload):
         return "the payload contains a NUL character, which the database cannot store"
     return ""
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
 
 
 def _text(value: Any, limit: int) -> str | None:

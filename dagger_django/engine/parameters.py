@@ -24,7 +24,7 @@ def validate(value: Any, *, what: str = "runtime_parameters") -> str:
         text = dumps(value)
     except (TypeError, ValueError) as exc:
         raise InvalidRuntimeParameters(f"{what} cannot be stored as JSON: {exc}") from exc
-    if "\\u0000" in text and _has_nul(value):
+    if "\\u0000" in text and has_nul(value):
         raise InvalidRuntimeParameters(
             f"{what} contain a NUL character (\\u0000), which the database cannot store."
         )
@@ -37,13 +37,14 @@ def validate(value: Any, *, what: str = "runtime_parameters") -> str:
     return text
 
 
-def _has_nul(value: Any) -> bool:
+def has_nul(value: Any) -> bool:
+    """Whether a JSON value holds a NUL character anywhere (PostgreSQL's jsonb refuses it)."""
     if isinstance(value, str):
         return "\x00" in value
     if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
+        return any(has_nul(v) for v in value)
     return False
 
 
