@@ -17,6 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .harness import ensure_database
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/dagger_bench"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/11"
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(
         ["bash", str(ROOT / "scripts" / "ensure_services.sh")], check=True, stdout=subprocess.DEVNULL
     )
-    _ensure_database(env["DATABASE_URL"])
+    ensure_database(env["DATABASE_URL"])
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
 
     import django
@@ -130,20 +132,6 @@ def _run_subcommand(name: str, sizes: list[int]) -> list[dict[str, Any]]:
             continue
         rows.append({"n": n, **json.loads(out.read_text())})
     return rows
-
-
-def _ensure_database(url: str) -> None:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    import psycopg
-
-    admin = parts._replace(path="/postgres").geturl()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def _print(report: dict[str, Any]) -> None:

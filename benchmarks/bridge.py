@@ -188,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from tests.kafka.broker import start_broker
 
-    from .__main__ import _ensure_database
+    from .harness import ensure_database
 
-    _ensure_database(env["DATABASE_URL"])
+    ensure_database(env["DATABASE_URL"])
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
     broker = start_broker(Path(f"/tmp/dagger-bench-tansu-{uuid.uuid4().hex[:6]}.log"))
     env.update(broker.env)

@@ -334,9 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(
         ["bash", str(ROOT / "scripts" / "ensure_services.sh")], check=True, stdout=subprocess.DEVNULL
     )
-    from .__main__ import _ensure_database
+    from .harness import ensure_database
 
-    _ensure_database(env["DATABASE_URL"])
+    ensure_database(env["DATABASE_URL"])
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
 
     import django
