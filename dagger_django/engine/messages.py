@@ -40,7 +40,7 @@ from django.db.models import F, Q
 
 from ..conf import dagger_settings
 from ..definitions.tasks import resolve_hook_result
-from ..definitions.views import build_task, build_workflow_view
+from ..definitions.views import build_task
 from ..exceptions import (
     DaggerError,
     MessageTooLarge,
@@ -534,20 +534,11 @@ def delivery_claim(state: WorkflowState, node: Node, lease: str) -> Work | None:
     task.status = node.status
     task.attempt = attempt
     task.idempotency_key = f"{node.id}:message-{chosen['id']}:{attempt}"
-    params_json = parameters.dumps(state.workflow.runtime_parameters)
-    params = json.loads(params_json)
-    view = build_workflow_view(state.workflow, list(state.nodes.values()), strict=False)
-    view.runtime_parameters = params
-    return services.Work(
-        workflow_id=state.workflow.id,
-        node_id=node.id,
-        name=node.name,
-        kind=node.kind,
+    return services.work_build(
+        state,
+        node,
+        task,
         attempt=attempt,
-        task=task,
-        view=view,
-        params=params,
-        params_json=params_json,
         delivery=DeliveryWork(
             id=chosen["id"], message_id=message["id"], topic=message["topic"], payload=message["payload"]
         ),

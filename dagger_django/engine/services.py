@@ -465,9 +465,15 @@ def _claim_node(state: WorkflowState, node: Node, lease: str) -> Work | None:
         state.record(reason="reclaimed", detail={"lease": lease}, node=node)
     else:
         state.set_status(node, S.EXECUTING, reason="claimed")
+    _refresh_task(task, node)
+    return work_build(state, node, task, attempt=node.attempts)
+
+
+def work_build(state: WorkflowState, node: Node, task: Any, *, attempt: int, delivery: Any = None) -> Work:
+    """What a claimed node's hook needs outside the lock: a private copy of the runtime
+    parameters and the workflow as user code sees it (holding that same copy)."""
     params_json = parameters.dumps(state.workflow.runtime_parameters)
     params = json.loads(params_json)
-    _refresh_task(task, node)
     view = build_workflow_view(state.workflow, list(state.nodes.values()), strict=False)
     view.runtime_parameters = params
     return Work(
@@ -475,11 +481,12 @@ def _claim_node(state: WorkflowState, node: Node, lease: str) -> Work | None:
         node_id=node.id,
         name=node.name,
         kind=node.kind,
-        attempt=node.attempts,
+        attempt=attempt,
         task=task,
         view=view,
         params=params,
         params_json=params_json,
+        delivery=delivery,
     )
 
 
