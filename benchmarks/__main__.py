@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .harness import ensure_database
+from .harness import prepare_database
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/dagger_bench"
@@ -46,11 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     env["LOG_LEVEL"] = "WARNING"
     os.environ.update(env)
 
-    subprocess.run(
-        ["bash", str(ROOT / "scripts" / "ensure_services.sh")], check=True, stdout=subprocess.DEVNULL
-    )
-    ensure_database(env["DATABASE_URL"])
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    prepare_database(env)
 
     import django
 

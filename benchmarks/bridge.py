@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -188,10 +187,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from tests.kafka.broker import start_broker
 
-    from .harness import ensure_database
+    from .harness import prepare_database
 
-    ensure_database(env["DATABASE_URL"])
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    prepare_database(env)
     broker = start_broker(Path(f"/tmp/dagger-bench-tansu-{uuid.uuid4().hex[:6]}.log"))
     env.update(broker.env)
     if args.consumer_config:

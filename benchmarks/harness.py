@@ -150,3 +150,12 @@ def ensure_database(url: str) -> None:
     with psycopg.connect(admin, autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def prepare_database(env: dict[str, str]) -> None:
+    """Services up (PostgreSQL, Redis), the benchmark's database created and migrated."""
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "ensure_services.sh")], check=True, stdout=subprocess.DEVNULL
+    )
+    ensure_database(env["DATABASE_URL"])
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)

@@ -36,7 +36,6 @@ import multiprocessing as mp
 import os
 import queue
 import random
-import subprocess
 import sys
 import time
 import uuid
@@ -331,13 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     env["LOG_LEVEL"] = "WARNING"
     os.environ.update(env)
 
-    subprocess.run(
-        ["bash", str(ROOT / "scripts" / "ensure_services.sh")], check=True, stdout=subprocess.DEVNULL
-    )
-    from .harness import ensure_database
+    from .harness import prepare_database
 
-    ensure_database(env["DATABASE_URL"])
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    prepare_database(env)
 
     import django
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from dagger_django import TriggerTask
 
-from .harness import ensure_database
+from .harness import prepare_database
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/dagger_time_bench"
@@ -93,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         env["DAGGER_TIMER_QUEUE"] = env["CELERY_QUEUE"] + "-timers"
     os.environ.update(env)
 
-    subprocess.run(
-        ["bash", str(ROOT / "scripts" / "ensure_services.sh")], check=True, stdout=subprocess.DEVNULL
-    )
-    ensure_database(env["DATABASE_URL"])
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    prepare_database(env)
 
     # SIGTERM (timeout, CI) unwinds like Ctrl-C, so the worker(s) and beat are stopped.
     signal.signal(signal.SIGTERM, _interrupt)
