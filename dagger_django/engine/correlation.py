@@ -101,23 +101,31 @@ def _walk_templates(roots: Iterable[Any]) -> Iterable[Any]:
             stack.append(root)
 
 
-def _registry_key() -> tuple[int, ...]:
+def _registered_roots() -> list[Any]:
     from ..definitions.registry import Dagger
 
-    return (
-        tuple(id(t) for t in Dagger.template_dags.values())
-        + (0,)
-        + tuple(id(t) for t in Dagger.process_templates.values())
-    )
+    return [*Dagger.template_dags.values(), *Dagger.process_templates.values()]
 
 
-@lru_cache(maxsize=4)
-def _listeners_by_topic(key: tuple[int, ...]) -> dict[str, tuple[type, ...]]:
-    from ..definitions.registry import Dagger
+#: The roots the topic map was built from, and the map. The roots are held (not their ids): an
+#: id is reused once its object is freed, so a key of ids could hit the map of another registry.
+_topic_map: tuple[list[Any], dict[str, tuple[type, ...]]] = ([], {})
+
+
+def _listeners_by_topic() -> dict[str, tuple[type, ...]]:
+    """{topic: listener classes} of the registered templates, rebuilt when the registry changes."""
+    roots = _registered_roots()
+    built_from, topic_map = _topic_map
+    if len(built_from) == len(roots) and all(a is b for a, b in zip(built_from, roots, strict=True)):
+        return topic_map
+    return _build_topic_map(roots)
+
+
+def _build_topic_map(roots: list[Any]) -> dict[str, tuple[type, ...]]:
+    global _topic_map
     from ..definitions.templates import template_class, template_kind
 
     found: dict[str, list[type]] = {}
-    roots = [*Dagger.template_dags.values(), *Dagger.process_templates.values()]
     for template in _walk_templates(roots):
         if template_kind(template) != NodeKind.LISTENER:
             continue
@@ -128,17 +136,19 @@ def _listeners_by_topic(key: tuple[int, ...]) -> dict[str, tuple[type, ...]]:
         classes = found.setdefault(topic, [])
         if cls not in classes:
             classes.append(cls)
-    return {topic: tuple(classes) for topic, classes in found.items()}
+    topic_map = {topic: tuple(classes) for topic, classes in found.items()}
+    _topic_map = (roots, topic_map)
+    return topic_map
 
 
 def listener_topics() -> list[str]:
     """Every topic a registered listener template waits on (what the bridge subscribes to)."""
-    return sorted(_listeners_by_topic(_registry_key()))
+    return sorted(_listeners_by_topic())
 
 
 def topic_listeners(topic: str) -> TopicListeners | None:
     """The listener classes of ``topic``, or None when no registered template listens on it."""
-    classes = _listeners_by_topic(_registry_key()).get(topic)
+    classes = _listeners_by_topic().get(topic)
     return TopicListeners(topic, classes) if classes else None
 
 

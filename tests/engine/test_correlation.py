@@ -141,6 +141,16 @@ def start(tmpl: Any, dispatcher: Any, **params: Any) -> Any:
 
 
 # -- the index ---------------------------------------------------------------------------------------
+def test_the_topic_map_follows_templates_replaced_under_the_same_name() -> None:
+    # A replaced template is freed and its address is soon reused by the next one: the map of
+    # topics must not be taken for the old registry's (a key of ids once made it stale).
+    for i in range(50):
+        topic = f"swap_{i}"
+        template("Swapped", process("p", listener(lt.Ready, "w", topic=topic)))
+        assert correlation.topic_listeners(topic) is not None
+        assert correlation.topic_listeners(f"swap_{i - 1}") is None
+
+
 def test_subscription_is_written_when_the_workflow_is_created(dispatcher: Any) -> None:
     wf = pizza("SubCreated").create_instance(order_id="o1")
     sub = Subscription.objects.get(workflow_id=wf.id)
