@@ -10,6 +10,7 @@ these rows until we commit.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -68,22 +69,23 @@ def update_rows(model: type[Model], fields: list[str], objs: list[Any]) -> None:
     The engine's hot path writes a handful of rows per transition. Django's ``bulk_update``
     builds a ``CASE WHEN`` expression per field and object, which costs milliseconds of Python
     per call; a prepared statement sent once per row (psycopg pipelines ``executemany``) costs
-    microseconds. Values go through each field's own ``get_db_prep_save``, as the ORM does.
+    microseconds. Values are prepared as the ORM would (:func:`_preparers`).
     """
     meta = model._meta
     conn = connections[router.db_for_write(model)]
-    qn = conn.ops.quote_name
-    model_fields = [meta.get_field(f) for f in fields]
-    pk = meta.pk
-    assert pk is not None
-    sql = "UPDATE {} SET {} WHERE {} = %s".format(
-        qn(meta.db_table), ", ".join(f"{qn(f.column)} = %s" for f in model_fields), qn(pk.column)
-    )
-    params = [
-        [f.get_db_prep_save(getattr(obj, f.attname), conn) for f in model_fields]
-        + [pk.get_db_prep_save(obj.pk, conn)]
-        for obj in objs
-    ]
+    key = (conn.alias, "update", model, tuple(fields))
+    cached = _STATEMENTS.get(key)
+    if cached is None:
+        qn = conn.ops.quote_name
+        model_fields = [meta.get_field(f) for f in fields]
+        pk = meta.pk
+        assert pk is not None
+        sql = "UPDATE {} SET {} WHERE {} = %s".format(
+            qn(meta.db_table), ", ".join(f"{qn(f.column)} = %s" for f in model_fields), qn(pk.column)
+        )
+        cached = _STATEMENTS[key] = (sql, _preparers(conn, [*model_fields, pk]))
+    sql, preparers = cached
+    params = [[prep(getattr(obj, attname)) for attname, prep in preparers] for obj in objs]
     with conn.cursor() as cursor:
         if len(params) == 1:
             cursor.execute(sql, params[0])
@@ -92,55 +94,151 @@ def update_rows(model: type[Model], fields: list[str], objs: list[Any]) -> None:
 
 
 def insert_rows(model: type[Model], objs: list[Any]) -> None:
-    """``INSERT`` rows of a model without a database-generated key besides an auto id.
-
-    Same reasoning as :func:`update_rows`: ``bulk_create`` compiles a query on every call.
-    """
+    """``INSERT`` rows of a model whose key is set before the insert (or is an auto id we do
+    not need back). Same reasoning as :func:`update_rows`: ``save`` and ``bulk_create``
+    compile a query on every call. The objects are marked as saved, as the ORM would."""
     meta = model._meta
     conn = connections[router.db_for_write(model)]
-    qn = conn.ops.quote_name
-    model_fields = [f for f in meta.concrete_fields if not f.primary_key or not f.auto_created]
-    model_fields = [f for f in model_fields if not getattr(f, "db_returning", False)]
-    sql = "INSERT INTO {} ({}) VALUES ({})".format(
-        qn(meta.db_table),
-        ", ".join(qn(f.column) for f in model_fields),
-        ", ".join(["%s"] * len(model_fields)),
-    )
-    params = [[f.get_db_prep_save(f.pre_save(obj, add=True), conn) for f in model_fields] for obj in objs]
+    key = (conn.alias, "insert", model, ())
+    cached = _STATEMENTS.get(key)
+    if cached is None:
+        qn = conn.ops.quote_name
+        model_fields = [f for f in meta.concrete_fields if not f.primary_key or not f.auto_created]
+        model_fields = [f for f in model_fields if not getattr(f, "db_returning", False)]
+        assert not any(
+            getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False) for f in model_fields
+        )
+        sql = "INSERT INTO {} ({}) VALUES ({})".format(
+            qn(meta.db_table),
+            ", ".join(qn(f.column) for f in model_fields),
+            ", ".join(["%s"] * len(model_fields)),
+        )
+        cached = _STATEMENTS[key] = (sql, _preparers(conn, model_fields))
+    sql, preparers = cached
+    params = [[prep(getattr(obj, attname)) for attname, prep in preparers] for obj in objs]
     with conn.cursor() as cursor:
         if len(params) == 1:
             cursor.execute(sql, params[0])
         else:
             cursor.executemany(sql, params)
+    for obj in objs:
+        obj._state.adding = False
+        obj._state.db = conn.alias
+
+
+#: (alias, verb, model, fields) -> (SQL, [(attname, prepare)]): built once per process.
+_STATEMENTS: dict[tuple[Any, ...], tuple[str, list[tuple[str, Any]]]] = {}
+
+_PLAIN_TYPES = (str, int, bool, uuid.UUID, type(None))
+
+
+def _preparers(conn: Any, fields: list[Any]) -> list[tuple[str, Any]]:
+    """For each field, ``(attname, value -> database value)``, as ``get_db_prep_save`` would do.
+
+    On PostgreSQL that call is the identity for text, integers, booleans, UUIDs and aware
+    datetimes, and wraps JSON: those values skip it (it is most of the Python cost of a write).
+    Any other value, or any other database, goes through the field itself.
+    """
+    from django.db.models import (
+        BooleanField,
+        CharField,
+        DateTimeField,
+        ForeignKey,
+        IntegerField,
+        JSONField,
+        TextField,
+        UUIDField,
+    )
+
+    postgres = conn.vendor == "postgresql"
+    out: list[tuple[str, Any]] = []
+    for f in fields:
+
+        def slow(value: Any, f: Any = f) -> Any:
+            return f.get_db_prep_save(value, conn)
+
+        prep: Any = slow
+        if postgres and isinstance(f, JSONField) and type(f).get_db_prep_save is JSONField.get_db_prep_save:
+
+            def prep(value: Any, f: Any = f) -> Any:
+                return None if value is None else conn.ops.adapt_json_value(value, f.encoder)
+
+        elif postgres and isinstance(f, DateTimeField):
+
+            def prep(value: Any, slow: Any = slow) -> Any:
+                if value is None or (isinstance(value, dt.datetime) and value.tzinfo is not None):
+                    return value
+                return slow(value)
+
+        elif postgres and isinstance(
+            f, CharField | TextField | IntegerField | BooleanField | UUIDField | ForeignKey
+        ):
+
+            def prep(value: Any, slow: Any = slow) -> Any:
+                return value if type(value) in _PLAIN_TYPES else slow(value)
+
+        out.append((f.attname, prep))
+    return out
 
 
 def load_locked(workflow_id: Any) -> tuple[Workflow | None, list[Node]]:
     """Lock a workflow row (``FOR UPDATE``) and load its nodes: two plain statements.
 
-    Written as raw SQL, compiled once per process: the ORM would compile both queries on every
-    transition, which costs more than running them.
+    Written as raw SQL on a cursor, compiled once per process, and the rows made into models
+    with ``Model.from_db`` and each field's converters: the ORM (even ``raw()``) would compile
+    both queries and their converters on every transition, which costs more than running them.
     """
     conn = connections[router.db_for_write(Workflow)]
-    sql = _LOAD_SQL.get(conn.alias)
-    if sql is None:
-        qn = conn.ops.quote_name
-
-        def select(model: type[Model], where: str, lock: bool) -> str:
-            meta = model._meta
-            cols = ", ".join(qn(f.column) for f in meta.concrete_fields)
-            tail = " FOR UPDATE" if lock and conn.features.has_select_for_update else ""
-            return f"SELECT {cols} FROM {qn(meta.db_table)} WHERE {qn(where)} = %s{tail}"
-
-        sql = (select(Workflow, "id", True), select(Node, "workflow_id", False))
-        _LOAD_SQL[conn.alias] = sql
+    loaders = _LOADERS.get(conn.alias)
+    if loaders is None:
+        loaders = _LOADERS[conn.alias] = (
+            _RowLoader(conn, Workflow, "id", lock=True),
+            _RowLoader(conn, Node, "workflow_id", lock=False),
+        )
     key = Workflow._meta.pk.get_db_prep_value(workflow_id, conn)  # type: ignore[union-attr]
-    workflows = list(Workflow.objects.raw(sql[0], [key]))
-    if not workflows:
-        return None, []
-    return workflows[0], list(Node.objects.raw(sql[1], [key]))
+    with conn.cursor() as cursor:
+        workflows = loaders[0].load(cursor, key)
+        if not workflows:
+            return None, []
+        return workflows[0], loaders[1].load(cursor, key)
 
 
-_LOAD_SQL: dict[str, tuple[str, str]] = {}
+class _RowLoader:
+    """``SELECT <every column> FROM <table> WHERE <column> = %s`` made into model instances."""
+
+    def __init__(self, conn: Any, model: type[Model], where: str, *, lock: bool) -> None:
+        meta = model._meta
+        qn = conn.ops.quote_name
+        fields = list(meta.concrete_fields)
+        tail = " FOR UPDATE" if lock and conn.features.has_select_for_update else ""
+        self.sql = "SELECT {} FROM {} WHERE {} = %s{}".format(
+            ", ".join(qn(f.column) for f in fields), qn(meta.db_table), qn(where), tail
+        )
+        self.model = model
+        self.alias = conn.alias
+        self.conn = conn
+        self.converters = []
+        for i, f in enumerate(fields):
+            col = f.get_col(meta.db_table)
+            found = [*conn.ops.get_db_converters(col), *col.get_db_converters(conn)]
+            if found:
+                self.converters.append((i, found, col))
+
+    def load(self, cursor: Any, key: Any) -> list[Any]:
+        cursor.execute(self.sql, [key])
+        out = []
+        for raw in cursor.fetchall():
+            values = list(raw)
+            for i, converters, col in self.converters:
+                value = values[i]
+                for convert in converters:
+                    value = convert(value, col, self.conn)
+                values[i] = value
+            out.append(self.model.from_db(self.alias, None, values))
+        return out
+
+
+_LOADERS: dict[str, tuple[_RowLoader, _RowLoader]] = {}
 
 
 @contextmanager
@@ -352,8 +450,8 @@ class WorkflowState:
         if None in self.cancel_timers_for:
             self.timers = []  # the workflow's waits end here, including any created just now
         if self.is_new:
-            wf.save(force_insert=True)
-            Node.objects.bulk_create(list(self.nodes.values()))
+            insert_rows(Workflow, [wf])
+            insert_rows(Node, list(self.nodes.values()))
         else:
             if self.delete_after:
                 wf.delete()
@@ -362,7 +460,7 @@ class WorkflowState:
                 fields = sorted(self._workflow_fields | {"update_count", "updated_at"})
                 update_rows(Workflow, fields, [wf])
             if self._added:
-                Node.objects.bulk_create(self._added)
+                insert_rows(Node, self._added)
             added = {n.id for n in self._added}
             dirty = [self.nodes[i] for i in self._dirty if i not in added]
             if dirty:
