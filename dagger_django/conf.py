@@ -25,6 +25,9 @@ class Defaults:
     INLINE_STEPS: int = 50
     #: ... and for how long, in seconds.
     INLINE_SECONDS: float = 5.0
+    #: Listeners handed to workers together (those one bridge batch or replay matched) go in
+    #: Celery messages of this many each, run in turn by one worker (1 = one message per listener).
+    DISPATCH_BATCH: int = 20
     #: Delete the workflow (nodes and history too) once it is finished.
     DELETE_WORKFLOW_ON_COMPLETE: bool = False
     #: Callables (or dotted paths) called after commit with the workflow instance on each update.

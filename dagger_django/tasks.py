@@ -8,6 +8,7 @@ Database outages are retried with backoff instead of losing the message.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import shared_task
@@ -16,6 +17,8 @@ from django.db import InterfaceError, OperationalError
 
 from .conf import dagger_settings
 from .engine import recovery, services
+
+logger = logging.getLogger("dagger_django.tasks")
 
 _COMMON: dict[str, Any] = {
     "acks_late": True,
@@ -31,6 +34,28 @@ _COMMON: dict[str, Any] = {
 @shared_task(name="dagger_django.run_node", bind=True, **_COMMON)
 def run_node(self: Any, workflow_id: str, node_id: str) -> int:
     return services.node_run(workflow_id=workflow_id, node_id=node_id, lease=self.request.id or "")
+
+
+@shared_task(name="dagger_django.run_nodes", bind=True, **_COMMON)
+def run_nodes(self: Any, targets: list[list[str]]) -> int:
+    """``run_node`` for each ``[workflow id, node id]``, in turn (``DISPATCH_BATCH``).
+
+    Each node gets a lease of its own (this message's id and its position), so a redelivered
+    batch re-runs exactly what this one had claimed and not finished. A failure of one node is
+    logged and leaves it to the recovery sweeps; the others still run. A database outage
+    retries the whole batch (the nodes already done are no-ops then).
+    """
+    steps = 0
+    for position, (workflow_id, node_id) in enumerate(targets):
+        try:
+            steps += services.node_run(
+                workflow_id=workflow_id, node_id=node_id, lease=f"{self.request.id or ''}:{position}"
+            )
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception:
+            logger.exception("running node %s of workflow %s failed", node_id, workflow_id)
+    return steps
 
 
 @shared_task(name="dagger_django.fire_timer", **_COMMON)
@@ -67,4 +92,4 @@ def _recover_on_boot(sender: Any = None, **kwargs: Any) -> None:
         recover_nodes.apply_async(**({"queue": queue} if queue else {}))
 
 
-__all__ = ["run_node", "fire_timer", "run_stop_hooks", "sweep_timers", "recover_nodes"]
+__all__ = ["run_node", "run_nodes", "fire_timer", "run_stop_hooks", "sweep_timers", "recover_nodes"]

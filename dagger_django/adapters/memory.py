@@ -27,6 +27,10 @@ class InMemoryDispatcher:
         self.runs.append((str(workflow_id), str(node_id), lease))
         self.sent.append(("run_node", str(node_id)))
 
+    def run_nodes(self, *, targets: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
+        for workflow_id, node_id in targets:
+            self.run_node(workflow_id=workflow_id, node_id=node_id)
+
     def fire_timer(self, *, timer_id: int, eta: dt.datetime) -> None:
         self.timers.append((timer_id, eta))
         self.sent.append(("fire_timer", timer_id))

@@ -325,14 +325,14 @@ def _write(plans: list[_Plan]) -> None:
 
 
 def _dispatch(targets: Iterable[tuple[Any, Any]]) -> None:
-    """After commit: hand each listener with new messages to a worker. A failure here loses
-    nothing: the deliveries are committed and the sweep hands them out again."""
-    dispatcher = ports.get_dispatcher()
-    for workflow_id, node_id in targets:
-        try:
-            dispatcher.run_node(workflow_id=workflow_id, node_id=node_id)
-        except Exception:
-            logger.exception("could not dispatch node %s; the sweep will", node_id)
+    """After commit: hand the listeners with new messages to workers (``DISPATCH_BATCH`` per
+    Celery message). A failure here loses nothing: the deliveries are committed and the sweep
+    hands them out again."""
+    targets = list(targets)
+    try:
+        ports.dispatch_nodes(targets)
+    except Exception:
+        logger.exception("could not dispatch %d listener(s); the sweep will", len(targets))
 
 
 def messages_route(messages: list[Incoming], *, strict: bool = False) -> list[Routed]:

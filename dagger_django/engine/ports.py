@@ -14,6 +14,10 @@ class Dispatcher(Protocol):
 
     def run_node(self, *, workflow_id: uuid.UUID, node_id: uuid.UUID) -> None: ...
 
+    def run_nodes(self, *, targets: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
+        """Run many ``(workflow id, node id)``; a dispatcher may send them in fewer messages."""
+        ...
+
     def fire_timer(self, *, timer_id: int, eta: dt.datetime) -> None: ...
 
     def sweep_timers(self, *, eta: dt.datetime, count: int = 1) -> None:
@@ -60,6 +64,18 @@ def get_dispatcher() -> Dispatcher:
 
         _dispatcher = import_string(dagger_settings.DISPATCHER)()
     return _dispatcher
+
+
+def dispatch_nodes(targets: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
+    """Hand nodes to workers: in batches when the dispatcher can (``run_nodes``), else one by one."""
+    if not targets:
+        return
+    dispatcher = get_dispatcher()
+    if len(targets) > 1 and hasattr(dispatcher, "run_nodes"):
+        dispatcher.run_nodes(targets=targets)
+        return
+    for workflow_id, node_id in targets:
+        dispatcher.run_node(workflow_id=workflow_id, node_id=node_id)
 
 
 def set_dispatcher(dispatcher: Dispatcher | None) -> Dispatcher | None:

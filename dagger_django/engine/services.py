@@ -90,6 +90,7 @@ def _after_commit(state: WorkflowState) -> None:
     """Hand work to workers, then announce. Nothing here can undo what was committed."""
     dispatcher = ports.get_dispatcher()
     wf = state.workflow
+    # One message per node: the branches of a parallel group run on as many workers as are free.
     for node_id in state.to_dispatch:
         dispatcher.run_node(workflow_id=wf.id, node_id=node_id)
     for timer in state.timers:

@@ -18,7 +18,17 @@ from contextlib import contextmanager
 from typing import Any
 
 from django.db import connections, router
-from django.db.models import Model
+from django.db.models import (
+    BooleanField,
+    CharField,
+    DateTimeField,
+    ForeignKey,
+    IntegerField,
+    JSONField,
+    Model,
+    TextField,
+    UUIDField,
+)
 
 from ..exceptions import TaskInvalidState
 from ..models import Node, Status, TaskEvent, Timer, Workflow
@@ -129,27 +139,25 @@ def insert_rows(model: type[Model], objs: list[Any]) -> None:
 #: (alias, verb, model, fields) -> (SQL, [(attname, prepare)]): built once per process.
 _STATEMENTS: dict[tuple[Any, ...], tuple[str, list[tuple[str, Any]]]] = {}
 
-_PLAIN_TYPES = (str, int, bool, uuid.UUID, type(None))
+
+def _plain_types(f: Any) -> tuple[type, ...]:
+    """The value types that ``f.get_db_prep_save`` hands to PostgreSQL unchanged."""
+    if isinstance(f, BooleanField):
+        return (bool, type(None))
+    if isinstance(f, IntegerField):
+        return (int, type(None))
+    if isinstance(f, UUIDField) or (isinstance(f, ForeignKey) and isinstance(f.target_field, UUIDField)):
+        return (uuid.UUID, type(None))
+    return ()
 
 
 def _preparers(conn: Any, fields: list[Any]) -> list[tuple[str, Any]]:
     """For each field, ``(attname, value -> database value)``, as ``get_db_prep_save`` would do.
 
-    On PostgreSQL that call is the identity for text, integers, booleans, UUIDs and aware
-    datetimes, and wraps JSON: those values skip it (it is most of the Python cost of a write).
+    On PostgreSQL that call is the identity for text (``str`` and its subclasses such as
+    ``Status``), integers, booleans, UUIDs and aware datetimes, and wraps JSON: those values skip it (it is most of the Python cost of a write).
     Any other value, or any other database, goes through the field itself.
     """
-    from django.db.models import (
-        BooleanField,
-        CharField,
-        DateTimeField,
-        ForeignKey,
-        IntegerField,
-        JSONField,
-        TextField,
-        UUIDField,
-    )
-
     postgres = conn.vendor == "postgresql"
     out: list[tuple[str, Any]] = []
     for f in fields:
@@ -158,24 +166,30 @@ def _preparers(conn: Any, fields: list[Any]) -> list[tuple[str, Any]]:
             return f.get_db_prep_save(value, conn)
 
         prep: Any = slow
-        if postgres and isinstance(f, JSONField) and type(f).get_db_prep_save is JSONField.get_db_prep_save:
+        plain = _plain_types(f)
+        if not postgres:
+            pass
+        elif isinstance(f, JSONField) and type(f).get_db_prep_save is JSONField.get_db_prep_save:
 
             def prep(value: Any, f: Any = f) -> Any:
                 return None if value is None else conn.ops.adapt_json_value(value, f.encoder)
 
-        elif postgres and isinstance(f, DateTimeField):
+        elif isinstance(f, DateTimeField):
 
             def prep(value: Any, slow: Any = slow) -> Any:
                 if value is None or (isinstance(value, dt.datetime) and value.tzinfo is not None):
                     return value
                 return slow(value)
 
-        elif postgres and isinstance(
-            f, CharField | TextField | IntegerField | BooleanField | UUIDField | ForeignKey
-        ):
+        elif isinstance(f, CharField | TextField):
 
             def prep(value: Any, slow: Any = slow) -> Any:
-                return value if type(value) in _PLAIN_TYPES else slow(value)
+                return value if value is None or isinstance(value, str) else slow(value)
+
+        elif plain:
+
+            def prep(value: Any, slow: Any = slow, plain: tuple[type, ...] = plain) -> Any:
+                return value if type(value) in plain else slow(value)
 
         out.append((f.attname, prep))
     return out

@@ -90,9 +90,27 @@ def finish(
     if node.kind == NodeKind.MONITOR:
         return  # engine-created, outside the graph: nothing follows a monitor, it never halts
     if status == S.FAILURE and state.workflow.failure_policy != "continue":
+        if in_atleast_one_group(state, node):
+            # One branch has failed; the group decides once its other branches have ended.
+            notify_parent(state, node)
+            return
         halt(state, node, error or "failed")
         return
     advance(state, node)
+
+
+def in_atleast_one_group(state: WorkflowState, node: Node) -> bool:
+    """Whether ``node`` is inside a running ATLEAST_ONE group (at any depth)."""
+    parent = state.get(node.parent_id)
+    while parent is not None:
+        if (
+            parent.kind == NodeKind.PARALLEL
+            and parent.config.get("operator") == ATLEAST_ONE
+            and parent.status not in TERMINAL
+        ):
+            return True
+        parent = state.get(parent.parent_id)
+    return False
 
 
 def halt(state: WorkflowState, node: Node, error: str) -> None:
@@ -282,6 +300,13 @@ def retry_workflow(state: WorkflowState) -> list[Node]:
         while parent is not None:
             if parent.status == S.FAILURE:
                 state.set_status(parent, S.EXECUTING, reason="retried")
+            if parent.kind == NodeKind.PARALLEL and parent.status == S.EXECUTING:
+                # Failed branches run again: the group waits for their new outcome.
+                branches = parent.config.get("_branches", {})
+                kept = {head: status for head, status in branches.items() if status != S.FAILURE}
+                if kept != branches:
+                    parent.config = {**parent.config, "_branches": kept}
+                    state.touch(parent)
             parent = state.get(parent.parent_id)
     for leaf in sorted(failed, key=lambda n: n.position):
         # Attempts keep counting (idempotency keys never repeat); the retry budget starts anew.

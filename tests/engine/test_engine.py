@@ -28,6 +28,14 @@ def run(template: Any, dispatcher: Any, **params: Any) -> Workflow:
     return reload(wf.id)
 
 
+def fix_and_retry(wf: Workflow, dispatcher: Any) -> Workflow:
+    """Let the ``Boom`` tasks pass from now on, retry the failed workflow, run it to its end."""
+    services.workflow_update_parameters(workflow_id=wf.id, changes={"fixed": True})
+    services.workflow_retry(workflow_id=wf.id)
+    dispatcher.drain()
+    return reload(wf.id)
+
+
 # -- executors, processes, parameters ------------------------------------------------------------
 def test_linear_executors_complete_in_order_with_one_worker_message(dispatcher: Any) -> None:
     tmpl = b.linear("Linear", (t.Record, "a"), (t.AsyncRecord, "b"), (t.Record, "c"))
@@ -291,10 +299,7 @@ def test_exception_halts_the_workflow_and_retry_resumes_from_the_failed_task(dis
     assert s["boom_executor_task"] == S.FAILURE and s["main"] == S.FAILURE
     assert s["c_executor_task"] == S.NOT_STARTED
     assert "RuntimeError: boom" in wf.error
-    services.workflow_update_parameters(workflow_id=wf.id, changes={"fixed": True})
-    services.workflow_retry(workflow_id=wf.id)
-    dispatcher.drain()
-    wf = reload(wf.id)
+    wf = fix_and_retry(wf, dispatcher)
     assert wf.status == S.COMPLETED
     assert wf.runtime_parameters["trace"] == ["a_executor_task", "boom_executor_task", "c_executor_task"]
 
@@ -321,12 +326,50 @@ def test_halted_parallel_sibling_finishing_later_is_walked_on_after_retry(dispat
     wf = run(tmpl, dispatcher)
     assert wf.status == S.FAILURE
     assert statuses(wf.id)["x_executor_task"] == S.COMPLETED
-    services.workflow_update_parameters(workflow_id=wf.id, changes={"fixed": True})
-    services.workflow_retry(workflow_id=wf.id)
-    dispatcher.drain()
-    wf = reload(wf.id)
+    wf = fix_and_retry(wf, dispatcher)
     assert wf.status == S.COMPLETED
     assert statuses(wf.id)["group"] == S.COMPLETED
+
+
+def test_atleast_one_rides_out_a_failed_branch_when_another_completes(dispatcher: Any) -> None:
+    tmpl = b.parallel_tasks(
+        "AtLeastOneFails", b.ATLEAST_ONE, b.task(t.Boom, "boom").build(), b.task(t.SetFlag, "x").build()
+    )
+    wf = run(tmpl, dispatcher)
+    s = statuses(wf.id)
+    assert s["boom_executor_task"] == S.FAILURE  # recorded, with its error
+    assert s["x_executor_task"] == s["group"] == s["joined_executor_task"] == S.COMPLETED
+    assert wf.status == S.COMPLETED
+
+
+def test_process_level_atleast_one_rides_out_a_failed_process(dispatcher: Any) -> None:
+    tmpl = b.parallel_processes(
+        "ProcAtLeastOneFails",
+        b.ATLEAST_ONE,
+        b.process("broken", b.chain((t.Boom, "boom"), (t.Record, "never"))),
+        b.process("quick", b.chain((t.SetFlag, "quick"))),
+    )
+    wf = run(tmpl, dispatcher)
+    s = statuses(wf.id)
+    assert s["boom_executor_task"] == s["broken"] == S.FAILURE
+    assert s["never_executor_task"] == S.STOPPED  # the group stops what had not finished
+    assert s["group"] == s["tail_executor_task"] == S.COMPLETED
+    assert wf.status == S.COMPLETED
+
+
+def test_atleast_one_with_every_branch_failed_halts_and_retries_both(dispatcher: Any) -> None:
+    tmpl = b.parallel_tasks(
+        "AtLeastOneAllFail", b.ATLEAST_ONE, b.task(t.Boom, "one").build(), b.task(t.Boom, "two").build()
+    )
+    wf = run(tmpl, dispatcher)
+    s = statuses(wf.id)
+    assert s["one_executor_task"] == s["two_executor_task"] == s["group"] == S.FAILURE
+    assert s["joined_executor_task"] == S.NOT_STARTED
+    assert wf.status == S.FAILURE
+    wf = fix_and_retry(wf, dispatcher)
+    assert wf.status == S.COMPLETED
+    assert statuses(wf.id)["group"] == S.COMPLETED
+    assert wf.runtime_parameters["trace"][0] in ("one_executor_task", "two_executor_task")
 
 
 def test_retry_policy_backs_off_and_succeeds_with_a_new_idempotency_key(dispatcher: Any, clock: Any) -> None:

@@ -87,6 +87,14 @@ def test_one_message_completes_two_workflows(bridge: Any, kafka: Any) -> None:
     wait_node(b.id, "main_listener_task", S.EXECUTING)
     kafka.send("many_ready", {"order_ids": [first, second]})
     assert finished(a.id).status == finished(b.id).status == S.COMPLETED
+    # Both listeners went to the worker in one dagger_django.run_nodes message (DISPATCH_BATCH):
+    # the task after each listener ran inline under that message's id and the listener's place.
+    leases = [
+        Node.objects.get(workflow_id=wf.id, name__endswith="deliver_executor_task").lease.rsplit(":", 1)
+        for wf in (a, b)
+    ]
+    assert leases[0][0] == leases[1][0]
+    assert sorted(position for _, position in leases) == ["0", "1"]
 
 
 def test_allow_skip_to_jumps_over_the_first_listener(bridge: Any, kafka: Any) -> None:
