@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Protocol
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Protocol
 
 from django.utils import timezone
 
@@ -57,6 +60,9 @@ _dispatcher: Dispatcher | None = None
 
 def get_dispatcher() -> Dispatcher:
     global _dispatcher
+    batching = _batching.get()
+    if batching is not None:
+        return batching  # type: ignore[return-value]
     if _dispatcher is None:
         from django.utils.module_loading import import_string
 
@@ -64,6 +70,55 @@ def get_dispatcher() -> Dispatcher:
 
         _dispatcher = import_string(dagger_settings.DISPATCHER)()
     return _dispatcher
+
+
+class _BatchingDispatcher:
+    """Collects ``run_node`` calls and sends them as ``run_nodes`` batches; the rest passes on."""
+
+    def __init__(self, target: Any, size: int) -> None:
+        self.target = target
+        self.size = size
+        self.pending: list[tuple[uuid.UUID, uuid.UUID]] = []
+
+    def run_node(self, *, workflow_id: uuid.UUID, node_id: uuid.UUID) -> None:
+        self.pending.append((workflow_id, node_id))
+        if len(self.pending) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        if len(pending) == 1:
+            self.target.run_node(workflow_id=pending[0][0], node_id=pending[0][1])
+        elif pending:
+            self.target.run_nodes(targets=pending)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
+
+
+_batching: ContextVar[_BatchingDispatcher | None] = ContextVar("dagger_batching", default=None)
+
+
+@contextmanager
+def dispatch_in_batches() -> Iterator[None]:
+    """Inside the block, nodes handed to workers after each commit are sent ``DISPATCH_BATCH``
+    at a time (and the rest when the block ends), for loops of many small transactions over
+    different workflows, such as a timer sweep. A crash before a batch is sent loses no work:
+    the nodes are committed as SUBMITTED and the recovery sweep sends them."""
+    from ..conf import dagger_settings
+
+    target = get_dispatcher()
+    size = int(dagger_settings.DISPATCH_BATCH)
+    if size <= 1 or not hasattr(target, "run_nodes") or isinstance(target, _BatchingDispatcher):
+        yield
+        return
+    batching = _BatchingDispatcher(target, size)
+    token = _batching.set(batching)
+    try:
+        yield
+    finally:
+        _batching.reset(token)
+        batching.flush()
 
 
 def dispatch_nodes(targets: list[tuple[uuid.UUID, uuid.UUID]]) -> None:

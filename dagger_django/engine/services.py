@@ -677,15 +677,16 @@ def timers_fire_due(*, limit: int | None = None) -> int:
     cap = int(dagger_settings.MAX_TASKS_PER_TRIGGER if limit is None else limit)
     fired = 0
     failed: list[int] = []
-    while fired + len(failed) < cap:
-        result = _timer_fire_next_due(exclude=failed)
-        if result is None:
-            break
-        timer_id, ok = result
-        if ok:
-            fired += 1
-        else:
-            failed.append(timer_id)
+    with ports.dispatch_in_batches():  # the tasks of fired timers go to workers DISPATCH_BATCH at a time
+        while fired + len(failed) < cap:
+            result = _timer_fire_next_due(exclude=failed)
+            if result is None:
+                break
+            timer_id, ok = result
+            if ok:
+                fired += 1
+            else:
+                failed.append(timer_id)
     return fired
 
 
