@@ -95,7 +95,7 @@ def update_rows(model: type[Model], fields: list[str], objs: list[Any]) -> None:
         )
         cached = _STATEMENTS[key] = (sql, _preparers(conn, [*model_fields, pk]))
     sql, preparers = cached
-    params = [[prep(getattr(obj, attname)) for attname, prep in preparers] for obj in objs]
+    params = [[prep(getattr(obj, attname), conn) for attname, prep in preparers] for obj in objs]
     with conn.cursor() as cursor:
         if len(params) == 1:
             cursor.execute(sql, params[0])
@@ -125,7 +125,7 @@ def insert_rows(model: type[Model], objs: list[Any]) -> None:
         )
         cached = _STATEMENTS[key] = (sql, _preparers(conn, model_fields))
     sql, preparers = cached
-    params = [[prep(getattr(obj, attname)) for attname, prep in preparers] for obj in objs]
+    params = [[prep(getattr(obj, attname), conn) for attname, prep in preparers] for obj in objs]
     with conn.cursor() as cursor:
         if len(params) == 1:
             cursor.execute(sql, params[0])
@@ -152,17 +152,19 @@ def _plain_types(f: Any) -> tuple[type, ...]:
 
 
 def _preparers(conn: Any, fields: list[Any]) -> list[tuple[str, Any]]:
-    """For each field, ``(attname, value -> database value)``, as ``get_db_prep_save`` would do.
+    """For each field, ``(attname, (value, connection) -> database value)``, as
+    ``get_db_prep_save`` would do.
 
     On PostgreSQL that call is the identity for text (``str`` and its subclasses such as
-    ``Status``), integers, booleans, UUIDs and aware datetimes, and wraps JSON: those values skip it (it is most of the Python cost of a write).
-    Any other value, or any other database, goes through the field itself.
+    ``Status``), integers, booleans, UUIDs and aware datetimes, and wraps JSON: those values skip
+    it (it is most of the Python cost of a write). Any other value, or any other database, goes
+    through the field itself. The connection is the caller's (connections are per thread).
     """
     postgres = conn.vendor == "postgresql"
     out: list[tuple[str, Any]] = []
     for f in fields:
 
-        def slow(value: Any, f: Any = f) -> Any:
+        def slow(value: Any, conn: Any, f: Any = f) -> Any:
             return f.get_db_prep_save(value, conn)
 
         prep: Any = slow
@@ -171,25 +173,25 @@ def _preparers(conn: Any, fields: list[Any]) -> list[tuple[str, Any]]:
             pass
         elif isinstance(f, JSONField) and type(f).get_db_prep_save is JSONField.get_db_prep_save:
 
-            def prep(value: Any, f: Any = f) -> Any:
+            def prep(value: Any, conn: Any, f: Any = f) -> Any:
                 return None if value is None else conn.ops.adapt_json_value(value, f.encoder)
 
         elif isinstance(f, DateTimeField):
 
-            def prep(value: Any, slow: Any = slow) -> Any:
+            def prep(value: Any, conn: Any, slow: Any = slow) -> Any:
                 if value is None or (isinstance(value, dt.datetime) and value.tzinfo is not None):
                     return value
-                return slow(value)
+                return slow(value, conn)
 
         elif isinstance(f, CharField | TextField):
 
-            def prep(value: Any, slow: Any = slow) -> Any:
-                return value if value is None or isinstance(value, str) else slow(value)
+            def prep(value: Any, conn: Any, slow: Any = slow) -> Any:
+                return value if value is None or isinstance(value, str) else slow(value, conn)
 
         elif plain:
 
-            def prep(value: Any, slow: Any = slow, plain: tuple[type, ...] = plain) -> Any:
-                return value if type(value) in plain else slow(value)
+            def prep(value: Any, conn: Any, slow: Any = slow, plain: tuple[type, ...] = plain) -> Any:
+                return value if type(value) in plain else slow(value, conn)
 
         out.append((f.attname, prep))
     return out
@@ -211,10 +213,10 @@ def load_locked(workflow_id: Any) -> tuple[Workflow | None, list[Node]]:
         )
     key = Workflow._meta.pk.get_db_prep_value(workflow_id, conn)  # type: ignore[union-attr]
     with conn.cursor() as cursor:
-        workflows = loaders[0].load(cursor, key)
+        workflows = loaders[0].load(cursor, key, conn)
         if not workflows:
             return None, []
-        return workflows[0], loaders[1].load(cursor, key)
+        return workflows[0], loaders[1].load(cursor, key, conn)
 
 
 class _RowLoader:
@@ -230,7 +232,6 @@ class _RowLoader:
         )
         self.model = model
         self.alias = conn.alias
-        self.conn = conn
         self.converters = []
         for i, f in enumerate(fields):
             col = f.get_col(meta.db_table)
@@ -238,7 +239,7 @@ class _RowLoader:
             if found:
                 self.converters.append((i, found, col))
 
-    def load(self, cursor: Any, key: Any) -> list[Any]:
+    def load(self, cursor: Any, key: Any, conn: Any) -> list[Any]:
         cursor.execute(self.sql, [key])
         out = []
         for raw in cursor.fetchall():
@@ -246,7 +247,7 @@ class _RowLoader:
             for i, converters, col in self.converters:
                 value = values[i]
                 for convert in converters:
-                    value = convert(value, col, self.conn)
+                    value = convert(value, col, conn)
                 values[i] = value
             out.append(self.model.from_db(self.alias, None, values))
         return out

@@ -50,7 +50,7 @@ def test_fast_preparers_give_what_the_fields_would(model: Any) -> None:
         assert attname == field.attname
         for value in _values(field):
             expected = field.get_db_prep_save(value, connection)
-            assert _adapted(prep(value)) == _adapted(expected), (field.name, value)
+            assert _adapted(prep(value, connection)) == _adapted(expected), (field.name, value)
 
 
 def test_rows_written_and_read_back_equal_what_the_orm_reads() -> None:
