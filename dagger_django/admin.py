@@ -1,4 +1,5 @@
-"""A read-mostly admin: workflows with their nodes and history, stop and retry as actions."""
+"""A read-mostly admin: workflows with their nodes and history, stop and retry as actions;
+the message inbox (dead letters, unmatched and expired messages) with replay as an action."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
 from .exceptions import DaggerError
-from .models import Node, TaskEvent, Timer, Workflow, WorkflowTemplate
+from .models import Delivery, InboxMessage, Node, TaskEvent, Timer, Workflow, WorkflowTemplate
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -170,3 +171,73 @@ class TimerAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+class DeliveryInline(ReadOnlyInline):
+    model = Delivery
+    fields = ["workflow", "node_id", "status", "attempts", "outcome", "error", "updated_at"]
+    readonly_fields = fields
+    ordering = ["id"]
+
+
+@admin.register(InboxMessage)
+class InboxMessageAdmin(admin.ModelAdmin):
+    """Every message the bridge or the events endpoint received, with what became of it.
+
+    Dead letters (``invalid``), ``unmatched`` and ``expired`` messages can be routed again with
+    the replay action (``engine.messages.message_replay``), e.g. once the listener exists or the
+    producer's bug is fixed. Search matches an inbox id, or a message id, Kafka key or topic
+    exactly (those three scan the table: keep ``INBOX_RETENTION_DAYS`` set).
+    """
+
+    list_display = ["id", "topic", "status", "reason", "matched", "key", "received_at"]
+    list_filter = ["status", "source"]
+    list_select_related = False
+    ordering = ["-id"]
+    show_full_result_count = False
+    actions = ["replay_messages"]
+    inlines = [DeliveryInline]
+    readonly_fields = [
+        "source",
+        "topic",
+        "partition",
+        "offset",
+        "message_id",
+        "key",
+        "payload",
+        "headers",
+        "status",
+        "reason",
+        "detail",
+        "matched",
+        "received_at",
+        "updated_at",
+    ]
+    exclude = ["raw"]
+    search_fields = ["=message_id"]  # the lookup itself is get_search_results below
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[InboxMessage], search_term: str
+    ) -> tuple[QuerySet[InboxMessage], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        if term.isdigit():
+            return queryset.filter(pk=int(term)), False
+        return queryset.filter(Q(message_id=term) | Q(key=term) | Q(topic=term)), False
+
+    @admin.action(description="Replay selected messages (route them again)", permissions=["change"])
+    def replay_messages(self, request: HttpRequest, queryset: QuerySet[InboxMessage]) -> None:
+        from .engine.messages import message_replay
+
+        outcomes: dict[str, int] = {}
+        for pk in queryset.order_by("id").values_list("id", flat=True):
+            routed = message_replay(inbox_id=pk)
+            outcomes[routed.status] = outcomes.get(routed.status, 0) + 1
+        summary = ", ".join(f"{count} {status}" for status, count in sorted(outcomes.items()))
+        self.message_user(
+            request, f"Replayed {sum(outcomes.values())} message(s): {summary}.", messages.SUCCESS
+        )

@@ -1,4 +1,5 @@
-"""The admin: workflow list, the graph on the change page, stop and retry actions."""
+"""The admin: workflow list, the graph on the change page, stop and retry actions; the inbox and
+replay (with the ``dagger_replay`` command)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from dagger_django.models import Node, Status, Workflow
+from dagger_django import Dagger
+from dagger_django.engine import messages
+from dagger_django.models import InboxMessage, InboxStatus, Node, Status, Workflow
 from dagger_django.testing import InMemoryDispatcher, engine_under_test
 
 from .engine import builders as b
@@ -116,3 +119,74 @@ def test_search_by_workflow_id_and_template_filter_use_exact_matches(staff: Clie
     html = staff.get("/admin/dagger_django/workflow/?template_name=AdminSearchA").content.decode()
     assert str(first.id) in html and str(second.id) not in html
     assert "AdminSearchB" in html  # offered as a filter choice from the template table
+
+
+# -- the message inbox: dead letters, unmatched and expired messages, replay -------------------------
+@pytest.fixture
+def replay_template() -> Iterator[Any]:
+    """A registered template whose listener waits on topic "orders" (routing reads the registry)."""
+    tmpl = b.template("AdminReplay", b.process("main", b.listener("wait")))
+    Dagger.template_dags["AdminReplay"] = tmpl
+    yield tmpl
+    Dagger.template_dags.pop("AdminReplay", None)
+
+
+def test_inbox_replay_action_routes_an_unmatched_message_to_the_listener_waiting_now(
+    staff: Client, dispatcher: Any, replay_template: Any
+) -> None:
+    early = messages.message_receive(topic="orders", payload={"order_id": "r-1"})
+    assert (early.status, early.matched) == (InboxStatus.UNMATCHED, 0)  # no such workflow yet
+    wf = replay_template.create_instance(partition_key_lookup="order_id", submit_task=True, order_id="r-1")
+    dispatcher.drain()
+
+    listed = staff.get("/admin/dagger_django/inboxmessage/", {"status__exact": "unmatched"}).content.decode()
+    assert f"/admin/dagger_django/inboxmessage/{early.inbox_id}/change/" in listed
+    assert staff.get(f"/admin/dagger_django/inboxmessage/{early.inbox_id}/change/").status_code == 200
+    response = staff.post(
+        "/admin/dagger_django/inboxmessage/",
+        {"action": "replay_messages", "_selected_action": [early.inbox_id]},
+        follow=True,
+    )
+    assert "Replayed 1 message(s): 1 routed." in response.content.decode()
+    dispatcher.drain()
+    assert Workflow.objects.get(pk=wf.id).status == S.COMPLETED
+    assert InboxMessage.objects.get(pk=early.inbox_id).status == InboxStatus.ROUTED
+
+
+def test_inbox_search_finds_a_message_by_id_and_by_key_only(staff: Client, replay_template: Any) -> None:
+    first = messages.message_receive(topic="orders", payload={"order_id": "k-1"}, key="k-1")
+    other = messages.message_receive(topic="orders", payload={"order_id": "k-2"}, key="k-2")
+    for term, found in ((str(first.inbox_id), first), ("k-2", other)):
+        html = staff.get("/admin/dagger_django/inboxmessage/", {"q": term}).content.decode()
+        missing = other if found is first else first
+        assert f"/inboxmessage/{found.inbox_id}/change/" in html
+        assert f"/inboxmessage/{missing.inbox_id}/change/" not in html
+
+
+def test_dagger_replay_command_replays_by_status_and_refuses_bad_arguments(
+    dispatcher: Any, replay_template: Any
+) -> None:
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    early = messages.message_receive(topic="orders", payload={"order_id": "c-1"})
+    wf = replay_template.create_instance(partition_key_lookup="order_id", submit_task=True, order_id="c-1")
+    dispatcher.drain()
+    out = StringIO()
+    call_command("dagger_replay", "--status", "unmatched", "--dry-run", stdout=out)
+    assert f"would replay {early.inbox_id}" in out.getvalue()
+    assert InboxMessage.objects.get(pk=early.inbox_id).status == InboxStatus.UNMATCHED  # dry run
+    call_command("dagger_replay", "--status", "unmatched", "--topic", "orders", stdout=out)
+    assert "replayed 1 message(s): 1 routed" in out.getvalue()
+    dispatcher.drain()
+    assert Workflow.objects.get(pk=wf.id).status == S.COMPLETED
+    for argv, problem in (
+        ((), "give inbox message ids, or --status"),
+        ((str(early.inbox_id), "--status", "invalid"), "not both"),
+        (("999999",), "no inbox message with id 999999"),
+        (("--topic", "orders", str(early.inbox_id)), "--topic goes with --status"),
+        (("--status", "invalid", "--limit", "0"), "--limit must be positive"),
+    ):
+        with pytest.raises(CommandError, match=problem):
+            call_command("dagger_replay", *argv, stdout=StringIO())

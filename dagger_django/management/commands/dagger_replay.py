@@ -1,0 +1,60 @@
+"""``manage.py dagger_replay``: route recorded messages again (dead letters, unmatched, expired)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+REPLAYABLE = ("invalid", "unmatched", "expired")
+
+
+class Command(BaseCommand):
+    help = (
+        "Route recorded inbox messages again, as if they had just arrived: by id, or every message "
+        "of a status (invalid, unmatched, expired), optionally of one topic. Use it once the "
+        "listener template exists or the producer's bug is fixed; --dry-run lists what it would do."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("ids", nargs="*", type=int, help="inbox message ids")
+        parser.add_argument("--status", choices=REPLAYABLE, help="replay every message of this status")
+        parser.add_argument("--topic", help="only messages of this topic (with --status)")
+        parser.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+        parser.add_argument("--dry-run", action="store_true", help="list the messages, replay nothing")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from dagger_django.engine.messages import message_replay
+        from dagger_django.models import InboxMessage
+
+        ids: list[int] = options["ids"]
+        status, topic, limit = options["status"], options["topic"], options["limit"]
+        if bool(ids) == bool(status):
+            raise CommandError("give inbox message ids, or --status (not both)")
+        if topic and not status:
+            raise CommandError("--topic goes with --status")
+        if limit <= 0:
+            raise CommandError("--limit must be positive")
+        if ids:
+            found = set(InboxMessage.objects.filter(pk__in=ids).values_list("pk", flat=True))
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise CommandError(f"no inbox message with id {', '.join(map(str, missing))}")
+            chosen = list(dict.fromkeys(ids))
+        else:
+            rows = InboxMessage.objects.filter(status=status)
+            if topic:
+                rows = rows.filter(topic=topic)
+            chosen = list(rows.order_by("id").values_list("pk", flat=True)[:limit])
+        if options["dry_run"]:
+            for pk in chosen:
+                self.stdout.write(f"would replay {pk}")
+            self.stdout.write(f"{len(chosen)} message(s)")
+            return
+        counts: dict[str, int] = {}
+        for pk in chosen:
+            routed = message_replay(inbox_id=pk)
+            counts[routed.status] = counts.get(routed.status, 0) + 1
+            self.stdout.write(f"{pk}: {routed.status}, {routed.matched} listener(s)")
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing to replay"
+        self.stdout.write(f"replayed {len(chosen)} message(s): {summary}")
