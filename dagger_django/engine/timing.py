@@ -273,7 +273,8 @@ def _monitor_due(state: WorkflowState, monitor: Node) -> None:
 
 def _deadline_passed(state: WorkflowState, process: Node) -> None:
     """``max_run_duration`` is over: the process's unfinished nodes (parallel children included)
-    and the process become SKIPPED, then the walk goes on to what follows the process.
+    and the process become SKIPPED, then the walk goes on to what follows the process. Tasks that
+    were EXECUTING get their ``stop`` hook after commit, as when a workflow is stopped.
 
     The original also skipped unfinished nodes *before* the process; here only the process's own
     nodes are touched. Trigger-type tasks end SKIPPED too (the original forced them COMPLETED).
@@ -283,6 +284,8 @@ def _deadline_passed(state: WorkflowState, process: Node) -> None:
     detail = {"max_run_duration": process.config.get("max_run_duration")}
     for node in sorted(state.descendants(process), key=lambda n: n.position):
         if node.status not in TERMINAL:
+            if node.status == S.EXECUTING and node.node_type == NodeType.LEAF:
+                state.to_stop_hooks.append(node.id)  # it was running or waiting: tell it, as stop does
             state.set_status(node, S.SKIPPED, reason="max_run_duration", detail=detail)
     finish(state, process, S.SKIPPED, reason="max_run_duration", detail=detail)
 

@@ -300,6 +300,8 @@ def retry_workflow(state: WorkflowState) -> list[Node]:
         while parent is not None:
             if parent.status == S.FAILURE:
                 state.set_status(parent, S.EXECUTING, reason="retried")
+                if parent.kind == NodeKind.PROCESS:
+                    timing.process_started(state, parent)  # a fresh max_run_duration deadline
             if parent.kind == NodeKind.PARALLEL and parent.status == S.EXECUTING:
                 # Failed branches run again: the group waits for their new outcome.
                 branches = parent.config.get("_branches", {})

@@ -688,6 +688,45 @@ def test_max_run_duration_drops_a_late_result_of_a_running_task(dispatcher: Any,
     assert wf.status == S.COMPLETED
 
 
+def test_max_run_duration_calls_the_stop_hook_of_a_waiting_task(dispatcher: Any, clock: Any) -> None:
+    t.STOPPED_HOOKS.clear()
+    tmpl = b.template(
+        "DeadlineStopHook",
+        process("waits", b.listener("wait"), max_run_duration=5),
+        process("next", link(step("c"))),
+    )
+    wf = tmpl.create_instance(submit_task=True, order_id="d-1")
+    dispatcher.drain()
+    assert node(wf.id, "wait_listener_task").status == S.EXECUTING
+    clock.advance(seconds=5)
+    dispatcher.drain()
+    assert node(wf.id, "wait_listener_task").status == S.SKIPPED
+    assert t.STOPPED_HOOKS == ["wait_listener_task"]
+    assert reload(wf.id).status == S.COMPLETED
+
+
+def test_a_retried_process_gets_a_fresh_deadline(dispatcher: Any, clock: Any) -> None:
+    tmpl = b.template(
+        "DeadlineRetried",
+        process("slow", link(b.task(t.Boom, "boom"), trigger("wait")), max_run_duration=60),
+    )
+    wf = tmpl.create_instance(submit_task=True, run_at=at(clock, 3600))
+    dispatcher.drain()
+    assert reload(wf.id).status == S.FAILURE
+    (first,) = timers(wf.id, TimerPurpose.DEADLINE)
+    assert first.status == T.CANCELLED  # the process ended FAILURE
+    clock.advance(seconds=600)
+    services.workflow_update_parameters(workflow_id=wf.id, changes={"fixed": True})
+    services.workflow_retry(workflow_id=wf.id)
+    dispatcher.drain()
+    (fresh,) = [d for d in timers(wf.id, TimerPurpose.DEADLINE) if d.status == T.PENDING]
+    assert fresh.due_at == clock.now() + dt.timedelta(seconds=60)
+    clock.advance(seconds=60)
+    dispatcher.drain()
+    assert statuses(wf.id)["wait"] == S.SKIPPED
+    assert reload(wf.id).status == S.SKIPPED
+
+
 # -- bad input at creation ------------------------------------------------------------------------------
 NOW = 1_900_000_000
 

@@ -143,9 +143,11 @@ def test_a_duplicate_message_has_no_second_effect(bridge: Any, kafka: Any) -> No
     wf = create("KafkaCounted", order_id=order)
     wait_node(wf.id, "main_listener_task", S.EXECUTING)
     headers = {MESSAGE_ID_HEADER: f"id-{order}"}
-    kafka.send("counted", {"order_id": order, "n": 1}, headers=headers)
-    kafka.send("counted", {"order_id": order, "n": 1}, headers=headers)  # a producer retry
-    kafka.send("counted", {"order_id": order, "n": 2})
+    # Keyed by the order, as a producer of one business object does: one partition, so the
+    # messages are consumed in the order sent (unkeyed, they could land on both partitions).
+    kafka.send("counted", {"order_id": order, "n": 1}, key=order, headers=headers)
+    kafka.send("counted", {"order_id": order, "n": 1}, key=order, headers=headers)  # a producer retry
+    kafka.send("counted", {"order_id": order, "n": 2}, key=order)
     wait_for(
         lambda: Workflow.objects.get(pk=wf.id).runtime_parameters.get("seen") == [1, 2],
         message=lambda: f"two messages seen ({Workflow.objects.get(pk=wf.id).runtime_parameters})",
