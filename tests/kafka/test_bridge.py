@@ -152,7 +152,7 @@ def test_a_duplicate_message_has_no_second_effect(bridge: Any, kafka: Any) -> No
         lambda: Workflow.objects.get(pk=wf.id).runtime_parameters.get("seen") == [1, 2],
         message=lambda: f"two messages seen ({Workflow.objects.get(pk=wf.id).runtime_parameters})",
     )
-    assert len(inbox("counted", key=None, payload__order_id=order)) == 2
+    assert len(inbox("counted", key=order, payload__order_id=order)) == 2
 
 
 def test_bad_input_becomes_dead_letters_and_the_bridge_goes_on(
