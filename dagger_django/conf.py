@@ -28,6 +28,8 @@ class Defaults:
     #: Listeners handed to workers together (those one bridge batch or replay matched) go in
     #: Celery messages of this many each, run in turn by one worker (1 = one message per listener).
     DISPATCH_BATCH: int = 20
+    #: The API's workflow list counts at most this many rows per request (0: always a full count).
+    LIST_COUNT_LIMIT: int = 10_000
     #: Delete the workflow (nodes and history too) once it is finished.
     DELETE_WORKFLOW_ON_COMPLETE: bool = False
     #: Callables (or dotted paths) called after commit with the workflow instance on each update.

@@ -330,10 +330,30 @@ def test_list_is_paginated_with_limit_and_offset(api: APIClient) -> None:
 
     page = api.get(f"{BASE}/workflows/?limit=2&offset=2").json()
 
-    assert page["count"] == 5
+    assert (page["count"], page["count_exact"]) == (5, True)
     assert [row["id"] for row in page["results"]] == newest_first[2:4]
     assert "offset=4" in page["next"] and page["previous"] is not None
     assert api.get(f"{BASE}/workflows/?limit=junk").json()["count"] == 5
+
+
+@pytest.mark.django_db
+def test_list_count_stops_at_the_limit_and_says_so_but_pages_go_on(api: APIClient, settings: Any) -> None:
+    settings.DAGGER = {**getattr(settings, "DAGGER", {}), "LIST_COUNT_LIMIT": 3}
+    created = [new_workflow(n=i) for i in range(7)]
+    newest_first = [str(w.id) for w in reversed(created)]
+
+    first = api.get(f"{BASE}/workflows/?limit=2").json()
+    assert (first["count"], first["count_exact"]) == (4, False)  # "at least 4": 3 counted, 1 more seen
+    far = api.get(f"{BASE}/workflows/?limit=2&offset=4").json()
+    assert (far["count"], far["count_exact"]) == (7, False)  # counted one past this page
+    assert [row["id"] for row in far["results"]] == newest_first[4:6]
+    assert "offset=6" in far["next"]
+    last = api.get(f"{BASE}/workflows/?limit=2&offset=6").json()
+    assert [row["id"] for row in last["results"]] == newest_first[6:]
+    assert (last["count"], last["count_exact"], last["next"]) == (7, True, None)
+
+    settings.DAGGER = {**settings.DAGGER, "LIST_COUNT_LIMIT": 0}  # 0: a full count
+    assert api.get(f"{BASE}/workflows/?limit=2").json()["count"] == 7
 
 
 @pytest.mark.django_db
