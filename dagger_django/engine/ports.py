@@ -73,20 +73,30 @@ def get_dispatcher() -> Dispatcher:
 
 
 class _BatchingDispatcher:
-    """Collects ``run_node`` calls and sends them as ``run_nodes`` batches; the rest passes on."""
+    """Collects ``run_node`` calls and sends them as ``run_nodes`` batches; the rest passes on.
+
+    A batch holds one node per workflow: a second node of a workflow already waiting (the branches
+    of a parallel group) goes in a message of its own, so the branches still run side by side.
+    """
 
     def __init__(self, target: Any, size: int) -> None:
         self.target = target
         self.size = size
         self.pending: list[tuple[uuid.UUID, uuid.UUID]] = []
+        self.workflows: set[Any] = set()
 
     def run_node(self, *, workflow_id: uuid.UUID, node_id: uuid.UUID) -> None:
+        if workflow_id in self.workflows:
+            self.target.run_node(workflow_id=workflow_id, node_id=node_id)
+            return
         self.pending.append((workflow_id, node_id))
+        self.workflows.add(workflow_id)
         if len(self.pending) >= self.size:
             self.flush()
 
     def flush(self) -> None:
         pending, self.pending = self.pending, []
+        self.workflows = set()
         if len(pending) == 1:
             self.target.run_node(workflow_id=pending[0][0], node_id=pending[0][1])
         elif pending:

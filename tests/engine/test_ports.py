@@ -37,10 +37,9 @@ def recorder(settings: Any) -> Any:
 
 
 def test_nodes_go_in_batches_and_the_rest_when_the_block_ends(recorder: Recorder) -> None:
-    wf = uuid.uuid4()
     with ports.dispatch_in_batches():
         for node in ("a", "b", "c"):
-            ports.get_dispatcher().run_node(workflow_id=wf, node_id=node)
+            ports.get_dispatcher().run_node(workflow_id=uuid.uuid4(), node_id=node)
         ports.get_dispatcher().fire_timer(timer_id=7, eta=None)  # not batched: passes at once
         assert recorder.calls == [("run_nodes", ["a", "b"]), ("fire_timer", 7)]
     assert recorder.calls[-1] == ("run_node", "c")  # a batch of one is a plain run_node
@@ -60,3 +59,15 @@ def test_dispatch_nodes_sends_one_batch_and_one_alone(recorder: Recorder) -> Non
     ports.dispatch_nodes([(wf, "c")])
     ports.dispatch_nodes([])
     assert recorder.calls == [("run_nodes", ["a", "b"]), ("run_node", "c")]
+
+
+def test_a_second_node_of_a_waiting_workflow_goes_alone_so_branches_stay_parallel(
+    recorder: Recorder,
+) -> None:
+    one, two = uuid.uuid4(), uuid.uuid4()
+    with ports.dispatch_in_batches():
+        dispatcher = ports.get_dispatcher()
+        dispatcher.run_node(workflow_id=one, node_id="one-a")
+        dispatcher.run_node(workflow_id=one, node_id="one-b")  # a parallel branch of the same workflow
+        dispatcher.run_node(workflow_id=two, node_id="two-a")
+    assert recorder.calls == [("run_node", "one-b"), ("run_nodes", ["one-a", "two-a"])]
