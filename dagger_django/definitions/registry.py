@@ -353,11 +353,12 @@ class Dagger:
     # -- engine facade ------------------------------------------------------------------------------
     @classmethod
     def submit(cls, instance: Any, *, repartition: bool = True) -> Any:
-        """Start a created workflow (an instance, its id or its id as a str). ``repartition`` is
-        ignored: the database is shared, there is no partition owner to route to."""
-        from dagger_django.engine.services import workflow_submit
+        """Start a created workflow (an instance, its id or its id as a str) and return it as
+        ``get_instance`` does. ``repartition`` is ignored: the database is shared, there is no
+        partition owner to route to."""
+        from dagger_django.engine.services import instance_submit
 
-        return workflow_submit(workflow_id=_workflow_id(instance))
+        return instance_submit(workflow_id=_workflow_id(instance))
 
     @classmethod
     async def asubmit(cls, instance: Any, *, repartition: bool = True) -> Any:
@@ -380,10 +381,11 @@ class Dagger:
 
     @classmethod
     def stop(cls, id: Any) -> Any:
-        """Stop a workflow: unfinished nodes become STOPPED and running ones get their stop hook."""
-        from dagger_django.engine.services import workflow_stop
+        """Stop a workflow: unfinished nodes become STOPPED and running ones get their stop hook.
+        Returns the workflow as ``get_instance`` does."""
+        from dagger_django.engine.services import instance_stop
 
-        return workflow_stop(workflow_id=_workflow_id(id))
+        return instance_stop(workflow_id=_workflow_id(id))
 
     @classmethod
     async def astop(cls, id: Any) -> Any:

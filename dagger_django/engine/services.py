@@ -300,6 +300,7 @@ def workflow_submit(*, workflow_id: Any) -> Workflow:
                 f"Workflow {wf.id} is {wf.status}; only a NOT_STARTED workflow can be submitted"
                 + (" (use retry for a FAILURE one)." if wf.status == S.FAILURE else ".")
             )
+    state.workflow._dagger_nodes = list(state.nodes.values())  # type: ignore[attr-defined]
     return state.workflow
 
 
@@ -313,6 +314,18 @@ def workflow_get(*, workflow_id: Any) -> Workflow:
 def instance_create(**kwargs: Any) -> Any:
     """:func:`workflow_create`, returning the workflow as the original's instance object."""
     wf = workflow_create(**kwargs)
+    return _as_instance(wf, getattr(wf, "_dagger_nodes", None))
+
+
+def instance_submit(*, workflow_id: Any) -> Any:
+    """:func:`workflow_submit`, returning the workflow as the instance object (no extra query)."""
+    wf = workflow_submit(workflow_id=workflow_id)
+    return _as_instance(wf, getattr(wf, "_dagger_nodes", None))
+
+
+def instance_stop(*, workflow_id: Any) -> Any:
+    """:func:`workflow_stop`, returning the workflow as the instance object (no extra query)."""
+    wf = workflow_stop(workflow_id=workflow_id)
     return _as_instance(wf, getattr(wf, "_dagger_nodes", None))
 
 
@@ -333,6 +346,7 @@ def workflow_stop(*, workflow_id: Any) -> Workflow:
     """Stop a workflow: every unfinished node STOPPED, their ``stop`` hooks run after commit."""
     with locked(workflow_id) as state:
         walker.stop_workflow(state)
+    state.workflow._dagger_nodes = list(state.nodes.values())  # type: ignore[attr-defined]
     return state.workflow
 
 

@@ -56,7 +56,7 @@ def engine(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
 
         return call
 
-    for name in ("instance_create", "workflow_submit", "workflow_instance", "workflow_stop", "outbox_send"):
+    for name in ("instance_create", "instance_submit", "workflow_instance", "instance_stop", "outbox_send"):
         setattr(module, name, recorder(name))
     monkeypatch.setitem(sys.modules, "dagger_django.engine.services", module)
     return calls
@@ -235,13 +235,13 @@ def test_submit_get_instance_and_stop_call_the_engine_with_a_uuid(
 ) -> None:
     wid = uuid.uuid4()
     instance = types.SimpleNamespace(id=wid)
-    assert Dagger.submit(instance, repartition=False) == "workflow_submit-result"
+    assert Dagger.submit(instance, repartition=False) == "instance_submit-result"
     assert Dagger.get_instance(str(wid)) == "workflow_instance-result"
-    assert Dagger.stop(wid) == "workflow_stop-result"
+    assert Dagger.stop(wid) == "instance_stop-result"
     assert engine == [
-        ("workflow_submit", {"workflow_id": wid}),
+        ("instance_submit", {"workflow_id": wid}),
         ("workflow_instance", {"workflow_id": wid}),
-        ("workflow_stop", {"workflow_id": wid}),
+        ("instance_stop", {"workflow_id": wid}),
     ]
 
 
@@ -252,11 +252,11 @@ def test_async_twins_call_the_same_services(engine: list[tuple[str, dict[str, An
         return [await Dagger.asubmit(wid), await Dagger.aget_instance(wid), await Dagger.astop(wid)]
 
     assert asyncio.run(main()) == [
-        "workflow_submit-result",
+        "instance_submit-result",
         "workflow_instance-result",
-        "workflow_stop-result",
+        "instance_stop-result",
     ]
-    assert [c[0] for c in engine] == ["workflow_submit", "workflow_instance", "workflow_stop"]
+    assert [c[0] for c in engine] == ["instance_submit", "workflow_instance", "instance_stop"]
 
 
 def test_a_malformed_workflow_id_raises_workflow_does_not_exist(

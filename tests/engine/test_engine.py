@@ -331,6 +331,22 @@ def test_halted_parallel_sibling_finishing_later_is_walked_on_after_retry(dispat
     assert statuses(wf.id)["group"] == S.COMPLETED
 
 
+def test_dagger_submit_and_stop_return_the_workflow_like_get_instance(dispatcher: Any) -> None:
+    from dagger_django import Dagger, ITemplateDAGInstance, TaskStatusEnum
+
+    tmpl = b.template("FacadeViews", b.process("main", b.listener("wait")))
+    created = tmpl.create_instance(order_id="f-1")
+    submitted = Dagger.submit(created)
+    assert isinstance(submitted, ITemplateDAGInstance) and submitted.id == created.id
+    assert submitted.status.code == TaskStatusEnum.EXECUTING.name
+    assert len(submitted.tasks) == 2 and submitted.runtime_parameters["order_id"] == "f-1"
+    dispatcher.drain()
+    stopped = Dagger.stop(str(created.id))
+    assert stopped.status.code == TaskStatusEnum.STOPPED.name
+    assert {task.status.code for task in stopped.tasks.values()} == {TaskStatusEnum.STOPPED.name}
+    assert stopped.model.status == S.STOPPED == Dagger.get_instance(created.id).model.status
+
+
 def test_atleast_one_rides_out_a_failed_branch_when_another_completes(dispatcher: Any) -> None:
     tmpl = b.parallel_tasks(
         "AtLeastOneFails", b.ATLEAST_ONE, b.task(t.Boom, "boom").build(), b.task(t.SetFlag, "x").build()
