@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LOG_TAIL_LINES = 100
 WORKER_START_TIMEOUT = 60.0
 WORKER_STOP_TIMEOUT = 20.0
+#: How long a test's teardown waits for the worker to finish what the test left running.
+WORKER_IDLE_TIMEOUT = 30.0
 #: Modules the test worker imports besides the project's tasks (tasks that only tests use).
 WORKER_TEST_MODULES = ("tests.worker_tasks",)
 #: Brokers that carry Celery's remote control (the readiness ping needs it) across processes.
@@ -168,6 +170,38 @@ def celery_worker_process(
         _queue_delete(app, queue)
         if not clean:
             _report(request, f"the Celery test worker did not stop cleanly; log tail:\n{worker.log_tail()}")
+
+
+@pytest.fixture(autouse=True)
+def _worker_idle_before_flush(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used the worker, wait until the worker has nothing running or reserved.
+
+    A test may end while the worker still finishes something of it (e.g. discarding the late
+    result of a task the test stopped). pytest-django then empties the tables with ``TRUNCATE``,
+    which PostgreSQL can find deadlocked with that transaction. This fixture is set up after
+    pytest-django's own autouse database fixture, so its teardown runs before the flush.
+    """
+    yield
+    if "celery_worker_process" not in request.fixturenames:
+        return
+    worker = request.config.stash.get(_worker_key, None)
+    if worker is None or worker.proc.poll() is not None:
+        return
+    from config.celery import app
+
+    deadline = time.monotonic() + WORKER_IDLE_TIMEOUT
+    while time.monotonic() < deadline:
+        inspect = app.control.inspect(destination=[worker.nodename], timeout=1.0, limit=1)
+        busy = [
+            (inspect.active() or {}).get(worker.nodename),
+            (inspect.reserved() or {}).get(worker.nodename),
+        ]
+        if busy[0] == [] and busy[1] == []:
+            return
+        time.sleep(0.05)
+    print(
+        f"\nthe Celery test worker was still busy {WORKER_IDLE_TIMEOUT:.0f}s after the test", file=sys.stderr
+    )
 
 
 @pytest.hookimpl(wrapper=True)
