@@ -186,8 +186,8 @@ class InboxMessageAdmin(admin.ModelAdmin):
 
     Dead letters (``invalid``), ``unmatched`` and ``expired`` messages can be routed again with
     the replay action (``engine.messages.message_replay``), e.g. once the listener exists or the
-    producer's bug is fixed. Search matches an inbox id, or a message id, Kafka key or topic
-    exactly (those three scan the table: keep ``INBOX_RETENTION_DAYS`` set).
+    producer's bug is fixed. Search matches an inbox id, a message id, a Kafka key or a topic,
+    exactly (the last three scan the table: keep ``INBOX_RETENTION_DAYS`` set).
     """
 
     list_display = ["id", "topic", "status", "reason", "matched", "key", "received_at"]
@@ -225,9 +225,10 @@ class InboxMessageAdmin(admin.ModelAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
+        found = Q(message_id=term) | Q(key=term) | Q(topic=term)
         if term.isdigit():
-            return queryset.filter(pk=int(term)), False
-        return queryset.filter(Q(message_id=term) | Q(key=term) | Q(topic=term)), False
+            found |= Q(pk=int(term))
+        return queryset.filter(found), False
 
     @admin.action(description="Replay selected messages (route them again)", permissions=["change"])
     def replay_messages(self, request: HttpRequest, queryset: QuerySet[InboxMessage]) -> None:
@@ -235,9 +236,14 @@ class InboxMessageAdmin(admin.ModelAdmin):
 
         outcomes: dict[str, int] = {}
         for pk in queryset.order_by("id").values_list("id", flat=True):
-            routed = message_replay(inbox_id=pk)
+            try:
+                routed = message_replay(inbox_id=pk)
+            except InboxMessage.DoesNotExist:
+                self.message_user(request, f"Message {pk} is gone (pruned meanwhile).", messages.WARNING)
+                continue
             outcomes[routed.status] = outcomes.get(routed.status, 0) + 1
-        summary = ", ".join(f"{count} {status}" for status, count in sorted(outcomes.items()))
-        self.message_user(
-            request, f"Replayed {sum(outcomes.values())} message(s): {summary}.", messages.SUCCESS
-        )
+        if outcomes:
+            summary = ", ".join(f"{count} {status}" for status, count in sorted(outcomes.items()))
+            self.message_user(
+                request, f"Replayed {sum(outcomes.values())} message(s): {summary}.", messages.SUCCESS
+            )

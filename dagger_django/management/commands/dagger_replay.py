@@ -53,8 +53,12 @@ class Command(BaseCommand):
             return
         counts: dict[str, int] = {}
         for pk in chosen:
-            routed = message_replay(inbox_id=pk)
+            try:
+                routed = message_replay(inbox_id=pk)
+            except InboxMessage.DoesNotExist:
+                self.stdout.write(f"{pk}: gone (pruned meanwhile)")
+                continue
             counts[routed.status] = counts.get(routed.status, 0) + 1
             self.stdout.write(f"{pk}: {routed.status}, {routed.matched} listener(s)")
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing to replay"
-        self.stdout.write(f"replayed {len(chosen)} message(s): {summary}")
+        self.stdout.write(f"replayed {sum(counts.values())} message(s): {summary}")
