@@ -460,6 +460,8 @@ def _eligibility(state: WorkflowState, node: Node) -> str:
         return "deliver"
     if node.status == S.COMPLETED and config.get("reprocess_on_message"):
         return "deliver"
+    if node.status == S.FAILURE and wf_status == S.FAILURE:
+        return "buffer"  # the workflow halted here: a retry makes the listener wait again
     return f"ignore:listener_{str(node.status).lower()}"
 
 

@@ -318,6 +318,8 @@ def retry_workflow(state: WorkflowState) -> list[Node]:
             submit_to_worker(state, leaf, reason="retried")
         else:
             state.set_status(leaf, S.EXECUTING, reason="retried")
+            if leaf.kind == NodeKind.LISTENER:
+                correlation.listener_started(state, leaf)  # messages kept while it was halted
     deferred = list(wf.deferred_node_ids)
     wf.deferred_node_ids = []
     state.touch_workflow("deferred_node_ids")

@@ -103,6 +103,15 @@ class Raises(Ready):
         raise ValueError("cannot handle this message")
 
 
+class RaisesOnBad(Ready):
+    """Fails on a payload with ``bad``; handles any other like ``Ready``."""
+
+    def on_message(self, runtime_parameters: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if args[0].get("bad"):
+            raise ValueError("a bad message")
+        return super().on_message(runtime_parameters, *args, **kwargs)
+
+
 class RetriedOnce(Ready):
     max_retries = 1
     retry_backoff = 2.0

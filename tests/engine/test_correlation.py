@@ -265,6 +265,53 @@ def test_on_message_raising_fails_the_listener_without_retries(dispatcher: Any, 
     assert delivery.status == DeliveryStatus.FAILED and "cannot handle" in delivery.error
 
 
+def test_a_message_for_a_halted_listener_is_kept_and_delivered_after_the_retry(
+    dispatcher: Any, relay: Any
+) -> None:
+    wf = start(pizza("HaltedListener", cls=lt.RaisesOnBad), dispatcher, order_id="o8")
+    route("pizza_ready", {"order_id": "o8", "bad": True, "n": 1})
+    dispatcher.drain()
+    assert reload(wf.id).status == S.FAILURE
+    assert statuses(wf.id)["order_listener_task"] == S.FAILURE
+    route("pizza_ready", {"order_id": "o8", "n": 2})  # arrives while the workflow is halted
+    dispatcher.drain()
+    kept = Delivery.objects.order_by("id").last()
+    assert kept.status == DeliveryStatus.BUFFERED
+    services.workflow_retry(workflow_id=wf.id)
+    dispatcher.drain()
+    wf = reload(wf.id)
+    assert wf.status == S.COMPLETED
+    assert wf.runtime_parameters["seen"] == [["order_listener_task", 2]]
+    assert Delivery.objects.get(pk=kept.pk).status == DeliveryStatus.DELIVERED
+
+
+def test_a_message_for_a_failed_listener_of_a_continuing_workflow_is_ignored(
+    dispatcher: Any, relay: Any
+) -> None:
+    order = helper.generic_command_task_builder(
+        topic="pizza_orders", task_type=lt.OrderPizza, process_name="order"
+    )
+    tmpl = register(
+        helper.generic_template(
+            template_name="ContinuingListener",
+            root_process=helper.build_and_link_processes(
+                [
+                    process("Order", order, listener(lt.RaisesOnBad, "order")),
+                    process("Wait", listener(lt.Ready, "later", topic="topic_z")),
+                ]
+            ),
+            failure_policy="continue",
+        )
+    )
+    wf = start(tmpl, dispatcher, order_id="o9")
+    route("pizza_ready", {"order_id": "o9", "bad": True})
+    dispatcher.drain()
+    assert reload(wf.id).status == S.EXECUTING  # "continue": the next process waits
+    route("pizza_ready", {"order_id": "o9", "n": 2})
+    dispatcher.drain()
+    assert Delivery.objects.order_by("id").last().outcome == "listener_failure"
+
+
 def test_on_message_raising_is_retried_per_the_class_policy(dispatcher: Any, clock: Any, relay: Any) -> None:
     wf = start(pizza("Retried", cls=lt.RetriedOnce), dispatcher, order_id="o7")
     route("pizza_ready", {"order_id": "o7"})
