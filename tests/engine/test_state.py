@@ -48,7 +48,9 @@ def test_fast_preparers_give_what_the_fields_would(model: Any) -> None:
     fields = [f for f in model._meta.concrete_fields if not f.auto_created]
     for (attname, prep), field in zip(_preparers(connection, fields), fields, strict=True):
         assert attname == field.attname
-        for value in _values(field):
+        values = _values(field)
+        assert values, f"no sample values for {field!r}: add its type to _values"
+        for value in values:
             expected = field.get_db_prep_save(value, connection)
             assert _adapted(prep(value, connection)) == _adapted(expected), (field.name, value)
 
