@@ -142,11 +142,13 @@ _STATEMENTS: dict[tuple[Any, ...], tuple[str, list[tuple[str, Any]]]] = {}
 
 def _plain_types(f: Any) -> tuple[type, ...]:
     """The value types that ``f.get_db_prep_save`` hands to PostgreSQL unchanged."""
+    if isinstance(f, ForeignKey):
+        return _plain_types(f.target_field)  # a key is prepared by the field it points to
     if isinstance(f, BooleanField):
         return (bool, type(None))
     if isinstance(f, IntegerField):
         return (int, type(None))
-    if isinstance(f, UUIDField) or (isinstance(f, ForeignKey) and isinstance(f.target_field, UUIDField)):
+    if isinstance(f, UUIDField):
         return (uuid.UUID, type(None))
     return ()
 
