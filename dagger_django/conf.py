@@ -63,6 +63,20 @@ class Defaults:
     KAFKA_GROUP_ID: str = "dagger-bridge"
     #: Dotted path of the outbox relay (``engine.outbox.Relay``); None = rows wait for a sweep.
     OUTBOX_RELAY: str | None = "dagger_django.kafka.producer.KafkaRelay"
+    #: A row whose produce failed this many times while the broker answered becomes DEAD
+    #: (an outage counts no attempt). See docs/bridge.md, "The outbox relay".
+    OUTBOX_MAX_ATTEMPTS: int = 10
+    #: Seconds before a failed row is tried again, doubled per attempt, at most OUTBOX_RETRY_MAX_DELAY.
+    OUTBOX_RETRY_DELAY: float = 1.0
+    OUTBOX_RETRY_MAX_DELAY: float = 300.0
+    #: A relay owns the rows it claimed this long; then another relay may send them again.
+    #: Keep it above the relay's wait for acknowledgements (the producer's ``message.timeout.ms``).
+    OUTBOX_LEASE_SECONDS: float = 60.0
+    #: Seconds the relay after a commit waits for the broker's acknowledgement before it leaves
+    #: the rows to the background relay (bounds what a request or task pays when Kafka is down).
+    OUTBOX_COMMIT_WAIT: float = 0.25
+    #: Rows one relay pass claims at most.
+    OUTBOX_BATCH: int = 500
     #: How long a message for a listener that has not started yet is kept (a listener class
     #: may set ``buffer_ttl_seconds``).
     BUFFER_TTL_SECONDS: float = 3600.0

@@ -26,6 +26,7 @@ import datetime as dt
 import decimal
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -34,11 +35,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
+from django.db.models import Exists, F, OuterRef, Q
 
 from ..conf import dagger_settings
-from ..models import Node, OutboxKind, OutboxMessage
+from ..models import Node, OutboxKind, OutboxMessage, OutboxStatus
 from . import ports
 from .state import WorkflowState
 
@@ -288,13 +289,21 @@ def workflow_snapshot(state: WorkflowState) -> dict[str, Any]:
 # ==================================================================================================
 class Relay(Protocol):
     """Sends outbox rows to Kafka. ``relay(ids=...)`` after a commit; ``relay(older_than=...)`` in
-    sweeps. Returns how many rows were sent. Must never raise for a broker problem."""
+    sweeps. Returns how many rows were sent. Must never raise for a broker problem, and after a
+    commit must return quickly even when the broker is down (the background relay retries)."""
 
     def relay(self, *, ids: list[int] | None = None, older_than: dt.datetime | None = None) -> int: ...
 
 
-#: ``publish(rows) -> {row id: None when sent, else the error text}``.
+#: ``publish(rows) -> {row id: None when sent, else the error text}``. A row missing from the
+#: answer was not acknowledged; it is released without counting an attempt.
 Publish = Callable[[list[OutboxMessage]], dict[int, str | None]]
+
+
+class BrokerUnavailable(Exception):
+    """Raised by a ``Publish`` when the broker could not be reached: nothing of the batch was sent
+    and no row counts an attempt (an outage must not kill messages); they are retried later."""
+
 
 _relay: Relay | None = None
 _relay_loaded = False
@@ -324,13 +333,189 @@ def reset_relay() -> None:
 
 
 def relay_after_commit(ids: list[int]) -> None:
-    """on_commit: send these rows now. A failure only delays them until a sweep."""
+    """on_commit: try to send these rows now. A failure only delays them until the background
+    relay (a bridge's sweep or ``manage.py dagger_outbox relay``); it never reaches the caller."""
     try:
         relay = get_relay()
         if relay is not None:
             relay.relay(ids=ids)
     except Exception:
-        logger.exception("outbox relay failed for %s rows; a sweep will send them", len(ids))
+        logger.exception("outbox relay failed for %s rows; the background relay will send them", len(ids))
+
+
+# A single advisory lock key: claims take turns (each is one short statement), so two relays
+# never split the unsent rows of one key between them and send them out of order.
+_CLAIM_LOCK = 0x6461_6767_6F62  # "daggob"
+
+
+def retry_delay(attempts: int) -> dt.timedelta:
+    """Back-off before the next try of a row that failed ``attempts`` times (doubling, capped)."""
+    base = max(0.0, float(dagger_settings.OUTBOX_RETRY_DELAY))
+    cap = max(base, float(dagger_settings.OUTBOX_RETRY_MAX_DELAY))
+    return dt.timedelta(seconds=min(cap, base * 2 ** max(0, min(attempts - 1, 30))))
+
+
+def _claimable(now: dt.datetime, ids: list[int] | None, older_than: dt.datetime | None) -> Q:
+    q = Q(status=OutboxStatus.PENDING)
+    q &= Q(available_at__isnull=True) | Q(available_at__lte=now)
+    q &= Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
+    if ids is not None:
+        q &= Q(pk__in=ids)
+    if older_than is not None:
+        q &= Q(created_at__lte=older_than)
+    return q
+
+
+def outbox_claim(
+    *, ids: list[int] | None = None, older_than: dt.datetime | None = None, limit: int | None = None
+) -> list[OutboxMessage]:
+    """Claim pending rows for ``OUTBOX_LEASE_SECONDS`` in one short transaction and return them.
+
+    A row is claimed only when every older unsent row of its ``(topic, key)`` is claimed with it:
+    one still backing off, claimed by another relay, or DEAD holds the newer ones back, so a
+    retried row is never overtaken by a newer row of its key. Rows without a key have no order
+    (Kafka spreads them over partitions anyway). ``SKIP LOCKED`` passes over rows another
+    transaction is recording.
+    """
+    limit = int(limit or dagger_settings.OUTBOX_BATCH)
+    now = ports.now()
+    claimable = _claimable(now, ids, older_than)
+    holding = (
+        OutboxMessage.objects.filter(
+            topic=OuterRef("topic"),
+            key=OuterRef("key"),
+            id__lt=OuterRef("id"),
+            status__in=[OutboxStatus.PENDING, OutboxStatus.DEAD],
+        )
+        .exclude(claimable)
+        .values("id")[:1]
+    )
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK])
+        rows = list(
+            OutboxMessage.objects.select_for_update(skip_locked=True)
+            .filter(claimable)
+            .filter(~Exists(holding))
+            .order_by("id")[:limit]
+        )
+        if rows:
+            until = now + dt.timedelta(seconds=float(dagger_settings.OUTBOX_LEASE_SECONDS))
+            OutboxMessage.objects.filter(pk__in=[r.pk for r in rows]).update(claimed_until=until)
+    return rows
+
+
+def _rounds(rows: list[OutboxMessage]) -> list[list[OutboxMessage]]:
+    """Split a claimed batch so that each round holds at most one row per key, oldest first."""
+    by_key: dict[tuple[str, bytes], list[OutboxMessage]] = {}
+    rounds: list[list[OutboxMessage]] = [[]]
+    for row in rows:
+        if row.key is None:
+            rounds[0].append(row)
+            continue
+        queue = by_key.setdefault((row.topic, bytes(row.key)), [])
+        queue.append(row)
+        while len(rounds) < len(queue):
+            rounds.append([])
+        rounds[len(queue) - 1].append(row)
+    return [r for r in rounds if r]
+
+
+@dataclass
+class _Outcome:
+    sent: list[int] = dataclasses.field(default_factory=list)
+    #: counted failures: row id -> error
+    failed: dict[int, str] = dataclasses.field(default_factory=dict)
+    #: released without an attempt (outage, not acknowledged, or an older row of its key failed)
+    released: dict[int, str] = dataclasses.field(default_factory=dict)
+    outage: str | None = None
+
+
+def _publish_in_order(publish: Publish, rows: list[OutboxMessage]) -> _Outcome:
+    """Publish in rounds (one row per key per round): a row goes out only once the older row of
+    its key was acknowledged. No transaction is open here: the broker may take its time."""
+    outcome = _Outcome()
+    blocked: set[tuple[str, bytes]] = set()
+    deadline = time.monotonic() + 0.8 * float(dagger_settings.OUTBOX_LEASE_SECONDS)
+    for batch in _rounds(rows):
+        ready: list[OutboxMessage] = []
+        for row in batch:
+            group = (row.topic, bytes(row.key)) if row.key is not None else None
+            if outcome.outage is not None or (group is not None and group in blocked):
+                outcome.released[row.pk] = outcome.outage or "an older message of its key is not sent yet"
+            elif time.monotonic() > deadline:
+                outcome.released[row.pk] = "left for the next pass (the claim's lease ran short)"
+            else:
+                ready.append(row)
+        if not ready:
+            continue
+        try:
+            results = publish(ready)
+        except BrokerUnavailable as exc:
+            outcome.outage = str(exc) or "the broker is unavailable"
+            for row in ready:
+                outcome.released[row.pk] = outcome.outage
+            continue
+        for row in ready:
+            error = results.get(row.pk, "not acknowledged")
+            if row.pk in results and error is None:
+                outcome.sent.append(row.pk)
+                continue
+            if row.key is not None:
+                blocked.add((row.topic, bytes(row.key)))
+            if row.pk in results:
+                outcome.failed[row.pk] = str(error)
+            else:
+                outcome.released[row.pk] = str(error)
+    return outcome
+
+
+def _record(rows: list[OutboxMessage], outcome: _Outcome) -> None:
+    """Write what happened to a claimed batch, in one short transaction."""
+    now = ports.now()
+    by_id = {row.pk: row for row in rows}
+    cap = max(1, int(dagger_settings.OUTBOX_MAX_ATTEMPTS))
+    mine = OutboxMessage.objects.filter(status=OutboxStatus.PENDING)
+    with transaction.atomic():
+        if outcome.sent:
+            mine.filter(pk__in=outcome.sent).update(
+                status=OutboxStatus.SENT, sent_at=now, claimed_until=None, attempts=F("attempts") + 1
+            )
+        for pk, error in outcome.failed.items():
+            attempts = by_id[pk].attempts + 1
+            if attempts >= cap:
+                mine.filter(pk=pk).update(
+                    status=OutboxStatus.DEAD, attempts=attempts, claimed_until=None, last_error=error[:2000]
+                )
+                logger.error(
+                    "outbox: message %s to %s is DEAD after %s attempts: %s (requeue it in the admin)",
+                    by_id[pk].message_id,
+                    by_id[pk].topic,
+                    attempts,
+                    error,
+                )
+            else:
+                mine.filter(pk=pk).update(
+                    attempts=attempts,
+                    claimed_until=None,
+                    available_at=now + retry_delay(attempts),
+                    last_error=error[:2000],
+                )
+        if outcome.released:
+            # no attempt counted; an outage waits one back-off step before the next try
+            later = now + retry_delay(1) if outcome.outage else None
+            released = mine.filter(pk__in=list(outcome.released))
+            if outcome.outage:
+                released.update(claimed_until=None, available_at=later, last_error=outcome.outage[:2000])
+            else:
+                released.update(claimed_until=None)
+    if outcome.failed or outcome.outage:
+        logger.warning(
+            "outbox: %s of %s messages not sent yet%s",
+            len(rows) - len(outcome.sent),
+            len(rows),
+            f" ({outcome.outage})" if outcome.outage else "",
+        )
 
 
 def outbox_relay(
@@ -338,42 +523,89 @@ def outbox_relay(
     publish: Publish,
     ids: list[int] | None = None,
     older_than: dt.datetime | None = None,
-    limit: int = 500,
+    limit: int | None = None,
 ) -> int:
-    """Claim unsent rows (``SKIP LOCKED``: concurrent relays share the rows), publish, mark them.
+    """One relay pass: claim (short transaction), publish (no transaction, no lock), record
+    (short transaction). Returns the number of rows sent.
 
-    Rows are published in id order while their row locks are held, then marked sent in the same
-    transaction. A row that failed keeps ``sent_at`` empty and records the error. Returns the
-    number of rows sent.
+    A failure counts an attempt and backs the row off (``OUTBOX_RETRY_DELAY`` doubling); after
+    ``OUTBOX_MAX_ATTEMPTS`` the row is DEAD with its last error, and the newer rows of its key
+    wait until it is requeued (admin action, ``manage.py dagger_outbox requeue``). A
+    :class:`BrokerUnavailable` counts nothing. A crash after publishing leaves the rows claimed;
+    they are sent again when the lease ends, with the same ``dagger-message-id``.
     """
-    with transaction.atomic():
-        qs = OutboxMessage.objects.select_for_update(skip_locked=True).filter(sent_at__isnull=True)
-        if ids is not None:
-            qs = qs.filter(pk__in=ids)
-        if older_than is not None:
-            qs = qs.filter(created_at__lte=older_than)
-        rows = list(qs.order_by("id")[:limit])
-        if not rows:
-            return 0
-        results = publish(rows)
-        sent = [row.pk for row in rows if row.pk in results and results[row.pk] is None]
-        if sent:
-            OutboxMessage.objects.filter(pk__in=sent).update(sent_at=ports.now(), attempts=F("attempts") + 1)
-        failed: dict[str, list[int]] = {}
-        for row in rows:
-            if row.pk not in sent:
-                failed.setdefault(results.get(row.pk) or "not acknowledged", []).append(row.pk)
-        for error, pks in failed.items():
-            OutboxMessage.objects.filter(pk__in=pks).update(
-                attempts=F("attempts") + 1, last_error=error[:2000]
-            )
-        if failed:
-            logger.warning("outbox: %s of %s messages not sent yet", len(rows) - len(sent), len(rows))
-        return len(sent)
+    rows = outbox_claim(ids=ids, older_than=older_than, limit=limit)
+    if not rows:
+        return 0
+    try:
+        outcome = _publish_in_order(publish, rows)
+    except BaseException:
+        # a bug in the publisher: release the claims so the rows do not wait for the lease
+        _record(rows, _Outcome(released={row.pk: "" for row in rows}))
+        raise
+    _record(rows, outcome)
+    return len(outcome.sent)
+
+
+def outbox_requeue(*, ids: list[int] | None = None) -> int:
+    """Put DEAD rows (these, or all) back to PENDING with their attempts reset; returns how many.
+
+    Their last error stays visible until the next try. The rows behind them (same key) follow.
+    """
+    qs = OutboxMessage.objects.filter(status=OutboxStatus.DEAD)
+    if ids is not None:
+        qs = qs.filter(pk__in=ids)
+    return qs.update(status=OutboxStatus.PENDING, attempts=0, available_at=None, claimed_until=None)
+
+
+def outbox_held_by(row: OutboxMessage) -> int | None:
+    """The id of the oldest unsent (pending or DEAD) older row of ``row``'s key, which holds
+    ``row`` back; None when nothing does (the admin shows it as the reason a row waits)."""
+    if row.key is None or row.status != OutboxStatus.PENDING:
+        return None
+    return (
+        OutboxMessage.objects.filter(
+            topic=row.topic,
+            key=row.key,
+            id__lt=row.pk,
+            status__in=[OutboxStatus.PENDING, OutboxStatus.DEAD],
+        )
+        .order_by("id")
+        .values_list("id", flat=True)
+        .first()
+    )
+
+
+@dataclass
+class OutboxCounts:
+    pending: int
+    dead: int
+    #: When the oldest row still waiting was written (None: nothing waits).
+    oldest_pending: dt.datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pending": self.pending,
+            "dead": self.dead,
+            "oldest_pending": self.oldest_pending.isoformat() if self.oldest_pending else None,
+        }
+
+
+def outbox_counts() -> OutboxCounts:
+    """What an operator watches: rows waiting, rows dead, and how old the oldest waiting row is."""
+    from django.db.models import Count, Min
+
+    pending = OutboxMessage.objects.filter(status=OutboxStatus.PENDING).aggregate(
+        n=Count("id"), oldest=Min("created_at")
+    )
+    dead = OutboxMessage.objects.filter(status=OutboxStatus.DEAD).count()
+    return OutboxCounts(pending=pending["n"], dead=dead, oldest_pending=pending["oldest"])
 
 
 __all__ = [
     "MESSAGE_ID_HEADER",
+    "BrokerUnavailable",
+    "OutboxCounts",
     "Publish",
     "Relay",
     "Sent",
@@ -384,9 +616,14 @@ __all__ = [
     "encode_key",
     "encode_value",
     "get_relay",
+    "outbox_claim",
+    "outbox_counts",
+    "outbox_held_by",
     "outbox_relay",
+    "outbox_requeue",
     "outbox_send",
     "relay_after_commit",
+    "retry_delay",
     "reset_relay",
     "set_relay",
     "stage",

@@ -11,6 +11,7 @@ from .messages import (
     InboxStatus,
     OutboxKind,
     OutboxMessage,
+    OutboxStatus,
     Subscription,
 )
 from .status import NodeKind, NodeType, Status, TimerPurpose, TimerStatus
@@ -25,6 +26,7 @@ __all__ = [
     "InboxStatus",
     "OutboxKind",
     "OutboxMessage",
+    "OutboxStatus",
     "Subscription",
     "NodeKind",
     "NodeType",

@@ -174,12 +174,21 @@ class OutboxKind(models.TextChoices):
     SEND = "send", "Sent outside a task"
 
 
+class OutboxStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent"
+    DEAD = "dead", "Dead (attempts exhausted)"
+
+
 class OutboxMessage(models.Model):
     """A Kafka message to send, written in the transaction that decided to send it.
 
-    A relay produces unsent rows (``sent_at`` NULL) after commit and marks them sent; a crash in
-    between sends the row again later, so receivers must tolerate a duplicate: every message
-    carries ``message_id`` in its ``dagger-message-id`` header (our own inbox dedupes by it).
+    The relay (``engine.outbox.outbox_relay``) claims pending rows for a lease
+    (``claimed_until``), produces them with no transaction open and records the outcome: SENT, or
+    back to PENDING with ``available_at`` pushed back, or DEAD once ``OUTBOX_MAX_ATTEMPTS`` failed.
+    A crash between producing and recording sends the row again after its lease, so receivers
+    must tolerate a duplicate: every message carries ``message_id`` in its ``dagger-message-id``
+    header (our own inbox dedupes by it). Rows of one ``(topic, key)`` are sent in id order.
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -193,18 +202,28 @@ class OutboxMessage(models.Model):
     workflow_id = models.UUIDField(null=True, blank=True)
     node_id = models.UUIDField(null=True, blank=True)
     created_at = models.DateTimeField()
+    status = models.CharField(max_length=8, choices=OutboxStatus.choices, default=OutboxStatus.PENDING)
+    #: A pending row is not produced before this time (retry back-off); NULL: at once.
+    available_at = models.DateTimeField(null=True, blank=True)
+    #: A relay is producing the row until then; afterwards another relay may claim it again.
+    claimed_until = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
+    #: Failed produce attempts while the broker answered (an outage counts none).
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
 
     class Meta:
         ordering = ["id"]
         indexes = [
+            models.Index(fields=["id"], name="dagger_outbox_pending", condition=models.Q(status="pending")),
+            # "is an older row of this key still unsent?" for every claim (per-key order)
             models.Index(
-                fields=["id"], name="dagger_outbox_unsent", condition=models.Q(sent_at__isnull=True)
+                fields=["topic", "key", "id"],
+                name="dagger_outbox_key_unsent",
+                condition=models.Q(status__in=["pending", "dead"]),
             ),
             models.Index(fields=["workflow_id"], name="dagger_outbox_workflow"),
         ]
 
     def __str__(self) -> str:
-        return f"{self.kind} to {self.topic} ({'sent' if self.sent_at else 'pending'})"
+        return f"{self.kind} to {self.topic} ({self.status})"

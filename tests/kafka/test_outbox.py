@@ -1,0 +1,291 @@
+"""The outbox relay on the real test broker (Tansu) and PostgreSQL: outages, dead rows, order, locks.
+
+The relay runs in this process (``KafkaRelay``) with the engine's in-memory dispatcher and a
+frozen clock, so back-off is driven by advancing the clock, not by sleeping.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from django.db import connection, transaction
+from rest_framework.test import APIClient
+
+from dagger_django.engine import messages, outbox, ports
+from dagger_django.engine.outbox import MESSAGE_ID_HEADER
+from dagger_django.kafka import producer as kafka_producer
+from dagger_django.models import OutboxMessage, OutboxStatus, Workflow
+from dagger_django.testing import FrozenClock, InMemoryDispatcher, engine_under_test
+
+from . import workflows as w  # noqa: F401 - registers the templates
+from .broker import free_port
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TOPIC = "outbox_relay"
+UPDATES = "outbox_updates"
+
+
+@pytest.fixture(scope="module")
+def topics(kafka_topics: Any) -> Any:
+    kafka_topics.create_topics([TOPIC, UPDATES], partitions=2)
+    return kafka_topics
+
+
+@pytest.fixture
+def engine() -> Iterator[tuple[InMemoryDispatcher, FrozenClock]]:
+    with engine_under_test() as pair:
+        yield pair
+
+
+def use_kafka(settings: Any, bootstrap: str, **dagger: Any) -> None:
+    """Point this process's relay at ``bootstrap`` with these extra DAGGER settings."""
+    kafka_producer.close_producer(timeout=0)
+    settings.DAGGER = {**settings.DAGGER, "KAFKA": {"bootstrap.servers": bootstrap}, **dagger}
+    outbox.reset_relay()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_producer() -> Iterator[None]:
+    yield
+    kafka_producer.close_producer(timeout=0)
+    outbox.reset_relay()
+
+
+def write(key: str | None, value: Any, topic: str = TOPIC) -> OutboxMessage:
+    """One outbox row, written like ``Topic.send`` outside a task but with no relay after commit."""
+    previous = outbox.set_relay(None) if outbox.get_relay() else None
+    try:
+        sent = outbox.outbox_send(topic=topic, key=key, value=value)
+    finally:
+        outbox.set_relay(previous)
+    return OutboxMessage.objects.get(message_id=sent.message_id)
+
+
+def relay_pass() -> int:
+    relay = outbox.get_relay()
+    assert relay is not None
+    return relay.relay(older_than=ports.now())
+
+
+def header_id(message: Any) -> str | None:
+    for name, value in message.headers() or []:
+        if name == MESSAGE_ID_HEADER:
+            return bytes(value).decode()
+    return None
+
+
+def read(kafka: Any, row: OutboxMessage, topic: str = TOPIC) -> Any:
+    return kafka.read(topic, lambda m: header_id(m) == str(row.message_id), timeout=20)
+
+
+def status_of(row: OutboxMessage) -> str:
+    return str(OutboxMessage.objects.get(pk=row.pk).status)
+
+
+# ==================================================================================================
+# Kafka down: the request does not wait, nothing is lost
+# ==================================================================================================
+def test_with_kafka_down_a_post_answers_fast_and_its_messages_go_out_once_kafka_is_back(
+    engine: tuple[InMemoryDispatcher, FrozenClock],
+    topics: Any,
+    kafka: Any,
+    settings: Any,
+    django_user_model: Any,
+) -> None:
+    dispatcher, clock = engine
+    use_kafka(settings, f"127.0.0.1:{free_port()}", TASK_UPDATE_TOPIC=UPDATES)
+    api = APIClient()
+    api.force_authenticate(django_user_model.objects.create_superuser("relay-admin", password="x"))
+
+    started = time.monotonic()
+    response = api.post(
+        "/api/dagger/workflows/",
+        {"template": "KafkaPizza", "runtime_parameters": {"order_id": f"o-{uuid.uuid4().hex[:6]}"}},
+        format="json",
+    )
+    first = time.monotonic() - started
+    assert response.status_code == 201, response.content
+    # the command task, run as a worker would: its commit relays the command
+    started = time.monotonic()
+    dispatcher.drain()
+    task = time.monotonic() - started
+    started = time.monotonic()
+    second = api.post(
+        "/api/dagger/workflows/",
+        {"template": "KafkaPizza", "runtime_parameters": {"order_id": f"o-{uuid.uuid4().hex[:6]}"}},
+        format="json",
+    )
+    again = time.monotonic() - started
+    assert second.status_code == 201
+    assert first < 1.0 and task < 1.0 and again < 1.0, (first, task, again)
+
+    unsent = list(OutboxMessage.objects.filter(status=OutboxStatus.PENDING))
+    assert {row.topic for row in unsent} == {UPDATES, "pizza_orders"}
+    assert all(row.claimed_until is None and row.attempts == 0 for row in unsent)  # an outage counts none
+
+    # the broker is back: the background relay (here the bridge's sweep) sends every row
+    use_kafka(settings, topics.bootstrap, TASK_UPDATE_TOPIC=UPDATES)
+    clock.advance(seconds=60)
+    assert messages.messages_sweep(relay_grace_seconds=0).relayed == len(unsent)
+    assert not OutboxMessage.objects.exclude(status=OutboxStatus.SENT).exists()
+    command = next(row for row in unsent if row.topic == "pizza_orders")
+    assert read(kafka, command, "pizza_orders").key() == command.key
+
+
+def test_a_relay_pass_with_kafka_down_returns_without_counting_attempts(
+    engine: tuple[InMemoryDispatcher, FrozenClock], topics: Any, settings: Any
+) -> None:
+    use_kafka(settings, f"127.0.0.1:{free_port()}", OUTBOX_COMMIT_WAIT=0.1)
+    row = write("k", {"n": 1})
+    started = time.monotonic()
+    outbox.relay_after_commit([row.pk])
+    assert time.monotonic() - started < 1.0
+    row.refresh_from_db()
+    assert row.status == OutboxStatus.PENDING and row.attempts == 0 and row.claimed_until is None
+    assert row.last_error  # the reason is visible
+
+
+# ==================================================================================================
+# rows that can never be sent
+# ==================================================================================================
+def test_unsendable_rows_go_dead_after_the_cap_without_blocking_other_keys(
+    engine: tuple[InMemoryDispatcher, FrozenClock], topics: Any, kafka: Any, settings: Any
+) -> None:
+    _, clock = engine
+    use_kafka(
+        settings,
+        topics.bootstrap,
+        KAFKA_PRODUCER={"message.max.bytes": 4000},
+        OUTBOX_MAX_ATTEMPTS=3,
+        OUTBOX_RETRY_DELAY=10.0,
+        OUTBOX_BATCH=4,
+    )
+    # more refused rows than one batch, all older than the good ones
+    bad = [write(f"bad-{i}", "x" * 6000) for i in range(6)]
+    good = [write(f"good-{i}", {"n": i}) for i in range(3)]
+
+    for _ in range(4):  # the bad rows back off; the good ones are claimed meanwhile
+        relay_pass()
+    assert all(status_of(row) == OutboxStatus.SENT for row in good)
+    for row in good:
+        read(kafka, row)
+
+    for _ in range(6):
+        clock.advance(seconds=400)
+        relay_pass()
+    for row in bad:
+        row.refresh_from_db()
+        assert row.status == OutboxStatus.DEAD and row.attempts == 3, (row.status, row.attempts)
+        assert "MSG_SIZE_TOO_LARGE" in row.last_error or "too large" in row.last_error.lower()
+
+    # a later row of a dead row's key is held (commands keep their order), others flow
+    held = write("bad-0", {"after": "dead"})
+    other = write("fresh", {"n": 9})
+    relay_pass()
+    assert status_of(held) == OutboxStatus.PENDING and status_of(other) == OutboxStatus.SENT
+    assert outbox.outbox_held_by(OutboxMessage.objects.get(pk=held.pk)) == bad[0].pk
+
+    # requeued with a broker that takes it: the dead row goes first, then the one it held
+    use_kafka(settings, topics.bootstrap, KAFKA_PRODUCER={"message.max.bytes": 1_000_000})
+    assert outbox.outbox_requeue(ids=[bad[0].pk]) == 1
+    relay_pass()
+    assert status_of(bad[0]) == OutboxStatus.SENT and status_of(held) == OutboxStatus.SENT
+    first, then = read(kafka, bad[0]), read(kafka, held)
+    assert first.partition() == then.partition() and first.offset() < then.offset()
+
+
+# ==================================================================================================
+# per-key order
+# ==================================================================================================
+def test_a_retried_row_is_not_overtaken_by_a_newer_row_of_its_key(
+    engine: tuple[InMemoryDispatcher, FrozenClock], topics: Any, kafka: Any, settings: Any
+) -> None:
+    _, clock = engine
+    use_kafka(settings, topics.bootstrap, KAFKA_PRODUCER={"message.max.bytes": 4000}, OUTBOX_RETRY_DELAY=5.0)
+    key = f"order-{uuid.uuid4().hex[:6]}"
+    older = write(key, "o" * 5000)  # refused by this producer: fails once
+    newer = write(key, {"step": 2})
+    unrelated = write(f"other-{key}", {"step": 1})
+
+    relay_pass()
+    assert status_of(newer) == OutboxStatus.PENDING  # held behind the older row of its key
+    older.refresh_from_db()
+    assert older.status == OutboxStatus.PENDING and older.attempts == 1 and older.available_at is not None
+    assert status_of(unrelated) == OutboxStatus.SENT
+    relay_pass()  # still backing off: the newer row still waits
+    assert status_of(newer) == OutboxStatus.PENDING
+
+    use_kafka(
+        settings, topics.bootstrap, KAFKA_PRODUCER={"message.max.bytes": 1_000_000}, OUTBOX_RETRY_DELAY=5.0
+    )
+    clock.advance(seconds=6)
+    assert relay_pass() == 2
+    first, then = read(kafka, older), read(kafka, newer)
+    assert first.key() == key.encode() and then.key() == key.encode()
+    assert first.partition() == then.partition() and first.offset() < then.offset()
+
+
+# ==================================================================================================
+# no lock across the network wait
+# ==================================================================================================
+def _lock_from_another_connection(table: str, ids: list[Any]) -> str | None:
+    """Try to lock rows from a separate connection without waiting; the error text, or None."""
+    params = connection.get_connection_params()
+    with psycopg.connect(
+        **{k: v for k, v in params.items() if k in {"host", "port", "user", "password", "dbname"}}
+    ) as other:
+        try:
+            other.execute(f"SELECT 1 FROM {table} WHERE id = ANY(%s) FOR UPDATE NOWAIT", [ids])  # noqa: S608
+        except psycopg.errors.LockNotAvailable as exc:
+            return str(exc)
+    return None
+
+
+def test_no_lock_is_held_while_the_relay_waits_for_kafka(
+    engine: tuple[InMemoryDispatcher, FrozenClock], topics: Any, settings: Any, monkeypatch: Any
+) -> None:
+    dispatcher, _ = engine
+    use_kafka(settings, topics.bootstrap, TASK_UPDATE_TOPIC=UPDATES)
+    previous = outbox.set_relay(None) if outbox.get_relay() else None
+    try:
+        with transaction.atomic():
+            from dagger_django import Dagger
+
+            instance = Dagger.get_template("KafkaCounted").create_instance(
+                submit_task=True, order_id="lock-1"
+            )
+    finally:
+        outbox.set_relay(previous)
+    rows = list(OutboxMessage.objects.filter(workflow_id=instance.id))
+    assert rows
+    seen: list[tuple[bool, str | None, str | None]] = []
+    real_publish = kafka_producer.publish
+
+    def publish_and_look(*args: Any, **kwargs: Any) -> Any:
+        # runs where the relay is about to wait on the broker
+        outcome: list[Any] = []
+        thread = threading.Thread(
+            target=lambda: outcome.extend(
+                [
+                    _lock_from_another_connection("dagger_django_outboxmessage", [r.pk for r in rows]),
+                    _lock_from_another_connection("dagger_django_workflow", [instance.id]),
+                ]
+            )
+        )
+        thread.start()
+        thread.join(20)
+        seen.append((connection.in_atomic_block, outcome[0], outcome[1]))
+        return real_publish(*args, **kwargs)
+
+    monkeypatch.setattr(kafka_producer, "publish", publish_and_look)
+    assert relay_pass() == len(rows)
+    assert seen and all(s == (False, None, None) for s in seen), seen
+    assert Workflow.objects.filter(pk=instance.id).exists()
+    dispatcher.drain()
