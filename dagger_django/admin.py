@@ -1,5 +1,6 @@
 """A read-mostly admin: workflows with their nodes and history, stop and retry as actions;
-the message inbox (dead letters, unmatched and expired messages) with replay as an action."""
+the message inbox (dead letters, unmatched and expired messages) with replay as an action; the
+outbox (pending, sent and dead messages to Kafka) with requeue as an action."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
 from .exceptions import DaggerError
-from .models import Delivery, InboxMessage, Node, TaskEvent, Timer, Workflow, WorkflowTemplate
+from .models import Delivery, InboxMessage, Node, OutboxMessage, TaskEvent, Timer, Workflow, WorkflowTemplate
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -247,3 +248,106 @@ class InboxMessageAdmin(admin.ModelAdmin):
             self.message_user(
                 request, f"Replayed {sum(outcomes.values())} message(s): {summary}.", messages.SUCCESS
             )
+
+
+@admin.register(OutboxMessage)
+class OutboxMessageAdmin(admin.ModelAdmin):
+    """Messages waiting to be sent to Kafka, sent, or DEAD (see docs/bridge.md, "The outbox relay").
+
+    A DEAD row failed ``OUTBOX_MAX_ATTEMPTS`` times while the broker answered; its last error
+    says why. The newer rows of its ``(topic, key)`` wait behind it ("held by"), so commands of
+    one key never arrive out of order. Fix the cause (topic ACL, size), then requeue it.
+    Search matches an outbox id, a message id, a topic or a key (its text), exactly.
+    """
+
+    list_display = ["id", "topic", "key_text", "kind", "status", "attempts", "error", "created_at", "sent_at"]
+    list_filter = ["status", "kind"]
+    ordering = ["-id"]
+    show_full_result_count = False
+    actions = ["requeue_dead"]
+    readonly_fields = [
+        "message_id",
+        "kind",
+        "topic",
+        "key_text",
+        "value_text",
+        "headers",
+        "workflow_id",
+        "node_id",
+        "status",
+        "held_by",
+        "attempts",
+        "last_error",
+        "created_at",
+        "available_at",
+        "claimed_until",
+        "sent_at",
+    ]
+    fields = readonly_fields
+    search_fields = ["=topic"]  # the lookup itself is get_search_results below
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="key")
+    def key_text(self, obj: OutboxMessage) -> str:
+        return _text(obj.key)
+
+    @admin.display(description="value")
+    def value_text(self, obj: OutboxMessage) -> str:
+        return _text(obj.value, limit=20_000)
+
+    @admin.display(description="last error")
+    def error(self, obj: OutboxMessage) -> str:
+        return obj.last_error[:120]
+
+    @admin.display(description="held by")
+    def held_by(self, obj: OutboxMessage) -> str:
+        from .engine.outbox import outbox_held_by
+
+        blocker = outbox_held_by(obj)
+        return (
+            "" if blocker is None else f"outbox message {blocker} (an older message of the same key, unsent)"
+        )
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[OutboxMessage], search_term: str
+    ) -> tuple[QuerySet[OutboxMessage], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        found = Q(topic=term) | Q(key=term.encode("utf-8"))
+        if term.isdigit():
+            found |= Q(pk=int(term))
+        try:
+            found |= Q(message_id=uuid.UUID(term))
+        except ValueError:
+            pass
+        return queryset.filter(found), False
+
+    @admin.action(description="Requeue selected dead messages (send them again)", permissions=["change"])
+    def requeue_dead(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:
+        from .engine.outbox import outbox_requeue
+
+        ids = list(queryset.values_list("id", flat=True))
+        count = outbox_requeue(ids=ids)
+        skipped = len(ids) - count
+        if count:
+            self.message_user(request, f"Requeued {count} dead message(s).", messages.SUCCESS)
+        if skipped:
+            self.message_user(
+                request,
+                f"{skipped} selected message(s) were not dead and were left as they are.",
+                messages.WARNING,
+            )
+
+
+def _text(data: bytes | memoryview | None, limit: int = 200) -> str:
+    if data is None:
+        return "(none)"
+    raw = bytes(data)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"({len(raw)} bytes, not UTF-8)"
+    return text if len(text) <= limit else text[:limit] + "…"

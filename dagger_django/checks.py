@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.checks import Error, Warning, register
+from django.core.checks import CheckMessage, Error, Warning, register
 from django.utils.module_loading import import_string
 
 
@@ -123,4 +123,33 @@ def check_messaging_settings(app_configs: Any = None, **kwargs: Any) -> list[Any
         )
     if not dagger_settings.KAFKA_GROUP_ID:
         problems.append(Error("DAGGER['KAFKA_GROUP_ID'] must not be empty.", id="dagger_django.E024"))
+    problems.extend(_outbox_problems())
+    return problems
+
+
+#: The longest the background relay waits for the broker per round (kafka.producer.FLUSH_TIMEOUT).
+_RELAY_WAIT_SECONDS = 15.0
+
+
+def _outbox_problems() -> list[CheckMessage]:
+    """The outbox relay's settings (ids E040-E049)."""
+    from .conf import dagger_settings
+
+    problems: list[CheckMessage] = []
+    for name in ("OUTBOX_MAX_ATTEMPTS", "OUTBOX_BATCH"):
+        if int(getattr(dagger_settings, name)) < 1:
+            problems.append(Error(f"DAGGER['{name}'] must be at least 1.", id="dagger_django.E040"))
+    for name in ("OUTBOX_RETRY_DELAY", "OUTBOX_RETRY_MAX_DELAY", "OUTBOX_COMMIT_WAIT"):
+        if float(getattr(dagger_settings, name)) < 0:
+            problems.append(Error(f"DAGGER['{name}'] must not be negative.", id="dagger_django.E041"))
+    lease = float(dagger_settings.OUTBOX_LEASE_SECONDS)
+    if lease <= max(_RELAY_WAIT_SECONDS, float(dagger_settings.OUTBOX_COMMIT_WAIT)):
+        problems.append(
+            Error(
+                f"DAGGER['OUTBOX_LEASE_SECONDS'] ({lease:g}) must be longer than the relay's wait for the "
+                f"broker ({_RELAY_WAIT_SECONDS:g}s), or a second relay sends the rows again meanwhile.",
+                hint="Keep the default (60).",
+                id="dagger_django.E042",
+            )
+        )
     return problems

@@ -839,10 +839,7 @@ def messages_sweep(*, relay_grace_seconds: float = 10.0) -> SweepResult:
     result = SweepResult(
         expired=deliveries_expire(), redispatched=deliveries_redispatch(), pruned=inbox_prune()
     )
-    relay = outbox.get_relay()
-    if relay is not None:
-        older = ports.now() - dt.timedelta(seconds=max(0.0, relay_grace_seconds))
-        result.relayed = relay.relay(older_than=older)
+    result.relayed = outbox.relay_pending(grace_seconds=relay_grace_seconds)
     return result
 
 

@@ -343,6 +343,16 @@ def relay_after_commit(ids: list[int]) -> None:
         logger.exception("outbox relay failed for %s rows; the background relay will send them", len(ids))
 
 
+def relay_pending(*, grace_seconds: float = 10.0) -> int:
+    """The background relay's pass: send pending rows older than ``grace_seconds`` (younger ones
+    are the after-commit relay's). Run by the bridges' sweep and ``manage.py dagger_outbox relay``.
+    Returns how many rows were sent; 0 without a relay."""
+    relay = get_relay()
+    if relay is None:
+        return 0
+    return relay.relay(older_than=ports.now() - dt.timedelta(seconds=max(0.0, grace_seconds)))
+
+
 # A single advisory lock key: claims take turns (each is one short statement), so two relays
 # never split the unsent rows of one key between them and send them out of order.
 _CLAIM_LOCK = 0x6461_6767_6F62  # "daggob"
@@ -623,6 +633,7 @@ __all__ = [
     "outbox_requeue",
     "outbox_send",
     "relay_after_commit",
+    "relay_pending",
     "retry_delay",
     "reset_relay",
     "set_relay",

@@ -289,3 +289,93 @@ def test_no_lock_is_held_while_the_relay_waits_for_kafka(
     assert seen and all(s == (False, None, None) for s in seen), seen
     assert Workflow.objects.filter(pk=instance.id).exists()
     dispatcher.drain()
+
+
+# ==================================================================================================
+# what an operator sees: the admin and the command
+# ==================================================================================================
+def dead_row(key: str, error: str = "Broker: Topic authorization failed") -> OutboxMessage:
+    row = write(key, {"k": key})
+    OutboxMessage.objects.filter(pk=row.pk).update(status=OutboxStatus.DEAD, attempts=10, last_error=error)
+    return OutboxMessage.objects.get(pk=row.pk)
+
+
+def test_the_outbox_admin_filters_dead_rows_searches_by_key_and_requeues_them(
+    client: Any, django_user_model: Any
+) -> None:
+    client.force_login(django_user_model.objects.create_superuser("ops", "ops@example.com", "pw"))
+    dead = dead_row("acl-1")
+    held = write("acl-1", {"after": 1})
+    sent = write("fine", {"n": 1})
+    OutboxMessage.objects.filter(pk=sent.pk).update(status=OutboxStatus.SENT)
+    url = "/admin/dagger_django/outboxmessage/"
+
+    html = client.get(url, {"status__exact": "dead"}).content.decode()
+    assert "Topic authorization failed" in html  # the error, in the list
+    listed = client.get(url, {"status__exact": "dead"}).context["cl"].result_list
+    assert [r.pk for r in listed] == [dead.pk]
+    assert [r.pk for r in client.get(url, {"q": "acl-1"}).context["cl"].result_list] == [held.pk, dead.pk]
+    assert [r.pk for r in client.get(url, {"q": TOPIC}).context["cl"].result_list] == [
+        sent.pk,
+        held.pk,
+        dead.pk,
+    ]
+    page = client.get(f"{url}{held.pk}/change/").content.decode()
+    assert f"outbox message {dead.pk}" in page  # why it waits
+
+    response = client.post(
+        url, {"action": "requeue_dead", "_selected_action": [dead.pk, sent.pk]}, follow=True
+    )
+    shown = [str(m) for m in response.context["messages"]]
+    assert "Requeued 1 dead message(s)." in shown
+    assert any("were not dead" in m for m in shown)
+    dead.refresh_from_db()
+    assert (dead.status, dead.attempts) == (OutboxStatus.PENDING, 0)
+    assert status_of(sent) == OutboxStatus.SENT
+
+
+def test_a_view_only_staff_user_cannot_requeue(client: Any, django_user_model: Any) -> None:
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user("viewer", "v@example.com", "pw", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_outboxmessage"))
+    client.force_login(user)
+    dead = dead_row("acl-2")
+    url = "/admin/dagger_django/outboxmessage/"
+    assert client.get(url).status_code == 200
+    client.post(url, {"action": "requeue_dead", "_selected_action": [dead.pk]})
+    assert status_of(dead) == OutboxStatus.DEAD
+
+
+def test_the_outbox_command_counts_dead_rows_and_requeues_them() -> None:
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    dead = dead_row("acl-3")
+    write("acl-4", {"n": 1})
+    out = StringIO()
+    call_command("dagger_outbox", stdout=out)
+    assert "pending 1" in out.getvalue() and "dead 1" in out.getvalue()
+    with pytest.raises(CommandError, match="1 outbox message"):
+        call_command("dagger_outbox", "--fail-if-dead", stdout=StringIO())
+    with pytest.raises(CommandError, match="ids, or --all"):
+        call_command("dagger_outbox", "requeue", stdout=StringIO())
+    out = StringIO()
+    call_command("dagger_outbox", "requeue", str(dead.pk), stdout=out)
+    assert "requeued 1" in out.getvalue() and status_of(dead) == OutboxStatus.PENDING
+
+
+def test_the_outbox_command_relays_without_a_bridge(
+    engine: tuple[InMemoryDispatcher, FrozenClock], topics: Any, kafka: Any, settings: Any
+) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    use_kafka(settings, topics.bootstrap)
+    row = write("cmd", {"n": 1})
+    out = StringIO()
+    call_command("dagger_outbox", "relay", "--once", "--grace", "0", stdout=out)
+    assert "sent 1" in out.getvalue() and status_of(row) == OutboxStatus.SENT
+    assert read(kafka, row).value() == b'{"n":1}'
