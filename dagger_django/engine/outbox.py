@@ -401,8 +401,9 @@ def outbox_claim(
         .values("id")[:1]
     )
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK])
+        if connection.vendor == "postgresql":  # SQLite has one writer at a time anyway
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK])
         rows = list(
             OutboxMessage.objects.select_for_update(skip_locked=True)
             .filter(claimable)
@@ -441,12 +442,14 @@ class _Outcome:
     outage: str | None = None
 
 
-def _publish_in_order(publish: Publish, rows: list[OutboxMessage]) -> _Outcome:
+def _publish_in_order(publish: Publish, rows: list[OutboxMessage], budget: float | None) -> _Outcome:
     """Publish in rounds (one row per key per round): a row goes out only once the older row of
-    its key was acknowledged. No transaction is open here: the broker may take its time."""
+    its key was acknowledged. No transaction is open here: the broker may take its time, within
+    the claim's lease and ``budget`` seconds (rounds not started by then are left for later)."""
     outcome = _Outcome()
     blocked: set[tuple[str, bytes]] = set()
-    deadline = time.monotonic() + 0.8 * float(dagger_settings.OUTBOX_LEASE_SECONDS)
+    allowed = 0.8 * float(dagger_settings.OUTBOX_LEASE_SECONDS)
+    deadline = time.monotonic() + (allowed if budget is None else min(allowed, budget))
     for batch in _rounds(rows):
         ready: list[OutboxMessage] = []
         for row in batch:
@@ -454,7 +457,7 @@ def _publish_in_order(publish: Publish, rows: list[OutboxMessage]) -> _Outcome:
             if outcome.outage is not None or (group is not None and group in blocked):
                 outcome.released[row.pk] = outcome.outage or "an older message of its key is not sent yet"
             elif time.monotonic() > deadline:
-                outcome.released[row.pk] = "left for the next pass (the claim's lease ran short)"
+                outcome.released[row.pk] = "left for the next pass (out of time for this one)"
             else:
                 ready.append(row)
         if not ready:
@@ -534,6 +537,7 @@ def outbox_relay(
     ids: list[int] | None = None,
     older_than: dt.datetime | None = None,
     limit: int | None = None,
+    budget: float | None = None,
 ) -> int:
     """One relay pass: claim (short transaction), publish (no transaction, no lock), record
     (short transaction). Returns the number of rows sent.
@@ -542,13 +546,14 @@ def outbox_relay(
     ``OUTBOX_MAX_ATTEMPTS`` the row is DEAD with its last error, and the newer rows of its key
     wait until it is requeued (admin action, ``manage.py dagger_outbox requeue``). A
     :class:`BrokerUnavailable` counts nothing. A crash after publishing leaves the rows claimed;
-    they are sent again when the lease ends, with the same ``dagger-message-id``.
+    they are sent again when the lease ends, with the same ``dagger-message-id``. ``budget``
+    bounds the seconds spent starting rounds of produces (the after-commit relay's bound).
     """
     rows = outbox_claim(ids=ids, older_than=older_than, limit=limit)
     if not rows:
         return 0
     try:
-        outcome = _publish_in_order(publish, rows)
+        outcome = _publish_in_order(publish, rows, budget)
     except BaseException:
         # a bug in the publisher: release the claims so the rows do not wait for the lease
         _record(rows, _Outcome(released={row.pk: "" for row in rows}))

@@ -187,7 +187,7 @@ class KafkaRelay:
             if time.monotonic() < self._paused_until:
                 return 0  # Kafka failed a moment ago: the background relay sends these
             wait = max(0.0, float(dagger_settings.OUTBOX_COMMIT_WAIT))
-            return outbox_relay(publish=partial(self._publish, producer, wait, True), ids=ids)
+            return outbox_relay(publish=partial(self._publish, producer, wait, True), ids=ids, budget=wait)
         if time.monotonic() < self._paused_until:
             if not broker_reachable(producer):
                 self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE

@@ -379,3 +379,37 @@ def test_the_outbox_command_relays_without_a_bridge(
     call_command("dagger_outbox", "relay", "--once", "--grace", "0", stdout=out)
     assert "sent 1" in out.getvalue() and status_of(row) == OutboxStatus.SENT
     assert read(kafka, row).value() == b'{"n":1}'
+
+
+# ==================================================================================================
+# a relay that died after producing; rounds within one batch
+# ==================================================================================================
+def test_rows_a_dead_relay_had_claimed_are_sent_again_after_the_lease_with_their_message_id(
+    engine: tuple[InMemoryDispatcher, FrozenClock], topics: Any, kafka: Any, settings: Any
+) -> None:
+    _, clock = engine
+    use_kafka(settings, topics.bootstrap)
+    row = write("crash", {"n": 1})
+    assert [r.pk for r in outbox.outbox_claim()] == [row.pk]  # ... and the process died here
+    assert relay_pass() == 0  # still leased to the dead relay
+    clock.advance(seconds=float(settings.DAGGER.get("OUTBOX_LEASE_SECONDS", 60)) + 1)
+    assert relay_pass() == 1
+    assert header_id(read(kafka, row)) == str(row.message_id)  # what the receiver's inbox dedupes by
+
+
+def test_a_batch_sends_the_rows_of_one_key_in_rounds_and_stops_the_key_at_its_first_failure(
+    engine: tuple[InMemoryDispatcher, FrozenClock],
+) -> None:
+    rows = [write("a", {"n": 1}), write("a", {"n": 2}), write("b", {"n": 1}), write("a", {"n": 3})]
+    a1, a2, b1, a3 = rows
+    calls: list[list[int]] = []
+
+    def publish(batch: list[OutboxMessage]) -> dict[int, str | None]:
+        calls.append([r.pk for r in batch])
+        return {r.pk: ("refused" if r.pk == a2.pk else None) for r in batch}
+
+    assert outbox.outbox_relay(publish=publish) == 2
+    assert calls == [[a1.pk, b1.pk], [a2.pk]]  # a3 never produced: a2, older, failed
+    assert [status_of(r) for r in rows] == ["sent", "pending", "sent", "pending"]
+    a3.refresh_from_db()
+    assert a3.attempts == 0 and a3.claimed_until is None
