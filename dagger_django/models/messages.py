@@ -208,7 +208,8 @@ class OutboxMessage(models.Model):
     #: A relay is producing the row until then; afterwards another relay may claim it again.
     claimed_until = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
-    #: Failed produce attempts while the broker answered (an outage counts none).
+    #: Produce attempts that got an answer: failures while the broker answered, and the one
+    #: that succeeded (an outage counts none). OUTBOX_MAX_ATTEMPTS failures make the row DEAD.
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
 
