@@ -24,6 +24,7 @@ _EXCEPTIONS = (
     "WorkflowDoesNotExist",
     "TaskClassNotFound",
     "InvalidTaskResult",
+    "SyncCallInAsyncContext",
 )
 _ENUMS = (
     "TaskStatusEnum",
@@ -101,6 +102,7 @@ _EXPORTS: dict[str, str] = {
     "Dagger": "dagger_django.definitions.registry",
     "DaggerCompatibilityWarning": "dagger_django.definitions.registry",
     "Topic": "dagger_django.definitions.registry",
+    "AerospikeConfig": "dagger_django.definitions.registry",
     "DAGBuilderHelper": "dagger_django.definitions.helper",
 }
 

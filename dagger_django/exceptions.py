@@ -90,8 +90,17 @@ class MessageTooLarge(DaggerError):
     http_status = 413
 
 
+class SyncCallInAsyncContext(DaggerError):
+    """A synchronous engine call (``get_instance``) was made from async code; the message names
+    the ``a``-twin to await instead (``aget_instance``)."""
+
+    code = "sync_call_in_async_context"
+    http_status = 500
+
+
 __all__ = [
     "DaggerError",
+    "SyncCallInAsyncContext",
     "InvalidTaskType",
     "TaskInvalidState",
     "TemplateDoesNotExist",

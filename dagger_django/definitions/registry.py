@@ -17,9 +17,11 @@ import logging
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..exceptions import InvalidTemplate, TemplateDoesNotExist, WorkflowDoesNotExist
+from .sync import sync_only
 from .templates import ITemplateDAG, TaskTemplate, validate_template
 
 logger = logging.getLogger("dagger_django.definitions")
@@ -27,6 +29,47 @@ logger = logging.getLogger("dagger_django.definitions")
 
 class DaggerCompatibilityWarning(UserWarning):
     """A parameter of the original Dagger API was accepted but has no effect in dagger_django."""
+
+
+@dataclass
+class AerospikeConfig:
+    """The original's Aerospike store settings, kept so configuration modules import unchanged.
+
+    ``Dagger(aerospike_config=...)`` accepts it and ignores it with a
+    :class:`DaggerCompatibilityWarning`: workflows are stored in the Django database.
+    """
+
+    HOSTS: Any = None
+    POLICIES: Any = None
+    NAMESPACE: str | None = None
+    USERNAME: str | None = None
+    PASSWORD: str | None = None
+    TTL: int = -1
+    KWARGS: dict[str, Any] = field(default_factory=dict)
+
+    def as_options(self) -> dict[str, Any]:
+        """The options the original handed its Aerospike client (unused here)."""
+        return {
+            "hosts": self.HOSTS,
+            "policies": self.POLICIES,
+            "namespace": self.NAMESPACE,
+            "username": self.USERNAME,
+            "password": self.PASSWORD,
+            "ttl": self.TTL,
+            **dict(self.KWARGS or {}),
+        }
+
+
+#: What ``Dagger.main()`` says instead of starting a Faust worker.
+MAIN_MESSAGE = """\
+dagger_django has no single-process entry point: Dagger.main() started a Faust worker, here the
+work is shared by processes you run (and scale) separately, on the Django project:
+  celery -A <project> worker                  runs tasks, listeners' on_message, stop hooks
+  celery -A <project> beat                    timer, recovery and outbox sweeps
+  python manage.py dagger_kafka_bridge        consumes the listener topics (when Kafka is used)
+  python manage.py runserver (or gunicorn)    the HTTP API and the admin
+For a local try-out with no servers, `make run` in the dagger_django repository starts them all.
+See docs/porting.md ("Deployment")."""
 
 
 class Topic:
@@ -352,6 +395,7 @@ class Dagger:
 
     # -- engine facade ------------------------------------------------------------------------------
     @classmethod
+    @sync_only("Dagger.asubmit")
     def submit(cls, instance: Any, *, repartition: bool = True) -> Any:
         """Start a created workflow (an instance, its id or its id as a str) and return it as
         ``get_instance`` does. ``repartition`` is ignored: the database is shared, there is no
@@ -367,6 +411,7 @@ class Dagger:
         return await sync_to_async(cls.submit)(instance, repartition=repartition)
 
     @classmethod
+    @sync_only("Dagger.aget_instance")
     def get_instance(cls, id: Any, log: bool = True) -> Any:
         """The workflow with this id (``WorkflowDoesNotExist`` if there is none)."""
         from dagger_django.engine.services import workflow_instance
@@ -380,6 +425,7 @@ class Dagger:
         return await sync_to_async(cls.get_instance)(id, log)
 
     @classmethod
+    @sync_only("Dagger.astop")
     def stop(cls, id: Any) -> Any:
         """Stop a workflow: unfinished nodes become STOPPED and running ones get their stop hook.
         Returns the workflow as ``get_instance`` does."""
@@ -393,5 +439,29 @@ class Dagger:
 
         return await sync_to_async(cls.stop)(id)
 
+    @classmethod
+    def get_monitoring_task(cls, task: Any, workflow_instance: Any) -> Any:
+        """The monitor of a monitored process in ``workflow_instance`` (a workflow view from
+        ``get_instance``), or None: when ``task`` is not monitored or its monitor has not been
+        created yet (the engine creates it when the process starts with ``complete_by_time``).
+        Reads the view only; ``aget_monitoring_task`` is the awaitable form."""
+        from .tasks import MonitoringTask
 
-__all__ = ["Dagger", "DaggerCompatibilityWarning", "Topic"]
+        monitor_id = getattr(task, "monitoring_task_id", None)
+        if monitor_id is None or workflow_instance is None:
+            return None
+        monitor = workflow_instance.get_task(monitor_id)
+        return monitor if isinstance(monitor, MonitoringTask) else None
+
+    @classmethod
+    async def aget_monitoring_task(cls, task: Any, workflow_instance: Any) -> Any:
+        return cls.get_monitoring_task(task, workflow_instance)
+
+    @classmethod
+    def main(cls) -> None:
+        """The original's entry point (a Faust worker). Here it exits with a message naming the
+        processes to run instead: Celery worker, beat, the Kafka bridge and the web server."""
+        raise SystemExit(MAIN_MESSAGE)
+
+
+__all__ = ["AerospikeConfig", "Dagger", "DaggerCompatibilityWarning", "Topic"]
