@@ -25,6 +25,7 @@ _EXCEPTIONS = (
     "TaskClassNotFound",
     "InvalidTaskResult",
     "SyncCallInAsyncContext",
+    "SchemaRegistryUnavailable",
 )
 _ENUMS = (
     "TaskStatusEnum",

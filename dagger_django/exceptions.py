@@ -98,8 +98,17 @@ class SyncCallInAsyncContext(DaggerError):
     http_status = 500
 
 
+class SchemaRegistryUnavailable(DaggerError):
+    """``schema_registry_url`` is set but its client cannot be built (the ``avro`` extra is not
+    installed, or Django is not set up)."""
+
+    code = "schema_registry_unavailable"
+    http_status = 500
+
+
 __all__ = [
     "DaggerError",
+    "SchemaRegistryUnavailable",
     "SyncCallInAsyncContext",
     "InvalidTaskType",
     "TaskInvalidState",

@@ -20,7 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..exceptions import InvalidTemplate, TemplateDoesNotExist, WorkflowDoesNotExist
+from ..exceptions import (
+    InvalidTemplate,
+    SchemaRegistryUnavailable,
+    TemplateDoesNotExist,
+    WorkflowDoesNotExist,
+)
 from .sync import sync_only
 from .templates import ITemplateDAG, TaskTemplate, validate_template
 
@@ -182,6 +187,17 @@ def _workflow_id(instance: Any) -> uuid.UUID:
         raise WorkflowDoesNotExist(f"{instance!r} is not a workflow id") from exc
 
 
+#: Builds ``(schema_registry_client, message_serializer)`` for a URL: a door the kafka package
+#: fills when the app is ready (definitions never import a transport).
+_schema_registry_factory: Callable[[str], tuple[Any, Any]] | None = None
+
+
+def set_schema_registry_factory(factory: Callable[[str], tuple[Any, Any]] | None) -> None:
+    """Install the builder behind ``Dagger.app.schema_registry_client`` (``AppConfig.ready``)."""
+    global _schema_registry_factory
+    _schema_registry_factory = factory
+
+
 _MEANINGFUL = (
     "trigger_interval",
     "max_tasks_per_trigger",
@@ -286,10 +302,20 @@ class Dagger:
             message_serializer=message_serializer,
             logging_config=logging_config,
         )
+        # schema_registry_url has an effect (the two properties below); message_serializer, as in
+        # the original, is accepted and ignored (the serializer is built from the URL).
+        self.schema_registry_url = schema_registry_url
+        self._message_serializer_argument = message_serializer
+        self._schema_registry: tuple[Any, Any] | None = None
         for name, value in given.items():
-            setattr(self, name, value)
+            if name not in ("schema_registry_url", "message_serializer"):
+                setattr(self, name, value)
         self.kwargs = dict(kwargs)
-        ignored = [name for name, value in given.items() if value != _NO_EFFECT_DEFAULTS[name]]
+        ignored = [
+            name
+            for name, value in given.items()
+            if name != "schema_registry_url" and value != _NO_EFFECT_DEFAULTS[name]
+        ]
         ignored.extend(sorted(kwargs))
         if ignored:
             warnings.warn(
@@ -299,6 +325,36 @@ class Dagger:
                 stacklevel=3,
             )
         Dagger.app = self
+
+    # -- schema registry (the optional ``avro`` extra) ---------------------------------------------
+    @property
+    def schema_registry_client(self) -> Any:
+        """confluent-kafka's ``SchemaRegistryClient`` for ``schema_registry_url`` (None without a
+        URL), for tasks that encode or decode Avro. Needs the ``avro`` extra
+        (``pip install "dagger-django[avro]"``); without it, reading this raises
+        :class:`~dagger_django.exceptions.SchemaRegistryUnavailable` saying so."""
+        pair = self._schema_registry_pair()
+        return None if pair is None else pair[0]
+
+    @property
+    def message_serializer(self) -> Any:
+        """A serializer with the original's methods, ``encode_record_with_schema(topic, schema,
+        record)`` and ``decode_message(message)``, on :attr:`schema_registry_client` (None
+        without a URL)."""
+        pair = self._schema_registry_pair()
+        return None if pair is None else pair[1]
+
+    def _schema_registry_pair(self) -> tuple[Any, Any] | None:
+        if not self.schema_registry_url:
+            return None
+        if self._schema_registry is None:
+            if _schema_registry_factory is None:
+                raise SchemaRegistryUnavailable(
+                    "Dagger.app.schema_registry_client needs Django set up (the dagger_django app "
+                    "installs the schema registry support when it is ready)."
+                )
+            self._schema_registry = _schema_registry_factory(self.schema_registry_url)
+        return self._schema_registry
 
     @_hybridmethod
     def overrides(self: Dagger | None) -> dict[str, Any]:
@@ -464,4 +520,4 @@ class Dagger:
         raise SystemExit(MAIN_MESSAGE)
 
 
-__all__ = ["AerospikeConfig", "Dagger", "DaggerCompatibilityWarning", "Topic"]
+__all__ = ["AerospikeConfig", "Dagger", "DaggerCompatibilityWarning", "Topic", "set_schema_registry_factory"]
