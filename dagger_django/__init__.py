@@ -24,6 +24,8 @@ _EXCEPTIONS = (
     "WorkflowDoesNotExist",
     "TaskClassNotFound",
     "InvalidTaskResult",
+    "SyncCallInAsyncContext",
+    "SchemaRegistryUnavailable",
 )
 _ENUMS = (
     "TaskStatusEnum",
@@ -101,6 +103,7 @@ _EXPORTS: dict[str, str] = {
     "Dagger": "dagger_django.definitions.registry",
     "DaggerCompatibilityWarning": "dagger_django.definitions.registry",
     "Topic": "dagger_django.definitions.registry",
+    "AerospikeConfig": "dagger_django.definitions.registry",
     "DAGBuilderHelper": "dagger_django.definitions.helper",
 }
 

@@ -14,6 +14,11 @@ class DaggerDjangoConfig(AppConfig):
 
         from . import checks  # noqa: F401  (registers system checks)
         from .beat import on_post_migrate
+        from .definitions.registry import set_schema_registry_factory
+        from .kafka.schema_registry import schema_registry_build
+
+        # Dagger.app.schema_registry_client / message_serializer (the optional avro extra).
+        set_schema_registry_factory(schema_registry_build)
 
         # dagger's celery-beat entries (timer sweep, recovery sweep), registered idempotently.
         post_migrate.connect(on_post_migrate, sender=self, dispatch_uid="dagger_django.beat_setup")

@@ -90,8 +90,26 @@ class MessageTooLarge(DaggerError):
     http_status = 413
 
 
+class SyncCallInAsyncContext(DaggerError):
+    """A synchronous engine call (``get_instance``) was made from async code; the message names
+    the ``a``-twin to await instead (``aget_instance``)."""
+
+    code = "sync_call_in_async_context"
+    http_status = 500
+
+
+class SchemaRegistryUnavailable(DaggerError):
+    """``schema_registry_url`` is set but its client cannot be built (the ``avro`` extra is not
+    installed, or Django is not set up)."""
+
+    code = "schema_registry_unavailable"
+    http_status = 500
+
+
 __all__ = [
     "DaggerError",
+    "SchemaRegistryUnavailable",
+    "SyncCallInAsyncContext",
     "InvalidTaskType",
     "TaskInvalidState",
     "TemplateDoesNotExist",

@@ -17,9 +17,16 @@ import logging
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..exceptions import InvalidTemplate, TemplateDoesNotExist, WorkflowDoesNotExist
+from ..exceptions import (
+    InvalidTemplate,
+    SchemaRegistryUnavailable,
+    TemplateDoesNotExist,
+    WorkflowDoesNotExist,
+)
+from .sync import sync_only
 from .templates import ITemplateDAG, TaskTemplate, validate_template
 
 logger = logging.getLogger("dagger_django.definitions")
@@ -27,6 +34,47 @@ logger = logging.getLogger("dagger_django.definitions")
 
 class DaggerCompatibilityWarning(UserWarning):
     """A parameter of the original Dagger API was accepted but has no effect in dagger_django."""
+
+
+@dataclass
+class AerospikeConfig:
+    """The original's Aerospike store settings, kept so configuration modules import unchanged.
+
+    ``Dagger(aerospike_config=...)`` accepts it and ignores it with a
+    :class:`DaggerCompatibilityWarning`: workflows are stored in the Django database.
+    """
+
+    HOSTS: Any = None
+    POLICIES: Any = None
+    NAMESPACE: str | None = None
+    USERNAME: str | None = None
+    PASSWORD: str | None = None
+    TTL: int = -1
+    KWARGS: dict[str, Any] = field(default_factory=dict)
+
+    def as_options(self) -> dict[str, Any]:
+        """The options the original handed its Aerospike client (unused here)."""
+        return {
+            "hosts": self.HOSTS,
+            "policies": self.POLICIES,
+            "namespace": self.NAMESPACE,
+            "username": self.USERNAME,
+            "password": self.PASSWORD,
+            "ttl": self.TTL,
+            **dict(self.KWARGS or {}),
+        }
+
+
+#: What ``Dagger.main()`` says instead of starting a Faust worker.
+MAIN_MESSAGE = """\
+dagger_django has no single-process entry point: Dagger.main() started a Faust worker, here the
+work is shared by processes you run (and scale) separately, on the Django project:
+  celery -A <project> worker                  runs tasks, listeners' on_message, stop hooks
+  celery -A <project> beat                    timer, recovery and outbox sweeps
+  python manage.py dagger_kafka_bridge        consumes the listener topics (when Kafka is used)
+  python manage.py runserver (or gunicorn)    the HTTP API and the admin
+For a local try-out with no servers, `make run` in the dagger_django repository starts them all.
+See docs/porting.md ("Deployment")."""
 
 
 class Topic:
@@ -139,6 +187,17 @@ def _workflow_id(instance: Any) -> uuid.UUID:
         raise WorkflowDoesNotExist(f"{instance!r} is not a workflow id") from exc
 
 
+#: Builds ``(schema_registry_client, message_serializer)`` for a URL: a door the kafka package
+#: fills when the app is ready (definitions never import a transport).
+_schema_registry_factory: Callable[[str], tuple[Any, Any]] | None = None
+
+
+def set_schema_registry_factory(factory: Callable[[str], tuple[Any, Any]] | None) -> None:
+    """Install the builder behind ``Dagger.app.schema_registry_client`` (``AppConfig.ready``)."""
+    global _schema_registry_factory
+    _schema_registry_factory = factory
+
+
 _MEANINGFUL = (
     "trigger_interval",
     "max_tasks_per_trigger",
@@ -243,10 +302,20 @@ class Dagger:
             message_serializer=message_serializer,
             logging_config=logging_config,
         )
+        # schema_registry_url has an effect (the two properties below); message_serializer, as in
+        # the original, is accepted and ignored (the serializer is built from the URL).
+        self.schema_registry_url = schema_registry_url
+        self._message_serializer_argument = message_serializer
+        self._schema_registry: tuple[Any, Any] | None = None
         for name, value in given.items():
-            setattr(self, name, value)
+            if name not in ("schema_registry_url", "message_serializer"):
+                setattr(self, name, value)
         self.kwargs = dict(kwargs)
-        ignored = [name for name, value in given.items() if value != _NO_EFFECT_DEFAULTS[name]]
+        ignored = [
+            name
+            for name, value in given.items()
+            if name != "schema_registry_url" and value != _NO_EFFECT_DEFAULTS[name]
+        ]
         ignored.extend(sorted(kwargs))
         if ignored:
             warnings.warn(
@@ -256,6 +325,36 @@ class Dagger:
                 stacklevel=3,
             )
         Dagger.app = self
+
+    # -- schema registry (the optional ``avro`` extra) ---------------------------------------------
+    @property
+    def schema_registry_client(self) -> Any:
+        """confluent-kafka's ``SchemaRegistryClient`` for ``schema_registry_url`` (None without a
+        URL), for tasks that encode or decode Avro. Needs the ``avro`` extra
+        (``pip install "dagger-django[avro]"``); without it, reading this raises
+        :class:`~dagger_django.exceptions.SchemaRegistryUnavailable` saying so."""
+        pair = self._schema_registry_pair()
+        return None if pair is None else pair[0]
+
+    @property
+    def message_serializer(self) -> Any:
+        """A serializer with the original's methods, ``encode_record_with_schema(topic, schema,
+        record)`` and ``decode_message(message)``, on :attr:`schema_registry_client` (None
+        without a URL)."""
+        pair = self._schema_registry_pair()
+        return None if pair is None else pair[1]
+
+    def _schema_registry_pair(self) -> tuple[Any, Any] | None:
+        if not self.schema_registry_url:
+            return None
+        if self._schema_registry is None:
+            if _schema_registry_factory is None:
+                raise SchemaRegistryUnavailable(
+                    "Dagger.app.schema_registry_client needs Django set up (the dagger_django app "
+                    "installs the schema registry support when it is ready)."
+                )
+            self._schema_registry = _schema_registry_factory(self.schema_registry_url)
+        return self._schema_registry
 
     @_hybridmethod
     def overrides(self: Dagger | None) -> dict[str, Any]:
@@ -352,6 +451,7 @@ class Dagger:
 
     # -- engine facade ------------------------------------------------------------------------------
     @classmethod
+    @sync_only("Dagger.asubmit")
     def submit(cls, instance: Any, *, repartition: bool = True) -> Any:
         """Start a created workflow (an instance, its id or its id as a str) and return it as
         ``get_instance`` does. ``repartition`` is ignored: the database is shared, there is no
@@ -367,6 +467,7 @@ class Dagger:
         return await sync_to_async(cls.submit)(instance, repartition=repartition)
 
     @classmethod
+    @sync_only("Dagger.aget_instance")
     def get_instance(cls, id: Any, log: bool = True) -> Any:
         """The workflow with this id (``WorkflowDoesNotExist`` if there is none)."""
         from dagger_django.engine.services import workflow_instance
@@ -380,6 +481,7 @@ class Dagger:
         return await sync_to_async(cls.get_instance)(id, log)
 
     @classmethod
+    @sync_only("Dagger.astop")
     def stop(cls, id: Any) -> Any:
         """Stop a workflow: unfinished nodes become STOPPED and running ones get their stop hook.
         Returns the workflow as ``get_instance`` does."""
@@ -393,5 +495,29 @@ class Dagger:
 
         return await sync_to_async(cls.stop)(id)
 
+    @classmethod
+    def get_monitoring_task(cls, task: Any, workflow_instance: Any) -> Any:
+        """The monitor of a monitored process in ``workflow_instance`` (a workflow view from
+        ``get_instance``), or None: when ``task`` is not monitored or its monitor has not been
+        created yet (the engine creates it when the process starts with ``complete_by_time``).
+        Reads the view only; ``aget_monitoring_task`` is the awaitable form."""
+        from .tasks import MonitoringTask
 
-__all__ = ["Dagger", "DaggerCompatibilityWarning", "Topic"]
+        monitor_id = getattr(task, "monitoring_task_id", None)
+        if monitor_id is None or workflow_instance is None:
+            return None
+        monitor = workflow_instance.get_task(monitor_id)
+        return monitor if isinstance(monitor, MonitoringTask) else None
+
+    @classmethod
+    async def aget_monitoring_task(cls, task: Any, workflow_instance: Any) -> Any:
+        return cls.get_monitoring_task(task, workflow_instance)
+
+    @classmethod
+    def main(cls) -> None:
+        """The original's entry point (a Faust worker). Here it exits with a message naming the
+        processes to run instead: Celery worker, beat, the Kafka bridge and the web server."""
+        raise SystemExit(MAIN_MESSAGE)
+
+
+__all__ = ["AerospikeConfig", "Dagger", "DaggerCompatibilityWarning", "Topic", "set_schema_registry_factory"]

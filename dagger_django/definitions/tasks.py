@@ -493,6 +493,26 @@ class ITemplateDAGInstance(INonLeafNodeTask[KT, VT]):
     runtime_parameters: dict[str, Any] = _per_instance(dict)
     update_count: int = 0
 
+    async def stop(
+        self, runtime_parameters: dict[str, Any] | None = None, workflow_instance: Any = None
+    ) -> Any:  # type: ignore[override]
+        """Stop this workflow, as the original's ``await instance.stop(runtime_parameters=...,
+        workflow_instance=instance)`` did: ``Dagger.astop`` on its id. Both arguments are accepted
+        for compatibility and unused (the stored workflow is what is stopped). This view is
+        refreshed (``status``, ``runtime_parameters``, ``tasks``) and the stopped workflow is
+        returned as ``get_instance`` returns it. Sync code calls ``Dagger.stop(instance)``.
+
+        Not a hook: the engine never calls a workflow's ``stop`` (tasks' and processes' ``stop``
+        hooks are what a stop runs).
+        """
+        from .registry import Dagger
+
+        stopped = await Dagger.astop(self.id)
+        for name in ("status", "runtime_parameters", "tasks", "model"):
+            if hasattr(stopped, name):
+                setattr(self, name, getattr(stopped, name))
+        return stopped
+
     def add_task(self, task: ITask[Any, Any]) -> None:
         """Add a node to this view's ``tasks`` (the view only; nothing is stored)."""
         self.tasks[task.id] = task  # type: ignore[index]

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..exceptions import InvalidTaskType, InvalidTemplate
 from .enums import NodeKind, TaskOperator, TaskType
+from .sync import sync_only
 from .tasks import (
     DecisionTask,
     DefaultProcessTemplateDAGInstance,
@@ -546,6 +547,7 @@ class TemplateDAG(ITemplateDAG):
         parallel = {**pending["parallel"], **dict(parallel_process_templates or {})}
         return dynamic or None, parallel or None
 
+    @sync_only("template.acreate_instance")
     def create_instance(
         self,
         id: Any = None,

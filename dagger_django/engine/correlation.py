@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from ..definitions import payloads
 from ..definitions.views import import_class
 from ..exceptions import TaskClassNotFound
 from ..models import Node, NodeKind, Status, Subscription
@@ -174,7 +175,9 @@ class Keys:
     reason: str = ""
 
 
-def extract_keys(listeners: TopicListeners, payload: Any) -> Keys:
+def extract_keys(
+    listeners: TopicListeners, payload: Any, *, raw: Any = None, topic: str | None = None
+) -> Keys:
     """Run each listener class's ``get_correlatable_keys_from_payload`` and keep the usable pairs.
 
     An entry is usable when it is a ``(name, value)`` pair with a non-empty name and a scalar,
@@ -185,6 +188,14 @@ def extract_keys(listeners: TopicListeners, payload: Any) -> Keys:
     keys = Keys()
     seen: set[tuple[str, str]] = set()
     bad_type = errors = 0
+    if topic is not None:
+        # The value as the topic declares it (bytes, text, a record; decoded JSON by default).
+        try:
+            payload = payloads.listener_value(topic, payload, raw)
+        except Exception as exc:  # noqa: BLE001 - a record type's constructor is user code
+            keys.problems.append(f"the value is not a {payloads.value_kind(topic)} of {topic!r}: {exc!r}")
+            keys.reason = "extractor_error"
+            return keys
     for cls in listeners.classes:
         try:
             task = cls()

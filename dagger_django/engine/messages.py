@@ -39,6 +39,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 
 from ..conf import dagger_settings
+from ..definitions import payloads
 from ..definitions.tasks import resolve_hook_result
 from ..definitions.views import build_task
 from ..exceptions import (
@@ -178,7 +179,8 @@ def _prepare(message: Incoming, *, strict: bool) -> _Plan:
     if problem:
         plan.status, plan.reason, plan.detail = InboxStatus.INVALID, "not_json", problem
         return plan
-    keys = correlation.extract_keys(listeners, message.payload)
+    # The extractor gets the value as the topic declares it (bytes, text, a record, or JSON).
+    keys = correlation.extract_keys(listeners, message.payload, raw=message.raw, topic=message.topic)
     if not keys.pairs:
         plan.status, plan.reason = InboxStatus.INVALID, keys.reason
         plan.detail = "; ".join(keys.problems)[:2000] or "no correlation key in the payload"
@@ -273,11 +275,9 @@ def _find_duplicates(plans: list[_Plan]) -> None:
 def _inbox_row(plan: _Plan, now: dt.datetime) -> InboxMessage:
     m = plan.message
     invalid = plan.status == InboxStatus.INVALID
-    raw = (
-        m.raw
-        if invalid and m.raw is not None and len(m.raw) <= int(dagger_settings.MAX_MESSAGE_BYTES)
-        else None
-    )
+    # Bytes are kept for dead letters (to fix and replay) and for topics whose listeners get
+    # them (value_type=bytes/str: the transport only sets ``raw`` on valid messages of those).
+    raw = m.raw if m.raw is not None and len(m.raw) <= int(dagger_settings.MAX_MESSAGE_BYTES) else None
     return InboxMessage(
         source=m.source,
         topic=m.topic,
@@ -393,6 +393,9 @@ def message_receive(
             f"The payload takes {size} bytes of JSON; DAGGER['MAX_MESSAGE_BYTES'] is {limit}."
         )
     message = Incoming(topic=topic, payload=payload, source=source, message_id=message_id, key=key)
+    if payloads.keeps_raw(topic):
+        # A bytes/str topic: its listeners get the payload in the form it travels on Kafka.
+        message.raw = payloads.encoded_form(payload)
     return messages_route([message], strict=True)[0]
 
 
@@ -408,6 +411,10 @@ def message_replay(*, inbox_id: int) -> Routed:
     if row.status == InboxStatus.INVALID and row.raw is not None:
         payload, reason, detail = decode_json(bytes(row.raw))
         incoming.invalid, incoming.detail, incoming.raw = reason, detail, bytes(row.raw)
+    if row.raw is not None and payloads.keeps_raw(row.topic):
+        incoming.raw = bytes(row.raw)
+        if incoming.invalid == "not_json":  # a bytes/str topic takes any bytes
+            payload, incoming.invalid, incoming.detail = None, "", ""
     incoming.payload = payload
     plan = _prepare(incoming, strict=False)
     if plan.status == InboxStatus.ROUTED:
@@ -442,6 +449,8 @@ class DeliveryWork:
     message_id: int
     topic: str
     payload: Any
+    #: The message's bytes, kept for topics declared with value_type=bytes/str.
+    raw: bytes | None = None
 
 
 def _eligibility(state: WorkflowState, node: Node) -> str:
@@ -511,7 +520,7 @@ def delivery_claim(state: WorkflowState, node: Node, lease: str) -> Work | None:
         return None  # retries not due yet, or only expired buffered messages left
     message = (
         InboxMessage.objects.filter(pk=chosen["message_id"])
-        .values("id", "topic", "payload", "status")
+        .values("id", "topic", "payload", "raw", "status")
         .first()
     )
     if message is None:  # pragma: no cover - deliveries go with their message
@@ -542,7 +551,11 @@ def delivery_claim(state: WorkflowState, node: Node, lease: str) -> Work | None:
         task,
         attempt=attempt,
         delivery=DeliveryWork(
-            id=chosen["id"], message_id=message["id"], topic=message["topic"], payload=message["payload"]
+            id=chosen["id"],
+            message_id=message["id"],
+            topic=message["topic"],
+            payload=message["payload"],
+            raw=None if message["raw"] is None else bytes(message["raw"]),
         ),
     )
 
@@ -571,7 +584,10 @@ def delivery_execute(work: Work) -> Outcome:
 
     assert work.delivery is not None
     try:
-        value = call_hook(work.task.on_message, work.params, work.delivery.payload)
+        # The value as the topic declares it; a record that cannot be built fails like on_message.
+        delivery = work.delivery
+        payload = payloads.listener_value(delivery.topic, delivery.payload, delivery.raw)
+        value = call_hook(work.task.on_message, work.params, payload)
     except Exception as exc:
         import traceback
 

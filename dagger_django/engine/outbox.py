@@ -59,7 +59,7 @@ def _default(value: Any) -> Any:
         return value.isoformat()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
-    for method in ("to_representation", "asdict"):  # Faust records and the like
+    for method in ("to_representation", "asdict", "model_dump"):  # Faust records, pydantic models
         if callable(getattr(value, method, None)):
             return getattr(value, method)()
     if isinstance(value, set | frozenset | tuple):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.core.serializers.json import DjangoJSONEncoder
+
 from ..conf import dagger_settings
 from ..exceptions import InvalidRuntimeParameters, RuntimeParametersTooLarge
 
@@ -14,16 +16,17 @@ def dumps(value: Any) -> str:
 
 
 def validate(value: Any, *, what: str = "runtime_parameters") -> str:
-    """Check ``value`` is a JSON object of bounded size; return its JSON text."""
+    """Check ``value`` is a JSON object of bounded size; return its JSON text.
+
+    Values Django's JSON encoder knows (UUID, datetime, date, time, timedelta, Decimal) are
+    turned into its text in place (``_encode``): they come back as strings.
+    """
     if not isinstance(value, dict):
         raise InvalidRuntimeParameters(f"{what} must be a JSON object, got {type(value).__name__}.")
     bad_keys = [k for k in value if not isinstance(k, str)]
     if bad_keys:
         raise InvalidRuntimeParameters(f"{what} keys must be strings, got {bad_keys[:3]!r}.")
-    try:
-        text = dumps(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRuntimeParameters(f"{what} cannot be stored as JSON: {exc}") from exc
+    text = _encode(value, what=what)
     if "\\u0000" in text and has_nul(value):
         raise InvalidRuntimeParameters(
             f"{what} contain a NUL character (\\u0000), which the database cannot store."
@@ -34,6 +37,23 @@ def validate(value: Any, *, what: str = "runtime_parameters") -> str:
         raise RuntimeParametersTooLarge(
             f"{what} take {size} bytes of JSON; the limit is {limit} (DAGGER['MAX_RUNTIME_PARAMETERS_BYTES'])."
         )
+    return text
+
+
+def _encode(value: dict[str, Any], *, what: str) -> str:
+    """The JSON text of ``value``. UUID, datetime, date, time, timedelta and Decimal values are
+    accepted as Django's ``DjangoJSONEncoder`` writes them (text); ``value`` is then rewritten in
+    place with that text, so what is stored, and what every hook sees, is plain JSON."""
+    try:
+        return dumps(value)
+    except (TypeError, ValueError) as exc:
+        try:
+            text = json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError):
+            raise InvalidRuntimeParameters(f"{what} cannot be stored as JSON: {exc}") from exc
+    plain = json.loads(text)
+    value.clear()
+    value.update(plain)
     return text
 
 

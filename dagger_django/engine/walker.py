@@ -256,6 +256,10 @@ def skip_branch(state: WorkflowState, start_id: str, *, keep: set[str]) -> None:
         stack.extend(str(i) for i in node.next_ids)
 
 
+#: Node types whose ``stop`` hook runs when they are stopped while EXECUTING.
+STOP_HOOK_TYPES = frozenset({NodeType.LEAF, NodeType.SUB_DAG})
+
+
 def stop_subtree(state: WorkflowState, container: Node, *, reason: str) -> None:
     for node in state.descendants(container):
         stop_node(state, node, reason=reason)
@@ -264,7 +268,9 @@ def stop_subtree(state: WorkflowState, container: Node, *, reason: str) -> None:
 def stop_node(state: WorkflowState, node: Node, *, reason: str) -> None:
     if node.status in TERMINAL:
         return
-    if node.status == S.EXECUTING and node.node_type == NodeType.LEAF:
+    # Tasks and processes that were running get their stop hook (spec 2.8); parallel groups do
+    # not (their hook does nothing in the original), nor nodes that had not started.
+    if node.status == S.EXECUTING and node.node_type in STOP_HOOK_TYPES:
         state.to_stop_hooks.append(node.id)
     state.set_status(node, S.STOPPED, reason=reason)
     state.cancel_timers_for.add(node.id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..definitions.payloads import keeps_raw
 from ..engine.messages import Incoming, decode_json
 from ..engine.outbox import MESSAGE_ID_HEADER
 
@@ -23,7 +24,9 @@ def from_kafka(message: Any) -> Incoming:
     """A consumed ``confluent_kafka.Message`` as an engine message.
 
     The value must be UTF-8 JSON of at most ``MAX_MESSAGE_BYTES``; anything else becomes an
-    invalid message (a dead letter) that keeps its bytes. A ``dagger-message-id`` header (set by
+    invalid message (a dead letter) that keeps its bytes. On a topic declared with
+    ``value_type=bytes`` or ``str`` any value up to that size is valid and its bytes are kept
+    (``definitions.payloads``). A ``dagger-message-id`` header (set by
     every outbox relay) is the message's id, so a message relayed twice is routed once.
     """
     headers: dict[str, Any] = {}
@@ -34,6 +37,11 @@ def from_kafka(message: Any) -> Incoming:
         message_id = None
     raw = message.value()
     payload, reason, detail = decode_json(raw)
+    # A topic declared with value_type=bytes/str hands its listeners the bytes (or their text):
+    # keep them, and accept values that are not JSON (the listener decodes them itself).
+    keep_raw = keeps_raw(message.topic())
+    if keep_raw and reason == "not_json":
+        payload, reason, detail = None, "", ""
     key = message.key()
     return Incoming(
         topic=message.topic(),
@@ -44,7 +52,7 @@ def from_kafka(message: Any) -> Incoming:
         key=None if key is None else _header_text(key),
         headers=headers,
         payload=payload,
-        raw=raw if reason else None,
+        raw=raw if reason or keep_raw else None,
         invalid=reason,
         detail=detail,
     )
