@@ -46,6 +46,9 @@ class Defaults:
     #: A node left SUBMITTED/EXECUTING this many seconds without a change is handed out again.
     #: Keep it above your longest task's run time.
     LEASE_SECONDS: float = 300.0
+    #: While a worker runs a node's hook, it refreshes the node's lease this often (one UPDATE),
+    #: so a task that runs longer than LEASE_SECONDS is not handed out again (docs/time.md).
+    HEARTBEAT_SECONDS: float = 10.0
     #: Seconds between periodic recovery sweeps (a second beat entry); 0 disables them.
     RECOVERY_INTERVAL: float = 60.0
     #: Register dagger's beat entries after ``migrate`` (else run ``manage.py dagger_setup_beat``).

@@ -13,7 +13,7 @@ from .messages import (
     OutboxMessage,
     Subscription,
 )
-from .status import NodeKind, NodeType, Status, TimerPurpose, TimerStatus
+from .status import NodeKind, NodeType, Status, StopHook, TimerPurpose, TimerStatus
 from .templates import WorkflowTemplate
 from .timers import Timer
 from .workflows import Node, Workflow
@@ -30,6 +30,7 @@ __all__ = [
     "NodeType",
     "Node",
     "Status",
+    "StopHook",
     "TaskEvent",
     "Timer",
     "TimerPurpose",
