@@ -282,3 +282,46 @@ def test_stop_hook_that_raises_is_recorded_failed_and_not_run_again(dispatcher: 
     assert "stop hook broke" in event.detail["error"]
     clock.advance(seconds=10 * LEASE)
     assert recovery.nodes_recover() == 0
+
+
+def test_api_shows_a_stop_hook_pending_then_done(dispatcher: Any, django_user_model: Any) -> None:
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(
+        user=django_user_model.objects.create_superuser("hooks-admin", password="x-pw-1")
+    )
+    wf, node = _stopped_while_running(dispatcher)
+
+    def hook_of_task() -> tuple[str, Any]:
+        response = client.get(f"/api/dagger/workflows/{wf.id}/")
+        assert response.status_code == 200, response.content
+        row = next(task for task in response.json()["tasks"] if task["id"] == str(node.id))
+        return row["stop_hook"], row["stop_hook_at"]
+
+    assert hook_of_task() == (StopHook.PENDING, None)
+    dispatcher.drain()
+    status, at = hook_of_task()
+    assert status == StopHook.DONE and at is not None
+
+
+# -- settings checks ------------------------------------------------------------------------------
+def test_visibility_timeout_shorter_than_the_lease_is_reported(settings: Any, monkeypatch: Any) -> None:
+    from celery import current_app
+
+    from dagger_django.checks import check_settings
+
+    monkeypatch.setitem(current_app.conf, "broker_url", "redis://127.0.0.1:6379/15")
+    monkeypatch.setitem(current_app.conf, "broker_transport_options", {"visibility_timeout": 3600})
+    assert "dagger_django.W030" not in [p.id for p in check_settings()]
+    monkeypatch.setitem(current_app.conf, "broker_transport_options", {"visibility_timeout": 320})
+    assert "dagger_django.W030" in [p.id for p in check_settings()]  # 300 s lease + 120 s margin
+    settings.DAGGER = {**settings.DAGGER, "LEASE_SECONDS": 200.0}
+    assert "dagger_django.W030" not in [p.id for p in check_settings()]
+
+
+def test_heartbeat_not_well_under_the_lease_is_an_error(settings: Any) -> None:
+    from dagger_django.checks import check_settings
+
+    settings.DAGGER = {**settings.DAGGER, "HEARTBEAT_SECONDS": 120.0}
+    assert "dagger_django.E030" in [p.id for p in check_settings()]
