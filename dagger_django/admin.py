@@ -30,7 +30,19 @@ class ReadOnlyInline(admin.TabularInline):
 
 class NodeInline(ReadOnlyInline):
     model = Node
-    fields = ["name", "node_type", "kind", "status", "attempts", "time_submitted", "time_completed", "error"]
+    fields = [
+        "name",
+        "node_type",
+        "kind",
+        "status",
+        "attempts",
+        "time_submitted",
+        "time_completed",
+        "error",
+        # Whether the stop hook of a task stopped while it ran has run yet (pending/done/failed).
+        "stop_hook",
+        "stop_hook_at",
+    ]
     readonly_fields = fields
     ordering = ["position"]
 

@@ -73,6 +73,7 @@ def _time_problems(dagger_settings: Any) -> list[Any]:
         problems.append(
             Error("DAGGER['RECOVERY_INTERVAL'] must be 0 (off) or positive.", id="dagger_django.E008")
         )
+    problems.extend(_lease_problems(dagger_settings))
     interval = float(dagger_settings.TRIGGER_INTERVAL)
     if interval > 0 and (interval < 1 or not interval.is_integer()):
         problems.append(
@@ -84,6 +85,63 @@ def _time_problems(dagger_settings: Any) -> list[Any]:
             )
         )
     return problems
+
+
+# -- leases, heartbeats and the broker's redelivery (ids E030-E039, W030-W039) -----------------------
+#: Transports that hand an unacknowledged message out again after a visibility timeout.
+VISIBILITY_TRANSPORTS = frozenset({"redis", "rediss", "sentinel", "sqs"})
+#: Celery's default visibility timeout for those transports, in seconds.
+DEFAULT_VISIBILITY_TIMEOUT = 3600.0
+
+
+def visibility_margin(dagger_settings: Any) -> float:
+    """What the visibility timeout must exceed the lease by: countdown messages (a timer's, up to
+    two sweep intervals ahead) are held unacknowledged by a worker until due."""
+    return max(60.0, 2 * float(dagger_settings.TRIGGER_INTERVAL))
+
+
+def _lease_problems(dagger_settings: Any) -> list[Any]:
+    problems: list[Any] = []
+    lease = float(dagger_settings.LEASE_SECONDS)
+    beat = float(dagger_settings.HEARTBEAT_SECONDS)
+    if beat <= 0 or (lease > 0 and 3 * beat >= lease):
+        problems.append(
+            Error(
+                f"DAGGER['HEARTBEAT_SECONDS'] = {beat:g} must be positive and under a third of "
+                f"LEASE_SECONDS ({lease:g}).",
+                hint="A running task refreshes its lease this often; three missed beats mark it dead.",
+                id="dagger_django.E030",
+            )
+        )
+    timeout = _visibility_timeout()
+    margin = visibility_margin(dagger_settings)
+    if timeout is not None and timeout < lease + margin:
+        problems.append(
+            Warning(
+                f"The broker's visibility_timeout ({timeout:g} s) is shorter than DAGGER['LEASE_SECONDS'] "
+                f"+ {margin:g} s: the broker hands the message of a task still running (and of a "
+                "timer's countdown) to a second worker.",
+                hint="Set CELERY_BROKER_TRANSPORT_OPTIONS = {'visibility_timeout': ...} above the "
+                "lease plus the margin (docs/configuration.md).",
+                id="dagger_django.W030",
+            )
+        )
+    return problems
+
+
+def _visibility_timeout() -> float | None:
+    """The current Celery app's visibility timeout, if its transport has one."""
+    try:
+        from celery import current_app
+
+        conf = current_app.conf
+        url = str(conf.broker_url or "")
+    except Exception:  # noqa: BLE001 - no Celery app configured: nothing to compare
+        return None
+    if url.partition("://")[0].partition("+")[0] not in VISIBILITY_TRANSPORTS:
+        return None
+    options = conf.broker_transport_options or {}
+    return float(options.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT))
 
 
 # -- Kafka issue: messages in and out (ids E020-E029) ------------------------------------------------

@@ -43,9 +43,12 @@ class Defaults:
     #: Run a recovery sweep when a worker starts (see LEASE_SECONDS, docs/time.md).
     RESTART_TASKS_ON_BOOT: bool = True
     # -- time-driven issue: recovery and beat (docs/time.md) --
-    #: A node left SUBMITTED/EXECUTING this many seconds without a change is handed out again.
-    #: Keep it above your longest task's run time.
+    #: A node left SUBMITTED/EXECUTING this many seconds without a change is handed out again;
+    #: a running task's heartbeat (HEARTBEAT_SECONDS) counts as a change.
     LEASE_SECONDS: float = 300.0
+    #: While a worker runs a node's hook, it refreshes the node's lease this often (one UPDATE),
+    #: so a task that runs longer than LEASE_SECONDS is not handed out again (docs/time.md).
+    HEARTBEAT_SECONDS: float = 10.0
     #: Seconds between periodic recovery sweeps (a second beat entry); 0 disables them.
     RECOVERY_INTERVAL: float = 60.0
     #: Register dagger's beat entries after ``migrate`` (else run ``manage.py dagger_setup_beat``).

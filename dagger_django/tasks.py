@@ -3,7 +3,10 @@
 The per-node tasks are ``acks_late`` with ``reject_on_worker_lost``: a worker that dies mid-task
 leaves the message to be delivered again, and the engine's guards make the second delivery safe.
 The sweeps started by celery-beat are not: a lost sweep is the next sweep's work.
-Database outages are retried with backoff instead of losing the message.
+Database outages are retried with backoff instead of losing the message. A task whose follow-up
+dispatch fails still succeeds: the engine records the work as owed and recovery sends it. A
+redelivered message that finds its node still running (the lease's heartbeat is fresh) runs
+nothing and comes back later, when a dead worker's lease would be stale.
 """
 
 from __future__ import annotations
@@ -33,7 +36,11 @@ _COMMON: dict[str, Any] = {
 
 @shared_task(name="dagger_django.run_node", bind=True, **_COMMON)
 def run_node(self: Any, workflow_id: str, node_id: str) -> int:
-    return services.node_run(workflow_id=workflow_id, node_id=node_id, lease=self.request.id or "")
+    try:
+        return services.node_run(workflow_id=workflow_id, node_id=node_id, lease=self.request.id or "")
+    except services.LeaseHeld as held:
+        # The same task id (= lease) comes back: a retry keeps it.
+        raise self.retry(countdown=held.retry_in, max_retries=None) from None
 
 
 @shared_task(name="dagger_django.run_nodes", bind=True, **_COMMON)
@@ -46,6 +53,7 @@ def run_nodes(self: Any, targets: list[list[str]]) -> int:
     retries the whole batch (the nodes already done are no-ops then).
     """
     steps = 0
+    retry_in = 0.0
     for position, (workflow_id, node_id) in enumerate(targets):
         try:
             steps += services.node_run(
@@ -53,8 +61,14 @@ def run_nodes(self: Any, targets: list[list[str]]) -> int:
             )
         except (OperationalError, InterfaceError):
             raise
+        except services.LeaseHeld as held:
+            retry_in = max(retry_in, held.retry_in)
         except Exception:
             logger.exception("running node %s of workflow %s failed", node_id, workflow_id)
+    if retry_in:
+        # Some node of this batch still runs under its lease: come back once it would be stale
+        # (the nodes done by then are no-ops).
+        raise self.retry(countdown=retry_in, max_retries=None)
     return steps
 
 

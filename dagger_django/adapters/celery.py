@@ -8,13 +8,30 @@ from typing import Any
 
 from ..conf import dagger_settings
 
+#: How a send retries when the broker does not answer: briefly, so that a request that committed
+#: a change waits well under a second before the work is left to recovery (Celery's own default
+#: would retry 3 times for up to 3 s). Connecting to a host that drops packets also waits for
+#: Celery's ``broker_connection_timeout`` per attempt: keep it short where requests dispatch.
+RETRY_POLICY: dict[str, float] = {
+    "max_retries": 2,
+    "interval_start": 0.1,
+    "interval_step": 0.2,
+    "interval_max": 0.3,
+}
+
 
 class CeleryDispatcher:
-    """Sends dagger's thin Celery tasks. Called from ``on_commit`` callbacks only."""
+    """Sends dagger's thin Celery tasks. Called from ``on_commit`` callbacks only.
+
+    A send that still fails after :data:`RETRY_POLICY` raises; the engine records the work as owed.
+    """
 
     def _options(self) -> dict[str, Any]:
         queue = dagger_settings.CELERY_QUEUE
-        return {"queue": queue} if queue else {}
+        options: dict[str, Any] = {"retry": True, "retry_policy": RETRY_POLICY}
+        if queue:
+            options["queue"] = queue
+        return options
 
     def run_node(self, *, workflow_id: uuid.UUID, node_id: uuid.UUID) -> None:
         from ..tasks import run_node
@@ -67,4 +84,7 @@ def timer_options() -> dict[str, Any]:
     A queue of their own keeps timers on time while the main queue has a backlog.
     """
     queue = dagger_settings.TIMER_QUEUE or dagger_settings.CELERY_QUEUE
-    return {"queue": queue} if queue else {}
+    options: dict[str, Any] = {"retry": True, "retry_policy": RETRY_POLICY}
+    if queue:
+        options["queue"] = queue
+    return options

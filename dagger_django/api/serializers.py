@@ -101,6 +101,10 @@ class TaskSerializer(serializers.Serializer):
     error = serializers.CharField()
     time_submitted = serializers.DateTimeField(allow_null=True)
     time_completed = serializers.DateTimeField(allow_null=True)
+    #: The ``stop`` hook of a task stopped while it ran: "pending" until a worker has called it,
+    #: then "done" or "failed" (at ``stop_hook_at``); "" when there is none to run.
+    stop_hook = serializers.CharField()
+    stop_hook_at = serializers.DateTimeField(allow_null=True)
 
 
 class WorkflowListSerializer(serializers.Serializer):

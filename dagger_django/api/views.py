@@ -88,6 +88,8 @@ _TASK_FIELDS = (
     "time_created",
     "time_submitted",
     "time_completed",
+    "stop_hook",
+    "stop_hook_at",
 )
 
 

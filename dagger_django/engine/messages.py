@@ -333,6 +333,18 @@ def _dispatch(targets: Iterable[tuple[Any, Any]]) -> None:
         ports.dispatch_nodes(targets)
     except Exception:
         logger.exception("could not dispatch %d listener(s); the sweep will", len(targets))
+        _deliveries_owed(targets)
+
+
+def _deliveries_owed(targets: list[tuple[Any, Any]]) -> None:
+    """Make the deliveries whose dispatch failed due now: the next sweep sends them rather than
+    waiting ``DELIVERY_LEASE_SECONDS`` for them to look lost."""
+    try:
+        Delivery.objects.filter(
+            status=D.PENDING, available_at__isnull=True, node_id__in=[n for _, n in targets]
+        ).update(available_at=ports.now())
+    except Exception:  # noqa: BLE001 - after commit: the lease still brings them back
+        logger.exception("could not record %d owed listener dispatch(es)", len(targets))
 
 
 def messages_route(messages: list[Incoming], *, strict: bool = False) -> list[Routed]:

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol
 
 from django.utils import timezone
 
+logger = logging.getLogger("dagger_django.engine")
+
 
 class Dispatcher(Protocol):
-    """Sends work to workers. Called only from ``transaction.on_commit`` callbacks."""
+    """Sends work to workers. Called only from ``transaction.on_commit`` callbacks.
+
+    A method raises when its message could not be sent (after its own brief, bounded retries):
+    the engine then records the work as owed and the recovery sweep sends it later.
+    """
 
     def run_node(self, *, workflow_id: uuid.UUID, node_id: uuid.UUID) -> None: ...
 
@@ -79,9 +86,10 @@ class _BatchingDispatcher:
     of a parallel group) goes in a message of its own, so the branches still run side by side.
     """
 
-    def __init__(self, target: Any, size: int) -> None:
+    def __init__(self, target: Any, size: int, on_failure: Callable[[list[Any]], None] | None = None) -> None:
         self.target = target
         self.size = size
+        self.on_failure = on_failure
         self.pending: list[tuple[uuid.UUID, uuid.UUID]] = []
         self.workflows: set[Any] = set()
 
@@ -97,10 +105,17 @@ class _BatchingDispatcher:
     def flush(self) -> None:
         pending, self.pending = self.pending, []
         self.workflows = set()
-        if len(pending) == 1:
-            self.target.run_node(workflow_id=pending[0][0], node_id=pending[0][1])
-        elif pending:
-            self.target.run_nodes(targets=pending)
+        try:
+            if len(pending) == 1:
+                self.target.run_node(workflow_id=pending[0][0], node_id=pending[0][1])
+            elif pending:
+                self.target.run_nodes(targets=pending)
+        except Exception:
+            if self.on_failure is None:
+                raise
+            # The transitions are committed: the caller records these nodes as owed.
+            logger.exception("could not dispatch a batch of %d node(s)", len(pending))
+            self.on_failure(pending)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.target, name)
@@ -110,11 +125,12 @@ _batching: ContextVar[_BatchingDispatcher | None] = ContextVar("dagger_batching"
 
 
 @contextmanager
-def dispatch_in_batches() -> Iterator[None]:
+def dispatch_in_batches(*, on_failure: Callable[[list[Any]], None] | None = None) -> Iterator[None]:
     """Inside the block, nodes handed to workers after each commit are sent ``DISPATCH_BATCH``
     at a time (and the rest when the block ends), for loops of many small transactions over
     different workflows, such as a timer sweep. A crash before a batch is sent loses no work:
-    the nodes are committed as SUBMITTED and the recovery sweep sends them."""
+    the nodes are committed as SUBMITTED and the recovery sweep sends them. A batch that cannot be
+    sent is handed to ``on_failure`` (the ``(workflow id, node id)`` pairs) instead of raising."""
     from ..conf import dagger_settings
 
     target = get_dispatcher()
@@ -122,7 +138,7 @@ def dispatch_in_batches() -> Iterator[None]:
     if size <= 1 or not hasattr(target, "run_nodes") or isinstance(target, _BatchingDispatcher):
         yield
         return
-    batching = _BatchingDispatcher(target, size)
+    batching = _BatchingDispatcher(target, size, on_failure)
     token = _batching.set(batching)
     try:
         yield

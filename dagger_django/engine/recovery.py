@@ -1,23 +1,28 @@
-"""Recovery: work left behind by a lost Celery message or a dead worker goes to a worker again.
+"""Recovery: work left behind by a lost Celery message, a dead worker or a broker outage goes to a
+worker again.
 
 A node that a worker must run is SUBMITTED (a message is on its way) or EXECUTING (a worker
 claimed it). Normally the message arrives, or Celery redelivers it (``acks_late``); but a broker
 that lost its data, or a worker killed with its whole process group on Redis (the unacknowledged
-message comes back only after the visibility timeout, an hour by default), can leave the node
-waiting for nothing. The sweep here finds such nodes by their ``updated_at`` (a node's lease is
-``LEASE_SECONDS`` from its last change) and hands them out again, each in its own transaction
-that locks the workflow:
+message comes back only after the visibility timeout), can leave the node waiting for nothing.
+The sweep here hands such nodes out again, each in its own transaction that locks the workflow:
 
-- SUBMITTED: the message is sent again (a history event ``redispatched``); if the first one
-  arrives after all, the claim guard makes the second a no-op;
-- EXECUTING: the node goes back to SUBMITTED (history event ``recovered``), its lease is cleared,
-  and it is sent again; the next claim runs it with a new attempt number. If the first worker was
-  merely slow, not dead, its late result is discarded (the attempt no longer matches).
+- owed work first: a node whose message could not be sent after commit (the broker was down) is
+  marked with ``redispatch_at`` (:func:`dispatch_owed`) and sent at the next sweep, whatever its
+  lease says; likewise a ``stop`` hook recorded PENDING whose message was not sent;
+- SUBMITTED for longer than ``LEASE_SECONDS``: the message is sent again (a history event
+  ``redispatched``); if the first one arrives after all, the claim guard makes the second a no-op.
+  A node re-sent this way is not sent again before ``LEASE_SECONDS * 2**(n-1)`` (``n`` re-sends,
+  the exponent capped at 3), so a queue backlog longer than the lease is not multiplied;
+- EXECUTING whose lease is stale: the worker running a hook refreshes ``updated_at`` every
+  ``HEARTBEAT_SECONDS`` (engine/heartbeat.py), so only a node whose worker stopped beating for
+  ``LEASE_SECONDS`` goes back to SUBMITTED (history event ``recovered``), its lease cleared, and
+  is sent again; the next claim runs it with a new attempt number. A long task that is alive is
+  never handed out twice.
 
 Nodes that wait legitimately are left alone: those with a PENDING timer (a retry's backoff, a
 trigger's time, an interval's next poll, a monitor), listeners waiting for their message, and
-containers (processes and parallel groups). A task that runs longer than the lease is handed out
-again while it runs: keep ``LEASE_SECONDS`` above your longest task.
+containers (processes and parallel groups).
 """
 
 from __future__ import annotations
@@ -28,10 +33,10 @@ import uuid
 from typing import Any
 
 from django.db import InterfaceError, OperationalError, transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 
 from ..conf import dagger_settings
-from ..models import Node, NodeKind, NodeType, Status, Timer, TimerStatus
+from ..models import Node, NodeKind, NodeType, Status, StopHook, Timer, TimerStatus
 from . import ports
 from .state import WorkflowState, load_locked
 
@@ -39,8 +44,33 @@ logger = logging.getLogger("dagger_django.engine")
 S = Status
 
 
+#: The backoff of re-sends doubles up to this many leases.
+MAX_BACKOFF_EXPONENT = 3
+
+
 def _lease(lease_seconds: float | None) -> float:
     return float(dagger_settings.LEASE_SECONDS if lease_seconds is None else lease_seconds)
+
+
+def _backoff(redispatches: int, lease: float) -> dt.timedelta:
+    return dt.timedelta(seconds=lease * 2 ** min(max(redispatches - 1, 0), MAX_BACKOFF_EXPONENT))
+
+
+def dispatch_owed(*, node_ids: list[Any]) -> int:
+    """Record that the messages of these nodes (SUBMITTED ones, and PENDING stop hooks) did not go
+    out: the next recovery sweep sends them. Called after commit when a dispatch failed; never
+    raises (if the database is gone too, the lease still brings the work back)."""
+    if not node_ids:
+        return 0
+    try:
+        return (
+            Node.objects.filter(pk__in=list(node_ids))
+            .filter(Q(status=S.SUBMITTED) | Q(stop_hook=StopHook.PENDING))
+            .update(redispatch_at=ports.now())
+        )
+    except Exception:  # noqa: BLE001 - after commit: log, and leave it to the lease
+        logger.exception("could not record %d owed dispatch(es)", len(node_ids))
+        return 0
 
 
 def stranded_nodes(*, lease_seconds: float | None = None, limit: int | None = None) -> list[tuple[Any, Any]]:
@@ -53,15 +83,23 @@ def stranded_nodes(*, lease_seconds: float | None = None, limit: int | None = No
     waiting_on_time = Timer.objects.filter(
         workflow_id=OuterRef("workflow_id"), node_id=OuterRef("id"), status=TimerStatus.PENDING
     )
+    now = ports.now()
+    owed = (
+        Node.objects.filter(redispatch_at__lte=now, status=S.SUBMITTED, node_type=NodeType.LEAF)
+        .exclude(Exists(waiting_on_time))
+        .order_by("redispatch_at")
+        .values_list("id", "workflow_id")[:cap]
+    )
     rows = (
         Node.objects.filter(status__in=[S.SUBMITTED, S.EXECUTING], updated_at__lt=cutoff)
-        .filter(node_type=NodeType.LEAF)
+        .filter(node_type=NodeType.LEAF, redispatch_at__isnull=True)
         .exclude(status=S.EXECUTING, kind=NodeKind.LISTENER)
         .exclude(Exists(waiting_on_time))
         .order_by("updated_at")
         .values_list("id", "workflow_id")[:cap]
     )
-    return list(rows)
+    found = list(owed)
+    return found + list(rows)[: max(0, cap - len(found))]
 
 
 def nodes_recover(*, lease_seconds: float | None = None, limit: int | None = None) -> int:
@@ -72,6 +110,7 @@ def nodes_recover(*, lease_seconds: float | None = None, limit: int | None = Non
     """
     lease = _lease(lease_seconds)
     recovered = 0
+    hooks = stop_hooks_recover(lease_seconds=lease, limit=limit)
     for node_id, workflow_id in stranded_nodes(lease_seconds=lease, limit=limit):
         try:
             if node_recover(workflow_id=workflow_id, node_id=node_id, lease_seconds=lease):
@@ -80,27 +119,65 @@ def nodes_recover(*, lease_seconds: float | None = None, limit: int | None = Non
             raise
         except Exception:
             logger.exception("recovering node %s of workflow %s failed", node_id, workflow_id)
-    if recovered:
-        logger.info("recovery: %d node(s) handed out again", recovered)
-    return recovered
+    if recovered or hooks:
+        logger.info("recovery: %d node(s) and %d stop hook(s) handed out again", recovered, hooks)
+    return recovered + hooks
+
+
+def stop_hooks_recover(*, lease_seconds: float | None = None, limit: int | None = None) -> int:
+    """Send again the PENDING ``stop`` hooks that are owed (their message failed) or whose message
+    is older than the lease (lost, or its worker died in the hook). Returns how many were sent.
+
+    Each node is taken with a compare-and-set on its ``redispatch_at`` (two sweeps send it once)
+    and gets the same backoff as a re-sent node. One message per workflow.
+    """
+    lease = _lease(lease_seconds)
+    now = ports.now()
+    cutoff = now - dt.timedelta(seconds=lease)
+    cap = int(dagger_settings.MAX_TASKS_PER_TRIGGER if limit is None else limit)
+    rows = list(
+        Node.objects.filter(stop_hook=StopHook.PENDING)
+        .filter(Q(redispatch_at__lte=now) | Q(redispatch_at__isnull=True, updated_at__lt=cutoff))
+        .order_by("updated_at")
+        .values_list("id", "workflow_id", "redispatch_at", "redispatches")[:cap]
+    )
+    by_workflow: dict[Any, list[Any]] = {}
+    for node_id, workflow_id, redispatch_at, redispatches in rows:
+        taken = Node.objects.filter(
+            pk=node_id, stop_hook=StopHook.PENDING, redispatch_at=redispatch_at
+        ).update(redispatches=redispatches + 1, redispatch_at=now + _backoff(redispatches + 1, lease))
+        if taken:
+            by_workflow.setdefault(workflow_id, []).append(node_id)
+    sent = 0
+    dispatcher = ports.get_dispatcher()
+    for workflow_id, node_ids in by_workflow.items():
+        try:
+            dispatcher.run_stop_hooks(workflow_id=workflow_id, node_ids=node_ids)
+            sent += len(node_ids)
+        except Exception as exc:  # noqa: BLE001 - still owed: the next sweep tries again
+            logger.error("could not send stop hooks of workflow %s (%r)", workflow_id, exc)
+            dispatch_owed(node_ids=node_ids)
+    return sent
 
 
 def node_recover(*, workflow_id: Any, node_id: Any, lease_seconds: float | None = None) -> bool:
     """Hand one stranded node out again, if it still is stranded once its workflow is locked."""
     from .services import _commit
 
-    cutoff = ports.now() - dt.timedelta(seconds=_lease(lease_seconds))
+    lease = _lease(lease_seconds)
     with transaction.atomic():
         wf, nodes = load_locked(workflow_id)
         if wf is None:
             return False
         state = WorkflowState(wf, nodes)
         node = state.get(node_id if isinstance(node_id, uuid.UUID) else uuid.UUID(str(node_id)))
-        if node is None or not _looks_stranded(node, cutoff):
+        if node is None or not _looks_stranded(node, state.now, lease):
             return False
         if Timer.objects.filter(workflow_id=wf.id, node_id=node.id, status=TimerStatus.PENDING).exists():
             return False
-        detail = {"idle_since": node.updated_at.isoformat(), "lease_seconds": _lease(lease_seconds)}
+        detail: dict[str, Any] = {"idle_since": node.updated_at.isoformat(), "lease_seconds": lease}
+        if node.redispatch_at is not None:
+            detail["owed_since"] = node.redispatch_at.isoformat()
         if node.status == S.EXECUTING:
             detail["previous_lease"] = node.lease
             node.lease = ""
@@ -108,17 +185,25 @@ def node_recover(*, workflow_id: Any, node_id: Any, lease_seconds: float | None 
         else:
             state.touch(node)  # restarts its lease: the next sweep leaves it alone for a while
             state.record(reason="redispatched", detail=detail, node=node)
+        # Not sent again before the backoff has passed, unless this send fails (then it is owed).
+        node.redispatches += 1
+        node.redispatch_at = state.now + _backoff(node.redispatches, lease)
+        state.touch(node)
         state.to_dispatch.append(node.id)
         _commit(state)
         return True
 
 
-def _looks_stranded(node: Node, cutoff: dt.datetime) -> bool:
-    if node.node_type != NodeType.LEAF or node.updated_at >= cutoff:
+def _looks_stranded(node: Node, now: dt.datetime, lease: float) -> bool:
+    if node.node_type != NodeType.LEAF:
+        return False
+    if node.status == S.SUBMITTED and node.redispatch_at is not None:
+        return node.redispatch_at <= now  # owed, or its backoff is over
+    if node.updated_at >= now - dt.timedelta(seconds=lease):
         return False
     if node.status == S.SUBMITTED:
         return True
     return node.status == S.EXECUTING and node.kind != NodeKind.LISTENER
 
 
-__all__ = ["node_recover", "nodes_recover", "stranded_nodes"]
+__all__ = ["dispatch_owed", "node_recover", "nodes_recover", "stop_hooks_recover", "stranded_nodes"]

@@ -37,8 +37,19 @@ from ..exceptions import (
     TaskInvalidState,
     WorkflowDoesNotExist,
 )
-from ..models import Node, NodeKind, Status, Timer, TimerPurpose, TimerStatus, Workflow, WorkflowTemplate
-from . import correlation, messages, outbox, parameters, ports, timing, walker
+from ..models import (
+    Node,
+    NodeKind,
+    Status,
+    StopHook,
+    TaskEvent,
+    Timer,
+    TimerPurpose,
+    TimerStatus,
+    Workflow,
+    WorkflowTemplate,
+)
+from . import correlation, heartbeat, messages, outbox, parameters, ports, recovery, timing, walker
 from .hooks import call_hook
 from .outbox import outbox_send  # noqa: F401 - Topic.send's entry point (engine/outbox.py)
 from .state import WorkflowState, load_locked
@@ -81,24 +92,70 @@ def locked(workflow_id: Any) -> Iterator[WorkflowState]:
 def _commit(state: WorkflowState) -> None:
     timing.before_flush(state)
     correlation.before_flush(state)
+    _stop_hooks_record(state)
     state.flush()
     outbox.after_flush(state)  # task_update_topic (engine/outbox.py)
-    transaction.on_commit(partial(_after_commit, state))
+    # robust: whatever an after-commit callback raises, the request that committed succeeds.
+    transaction.on_commit(partial(_after_commit, state), robust=True)
+
+
+def _stop_hooks_record(state: WorkflowState) -> None:
+    """The ``stop`` hooks this transition owes are written on their nodes, in the same statement
+    as the status change (the nodes are being written anyway): a lost message cannot lose them."""
+    for node_id in state.to_stop_hooks:
+        node = state.get(node_id)
+        if node is not None:
+            node.stop_hook = StopHook.PENDING
+            node.stop_hook_at = None
+            state.touch(node)
 
 
 def _after_commit(state: WorkflowState) -> None:
-    """Hand work to workers, then announce. Nothing here can undo what was committed."""
+    """Hand work to workers, then announce. Nothing here can undo what was committed.
+
+    A dispatch that fails (the broker is down: the dispatcher has already retried briefly) is
+    logged and recorded as owed on its nodes (:func:`recovery.dispatch_owed`); the next recovery
+    sweep sends it. The first failure ends this commit's sends, so a request waits for at most one
+    failed publish. Signals and callbacks are announced whatever happened to the sends.
+    """
+    try:
+        _dispatch_after_commit(state)
+    except Exception:  # noqa: BLE001 - the transition is committed; recovery covers the rest
+        logger.exception("after-commit dispatch of workflow %s failed", state.workflow.id)
+    _announce(state)
+
+
+def _dispatch_after_commit(state: WorkflowState) -> None:
     dispatcher = ports.get_dispatcher()
     wf = state.workflow
-    # One message per node: the branches of a parallel group run on as many workers as are free.
-    for node_id in state.to_dispatch:
-        dispatcher.run_node(workflow_id=wf.id, node_id=node_id)
-    for timer in state.timers:
-        if timer.pk is not None:
-            dispatcher.fire_timer(timer_id=timer.pk, eta=timer.due_at)
-    if state.to_stop_hooks:
-        dispatcher.run_stop_hooks(workflow_id=wf.id, node_ids=list(state.to_stop_hooks))
-    _announce(state)
+    pending = list(state.to_dispatch)
+    hooks = list(state.to_stop_hooks)
+    try:
+        # One message per node: the branches of a parallel group run on as many workers as are free.
+        while pending:
+            dispatcher.run_node(workflow_id=wf.id, node_id=pending[0])
+            pending.pop(0)
+        if hooks:
+            dispatcher.run_stop_hooks(workflow_id=wf.id, node_ids=hooks)
+            hooks = []
+    except Exception as exc:  # noqa: BLE001 - owed, not lost
+        logger.error(
+            "could not dispatch %d node(s) and %d stop hook(s) of workflow %s (%s: %s); "
+            "the next recovery sweep sends them",
+            len(pending),
+            len(hooks),
+            wf.id,
+            type(exc).__name__,
+            exc,
+        )
+        recovery.dispatch_owed(node_ids=[*pending, *hooks])
+        return  # the broker is down: the timers below are the sweep's (the table is the truth)
+    try:
+        for timer in state.timers:
+            if timer.pk is not None:
+                dispatcher.fire_timer(timer_id=timer.pk, eta=timer.due_at)
+    except Exception as exc:  # noqa: BLE001 - a countdown is precision only
+        logger.warning("could not send a timer countdown of workflow %s (%r); the sweep fires it", wf.id, exc)
 
 
 def _announce(state: WorkflowState) -> None:
@@ -431,7 +488,11 @@ def node_run(*, workflow_id: Any, node_id: Any, lease: str) -> int:
     max_steps = int(dagger_settings.INLINE_STEPS)
     while work is not None:
         with outbox.collecting() as sends:  # Topic.send inside the hook (engine/outbox.py)
-            outcome = _execute(work)
+            if work.delivery is None:
+                with heartbeat.beating(work.node_id, lease):  # the lease stays ours while it runs
+                    outcome = _execute(work)
+            else:
+                outcome = _execute(work)
         outcome.sends = sends
         steps += 1
         inline = steps <= max_steps and time.monotonic() < deadline
@@ -459,9 +520,33 @@ def _claim(workflow_id: uuid.UUID, node_id: uuid.UUID, lease: str) -> Work | Non
                 if node is None:
                     logger.debug("node %s not claimable (redelivered or already taken)", node_id)
                     return None
+            if node.status == S.EXECUTING:
+                _lease_check(state, node)
             return _claim_node(state, node, lease)
     except WorkflowDoesNotExist:
         return None
+
+
+class LeaseHeld(Exception):
+    """A redelivered message found its node still running: the lease's heartbeat is fresh.
+
+    The first delivery's worker may be alive (a broker redelivers a long task's message after its
+    visibility timeout) or may have just died (its message comes back at once). Nothing is run
+    now; the caller tries again in ``retry_in`` seconds, by when a dead worker's heartbeat is stale.
+    """
+
+    def __init__(self, node_id: uuid.UUID, retry_in: float) -> None:
+        super().__init__(f"node {node_id} is still running under this lease; try again in {retry_in:g}s")
+        self.node_id = node_id
+        self.retry_in = retry_in
+
+
+def _lease_check(state: WorkflowState, node: Node) -> None:
+    """Raise :class:`LeaseHeld` when ``node``'s lease was refreshed within the heartbeat window."""
+    window = heartbeat.stale_after()
+    age = (state.now - node.updated_at).total_seconds()
+    if age < window:
+        raise LeaseHeld(node.id, retry_in=window - age + heartbeat.interval())
 
 
 def _claim_node(state: WorkflowState, node: Node, lease: str) -> Work | None:
@@ -639,7 +724,10 @@ def timer_fire(*, timer_id: int) -> bool:
         return False
     if row["due_at"] > ports.now():
         # A broker's countdown can run a few milliseconds early: the table decides, so wait on.
-        ports.get_dispatcher().fire_timer(timer_id=timer_id, eta=row["due_at"])
+        try:
+            ports.get_dispatcher().fire_timer(timer_id=timer_id, eta=row["due_at"])
+        except Exception as exc:  # noqa: BLE001 - the timer stays PENDING: the sweep fires it
+            logger.warning("could not send timer %s again (%r); the sweep fires it", timer_id, exc)
         return False
     with transaction.atomic():
         wf, nodes = load_locked(row["workflow_id"])
@@ -691,7 +779,9 @@ def timers_fire_due(*, limit: int | None = None) -> int:
     cap = int(dagger_settings.MAX_TASKS_PER_TRIGGER if limit is None else limit)
     fired = 0
     failed: list[int] = []
-    with ports.dispatch_in_batches():  # the tasks of fired timers go to workers DISPATCH_BATCH at a time
+    # The tasks of fired timers go to workers DISPATCH_BATCH at a time; a batch that cannot be
+    # sent is owed, and the recovery sweep sends it.
+    with ports.dispatch_in_batches(on_failure=_owe_targets):
         while fired + len(failed) < cap:
             result = _timer_fire_next_due(exclude=failed)
             if result is None:
@@ -726,6 +816,10 @@ def _timer_fire_next_due(*, exclude: list[int]) -> tuple[int, bool] | None:
             raise
         logger.exception("timer %s failed to fire; it stays pending for the next sweep", timer_id)
         return timer_id, False
+
+
+def _owe_targets(targets: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
+    recovery.dispatch_owed(node_ids=[node_id for _, node_id in targets])
 
 
 _CLAIM_SQL: dict[str, str] = {}
@@ -820,29 +914,65 @@ def timers_dispatch_upcoming(*, horizon: float | None = None, limit: int | None 
     for _, last, count in buckets:
         # Enough sweeps to fire the whole bucket, and a few in parallel for a large one.
         sweeps = max(-(-count // per_sweep), min(SWEEPS_PER_BUCKET, -(-count // TIMERS_PER_SWEEP)))
-        dispatcher.sweep_timers(eta=last, count=sweeps)
+        try:
+            dispatcher.sweep_timers(eta=last, count=sweeps)
+        except Exception as exc:  # noqa: BLE001 - precision only: the regular sweeps fire them
+            logger.warning("could not schedule timer sweeps (%r); the regular sweep fires the timers", exc)
+            break
         sent += sweeps
     return sent
 
 
 def stop_hooks_run(*, workflow_id: Any, node_ids: list[Any]) -> int:
-    """Call the ``stop`` hook of nodes that were EXECUTING when stopped. Best effort, after commit."""
+    """Call the ``stop`` hook of nodes that were EXECUTING when stopped; returns how many ran.
+
+    Each hook was recorded PENDING on its node in the stop's transaction; once called it is
+    recorded DONE (or FAILED, with the error in the history), so a redelivered or re-sent message
+    does not call it again. At least once: a worker that dies inside a hook leaves it PENDING and
+    the recovery sweep sends it again. (A node listed with no record at all, from a message sent
+    before hooks were recorded, is run and recorded too.)
+    """
     try:
         wf = workflow_get(workflow_id=workflow_id)
     except WorkflowDoesNotExist:
         return 0
+    wanted = {str(i) for i in node_ids}
     nodes = list(Node.objects.filter(workflow_id=wf.id))
+    due = [n for n in nodes if str(n.id) in wanted and n.stop_hook in (StopHook.PENDING, StopHook.NONE)]
+    if not due:
+        return 0
     view = build_workflow_view(wf, nodes, strict=False)
-    by_id = {str(n.id): n for n in nodes}
     called = 0
-    for nid in node_ids:
-        node = by_id.get(str(nid))
-        if node is None:
-            continue
+    for node in sorted(due, key=lambda n: n.position):
+        error = ""
         try:
             task = build_task(node, strict=True)
             call_hook(task.stop, view.runtime_parameters, view)
             called += 1
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - recorded on the node and in its history
             logger.exception("stop hook of %s failed", node.name)
+            error = f"{type(exc).__name__}: {exc}"
+        _stop_hook_done(node, error=error)
     return called
+
+
+def _stop_hook_done(node: Node, *, error: str) -> None:
+    """Record a hook's outcome: compare-and-set on the node, one history row. No workflow lock:
+    nothing else writes these fields of a STOPPED or SKIPPED node."""
+    now = ports.now()
+    outcome = StopHook.FAILED if error else StopHook.DONE
+    recorded = Node.objects.filter(pk=node.id, stop_hook__in=[StopHook.PENDING, StopHook.NONE]).update(
+        stop_hook=outcome, stop_hook_at=now, redispatch_at=None, redispatches=0
+    )
+    if recorded:
+        TaskEvent.objects.create(
+            workflow_id=node.workflow_id,
+            node_id=node.id,
+            node_name=node.name,
+            from_status=node.status,
+            to_status=node.status,
+            attempt=node.attempts,
+            reason="stop_hook_failed" if error else "stop_hook_ran",
+            detail={"error": error} if error else {},
+            created_at=now,
+        )

@@ -70,6 +70,10 @@ NODE_UPDATE_FIELDS = [
     "time_submitted",
     "time_completed",
     "updated_at",
+    "redispatch_at",
+    "redispatches",
+    "stop_hook",
+    "stop_hook_at",
 ]
 
 
@@ -287,7 +291,8 @@ class WorkflowState:
         self.cancel_timers_for: set[uuid.UUID | None] = set()
         #: Nodes to hand to a worker after commit (``Dispatcher.run_node``).
         self.to_dispatch: list[uuid.UUID] = []
-        #: EXECUTING nodes that were stopped: their ``stop`` hooks run after commit.
+        #: EXECUTING nodes that were stopped: their ``stop`` hooks are recorded PENDING on the
+        #: node in this transaction (``services._commit``) and run by a worker after commit.
         self.to_stop_hooks: list[uuid.UUID] = []
         #: (node or None, from, to) for signals after commit.
         self.changes: list[tuple[Node | None, str, str]] = []
@@ -348,6 +353,10 @@ class WorkflowState:
         if to not in NODE_TRANSITIONS[frm]:
             raise TaskInvalidState(f"{node.name}: {frm} -> {to} is not an allowed transition ({reason})")
         node.status = to
+        if node.redispatch_at is not None and frm == S.SUBMITTED:
+            # Claimed, stopped or skipped: whatever message it was owed is no longer wanted.
+            node.redispatch_at = None
+            node.redispatches = 0
         if to == S.EXECUTING:
             node.time_submitted = self.now
         if to in TERMINAL:

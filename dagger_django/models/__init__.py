@@ -14,7 +14,7 @@ from .messages import (
     OutboxStatus,
     Subscription,
 )
-from .status import NodeKind, NodeType, Status, TimerPurpose, TimerStatus
+from .status import NodeKind, NodeType, Status, StopHook, TimerPurpose, TimerStatus
 from .templates import WorkflowTemplate
 from .timers import Timer
 from .workflows import Node, Workflow
@@ -32,6 +32,7 @@ __all__ = [
     "NodeType",
     "Node",
     "Status",
+    "StopHook",
     "TaskEvent",
     "Timer",
     "TimerPurpose",

@@ -41,6 +41,15 @@ class NodeKind(models.TextChoices):
 WORKER_KINDS = frozenset({NodeKind.EXECUTOR, NodeKind.COMMAND, NodeKind.DECISION})
 
 
+class StopHook(models.TextChoices):
+    """Where a node's ``stop`` hook stands (``Node.stop_hook``); "" when it has none to run."""
+
+    NONE = "", "None"
+    PENDING = "pending", "Pending"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
 class TimerPurpose(models.TextChoices):
     RETRY = "retry", "Retry with backoff"
     TRIGGER = "trigger", "Trigger time"

@@ -4,7 +4,7 @@ import uuid
 
 from django.db import models
 
-from .status import NodeKind, NodeType, Status
+from .status import NodeKind, NodeType, Status, StopHook
 from .templates import WorkflowTemplate
 
 
@@ -88,7 +88,19 @@ class Node(models.Model):
     time_created = models.DateTimeField()
     time_submitted = models.DateTimeField(null=True, blank=True)
     time_completed = models.DateTimeField(null=True, blank=True)
+    #: The lease's clock: every change of the node, and the heartbeat of the worker running it
+    #: (engine/heartbeat.py), move it; recovery hands out nodes whose ``updated_at`` is stale.
     updated_at = models.DateTimeField()
+    #: Set when a message for this node is owed: its dispatch failed after commit (broker down),
+    #: or recovery re-sent it and waits this long before sending again (backoff). The recovery
+    #: sweep sends owed work whose time has come, whatever its lease says. Cleared by a claim.
+    redispatch_at = models.DateTimeField(null=True, blank=True)
+    #: How many times recovery re-sent this node since it was last claimed (the backoff's exponent).
+    redispatches = models.PositiveSmallIntegerField(default=0)
+    #: The ``stop`` hook of a node stopped (or skipped by a deadline) while it ran: recorded
+    #: PENDING in the stop's transaction, DONE or FAILED once a worker called it.
+    stop_hook = models.CharField(max_length=8, choices=StopHook.choices, blank=True, default=StopHook.NONE)
+    stop_hook_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["position"]
@@ -97,6 +109,17 @@ class Node(models.Model):
                 fields=["status", "updated_at"],
                 name="dagger_node_active_updated",
                 condition=models.Q(status__in=[Status.SUBMITTED, Status.EXECUTING]),
+            ),
+            # Owed dispatches and pending stop hooks: a handful of rows, read by each recovery sweep.
+            models.Index(
+                fields=["redispatch_at"],
+                name="dagger_node_owed",
+                condition=models.Q(redispatch_at__isnull=False),
+            ),
+            models.Index(
+                fields=["updated_at"],
+                name="dagger_node_stop_hook_pending",
+                condition=models.Q(stop_hook=StopHook.PENDING),
             ),
         ]
 

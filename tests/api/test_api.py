@@ -143,6 +143,8 @@ def test_created_workflow_is_submitted_and_its_detail_shows_every_task_completed
         "error",
         "time_submitted",
         "time_completed",
+        "stop_hook",
+        "stop_hook_at",
     }
 
 

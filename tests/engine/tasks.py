@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
@@ -114,3 +115,32 @@ class TriggerBoom(TriggerTask):
     def execute(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
         if not runtime_parameters.get("fixed"):
             raise RuntimeError("trigger boom")
+
+
+class Stoppable(ExecutorTask):
+    """Records its ``stop`` hook in STOPPED_HOOKS."""
+
+    def execute(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
+        runtime_parameters.setdefault("trace", []).append(short(self))
+
+    def stop(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
+        STOPPED_HOOKS.append(short(self))
+
+
+class StopBoom(Stoppable):
+    def stop(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
+        raise RuntimeError("stop hook broke")
+
+
+#: Blocking's runs, and the event that lets them finish (tests set it).
+BLOCKING_RUNS: list[str] = []
+BLOCKING_RELEASE = threading.Event()
+
+
+class Blocking(ExecutorTask):
+    """Runs until the test sets BLOCKING_RELEASE (a long task), counting its runs."""
+
+    def execute(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
+        BLOCKING_RUNS.append(self.idempotency_key)
+        if not BLOCKING_RELEASE.wait(timeout=20):
+            raise RuntimeError("never released")

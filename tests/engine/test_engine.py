@@ -462,14 +462,20 @@ def test_redelivered_message_after_completion_has_no_effect(dispatcher: Any) -> 
     assert reload(wf.id).runtime_parameters["trace"] == ["a_executor_task"]
 
 
-def test_executor_interrupted_by_a_crash_runs_again_when_its_message_returns(dispatcher: Any) -> None:
+def test_executor_interrupted_by_a_crash_runs_again_when_its_message_returns(
+    dispatcher: Any, clock: Any
+) -> None:
     tmpl = b.linear("Crash", (t.Flaky, "a"), (t.Record, "b"))
     wf = tmpl.create_instance(submit_task=True)
     wf_id, node_id, lease = dispatcher.runs.popleft()
     # the worker claims the node, then dies before applying the result
     work = services._claim(wf.id, __import__("uuid").UUID(node_id), lease)
     assert work is not None and work.attempt == 1
-    # acks_late: the broker delivers the same message (same task id = same lease) again
+    # acks_late: the broker delivers the same message (same task id = same lease) again at once;
+    # the lease is fresh (the worker may be alive), so it runs nothing and comes back later
+    with pytest.raises(services.LeaseHeld) as held:
+        services.node_run(workflow_id=wf_id, node_id=node_id, lease=lease)
+    clock.advance(seconds=held.value.retry_in)  # no heartbeat came: the worker is dead
     assert services.node_run(workflow_id=wf_id, node_id=node_id, lease=lease) == 2
     wf = reload(wf.id)
     assert wf.status == S.COMPLETED

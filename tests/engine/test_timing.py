@@ -186,6 +186,7 @@ def test_leftover_pending_timer_of_a_finished_workflow_fires_as_a_noop(dispatche
     wf = tmpl.create_instance(submit_task=True, run_at=at(clock, 30))
     (timer,) = timers(wf.id)
     services.workflow_stop(workflow_id=wf.id)
+    dispatcher.drain()  # the stopped trigger's stop hook runs (and is recorded) first
     Timer.objects.filter(pk=timer.pk).update(status=T.PENDING)  # as if the cancel had been lost
     events_before = TaskEvent.objects.filter(workflow_id=wf.id).count()
     clock.advance(seconds=30)

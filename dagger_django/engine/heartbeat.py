@@ -1,0 +1,133 @@
+"""The lease heartbeat: while a worker runs a node's user code, the node's lease stays fresh.
+
+Recovery hands out an EXECUTING node whose ``updated_at`` is older than ``LEASE_SECONDS``
+(engine/recovery.py), and a redelivered Celery message re-claims a node of its own lease only
+when the heartbeat has stopped (``services._claim``). So a task that runs for an hour is not
+handed out again while it runs, and a dead worker's task is still recovered.
+
+One daemon thread per worker process beats for every node this process is running: every
+``HEARTBEAT_SECONDS`` it moves ``updated_at`` of each of them, one ``UPDATE`` per node, guarded
+by status and lease (a node stopped or taken over meanwhile is left alone), with no workflow lock.
+The thread has its own database connection and starts on first use in each process (a prefork
+child starts its own). Registering a node costs a dictionary entry; a hook that ends before the
+first beat costs no query at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from django.db import connections, router
+
+from ..conf import dagger_settings
+from ..models import Node, Status
+from . import ports
+
+logger = logging.getLogger("dagger_django.engine")
+
+#: Shortest beat, whatever the settings say: a beat is a database write.
+MIN_INTERVAL = 0.05
+
+
+def interval() -> float:
+    """Seconds between beats (``HEARTBEAT_SECONDS``)."""
+    return max(MIN_INTERVAL, float(dagger_settings.HEARTBEAT_SECONDS))
+
+
+def stale_after() -> float:
+    """A lease not refreshed for this long has lost its worker, as far as a redelivered message of
+    the same lease can tell: three beats missed."""
+    return 3 * interval()
+
+
+class _Beater:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: dict[tuple[uuid.UUID, str], int] = {}
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.pid = 0
+
+    def add(self, node_id: uuid.UUID, lease: str) -> None:
+        with self.lock:
+            key = (node_id, lease)
+            self.running[key] = self.running.get(key, 0) + 1
+            if self.thread is None or self.pid != os.getpid() or not self.thread.is_alive():
+                # First use in this process (a forked child inherits the parent's object but
+                # not its thread).
+                self.pid = os.getpid()
+                self.thread = threading.Thread(target=self._loop, name="dagger-heartbeat", daemon=True)
+                self.thread.start()
+
+    def remove(self, node_id: uuid.UUID, lease: str) -> None:
+        with self.lock:
+            key = (node_id, lease)
+            left = self.running.get(key, 0) - 1
+            if left > 0:
+                self.running[key] = left
+            else:
+                self.running.pop(key, None)
+
+    def _loop(self) -> None:
+        last = time.monotonic()
+        while True:
+            # Short waits, so that a changed HEARTBEAT_SECONDS (tests) applies at once.
+            self.wake.wait(min(interval(), 0.5))
+            self.wake.clear()
+            if time.monotonic() - last < interval():
+                continue
+            last = time.monotonic()
+            with self.lock:
+                targets = list(self.running)
+            conn = connections[router.db_for_write(Node)]
+            if not targets:
+                # Idle: hold no connection (a process that runs only short tasks never opens one).
+                if conn.connection is not None:
+                    conn.close()
+                continue
+            try:
+                self.beat(targets)
+            except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
+                logger.warning("lease heartbeat failed", exc_info=True)
+                conn.close()
+
+    def beat(self, targets: list[tuple[uuid.UUID, str]]) -> int:
+        """Refresh the leases of ``targets``; returns how many nodes were still ours."""
+        now = ports.now()
+        refreshed = 0
+        for node_id, lease in targets:
+            # One short statement each, in autocommit: no two rows are ever locked together, so
+            # a beat cannot deadlock with a transition that writes the same nodes.
+            refreshed += Node.objects.filter(pk=node_id, status=Status.EXECUTING, lease=lease).update(
+                updated_at=now
+            )
+        return refreshed
+
+
+_beater = _Beater()
+
+
+@contextmanager
+def beating(node_id: uuid.UUID, lease: str) -> Iterator[None]:
+    """Keep the lease of ``node_id`` (held as ``lease``) fresh while the block runs."""
+    _beater.add(node_id, lease)
+    try:
+        yield
+    finally:
+        _beater.remove(node_id, lease)
+
+
+def beat_now() -> int:
+    """One beat for every node this process runs, in the caller's thread (tests, diagnostics)."""
+    with _beater.lock:
+        targets = list(_beater.running)
+    return _beater.beat(targets) if targets else 0
+
+
+__all__ = ["beat_now", "beating", "interval", "stale_after"]
