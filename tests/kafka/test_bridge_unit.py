@@ -96,6 +96,7 @@ def run(batches: list[list[FakeMessage]], journal: list[str], **kwargs: Any) -> 
         sweep_interval=0,
         poll_timeout=0.01,
         consumer_factory=lambda config: consumer,
+        incarnations=lambda topics: {},
         **kwargs,
     )
     bridge.consumer_config = lambda: {"group.id": "unit"}  # type: ignore[method-assign]
@@ -125,7 +126,12 @@ def test_a_database_outage_retries_the_same_batch(journal: list[str]) -> None:
 def test_stop_finishes_the_batch_in_hand(journal: list[str]) -> None:
     batch = [FakeMessage("unit_topic", 0, 0, {"a": 1})]
     consumer = FakeConsumer([batch, [FakeMessage("unit_topic", 0, 1, {"a": 2})]], journal)
-    bridge = Bridge(topics=["unit_topic"], sweep_interval=0, consumer_factory=lambda config: consumer)
+    bridge = Bridge(
+        topics=["unit_topic"],
+        sweep_interval=0,
+        consumer_factory=lambda config: consumer,
+        incarnations=lambda topics: {},
+    )
     bridge.consumer_config = lambda: {"group.id": "unit"}  # type: ignore[method-assign]
     real_handle = bridge._handle
 
