@@ -90,6 +90,12 @@ class MessageTooLarge(DaggerError):
     http_status = 413
 
 
+class InvalidPayload(DaggerError):
+    """A message payload the database cannot store (NUL, a lone surrogate, nested too deep)."""
+
+    code = "invalid_payload"
+
+
 __all__ = [
     "DaggerError",
     "InvalidTaskType",
@@ -104,4 +110,5 @@ __all__ = [
     "InvalidTaskResult",
     "UnknownTopic",
     "MessageTooLarge",
+    "InvalidPayload",
 ]

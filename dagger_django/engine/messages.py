@@ -44,6 +44,7 @@ from ..definitions.tasks import resolve_hook_result
 from ..definitions.views import build_task
 from ..exceptions import (
     DaggerError,
+    InvalidPayload,
     MessageTooLarge,
     TaskClassNotFound,
     UnknownTopic,
@@ -520,10 +521,16 @@ def message_receive(
     """Route one message given as decoded JSON (the HTTP API), exactly as if it came from Kafka.
 
     ``message_id`` makes retries safe: the same id on the same topic is routed once. Raises
-    :class:`UnknownTopic` and :class:`MessageTooLarge` for requests that cannot be a message.
+    :class:`UnknownTopic`, :class:`InvalidPayload` and :class:`MessageTooLarge` for requests that
+    cannot be a message.
     """
     if correlation.topic_listeners(topic) is None:
         raise UnknownTopic(f"No registered listener template waits on topic {topic!r}.")
+    # Refused rather than recorded as a dead letter: the client is there to fix it, and the
+    # payload could not be kept anyway.
+    reason, detail = _unstorable(payload)
+    if reason:
+        raise InvalidPayload(f"The payload cannot be stored ({reason}): {detail}.")
     size = len(json.dumps(payload, separators=(",", ":"), default=str).encode("utf-8"))
     limit = int(dagger_settings.MAX_MESSAGE_BYTES)
     if size > limit:
