@@ -946,25 +946,45 @@ def deliveries_redispatch(*, limit: int = 1000) -> int:
     return len(rows)
 
 
+#: Inbox statuses that are final (nothing will change them but a replay), and the setting that
+#: says how many days such a row is kept.
+INBOX_RETENTION = (
+    ((InboxStatus.ROUTED, InboxStatus.UNMATCHED, InboxStatus.EXPIRED), "INBOX_RETENTION_DAYS"),
+    ((InboxStatus.INVALID,), "INBOX_DEAD_LETTER_RETENTION_DAYS"),
+)
+
+
 def inbox_prune(*, limit: int = 5000) -> int:
-    """Delete routed and unmatched messages older than ``INBOX_RETENTION_DAYS`` (0: keep all)."""
-    days = float(dagger_settings.INBOX_RETENTION_DAYS)
-    if days <= 0:
-        return 0
-    cutoff = ports.now() - dt.timedelta(days=days)
-    ids = list(
-        InboxMessage.objects.filter(
-            status__in=[InboxStatus.ROUTED, InboxStatus.UNMATCHED], received_at__lt=cutoff
+    """Delete inbox rows in a final status older than their retention (``INBOX_RETENTION_DAYS``
+    for routed, unmatched and expired messages, ``INBOX_DEAD_LETTER_RETENTION_DAYS`` for dead
+    letters; 0 keeps them). A row with an open delivery is never deleted; buffered rows are not
+    final (their TTL expires them first). At most ``limit`` rows per status group and call."""
+    pruned = 0
+    now = ports.now()
+    for statuses, setting in INBOX_RETENTION:
+        days = float(getattr(dagger_settings, setting))
+        if days <= 0:
+            continue
+        cutoff = now - dt.timedelta(days=days)
+        ids = list(
+            InboxMessage.objects.filter(status__in=statuses, received_at__lt=cutoff)
+            .exclude(deliveries__status__in=OPEN_DELIVERY)
+            .values_list("id", flat=True)[:limit]
         )
-        .exclude(deliveries__status__in=OPEN_DELIVERY)
-        .values_list("id", flat=True)[:limit]
-    )
-    if not ids:
-        return 0
-    with transaction.atomic():
-        Delivery.objects.filter(message_id__in=ids).delete()
-        InboxMessage.objects.filter(pk__in=ids).delete()
-    return len(ids)
+        if not ids:
+            continue
+        with transaction.atomic():
+            # A replay may have given one of them a delivery since: keep that one.
+            reopened = set(
+                Delivery.objects.filter(message_id__in=ids, status__in=OPEN_DELIVERY).values_list(
+                    "message_id", flat=True
+                )
+            )
+            ids = [pk for pk in ids if pk not in reopened]
+            Delivery.objects.filter(message_id__in=ids).delete()
+            InboxMessage.objects.filter(pk__in=ids).delete()
+        pruned += len(ids)
+    return pruned
 
 
 @dataclass
