@@ -35,7 +35,7 @@ from ..conf import dagger_settings
 from ..engine import correlation, messages
 from .codec import from_kafka, undecodable
 from .config import client_config
-from .identity import topic_incarnations
+from .identity import TopicIdentity
 
 logger = logging.getLogger("dagger_django.bridge")
 
@@ -126,7 +126,7 @@ class Bridge:
         self.consumer_factory = consumer_factory
         #: topics -> ``{topic: incarnation}`` (``kafka.identity``); refreshed at each assignment
         #: and sweep, so a topic recreated under a running bridge is told apart within seconds.
-        self.incarnations = incarnations or topic_incarnations
+        self.incarnations = incarnations or TopicIdentity()
         self._incarnation: dict[str, str] = {}
         self._last_offset: dict[tuple[str, int], int] = {}
         self._topics: list[str] = []

@@ -55,4 +55,19 @@ def topic_incarnations(topics: list[str], *, admin: Any = None) -> dict[str, str
     return {t: value[:100] for t, value in found.items()}
 
 
-__all__ = ["topic_incarnations"]
+class TopicIdentity:
+    """:func:`topic_incarnations` on one admin client, made at the first call and kept (the
+    bridge asks at every assignment and sweep; a new client per call would reconnect)."""
+
+    def __init__(self) -> None:
+        self._admin: Any = None
+
+    def __call__(self, topics: list[str]) -> dict[str, str]:
+        from confluent_kafka.admin import AdminClient
+
+        if self._admin is None:
+            self._admin = AdminClient({k: v for k, v in client_config().items() if k not in _NOT_FOR_ADMIN})
+        return topic_incarnations(topics, admin=self._admin)
+
+
+__all__ = ["TopicIdentity", "topic_incarnations"]
