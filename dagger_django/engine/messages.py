@@ -479,9 +479,10 @@ def messages_route(messages: list[Incoming], *, strict: bool = False) -> list[Ro
 
     ``strict`` (the HTTP path) raises :class:`UnknownTopic` instead of recording a message for a
     topic no listener template uses. Key extraction runs the listener classes' hooks here, in
-    the caller's process and outside any transaction; an exception there makes the message a
-    dead letter, never stops the batch. Database errors propagate (the caller retries the
-    batch: its effects are all or nothing, and the inbox makes a retry safe).
+    the caller's process and outside any transaction; any exception while one message is
+    decoded, prepared or matched makes that message a dead letter, never stops the batch.
+    Database errors propagate (the caller retries the batch, or routes it one message at a time:
+    its effects are all or nothing, and the inbox makes a retry safe).
     """
     plans = [_prepare_safely(m, strict=strict) for m in messages]
     _match_safely([p for p in plans if p.status == InboxStatus.ROUTED])
