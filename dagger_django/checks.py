@@ -175,10 +175,11 @@ def check_messaging_settings(app_configs: Any = None, **kwargs: Any) -> list[Any
     for name in ("BUFFER_TTL_SECONDS", "MAX_MESSAGE_BYTES", "DELIVERY_LEASE_SECONDS"):
         if float(getattr(dagger_settings, name)) <= 0:
             problems.append(Error(f"DAGGER['{name}'] must be positive.", id="dagger_django.E022"))
-    if float(dagger_settings.INBOX_RETENTION_DAYS) < 0:
-        problems.append(
-            Error("DAGGER['INBOX_RETENTION_DAYS'] must be 0 (keep all) or positive.", id="dagger_django.E023")
-        )
+    for name in ("INBOX_RETENTION_DAYS", "INBOX_DEAD_LETTER_RETENTION_DAYS"):
+        if float(getattr(dagger_settings, name)) < 0:
+            problems.append(
+                Error(f"DAGGER['{name}'] must be 0 (keep all) or positive.", id="dagger_django.E023")
+            )
     if not dagger_settings.KAFKA_GROUP_ID:
         problems.append(Error("DAGGER['KAFKA_GROUP_ID'] must not be empty.", id="dagger_django.E024"))
     problems.extend(_outbox_problems())

@@ -87,9 +87,12 @@ class Defaults:
     MAX_MESSAGE_BYTES: int = 1024 * 1024
     #: A delivery being handled (or waiting for a worker) this long is handed out again.
     DELIVERY_LEASE_SECONDS: float = 300.0
-    #: Routed and unmatched inbox rows are deleted after this many days (the dedupe window);
-    #: dead letters and buffered messages are kept. 0 keeps everything.
+    #: Routed, unmatched and expired inbox rows are deleted this many days after they were
+    #: received (the dedupe window); rows with open deliveries never. 0 keeps them all.
     INBOX_RETENTION_DAYS: float = 7.0
+    #: Dead letters (invalid inbox rows) are deleted this many days after they were received.
+    #: 0 keeps them all.
+    INBOX_DEAD_LETTER_RETENTION_DAYS: float = 30.0
     #: Accepted for compatibility: the correlation table needs no chunking.
     MAX_CORRELETABLE_KEYS_IN_VALUES: int = 15000
     #: Celery queue for dagger's tasks (None = the project's default queue).

@@ -106,6 +106,12 @@ class SchemaRegistryUnavailable(DaggerError):
     http_status = 500
 
 
+class InvalidPayload(DaggerError):
+    """A message payload the database cannot store (NUL, a lone surrogate, nested too deep)."""
+
+    code = "invalid_payload"
+
+
 __all__ = [
     "DaggerError",
     "SchemaRegistryUnavailable",
@@ -122,4 +128,5 @@ __all__ = [
     "InvalidTaskResult",
     "UnknownTopic",
     "MessageTooLarge",
+    "InvalidPayload",
 ]

@@ -24,6 +24,7 @@ See ``docs/correlation.md`` for the rules and their differences from the origina
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import json
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, Q
 
 from ..conf import dagger_settings
@@ -44,6 +45,7 @@ from ..definitions.tasks import resolve_hook_result
 from ..definitions.views import build_task
 from ..exceptions import (
     DaggerError,
+    InvalidPayload,
     MessageTooLarge,
     TaskClassNotFound,
     UnknownTopic,
@@ -83,7 +85,10 @@ def _reject_constant(name: str) -> Any:
 
 
 def decode_json(raw: bytes | None) -> tuple[Any, str, str]:
-    """``(payload, reason, detail)`` for message bytes; ``reason`` is empty when they decoded."""
+    """``(payload, reason, detail)`` for message bytes; ``reason`` is empty when they decoded.
+
+    Reasons: ``empty``, ``too_large``, ``not_json``, and those of :func:`_unstorable`.
+    """
     if raw is None:
         return None, "empty", "the message has no value (a tombstone)"
     limit = int(dagger_settings.MAX_MESSAGE_BYTES)
@@ -92,30 +97,60 @@ def decode_json(raw: bytes | None) -> tuple[Any, str, str]:
     try:
         payload = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        return None, "not_json", f"{type(exc).__name__}: {exc}"[:500]
-    problem = _unstorable(payload)
-    if problem:
-        return None, "not_json", problem
+        # RecursionError: nested deeper than Python's parser goes (about 1,000 levels).
+        reason = "too_deep" if isinstance(exc, RecursionError) else "not_json"
+        return None, reason, clean_text(f"{type(exc).__name__}: {exc}", 500)
+    reason, detail = _unstorable(payload)
+    if reason:
+        return None, reason, detail
     return payload, "", ""
 
 
-def _unstorable(payload: Any) -> str:
-    """Why the database could not store ``payload`` as JSON ('' when it can)."""
+def _unstorable(payload: Any) -> tuple[str, str]:
+    """``(reason, detail)`` when the database could not store ``payload`` as jsonb, else ``("", "")``.
+
+    Reasons: ``not_json`` (no JSON form at all), ``too_deep``, ``nul_character`` and
+    ``bad_unicode`` (see :func:`parameters.unstorable_text`). Nothing here recurses, so no
+    payload can exhaust the stack of the bridge.
+    """
     try:
         text = json.dumps(payload, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as exc:
-        return f"the payload is not JSON: {exc}"[:500]
-    if "\\u0000" in text and parameters.has_nul(payload):
-        return "the payload contains a NUL character, which the database cannot store"
-    return ""
+    except RecursionError:
+        return "too_deep", f"the JSON nests deeper than {parameters.MAX_JSON_DEPTH} levels"
+    except (TypeError, ValueError) as exc:
+        return "not_json", clean_text(f"the payload is not JSON: {exc}", 500)
+    return parameters.unstorable_text(payload, text)
+
+
+def clean_text(value: Any, limit: int) -> str:
+    """Text any text column takes: no NUL, no lone surrogate, at most ``limit`` characters."""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if parameters.has_lone_surrogate(text):
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text[:limit]
 
 
 def _text(value: Any, limit: int) -> str | None:
-    """Text safe for a text column: no NUL, bounded."""
-    if value is None:
-        return None
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return text.replace("\x00", "\ufffd")[:limit]
+    """:func:`clean_text`, keeping None."""
+    return None if value is None else clean_text(value, limit)
+
+
+def _header_value(value: Any) -> Any:
+    """A header value as stored: text when the database can hold it, else ``{"b64": ...}``."""
+    if value is None or isinstance(value, dict):
+        return value
+    if isinstance(value, bytes):
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(value).decode("ascii")}
+    else:
+        text = str(value)
+    if "\x00" in text or parameters.has_lone_surrogate(text):
+        return {"b64": base64.b64encode(text.encode("utf-8", "surrogatepass")).decode("ascii")}
+    return text[:2000]
 
 
 # ==================================================================================================
@@ -136,6 +171,42 @@ class Incoming:
     raw: bytes | None = None
     invalid: str = ""
     detail: str = ""
+    #: The key's bytes when ``key`` could not hold them exactly (not UTF-8, a NUL).
+    raw_key: bytes | None = None
+    #: Which incarnation of the topic the offset belongs to (see ``docs/bridge.md``).
+    incarnation: str = ""
+
+
+def dead_letter(message: Incoming, reason: str, detail: str, *, last_resort: bool = False) -> Incoming:
+    """``message`` as a dead letter with ``reason``; its payload goes, its bytes stay.
+
+    ``last_resort`` keeps only fields any database takes whatever the message held: no message
+    id (deduplication falls back to the offset), the key and headers as base64.
+    """
+    raw = message.raw
+    if raw is None and message.payload is not None:
+        try:
+            raw = json.dumps(message.payload, allow_nan=False).encode("ascii")
+        except (TypeError, ValueError, RecursionError):
+            raw = None
+    dead = dataclasses.replace(
+        message, payload=None, raw=raw, invalid=reason, detail=clean_text(detail, 2000)
+    )
+    if last_resort:
+        key = message.key
+        dead.raw_key = message.raw_key or (
+            key.encode("utf-8", "surrogatepass") if isinstance(key, str) else None
+        )
+        dead.key = None
+        dead.message_id = None
+        try:
+            blob = json.dumps(message.headers, default=repr).encode("ascii")
+        except Exception:  # noqa: BLE001 - the headers are unreadable: keep their repr
+            blob = repr(message.headers).encode("utf-8", "backslashreplace")
+        dead.headers = {"b64": base64.b64encode(blob).decode("ascii")} if message.headers else {}
+        dead.topic = clean_text(message.topic, 255)
+        dead.incarnation = clean_text(message.incarnation, 100)
+    return dead
 
 
 @dataclass
@@ -162,6 +233,25 @@ class _Plan:
     row: InboxMessage | None = None
 
 
+def _prepare_safely(message: Incoming, *, strict: bool) -> _Plan:
+    """:func:`_prepare`, turning any unexpected exception into a dead letter of this message
+    alone (``internal_error``): no content of one message can stop the others."""
+    try:
+        return _prepare(message, strict=strict)
+    except UnknownTopic:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded with the message
+        logger.exception("preparing a message of %s failed; it becomes a dead letter", message.topic)
+        return _internal_error(message, exc)
+
+
+def _internal_error(message: Incoming, exc: BaseException) -> _Plan:
+    plan = _Plan(message)
+    plan.status, plan.reason = InboxStatus.INVALID, "internal_error"
+    plan.detail = clean_text(f"{type(exc).__name__}: {exc}", 2000)
+    return plan
+
+
 def _prepare(message: Incoming, *, strict: bool) -> _Plan:
     """Decode-level checks and key extraction (user code); no database access."""
     plan = _Plan(message)
@@ -175,9 +265,9 @@ def _prepare(message: Incoming, *, strict: bool) -> _Plan:
         plan.status, plan.reason = InboxStatus.UNMATCHED, "no_listener"
         plan.detail = "no registered listener template waits on this topic"
         return plan
-    problem = _unstorable(message.payload)
-    if problem:
-        plan.status, plan.reason, plan.detail = InboxStatus.INVALID, "not_json", problem
+    reason, detail = _unstorable(message.payload)
+    if reason:
+        plan.status, plan.reason, plan.detail = InboxStatus.INVALID, reason, detail
         return plan
     # The extractor gets the value as the topic declares it (bytes, text, a record, or JSON).
     keys = correlation.extract_keys(listeners, message.payload, raw=message.raw, topic=message.topic)
@@ -229,45 +319,92 @@ def _match(plans: list[_Plan]) -> None:
             )
 
 
+def _position(m: Incoming) -> tuple[str, str, str, int, int] | None:
+    """Where a message without an id sits in Kafka: its dedupe key (None: no position).
+
+    A message with an id is deduplicated by the id alone; an offset identifies a message only
+    together with the incarnation of its topic (a recreated topic reuses offsets).
+    """
+    if m.message_id is not None or m.offset is None or m.partition is None:
+        return None
+    return (m.source, m.topic, m.incarnation, m.partition, m.offset)
+
+
+def _match_safely(plans: list[_Plan]) -> None:
+    """:func:`_match` for the batch; if it fails for a reason other than the database, match the
+    plans one by one, and the one that fails becomes a dead letter (``internal_error``)."""
+    try:
+        _match(plans)
+        return
+    except DatabaseError:
+        raise  # an outage, or a value the database refused: the caller's policy
+    except Exception:  # noqa: BLE001 - found below, message by message
+        logger.exception("matching a batch failed; matching its messages one by one")
+    for plan in plans:
+        plan.targets = []
+        try:
+            _match([plan])
+        except DatabaseError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded with the message
+            failed = _internal_error(plan.message, exc)
+            plan.status, plan.reason, plan.detail, plan.targets = (
+                failed.status,
+                failed.reason,
+                failed.detail,
+                [],
+            )
+
+
 def _find_duplicates(plans: list[_Plan]) -> None:
     """Mark the plans whose message is already in the inbox (or earlier in this batch)."""
-    positions: dict[tuple[str, str, int], set[int]] = defaultdict(set)
+    positions: dict[tuple[str, str, str, int], set[int]] = defaultdict(set)
     ids: dict[str, set[str]] = defaultdict(set)
     for plan in plans:
         m = plan.message
-        if m.offset is not None and m.partition is not None:
-            positions[(m.source, m.topic, m.partition)].add(m.offset)
+        where = _position(m)
+        if where is not None:
+            positions[where[:4]].add(where[4])
         if m.message_id is not None:
             ids[m.topic].add(m.message_id)
     if not positions and not ids:
         return
     query = Q()
-    for (source, topic, partition), offsets in positions.items():
-        query |= Q(source=source, topic=topic, partition=partition, offset__in=sorted(offsets))
+    for (source, topic, incarnation, partition), offsets in positions.items():
+        query |= Q(
+            source=source,
+            topic=topic,
+            incarnation=incarnation,
+            partition=partition,
+            offset__in=sorted(offsets),
+            message_id__isnull=True,
+        )
     for topic, values in ids.items():
         query |= Q(topic=topic, message_id__in=sorted(values))
-    known_positions: dict[tuple[str, str, int, int], tuple[int, int]] = {}
+    known_positions: dict[tuple[str, str, str, int, int], tuple[int, int]] = {}
     known_ids: dict[tuple[str, str], tuple[int, int]] = {}
-    for pk, source, topic, partition, offset, message_id, matched in InboxMessage.objects.filter(
-        query
-    ).values_list("id", "source", "topic", "partition", "offset", "message_id", "matched"):
-        if offset is not None:
-            known_positions[(source, topic, partition, offset)] = (pk, matched)
+    rows = InboxMessage.objects.filter(query).values_list(
+        "id", "source", "topic", "incarnation", "partition", "offset", "message_id", "matched"
+    )
+    for pk, source, topic, incarnation, partition, offset, message_id, matched in rows:
         if message_id is not None:
             known_ids[(topic, message_id)] = (pk, matched)
+        elif offset is not None:
+            known_positions[(source, topic, incarnation, partition, offset)] = (pk, matched)
     for plan in plans:
         m = plan.message
+        where = _position(m)
         hit = None
-        if m.offset is not None and m.partition is not None:
-            hit = known_positions.get((m.source, m.topic, m.partition, m.offset))
-        if hit is None and m.message_id is not None:
+        if where is not None:
+            hit = known_positions.get(where)
+        elif m.message_id is not None:
             hit = known_ids.get((m.topic, m.message_id))
         if hit is not None:
             plan.duplicate_of = hit
             continue
         # Within the batch: the first occurrence wins, later ones are duplicates of it.
-        if m.offset is not None and m.partition is not None:
-            known_positions[(m.source, m.topic, m.partition, m.offset)] = (-1, 0)
+        if where is not None:
+            known_positions[where] = (-1, 0)
         if m.message_id is not None:
             known_ids[(m.topic, m.message_id)] = (-1, 0)
 
@@ -276,18 +413,25 @@ def _inbox_row(plan: _Plan, now: dt.datetime) -> InboxMessage:
     m = plan.message
     invalid = plan.status == InboxStatus.INVALID
     # Bytes are kept for dead letters (to fix and replay) and for topics whose listeners get
-    # them (value_type=bytes/str: the transport only sets ``raw`` on valid messages of those).
-    raw = m.raw if m.raw is not None and len(m.raw) <= int(dagger_settings.MAX_MESSAGE_BYTES) else None
+    # them (value_type=bytes/str); a JSON message's payload is enough to route it again.
+    keep = invalid or payloads.keeps_raw(m.topic)
+    raw = (
+        m.raw
+        if keep and m.raw is not None and len(m.raw) <= int(dagger_settings.MAX_MESSAGE_BYTES)
+        else None
+    )
     return InboxMessage(
         source=m.source,
         topic=m.topic,
+        incarnation=m.incarnation,
         partition=m.partition,
         offset=m.offset,
         message_id=m.message_id,
         key=_text(m.key, 10_000),
+        raw_key=m.raw_key,
         payload=None if invalid else m.payload,
         raw=raw,
-        headers={_text(k, 200): _text(v, 2000) for k, v in (m.headers or {}).items()},
+        headers={clean_text(k, 200): _header_value(v) for k, v in (m.headers or {}).items()},
         status=plan.status,
         reason=plan.reason,
         detail=_text(plan.detail, 4000) or "",
@@ -352,12 +496,13 @@ def messages_route(messages: list[Incoming], *, strict: bool = False) -> list[Ro
 
     ``strict`` (the HTTP path) raises :class:`UnknownTopic` instead of recording a message for a
     topic no listener template uses. Key extraction runs the listener classes' hooks here, in
-    the caller's process and outside any transaction; an exception there makes the message a
-    dead letter, never stops the batch. Database errors propagate (the caller retries the
-    batch: its effects are all or nothing, and the inbox makes a retry safe).
+    the caller's process and outside any transaction; any exception while one message is
+    decoded, prepared or matched makes that message a dead letter, never stops the batch.
+    Database errors propagate (the caller retries the batch, or routes it one message at a time:
+    its effects are all or nothing, and the inbox makes a retry safe).
     """
-    plans = [_prepare(m, strict=strict) for m in messages]
-    _match([p for p in plans if p.status == InboxStatus.ROUTED])
+    plans = [_prepare_safely(m, strict=strict) for m in messages]
+    _match_safely([p for p in plans if p.status == InboxStatus.ROUTED])
     try:
         _write(plans)
     except IntegrityError:
@@ -394,10 +539,16 @@ def message_receive(
     """Route one message given as decoded JSON (the HTTP API), exactly as if it came from Kafka.
 
     ``message_id`` makes retries safe: the same id on the same topic is routed once. Raises
-    :class:`UnknownTopic` and :class:`MessageTooLarge` for requests that cannot be a message.
+    :class:`UnknownTopic`, :class:`InvalidPayload` and :class:`MessageTooLarge` for requests that
+    cannot be a message.
     """
     if correlation.topic_listeners(topic) is None:
         raise UnknownTopic(f"No registered listener template waits on topic {topic!r}.")
+    # Refused rather than recorded as a dead letter: the client is there to fix it, and the
+    # payload could not be kept anyway.
+    reason, detail = _unstorable(payload)
+    if reason:
+        raise InvalidPayload(f"The payload cannot be stored ({reason}): {detail}.")
     size = len(json.dumps(payload, separators=(",", ":"), default=str).encode("utf-8"))
     limit = int(dagger_settings.MAX_MESSAGE_BYTES)
     if size > limit:
@@ -428,9 +579,9 @@ def message_replay(*, inbox_id: int) -> Routed:
         if incoming.invalid == "not_json":  # a bytes/str topic takes any bytes
             payload, incoming.invalid, incoming.detail = None, "", ""
     incoming.payload = payload
-    plan = _prepare(incoming, strict=False)
+    plan = _prepare_safely(incoming, strict=False)
     if plan.status == InboxStatus.ROUTED:
-        _match([plan])
+        _match_safely([plan])
     now = ports.now()
     with transaction.atomic():
         fields = {"status": plan.status, "reason": plan.reason, "detail": _text(plan.detail, 4000) or ""}
@@ -829,25 +980,45 @@ def deliveries_redispatch(*, limit: int = 1000) -> int:
     return len(rows)
 
 
+#: Inbox statuses that are final (nothing will change them but a replay), and the setting that
+#: says how many days such a row is kept.
+INBOX_RETENTION = (
+    ((InboxStatus.ROUTED, InboxStatus.UNMATCHED, InboxStatus.EXPIRED), "INBOX_RETENTION_DAYS"),
+    ((InboxStatus.INVALID,), "INBOX_DEAD_LETTER_RETENTION_DAYS"),
+)
+
+
 def inbox_prune(*, limit: int = 5000) -> int:
-    """Delete routed and unmatched messages older than ``INBOX_RETENTION_DAYS`` (0: keep all)."""
-    days = float(dagger_settings.INBOX_RETENTION_DAYS)
-    if days <= 0:
-        return 0
-    cutoff = ports.now() - dt.timedelta(days=days)
-    ids = list(
-        InboxMessage.objects.filter(
-            status__in=[InboxStatus.ROUTED, InboxStatus.UNMATCHED], received_at__lt=cutoff
+    """Delete inbox rows in a final status older than their retention (``INBOX_RETENTION_DAYS``
+    for routed, unmatched and expired messages, ``INBOX_DEAD_LETTER_RETENTION_DAYS`` for dead
+    letters; 0 keeps them). A row with an open delivery is never deleted; buffered rows are not
+    final (their TTL expires them first). At most ``limit`` rows per status group and call."""
+    pruned = 0
+    now = ports.now()
+    for statuses, setting in INBOX_RETENTION:
+        days = float(getattr(dagger_settings, setting))
+        if days <= 0:
+            continue
+        cutoff = now - dt.timedelta(days=days)
+        ids = list(
+            InboxMessage.objects.filter(status__in=statuses, received_at__lt=cutoff)
+            .exclude(deliveries__status__in=OPEN_DELIVERY)
+            .values_list("id", flat=True)[:limit]
         )
-        .exclude(deliveries__status__in=OPEN_DELIVERY)
-        .values_list("id", flat=True)[:limit]
-    )
-    if not ids:
-        return 0
-    with transaction.atomic():
-        Delivery.objects.filter(message_id__in=ids).delete()
-        InboxMessage.objects.filter(pk__in=ids).delete()
-    return len(ids)
+        if not ids:
+            continue
+        with transaction.atomic():
+            # A replay may have given one of them a delivery since: keep that one.
+            reopened = set(
+                Delivery.objects.filter(message_id__in=ids, status__in=OPEN_DELIVERY).values_list(
+                    "message_id", flat=True
+                )
+            )
+            ids = [pk for pk in ids if pk not in reopened]
+            Delivery.objects.filter(message_id__in=ids).delete()
+            InboxMessage.objects.filter(pk__in=ids).delete()
+        pruned += len(ids)
+    return pruned
 
 
 @dataclass

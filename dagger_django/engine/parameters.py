@@ -27,10 +27,9 @@ def validate(value: Any, *, what: str = "runtime_parameters") -> str:
     if bad_keys:
         raise InvalidRuntimeParameters(f"{what} keys must be strings, got {bad_keys[:3]!r}.")
     text = _encode(value, what=what)
-    if "\\u0000" in text and has_nul(value):
-        raise InvalidRuntimeParameters(
-            f"{what} contain a NUL character (\\u0000), which the database cannot store."
-        )
+    reason, detail = unstorable_text(value, text)
+    if reason:
+        raise InvalidRuntimeParameters(f"{what} cannot be stored: {detail}.")
     limit = int(dagger_settings.MAX_RUNTIME_PARAMETERS_BYTES)
     size = len(text.encode())
     if size > limit:
@@ -57,15 +56,81 @@ def _encode(value: dict[str, Any], *, what: str) -> str:
     return text
 
 
+#: Deepest JSON nesting accepted anywhere (Python's ``json`` itself stops near 1,000 levels, and
+#: code that walks a payload recursively - ours, a listener's, PostgreSQL's - must not have to).
+MAX_JSON_DEPTH = 200
+
+
+def _strings(value: Any) -> Any:
+    """Every string of a JSON value (object keys included), without recursion: a message nested
+    thousands deep must not exhaust the stack of whoever checks it."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                if isinstance(key, str):
+                    yield key
+                stack.append(inner)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
 def has_nul(value: Any) -> bool:
     """Whether a JSON value holds a NUL character anywhere (PostgreSQL's jsonb refuses it)."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(has_nul(k) or has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(has_nul(v) for v in value)
+    return any("\x00" in text for text in _strings(value))
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone UTF-16 surrogate (``"\\ud800"`` decoded from JSON): it has no
+    UTF-8 form, so neither the database nor a Kafka producer can take it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
     return False
+
+
+def json_depth(value: Any, *, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deep ``value`` nests (a scalar is 0), counted without recursion; stops past ``limit``."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            stack.extend((inner, depth) for inner in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def unstorable_text(value: Any, text: str | None = None) -> tuple[str, str]:
+    """``(reason, detail)`` when a JSON value cannot be stored as jsonb, else ``("", "")``.
+
+    Reasons: ``too_deep`` (past :data:`MAX_JSON_DEPTH`), ``nul_character`` (U+0000, refused by
+    PostgreSQL), ``bad_unicode`` (a lone surrogate, which has no UTF-8 form). ``text``, the
+    value's ``json.dumps`` (ASCII) form when the caller has it, lets the common case skip the walk.
+    """
+    if text is not None:
+        nests = text.count("[") + text.count("{") > MAX_JSON_DEPTH
+        if not nests and "\\u0000" not in text and "\\ud" not in text:
+            return "", ""
+    depth = json_depth(value)
+    if depth > MAX_JSON_DEPTH:
+        return "too_deep", f"the JSON nests deeper than {MAX_JSON_DEPTH} levels"
+    for text in _strings(value):
+        if "\x00" in text:
+            return (
+                "nul_character",
+                "a string contains a NUL character (\\u0000), which the database cannot store",
+            )
+        if has_lone_surrogate(text):
+            return "bad_unicode", "a string contains a lone UTF-16 surrogate, which has no UTF-8 form"
+    return "", ""
 
 
 def business_key(value: Any) -> str | None:

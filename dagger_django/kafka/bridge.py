@@ -2,8 +2,14 @@
 
 The order of the two commits is the whole guarantee. The database commit of a batch (its inbox
 rows and deliveries) comes first, the Kafka offsets after; a bridge that dies in between reads
-the batch again, and the inbox recognises every message (same topic, partition and offset, or
-same ``dagger-message-id``): at-least-once delivery from Kafka, one effect per message.
+the batch again, and the inbox recognises every message (same ``dagger-message-id``, or same
+topic incarnation, partition and offset): at-least-once delivery from Kafka, one effect per
+message.
+
+No message content can stop the bridge. Decoding, preparing and matching are guarded per
+message (what fails becomes that message's dead letter); a batch the database or the code
+refuses is routed again one message at a time, and a message that still fails is recorded as a
+dead letter, at worst with only fields any database stores. Only an outage stops progress.
 
 A database outage makes the bridge retry the same batch with backoff (it consumes nothing new
 meanwhile); a broker outage is retried by librdkafka while the bridge logs it. SIGTERM or SIGINT
@@ -27,8 +33,9 @@ from django.db import DatabaseError, InterfaceError, OperationalError, close_old
 
 from ..conf import dagger_settings
 from ..engine import correlation, messages
-from .codec import from_kafka
+from .codec import from_kafka, undecodable
 from .config import client_config
+from .identity import TopicIdentity
 
 logger = logging.getLogger("dagger_django.bridge")
 
@@ -107,6 +114,7 @@ class Bridge:
         max_messages: int | None = None,
         sweep_interval: float = 5.0,
         consumer_factory: Callable[[dict[str, Any]], Any] | None = None,
+        incarnations: Callable[[list[str]], dict[str, str]] | None = None,
     ) -> None:
         self.topics = topics
         self.group_id = group_id or dagger_settings.KAFKA_GROUP_ID
@@ -116,6 +124,12 @@ class Bridge:
         self.max_messages = max_messages
         self.sweep_interval = sweep_interval
         self.consumer_factory = consumer_factory
+        #: topics -> ``{topic: incarnation}`` (``kafka.identity``); refreshed at each assignment
+        #: and sweep, so a topic recreated under a running bridge is told apart within seconds.
+        self.incarnations = incarnations or TopicIdentity()
+        self._incarnation: dict[str, str] = {}
+        self._last_offset: dict[tuple[str, int], int] = {}
+        self._topics: list[str] = []
         self.stats = BridgeStats()
         self._stopping = False
         self._assigned: set[tuple[str, int]] = set()
@@ -149,6 +163,8 @@ class Bridge:
         topics = sorted(set(self.topics or correlation.listener_topics()))
         if not topics:
             raise BridgeError("No topics: no registered template has a listener task, and --topics is empty.")
+        self._topics = topics
+        self._refresh_incarnations()
         config = self.consumer_config()
         if self.consumer_factory is not None:
             consumer = self.consumer_factory(config)
@@ -218,7 +234,11 @@ class Bridge:
     def _handle(self, consumer: Any, batch: list[Any]) -> None:
         if self.stats.first_at is None:
             self.stats.first_at = time.monotonic()
-        incoming = [from_kafka(m) for m in batch]
+        if self._offsets_went_back(batch):
+            # A rebalance or restart re-reads (cheap to check), or the topic was recreated and
+            # its offsets start again: learn its incarnation before deduplicating by offset.
+            self._refresh_incarnations()
+        incoming = [self._decode(m) for m in batch]
         results = self._route(incoming)
         if results is None:
             return  # stopped during a database outage: not committed, read again later
@@ -229,38 +249,71 @@ class Bridge:
         self._commit(consumer, batch)
         self.stats.last_at = time.monotonic()
 
+    def _offsets_went_back(self, batch: list[Any]) -> bool:
+        back = False
+        for message in batch:
+            where = (message.topic(), message.partition())
+            last = self._last_offset.get(where)
+            if last is not None and message.offset() <= last:
+                back = True
+            self._last_offset[where] = message.offset()
+        return back
+
+    def _decode(self, message: Any) -> messages.Incoming:
+        incarnation = self._incarnation.get(message.topic(), "")
+        try:
+            return from_kafka(message, incarnation=incarnation)
+        except Exception as exc:  # noqa: BLE001 - no content may stop the bridge
+            logger.exception(
+                "bridge: decoding %s[%s]@%s failed", message.topic(), message.partition(), message.offset()
+            )
+            return undecodable(message, exc, incarnation=incarnation)
+
     def _route(self, incoming: list[messages.Incoming]) -> list[messages.Routed] | None:
+        """Route the batch in one transaction; if anything but an outage fails, route it again
+        one message at a time. An outage retries (the rest of) the batch with backoff."""
         delay = BACKOFF_START
+        alone = False
         while True:
             try:
+                if alone:
+                    return [self._route_alone(m) for m in incoming]
                 return messages.messages_route(incoming)
             except (OperationalError, InterfaceError) as exc:
                 self._database_down(exc, delay)
-            except DatabaseError as exc:
-                # The database refused a value of some message (not an outage): find it.
-                logger.warning("bridge: the database refused the batch (%s); routing one by one", exc)
-                return [self._route_alone(m) for m in incoming]
+            except Exception as exc:  # noqa: BLE001 - a message the database or the code refused
+                if alone:
+                    raise  # pragma: no cover - _route_alone lets only outages through
+                logger.warning("bridge: routing the batch failed (%r); routing one by one", exc)
+                alone = True
+                continue
             self.stats.db_retries += 1
             if self._stopping:
                 return None
             delay = min(delay * 2, BACKOFF_MAX)
 
     def _route_alone(self, message: messages.Incoming) -> messages.Routed:
+        """One message; if it fails, its dead letter; if that fails too, a last-resort dead
+        letter of fields any database stores. Outages propagate (the batch is retried)."""
         try:
             return messages.messages_route([message])[0]
         except (OperationalError, InterfaceError):
             raise
-        except DatabaseError as exc:
-            dead = messages.Incoming(
-                topic=message.topic,
-                source=message.source,
-                partition=message.partition,
-                offset=message.offset,
-                message_id=message.message_id,
-                invalid="unstorable",
-                detail=f"the database refused the message: {exc}"[:2000],
-            )
-            return messages.messages_route([dead])[0]
+        except Exception as exc:  # noqa: BLE001 - recorded with the message
+            failure = exc
+        reason = "unstorable" if isinstance(failure, DatabaseError) else "internal_error"
+        what = "the database refused the message" if reason == "unstorable" else "routing failed"
+        detail = f"{what}: {type(failure).__name__}: {failure}"
+        logger.warning(
+            "bridge: %s[%s]@%s is a dead letter: %s", message.topic, message.partition, message.offset, detail
+        )
+        try:
+            return messages.messages_route([messages.dead_letter(message, reason, detail)])[0]
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the message's own fields cannot be stored
+            detail += f"; its dead letter failed too: {type(exc).__name__}: {exc}"
+        return messages.messages_route([messages.dead_letter(message, reason, detail, last_resort=True)])[0]
 
     def _database_down(self, exc: Exception, delay: float) -> None:
         logger.warning("bridge: database error (%s); retrying the batch in %.1fs", exc, delay)
@@ -290,7 +343,20 @@ class Bridge:
             # the inbox knows them.
             logger.warning("bridge: offset commit failed (%s); the batch will be deduplicated", exc)
 
+    def _refresh_incarnations(self) -> None:
+        try:
+            found = self.incarnations(self._topics)
+        except Exception:  # noqa: BLE001 - keep the last known ones; dedupe by id still works
+            logger.exception("bridge: could not read the topics' incarnations")
+            return
+        for topic, incarnation in found.items():
+            old = self._incarnation.get(topic)
+            if old is not None and old != incarnation:
+                logger.warning("bridge: topic %s changed incarnation (%s -> %s)", topic, old, incarnation)
+            self._incarnation[topic] = incarnation
+
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self._refresh_incarnations()
         self._assigned |= {(p.topic, p.partition) for p in partitions}
         logger.info("bridge: assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
 
@@ -308,6 +374,8 @@ class Bridge:
         if self.sweep_interval <= 0:
             return
         self._next_sweep = time.monotonic() + self.sweep_interval
+        if self._topics:
+            self._refresh_incarnations()
         try:
             close_old_connections()
             result = messages.messages_sweep()

@@ -65,19 +65,25 @@ class InboxStatus(models.TextChoices):
 class InboxMessage(models.Model):
     """A message received from Kafka or over HTTP, with its outcome.
 
-    Deduplication: a Kafka message is unique by ``(source, topic, partition, offset)``; a message
-    with an id (HTTP ``message_id``, or the ``dagger-message-id`` header our own outbox sets) is
-    unique by ``(topic, message_id)``. Invalid messages keep their raw bytes (``raw``) and the
-    reason, so they can be fixed and replayed.
+    Deduplication: a message with an id (HTTP ``message_id``, or the ``dagger-message-id`` header
+    our own outbox sets) is unique by ``(topic, message_id)``; a Kafka message without one by
+    ``(source, topic, incarnation, partition, offset)``, where ``incarnation`` tells a recreated
+    or moved topic from the old one (its offsets start again at 0). Invalid messages keep their
+    raw bytes (``raw``, and ``raw_key`` when the key is not text) and the reason, so they can be
+    fixed and replayed.
     """
 
     id = models.BigAutoField(primary_key=True)
     source = models.CharField(max_length=16)
     topic = models.CharField(max_length=255)
+    #: ``<cluster id>/<topic id>`` of the topic the offset belongs to ('' when unknown; HTTP).
+    incarnation = models.CharField(max_length=100, blank=True, default="")
     partition = models.IntegerField(null=True, blank=True)
     offset = models.BigIntegerField(null=True, blank=True)
     message_id = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - NULL: none given
     key = models.TextField(null=True, blank=True)  # noqa: DJ001 - the Kafka key as text; NULL: no key
+    #: The key's bytes when they are not text the database takes (not UTF-8, a NUL).
+    raw_key = models.BinaryField(null=True, blank=True)
     payload = models.JSONField(null=True, blank=True)
     raw = models.BinaryField(null=True, blank=True)
     headers = models.JSONField(default=dict, blank=True)
@@ -93,9 +99,9 @@ class InboxMessage(models.Model):
         ordering = ["-id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["source", "topic", "partition", "offset"],
-                name="dagger_inbox_kafka_position_uniq",
-                condition=models.Q(offset__isnull=False),
+                fields=["source", "topic", "incarnation", "partition", "offset"],
+                name="dagger_inbox_position_uniq",
+                condition=models.Q(offset__isnull=False, message_id__isnull=True),
             ),
             models.UniqueConstraint(
                 fields=["topic", "message_id"],

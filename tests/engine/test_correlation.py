@@ -428,9 +428,9 @@ def test_oversized_and_nul_payloads_are_refused(dispatcher: Any, settings: Any) 
     pizza("Sizes")
     settings.DAGGER = {"MAX_MESSAGE_BYTES": 100}
     assert messages.decode_json(b"[" + b"1," * 100 + b"1]")[1] == "too_large"
-    assert messages.decode_json(b'{"order_id": "a\\u0000b"}')[1] == "not_json"
+    assert messages.decode_json(b'{"order_id": "a\\u0000b"}')[1] == "nul_character"
     nul = route("pizza_ready", {"order_id": "a\x00b"})
-    assert (nul.status, nul.reason) == (InboxStatus.INVALID, "not_json")
+    assert (nul.status, nul.reason) == (InboxStatus.INVALID, "nul_character")
 
 
 def test_an_extractor_that_raises_makes_a_dead_letter(dispatcher: Any) -> None:

@@ -6,17 +6,19 @@ import json
 from typing import Any
 
 import pytest
-from django.db import OperationalError
+from django.db import DataError, OperationalError
 
 from dagger_django.engine import messages
 from dagger_django.kafka import bridge as bridge_module
 from dagger_django.kafka.bridge import Bridge
+from dagger_django.models import InboxMessage, InboxStatus
 
 
 class FakeMessage:
-    def __init__(self, topic: str, partition: int, offset: int, value: Any) -> None:
+    def __init__(self, topic: str, partition: int, offset: int, value: Any, key: bytes | None = None) -> None:
         self._topic, self._partition, self._offset = topic, partition, offset
         self._value = json.dumps(value).encode()
+        self._key = key
 
     def error(self) -> None:
         return None
@@ -33,8 +35,8 @@ class FakeMessage:
     def value(self) -> bytes:
         return self._value
 
-    def key(self) -> None:
-        return None
+    def key(self) -> bytes | None:
+        return self._key
 
     def headers(self) -> list[Any]:
         return []
@@ -96,6 +98,7 @@ def run(batches: list[list[FakeMessage]], journal: list[str], **kwargs: Any) -> 
         sweep_interval=0,
         poll_timeout=0.01,
         consumer_factory=lambda config: consumer,
+        incarnations=lambda topics: {},
         **kwargs,
     )
     bridge.consumer_config = lambda: {"group.id": "unit"}  # type: ignore[method-assign]
@@ -125,7 +128,12 @@ def test_a_database_outage_retries_the_same_batch(journal: list[str]) -> None:
 def test_stop_finishes_the_batch_in_hand(journal: list[str]) -> None:
     batch = [FakeMessage("unit_topic", 0, 0, {"a": 1})]
     consumer = FakeConsumer([batch, [FakeMessage("unit_topic", 0, 1, {"a": 2})]], journal)
-    bridge = Bridge(topics=["unit_topic"], sweep_interval=0, consumer_factory=lambda config: consumer)
+    bridge = Bridge(
+        topics=["unit_topic"],
+        sweep_interval=0,
+        consumer_factory=lambda config: consumer,
+        incarnations=lambda topics: {},
+    )
     bridge.consumer_config = lambda: {"group.id": "unit"}  # type: ignore[method-assign]
     real_handle = bridge._handle
 
@@ -137,3 +145,47 @@ def test_stop_finishes_the_batch_in_hand(journal: list[str]) -> None:
     bridge.run()
     assert journal == ["subscribe", "route 1", "commit", "close"]
     assert bridge.stats.messages == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_message_that_breaks_preparing_is_an_internal_error_and_the_batch_goes_on(
+    journal: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_prepare = messages._prepare
+
+    def prepare(message: messages.Incoming, *, strict: bool) -> Any:
+        if message.payload == {"boom": 1}:
+            raise KeyError("an unforeseen bug")
+        return real_prepare(message, strict=strict)
+
+    monkeypatch.setattr(messages, "_prepare", prepare)
+    batch = [FakeMessage("unit_topic", 0, n, {"boom": 1} if n == 1 else {"a": n}) for n in range(3)]
+    bridge, consumer = run([batch], journal, max_messages=3)
+    assert consumer.committed == [("unit_topic", 0, 3)]
+    rows = {row.offset: row for row in InboxMessage.objects.filter(topic="unit_topic")}
+    assert (rows[1].status, rows[1].reason) == (InboxStatus.INVALID, "internal_error")
+    assert "an unforeseen bug" in rows[1].detail and bytes(rows[1].raw) == b'{"boom": 1}'
+    assert rows[0].status == rows[2].status == InboxStatus.UNMATCHED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_message_refused_even_as_a_dead_letter_is_kept_as_a_last_resort_one(
+    journal: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_route = messages.messages_route
+
+    def route(incoming: list[messages.Incoming], **kwargs: Any) -> list[messages.Routed]:
+        # The database refuses anything carrying this message's key, dead letter or not.
+        if any(m.key == "evil" for m in incoming):
+            raise DataError("the database refuses this key")
+        return real_route(incoming, **kwargs)
+
+    monkeypatch.setattr(messages, "messages_route", route)
+    batch = [FakeMessage("unit_topic", 0, n, {"a": n}, key=b"evil" if n == 1 else None) for n in range(3)]
+    bridge, consumer = run([batch], journal, max_messages=3)
+    assert consumer.committed == [("unit_topic", 0, 3)]
+    rows = {row.offset: row for row in InboxMessage.objects.filter(topic="unit_topic")}
+    assert (rows[1].status, rows[1].reason) == (InboxStatus.INVALID, "unstorable")
+    assert (rows[1].key, bytes(rows[1].raw_key), bytes(rows[1].raw)) == (None, b"evil", b'{"a": 1}')
+    assert "its dead letter failed too" in rows[1].detail
+    assert rows[0].status == rows[2].status == InboxStatus.UNMATCHED

@@ -175,3 +175,14 @@ def bad(name: str) -> Any:
 @Dagger.register_template("KafkaCrash")
 def crash(name: str) -> Any:
     return workflow(name, process("main", listener(PizzaReady, "main", CRASH_TOPIC)), delivery())
+
+
+#: The hostile-input campaign's topics (tests/faults/test_hostile_messages.py): the first has a
+#: listener, the second none. Not in TOPICS: the campaign runs a bridge of its own.
+HOSTILE_TOPIC = "hostile_ready"
+HOSTILE_UNKNOWN_TOPIC = "hostile_nobody"
+
+
+@Dagger.register_template("KafkaHostile")
+def hostile(name: str) -> Any:
+    return workflow(name, process("main", listener(ReadyByDefault, "main", HOSTILE_TOPIC)))
