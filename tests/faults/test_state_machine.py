@@ -625,7 +625,8 @@ def _check_subscriptions(
     """Every listener that can still take a message has exactly its subscription, keyed with the
     workflow's current value; nothing else has one. "Can still take a message": EXECUTING
     (waiting), and by design NOT_STARTED (early messages are buffered) and FAILURE (a retry makes
-    it wait again), in a workflow that has not ended for good."""
+    it wait again), in a workflow that has not ended for good; and a completed listener with
+    ``reprocess_on_message``, even after its workflow ended (docs/correlation.md)."""
     by_node = {r["node_id"]: r for r in rows}
     _check(len(by_node) == len(rows), "a node has two subscriptions", "subscriptions")
     for wid, wf in workflows.items():
@@ -633,7 +634,9 @@ def _check_subscriptions(
             if n.kind != NodeKind.LISTENER:
                 _check(n.id not in by_node, f"{n.name} ({n.kind}) has a subscription", "subscriptions")
                 continue
-            wanted = wf.status not in FINAL and correlation.keeps_subscription(n)
+            wanted = correlation.keeps_subscription(n) and (
+                wf.status not in FINAL or n.status == S.COMPLETED  # reprocess_on_message
+            )
             row = by_node.get(n.id)
             if not wanted:
                 _check(
