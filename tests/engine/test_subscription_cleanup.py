@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from dagger_django import DAGBuilderHelper, Dagger
-from dagger_django.engine import messages
+from dagger_django.engine import messages, services
 from dagger_django.models import Status, Subscription
 
 from . import listener_tasks as lt
@@ -60,3 +60,25 @@ def test_listener_that_failed_under_continue_is_unsubscribed_when_the_workflow_c
     # The workflow cannot be retried: nothing of it stays in the index, nothing matches it.
     assert not Subscription.objects.filter(workflow_id=wf.id).exists()
     assert route({"order_id": "c-1"}).matched == 0
+
+
+def test_listener_that_failed_is_unsubscribed_when_its_halted_workflow_is_stopped(dispatcher: Any) -> None:
+    wait = helper.generic_listener_task_builder(
+        topic="pizza_ready", task_type=lt.Raises, process_name="order"
+    )
+    main = helper.generic_process_builder(process_name="main", root_task=helper.build_and_link_tasks([wait]))
+    tmpl = helper.generic_template(
+        template_name="StopHalted", root_process=helper.build_and_link_processes([main])
+    )
+    Dagger.template_dags[tmpl.name] = tmpl
+    wf = tmpl.create_instance(submit_task=True, order_id="h-1")
+    dispatcher.drain()
+    assert route({"order_id": "h-1"}).matched == 1
+    dispatcher.drain()
+    assert reload(wf.id).status == S.FAILURE
+    assert Subscription.objects.filter(workflow_id=wf.id).count() == 1  # a retry would wait again
+
+    services.workflow_stop(workflow_id=wf.id)
+    assert reload(wf.id).status == S.STOPPED
+    assert not Subscription.objects.filter(workflow_id=wf.id).exists()
+    assert route({"order_id": "h-1"}).matched == 0
