@@ -22,6 +22,7 @@ from dagger_django import (
     IntervalTask,
     IntervalTaskTemplateBuilder,
     KafkaListenerTask,
+    ParallelCompositeProcessTemplateDagBuilder,
     ParallelCompositeTask,
     ParallelCompositeTaskTemplateBuilder,
     TaskStatus,
@@ -136,15 +137,23 @@ class Group:
 @dataclass(frozen=True)
 class Process:
     steps: tuple[str | Group, ...]
-    #: A decision between two executors closes the process.
-    decision: bool = False
+    #: A decision between these single-task branches closes the process (empty: no decision).
+    decision: tuple[str, ...] = ()
     #: ``max_run_duration`` in seconds (0: none).
     deadline: int = 0
 
 
 @dataclass(frozen=True)
-class Shape:
+class ProcessGroup:
+    """A parallel group of processes (a process-level group)."""
+
+    operator: str
     processes: tuple[Process, ...]
+
+
+@dataclass(frozen=True)
+class Shape:
+    processes: tuple[Process | ProcessGroup, ...]
     policy: str = "halt"
 
     def name(self) -> str:
@@ -196,8 +205,8 @@ def _process(spec: Process, names: _Names) -> Any:
     builders = [_group(s, names) if isinstance(s, Group) else _leaf(s, names) for s in spec.steps]
     if spec.decision:
         decide = DecisionTaskTemplateBuilder(Dagger.app).set_type(ChaosDecision).set_name(names.next("d"))
-        for _ in range(2):
-            decide.set_next(_leaf("exec", names).build())
+        for kind in spec.decision:
+            decide.set_next(_leaf(kind, names).build())
         builders.append(decide)
     root = helper.build_and_link_tasks(builders)
     return helper.generic_process_builder(
@@ -205,9 +214,22 @@ def _process(spec: Process, names: _Names) -> Any:
     )
 
 
+def _process_group(spec: ProcessGroup, names: _Names) -> Any:
+    builder = ParallelCompositeProcessTemplateDagBuilder(Dagger.app)
+    for process in spec.processes:
+        builder.set_parallel_process_templates(_process(process, names).build())
+    builder.set_name(names.next("pg")).set_parallel_operator_type(spec.operator)
+    return builder.set_type(ParallelCompositeTask)
+
+
 def build(shape: Shape) -> Any:
     names = _Names()
-    root = helper.build_and_link_processes([_process(p, names) for p in shape.processes])
+    root = helper.build_and_link_processes(
+        [
+            _process_group(p, names) if isinstance(p, ProcessGroup) else _process(p, names)
+            for p in shape.processes
+        ]
+    )
     return helper.generic_template(template_name=shape.name(), root_process=root, failure_policy=shape.policy)
 
 
