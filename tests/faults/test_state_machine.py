@@ -391,7 +391,8 @@ class WorkflowCampaign(RuleBasedStateMachine):
             moved += services.timers_fire_due()
             moved += recovery.nodes_recover()
             moved += messages.deliveries_redispatch()
-            if not moved and not self.dispatcher.runs:
+            waiting_on_time = Timer.objects.filter(workflow_id__in=self.ids, status=TimerStatus.PENDING)
+            if not moved and not self.dispatcher.runs and not waiting_on_time.exists():
                 break
         sh.CONTROL.ready = False
         nodes = _by_workflow(Node.objects.filter(workflow_id__in=self.ids))
