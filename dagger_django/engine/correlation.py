@@ -16,7 +16,8 @@ Lifecycle of a row (the walker and the services call the three hooks at the end 
   ``on_message`` or through the API;
 * deleted when the listener can take no more messages: it ended COMPLETED (unless it has
   ``reprocess_on_message``), SKIPPED (unless it has ``allow_skip_to``) or STOPPED. A FAILURE
-  listener keeps its row, because retrying the workflow makes it wait again.
+  listener keeps its row, because retrying the workflow makes it wait again; and deleted, all
+  of them, when the workflow ends COMPLETED, STOPPED or SKIPPED.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from .hooks import call_hook
 from .state import WorkflowState
 
 S = Status
+
+#: Workflow statuses with no way back (FAILURE can still be retried).
+ENDED_FOR_GOOD = frozenset({S.COMPLETED, S.STOPPED, S.SKIPPED})
 
 #: Normalised values longer than this are stored as a digest (the index keeps short keys).
 MAX_KEY_CHARS = 200
@@ -339,6 +343,18 @@ def before_flush(state: WorkflowState) -> None:
         ]
         if rows:
             Subscription.objects.bulk_create(rows)
+        return
+    if any(node is None and to in ENDED_FOR_GOOD for node, _, to in state.changes):
+        # The workflow ended and cannot be retried: its listeners take no more messages, whatever
+        # their own status (one that failed under failure_policy="continue" would otherwise keep
+        # its row for ever), except a completed one with reprocess_on_message, which still
+        # refreshes its state from later messages, as in the original.
+        keep = [
+            node.id
+            for node in state.nodes.values()
+            if node.kind == NodeKind.LISTENER and node.status == S.COMPLETED and keeps_subscription(node)
+        ]
+        Subscription.objects.filter(workflow_id=state.workflow.id).exclude(node_id__in=keep).delete()
         return
     done = [
         node.id for node in state.ended if node.kind == NodeKind.LISTENER and not keeps_subscription(node)

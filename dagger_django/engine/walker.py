@@ -288,6 +288,18 @@ def stop_workflow(state: WorkflowState) -> None:
         state.delete_after = True
 
 
+def inside_ended_container(state: WorkflowState, node: Node) -> bool:
+    """Whether a container above ``node`` ended other than by failing (an ATLEAST_ONE group that
+    completed with another branch, a process skipped by its deadline, ...): what failed in there
+    was already ridden out, and running it again would run a node inside a finished container."""
+    parent = state.get(node.parent_id)
+    while parent is not None:
+        if parent.status in TERMINAL and parent.status != S.FAILURE:
+            return True
+        parent = state.get(parent.parent_id)
+    return False
+
+
 def retry_workflow(state: WorkflowState) -> list[Node]:
     """Resume a FAILURE workflow from its failed tasks. Returns the tasks started again."""
     wf = state.workflow
@@ -296,7 +308,10 @@ def retry_workflow(state: WorkflowState) -> list[Node]:
     failed = [
         n
         for n in state.nodes.values()
-        if n.status == S.FAILURE and n.node_type == NodeType.LEAF and n.kind != NodeKind.MONITOR
+        if n.status == S.FAILURE
+        and n.node_type == NodeType.LEAF
+        and n.kind != NodeKind.MONITOR
+        and not inside_ended_container(state, n)
     ]
     if not failed:
         raise TaskInvalidState(f"Workflow {wf.id} has no failed task to retry.")
