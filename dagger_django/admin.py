@@ -15,6 +15,14 @@ from .exceptions import DaggerError
 from .models import Delivery, InboxMessage, Node, TaskEvent, Timer, Workflow, WorkflowTemplate
 
 
+class OperateActionsMixin:
+    """Admin actions that act on workflows need ``dagger_django.operate_workflow``, whatever
+    the model's view/change permissions (``@admin.action(permissions=["operate"])``)."""
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("dagger_django.operate_workflow"))
+
+
 class ReadOnlyInline(admin.TabularInline):
     extra = 0
     can_delete = False
@@ -58,7 +66,7 @@ class TemplateNameFilter(admin.SimpleListFilter):
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(admin.ModelAdmin):
+class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
     list_display = ["id", "template_name", "status", "business_key", "time_created", "time_completed"]
     list_filter = ["status", TemplateNameFilter]
     # Searched exactly by id or business key through get_search_results (indexed lookups).
@@ -131,13 +139,13 @@ class WorkflowAdmin(admin.ModelAdmin):
         for text in failed:
             self.message_user(request, text, messages.WARNING)
 
-    @admin.action(description="Stop selected workflows", permissions=["view"])
+    @admin.action(description="Stop selected workflows", permissions=["operate"])
     def stop_workflows(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
         from .engine.services import workflow_stop
 
         self._apply(request, queryset, workflow_stop, "Stopped")
 
-    @admin.action(description="Retry selected failed workflows", permissions=["view"])
+    @admin.action(description="Retry selected failed workflows", permissions=["operate"])
     def retry_workflows(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
         from .engine.services import workflow_retry
 
@@ -181,7 +189,7 @@ class DeliveryInline(ReadOnlyInline):
 
 
 @admin.register(InboxMessage)
-class InboxMessageAdmin(admin.ModelAdmin):
+class InboxMessageAdmin(OperateActionsMixin, admin.ModelAdmin):
     """Every message the bridge or the events endpoint received, with what became of it.
 
     Dead letters (``invalid``), ``unmatched`` and ``expired`` messages can be routed again with
@@ -230,7 +238,7 @@ class InboxMessageAdmin(admin.ModelAdmin):
             found |= Q(pk=int(term))
         return queryset.filter(found), False
 
-    @admin.action(description="Replay selected messages (route them again)", permissions=["change"])
+    @admin.action(description="Replay selected messages (route them again)", permissions=["operate"])
     def replay_messages(self, request: HttpRequest, queryset: QuerySet[InboxMessage]) -> None:
         from .engine.messages import message_replay
 
