@@ -1,5 +1,7 @@
 """A read-mostly admin: workflows with their nodes and history, stop and retry as actions;
-the message inbox (dead letters, unmatched and expired messages) with replay as an action."""
+the message inbox (dead letters, unmatched and expired messages) with replay as an action.
+Every action needs ``dagger_django.operate_workflow`` (``OperateActionsMixin``), not only the
+model's view permission."""
 
 from __future__ import annotations
 
