@@ -292,3 +292,23 @@ def _count(values: list[int]) -> dict[int, int]:
     for value in values:
         counts[value] = counts.get(value, 0) + 1
     return counts
+
+
+# A finding of this campaign's first run, left to the fix of issue 8 item 1 (poison messages):
+# the campaign's JSON bodies carry lone surrogates as raw bytes (invalid UTF-8, a 400), but
+# escaped as "\ud800" they decode to a str the database driver cannot encode, and POST events/
+# answers 500. Strict: once item 1 lands this passes, the marker must go, and the campaign's
+# bodies should also be sent with ensure_ascii=True.
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="issue 8 item 1: an escaped lone surrogate in a correlation value is a 500",
+)
+def test_an_escaped_lone_surrogate_in_an_event_key_is_a_json_400_not_a_500(world: World) -> None:
+    client = APIClient(raise_request_exception=False)
+    client.force_authenticate(world.clients["operator"].handler._force_user)
+    body = b'{"topic": "orders", "payload": {"order_id": "\\ud800"}}'
+
+    response = send(client, Request("POST", ROUTES[7], f"{BASE}/events/", body))
+
+    assert response.status_code == 400, response.content[:300]
