@@ -43,8 +43,10 @@ services:
 browser:
 	bash scripts/ensure_browser.sh
 
+# The suite runs outside the embedded mode (DATABASE_URL set), where settings require a secret key.
 test: venv services browser
 	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" \
+	DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-test-only-insecure-secret-key}" \
 	CELERY_BROKER_URL="$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)}" \
 	$(VPY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
 
@@ -64,4 +66,4 @@ migrations-check: venv
 BENCH_ARGS ?=
 .PHONY: bench
 bench: venv services
-	$(VPY) -m benchmarks $(BENCH_ARGS)
+	DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-bench-only-insecure-secret-key}" $(VPY) -m benchmarks $(BENCH_ARGS)

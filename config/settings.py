@@ -1,8 +1,11 @@
 """Settings of the demo/dev project, driven by the environment.
 
 With no environment at all this runs the embedded default: an SQLite file and kombu's filesystem
-broker under ./var, so a fresh clone needs no server. Production (and the test suite) sets
-DATABASE_URL=postgres://... and CELERY_BROKER_URL=redis://... .
+broker under ./var, so a fresh clone needs no server, with development conveniences (DEBUG on,
+a fixed secret key). Anything else (DATABASE_URL set: production, and the test suite) is
+production-safe by default: DEBUG off unless DJANGO_DEBUG asks for it, DJANGO_SECRET_KEY required,
+password validators, throttling; HTTPS switches (cookies, HSTS, redirect) from the environment.
+The production settings are listed in docs/deployment.md.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("DAGGER_VAR_DIR", BASE_DIR / "var"))
@@ -24,9 +28,39 @@ def env_bool(name: str, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me")
-DEBUG = env_bool("DJANGO_DEBUG", True)
-ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",")
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+#: No DATABASE_URL: the embedded mode of `make run` (SQLite and a file broker on one machine,
+#: the web server on 127.0.0.1). Only this mode gets the development defaults below.
+EMBEDDED = not os.environ.get("DATABASE_URL")
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not EMBEDDED:
+        # A fixed fallback key would let anyone who read this file forge sessions and password
+        # reset links of a deployment that forgot to set one: refuse to start instead.
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is not set. Outside the embedded mode (DATABASE_URL is set) the secret "
+            "key must come from the environment, e.g. DJANGO_SECRET_KEY=$(python -c 'import secrets; "
+            "print(secrets.token_urlsafe(50))'); see docs/deployment.md."
+        )
+    SECRET_KEY = "embedded-mode-only-insecure-key"
+DEBUG = env_bool("DJANGO_DEBUG", EMBEDDED)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
+
+# --- HTTPS (off by default: they need TLS in front; docs/deployment.md turns them on) ---------
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_SECURE_HSTS_SECONDS", "0"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", False)
+if os.environ.get("DJANGO_SECURE_PROXY_SSL_HEADER"):
+    # "HTTP_X_FORWARDED_PROTO,https": trust the TLS-terminating proxy's header (only behind one).
+    _header, _, _value = os.environ["DJANGO_SECURE_PROXY_SSL_HEADER"].partition(",")
+    SECURE_PROXY_SSL_HEADER = (_header.strip(), _value.strip() or "https")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -36,6 +70,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
     "django_celery_beat",
     "dagger_django",
     "config.demo",
@@ -87,7 +122,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": f"django.contrib.auth.password_validation.{name}"}
+    for name in (
+        "UserAttributeSimilarityValidator",
+        "MinimumLengthValidator",
+        "CommonPasswordValidator",
+        "NumericPasswordValidator",
+    )
+]
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -96,12 +139,25 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 LOGIN_URL = "/admin/login/"
 
+# The API's own permissions (docs/api.md#permissions) are checked after these defaults.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.BasicAuthentication",
+        # Basic authentication that answers 429 to a client after too many wrong passwords.
+        "dagger_django.api.authentication.ThrottledBasicAuthentication",
+        # For machines: `manage.py drf_create_token <user>`, then "Authorization: Token <key>".
+        "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": os.environ.get("DJANGO_THROTTLE_ANON", "60/minute"),
+        "user": os.environ.get("DJANGO_THROTTLE_USER", "6000/minute"),
+        "login_failure": os.environ.get("DJANGO_THROTTLE_LOGIN_FAILURE", "10/minute"),
+    },
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
 }

@@ -1,6 +1,7 @@
 """A read-mostly admin: workflows with their nodes and history, stop and retry as actions;
 the message inbox (dead letters, unmatched and expired messages) with replay as an action; the
-outbox (pending, sent and dead messages to Kafka) with requeue as an action."""
+outbox (pending, sent and dead messages to Kafka) with requeue as an action. Every action needs
+``dagger_django.operate_workflow`` (``OperateActionsMixin``), not only the model's view permission."""
 
 from __future__ import annotations
 
@@ -14,6 +15,14 @@ from django.http import HttpRequest
 
 from .exceptions import DaggerError
 from .models import Delivery, InboxMessage, Node, OutboxMessage, TaskEvent, Timer, Workflow, WorkflowTemplate
+
+
+class OperateActionsMixin:
+    """Admin actions that act on workflows need ``dagger_django.operate_workflow``, whatever
+    the model's view/change permissions (``@admin.action(permissions=["operate"])``)."""
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("dagger_django.operate_workflow"))
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -71,7 +80,7 @@ class TemplateNameFilter(admin.SimpleListFilter):
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(admin.ModelAdmin):
+class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
     list_display = ["id", "template_name", "status", "business_key", "time_created", "time_completed"]
     list_filter = ["status", TemplateNameFilter]
     # Searched exactly by id or business key through get_search_results (indexed lookups).
@@ -144,13 +153,13 @@ class WorkflowAdmin(admin.ModelAdmin):
         for text in failed:
             self.message_user(request, text, messages.WARNING)
 
-    @admin.action(description="Stop selected workflows", permissions=["view"])
+    @admin.action(description="Stop selected workflows", permissions=["operate"])
     def stop_workflows(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
         from .engine.services import workflow_stop
 
         self._apply(request, queryset, workflow_stop, "Stopped")
 
-    @admin.action(description="Retry selected failed workflows", permissions=["view"])
+    @admin.action(description="Retry selected failed workflows", permissions=["operate"])
     def retry_workflows(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
         from .engine.services import workflow_retry
 
@@ -194,7 +203,7 @@ class DeliveryInline(ReadOnlyInline):
 
 
 @admin.register(InboxMessage)
-class InboxMessageAdmin(admin.ModelAdmin):
+class InboxMessageAdmin(OperateActionsMixin, admin.ModelAdmin):
     """Every message the bridge or the events endpoint received, with what became of it.
 
     Dead letters (``invalid``), ``unmatched`` and ``expired`` messages can be routed again with
@@ -243,7 +252,7 @@ class InboxMessageAdmin(admin.ModelAdmin):
             found |= Q(pk=int(term))
         return queryset.filter(found), False
 
-    @admin.action(description="Replay selected messages (route them again)", permissions=["change"])
+    @admin.action(description="Replay selected messages (route them again)", permissions=["operate"])
     def replay_messages(self, request: HttpRequest, queryset: QuerySet[InboxMessage]) -> None:
         from .engine.messages import message_replay
 
@@ -263,7 +272,7 @@ class InboxMessageAdmin(admin.ModelAdmin):
 
 
 @admin.register(OutboxMessage)
-class OutboxMessageAdmin(admin.ModelAdmin):
+class OutboxMessageAdmin(OperateActionsMixin, admin.ModelAdmin):
     """Messages waiting to be sent to Kafka, sent, or DEAD (see docs/bridge.md, "The outbox relay").
 
     A DEAD row failed ``OUTBOX_MAX_ATTEMPTS`` times while the broker answered; its last error
@@ -337,7 +346,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
             pass
         return queryset.filter(found), False
 
-    @admin.action(description="Requeue selected dead messages (send them again)", permissions=["change"])
+    @admin.action(description="Requeue selected dead messages (send them again)", permissions=["operate"])
     def requeue_dead(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:
         from .engine.outbox import outbox_requeue
 

@@ -97,6 +97,8 @@ class Defaults:
     MAX_CORRELETABLE_KEYS_IN_VALUES: int = 15000
     #: Celery queue for dagger's tasks (None = the project's default queue).
     CELERY_QUEUE: str | None = None
+    #: Seconds ``GET health/`` keeps its broker and bridge answers (each opens a connection).
+    HEALTH_CACHE_SECONDS: float = 2.0
 
 
 _OVERRIDE_NAMES = {

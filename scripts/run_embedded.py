@@ -5,7 +5,9 @@ On the project's default settings (an SQLite file and kombu's filesystem broker 
 under $DAGGER_VAR_DIR) this migrates the database, creates a local admin/admin superuser, starts a
 real Celery worker, celery beat and Django's development server as child processes, and starts the
 demo workflows with ``manage.py dagger_demo``. DATABASE_URL and CELERY_BROKER_URL are honoured when
-the user exported them; nothing here sets them.
+the user exported them; nothing here sets them. With DATABASE_URL set the database may be shared or
+reachable, so the admin/admin user is never created there (create one with ``manage.py
+createsuperuser``) and ``--check`` asks the API without credentials (expecting a refusal).
 
 Ctrl-C or SIGTERM stops every child (SIGTERM, a grace period, then SIGKILL). If one child exits on
 its own, the others are stopped too and the launcher exits non-zero.
@@ -29,7 +31,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -139,6 +141,7 @@ class Launcher:
         self.steps: list[Child] = []  # one-off commands, stopped too if still running
         self.stopping = False
         self.hurry = False
+        self.demo_user = False
 
     # --- the sequence ---------------------------------------------------------------------------
 
@@ -147,7 +150,7 @@ class Launcher:
         if not self.step("migrate", [MANAGE, "migrate", "--noinput"], timeout=600):
             say("migrate failed; nothing was started")
             return 1
-        self.ensure_superuser()
+        self.demo_user = self.ensure_superuser()
         has_demo = DEMO_COMMAND in _django_commands()
         baseline = _workflow_ids() if has_demo and self.check else set()
 
@@ -194,7 +197,14 @@ class Launcher:
         say(f"database: {_hide_password(database)}")
         say(f"broker:   {_hide_password(broker)}")
 
-    def ensure_superuser(self) -> None:
+    def ensure_superuser(self) -> bool:
+        """Create admin/admin in the embedded database; True when that user can log in."""
+        if not demo_user_allowed(os.environ):
+            say(
+                f"DATABASE_URL is set: not creating the demo user {ADMIN_USER}/{ADMIN_PASSWORD} outside "
+                "the embedded database; create your own with `manage.py createsuperuser`"
+            )
+            return False
         _django_setup()
         from django.contrib.auth import get_user_model
 
@@ -207,12 +217,18 @@ class Launcher:
             say(
                 f"created superuser {ADMIN_USER}/{ADMIN_PASSWORD}: FOR LOCAL USE ONLY, never on a reachable host"
             )
+        return True
 
     def banner(self) -> None:
         for line in (
             "-" * 72,
             "dagger_django is running (embedded: no servers needed)",
-            f"  admin: {self.base_url}/admin/   (login {ADMIN_USER}/{ADMIN_PASSWORD}, local use only)",
+            f"  admin: {self.base_url}/admin/   "
+            + (
+                f"(login {ADMIN_USER}/{ADMIN_PASSWORD}, local use only)"
+                if self.demo_user
+                else "(your own login)"
+            ),
             f"  API:   {self.base_url}/api/dagger/workflows/",
             "  stop:  Ctrl-C" if not self.check else "  --check: waiting for the demo workflows to complete",
             "-" * 72,
@@ -237,8 +253,11 @@ class Launcher:
             say("CHECK FAILED: a demo workflow ended without completing")
             _print_nodes(outcome.get("workflows", {}))
             return 1
-        api = _http_status(f"{self.base_url}/api/dagger/workflows/", auth=(ADMIN_USER, ADMIN_PASSWORD))
-        if api != 200:
+        # Without the demo user the API must refuse: that it answers so is the check.
+        auth = (ADMIN_USER, ADMIN_PASSWORD) if self.demo_user else None
+        expected = {200} if self.demo_user else {401, 403}
+        api = _http_status(f"{self.base_url}/api/dagger/workflows/", auth=auth)
+        if api not in expected:
             say(f"CHECK FAILED: GET /api/dagger/workflows/ answered {api}")
             return 1
         say("CHECK PASSED: the demo workflows completed and the admin and API answer")
@@ -314,6 +333,12 @@ class Launcher:
 
 
 # --- Django, used in-process for the superuser, the demo's baseline and --check -----------------
+
+
+def demo_user_allowed(environ: Mapping[str, str]) -> bool:
+    """Whether admin/admin may be created: only in the embedded database (no DATABASE_URL), the
+    same test as the settings' embedded mode."""
+    return not environ.get("DATABASE_URL")
 
 
 def _var_dir() -> Path:

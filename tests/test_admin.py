@@ -190,3 +190,106 @@ def test_dagger_replay_command_replays_by_status_and_refuses_bad_arguments(
     ):
         with pytest.raises(CommandError, match=problem):
             call_command("dagger_replay", *argv, stdout=StringIO())
+
+
+# -- who may act: every action needs dagger_django.operate_workflow ------------------------------
+ADMIN_ROLES = ("anonymous", "staff_without_permissions", "read_only_staff", "operator_staff")
+ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
+    "anonymous": (),
+    "staff_without_permissions": (),
+    "read_only_staff": ("view_workflow", "view_inboxmessage"),
+    "operator_staff": ("view_workflow", "view_inboxmessage", "operate_workflow"),
+}
+
+
+def admin_client(django_user_model: Any, role: str) -> Client:
+    from django.contrib.auth.models import Permission
+
+    client = Client()
+    if role == "anonymous":
+        return client
+    user = django_user_model.objects.create_user(f"{role}-user", password="pw", is_staff=True)
+    user.user_permissions.add(
+        *Permission.objects.filter(
+            content_type__app_label="dagger_django", codename__in=ROLE_PERMISSIONS[role]
+        )
+    )
+    client.force_login(user)
+    return client
+
+
+def post_action(client: Client, model: str, action: str, selected: list[Any]) -> Any:
+    return client.post(
+        f"/admin/dagger_django/{model}/", {"action": action, "_selected_action": [str(pk) for pk in selected]}
+    )
+
+
+@pytest.mark.parametrize("role", ADMIN_ROLES)
+def test_stop_action_needs_the_operate_permission(django_user_model: Any, dispatcher: Any, role: str) -> None:
+    wf = b.template("AdminStopRoles", b.process("main", b.listener("wait"))).create_instance(submit_task=True)
+    dispatcher.drain()
+    client = admin_client(django_user_model, role)
+
+    listing = client.get("/admin/dagger_django/workflow/")
+    post_action(client, "workflow", "stop_workflows", [wf.id])
+
+    stopped = Workflow.objects.get(pk=wf.id).status == S.STOPPED
+    assert stopped is (role == "operator_staff")
+    assert ('value="stop_workflows"' in listing.content.decode()) is (role == "operator_staff")
+
+
+@pytest.mark.parametrize("role", ADMIN_ROLES)
+def test_retry_action_needs_the_operate_permission(
+    django_user_model: Any, dispatcher: Any, role: str
+) -> None:
+    from dagger_django.engine import services
+
+    wf = b.linear("AdminRetryRoles", (t.Boom, "boom")).create_instance(submit_task=True)
+    dispatcher.drain()
+    services.workflow_update_parameters(workflow_id=wf.id, changes={"fixed": True})
+    client = admin_client(django_user_model, role)
+
+    listing = client.get("/admin/dagger_django/workflow/")
+    post_action(client, "workflow", "retry_workflows", [wf.id])
+    dispatcher.drain()
+
+    retried = Workflow.objects.get(pk=wf.id).status == S.COMPLETED
+    assert retried is (role == "operator_staff")
+    assert ('value="retry_workflows"' in listing.content.decode()) is (role == "operator_staff")
+
+
+@pytest.mark.parametrize("role", ADMIN_ROLES)
+def test_replay_action_needs_the_operate_permission(
+    django_user_model: Any, dispatcher: Any, replay_template: Any, role: str
+) -> None:
+    early = messages.message_receive(topic="orders", payload={"order_id": "roles-1"})
+    wf = replay_template.create_instance(
+        partition_key_lookup="order_id", submit_task=True, order_id="roles-1"
+    )
+    dispatcher.drain()
+    client = admin_client(django_user_model, role)
+
+    listing = client.get("/admin/dagger_django/inboxmessage/")
+    post_action(client, "inboxmessage", "replay_messages", [early.inbox_id])
+    dispatcher.drain()
+
+    replayed = InboxMessage.objects.get(pk=early.inbox_id).status == InboxStatus.ROUTED
+    assert replayed is (role == "operator_staff")
+    assert (Workflow.objects.get(pk=wf.id).status == S.COMPLETED) is (role == "operator_staff")
+    assert ('value="replay_messages"' in listing.content.decode()) is (role == "operator_staff")
+
+
+@pytest.mark.parametrize("role", ["anonymous", "staff_without_permissions"])
+def test_workflows_are_hidden_from_those_without_the_view_permission(
+    django_user_model: Any, dispatcher: Any, role: str
+) -> None:
+    wf = b.linear("AdminHidden", (t.Record, "a")).create_instance(
+        partition_key_lookup="order_id", submit_task=True, order_id="hidden-77"
+    )
+    dispatcher.drain()
+    client = admin_client(django_user_model, role)
+
+    for url in ("/admin/dagger_django/workflow/", f"/admin/dagger_django/workflow/{wf.id}/change/"):
+        response = client.get(url)
+        assert response.status_code in (302, 403)
+        assert b"hidden-77" not in response.content and str(wf.id).encode() not in response.content

@@ -9,8 +9,10 @@ Every error is answered as ``{"error": <code>, "detail": <text>}`` (see :mod:`.e
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from django.db import DatabaseError, connection
@@ -20,10 +22,11 @@ from rest_framework import status
 from rest_framework.exceptions import ParseError
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import JSONParser
-from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from ..definitions.registry import Dagger
@@ -31,6 +34,7 @@ from ..engine import services
 from ..exceptions import WorkflowDoesNotExist
 from ..models import Node, Workflow, WorkflowTemplate
 from . import errors
+from .permissions import CanOperateWorkflows, CanPostEvents, CanViewWorkflows, WorkflowAccess
 from .serializers import (
     EventSerializer,
     TemplateDetailSerializer,
@@ -184,12 +188,23 @@ class DaggerAPIView(APIView):
     the settings belong to the project. DRF's own ``handle_exception`` still runs first, so a
     missing login is a 401 with ``WWW-Authenticate`` when the first authentication class offers
     a challenge (basic auth) and a 403 otherwise (session auth).
+
+    Permissions: the project's ``DEFAULT_PERMISSION_CLASSES`` (``permission_classes``) and then
+    the view's ``dagger_permission_classes`` (:mod:`.permissions`), all of which must allow the
+    request. Composing keeps whatever the project asks more, and dagger's own checks hold even
+    when the project's default is ``AllowAny``.
     """
 
     parser_classes = [DaggerJSONParser]
     renderer_classes = [JSONRenderer, BrowsableAPIRenderer]
-    # Explicit, whatever the project's defaults: stop and retry must never be open.
-    permission_classes = [IsAuthenticated]
+    #: Checked after the project's permission classes; the strictest is the default.
+    dagger_permission_classes: Sequence[type[BasePermission]] = (CanOperateWorkflows,)
+
+    def get_permissions(self) -> list[BasePermission]:
+        # The project's classes are read at request time: DRF copies them into
+        # ``APIView.permission_classes`` once, when rest_framework.views is imported.
+        project = api_settings.DEFAULT_PERMISSION_CLASSES
+        return [permission() for permission in (*project, *self.dagger_permission_classes)]
 
     def get_exception_handler(self) -> Callable[..., Response | None]:
         return errors.exception_handler
@@ -219,6 +234,8 @@ def _detail_response(
 class TemplateListView(DaggerAPIView):
     """Registered templates with the stored version of their current graph."""
 
+    dagger_permission_classes = (CanViewWorkflows,)
+
     def get(self, request: Request) -> Response:
         templates: list[Any] = sorted(Dagger.template_dags.values(), key=lambda t: t.name)
         digests = {template.name: template.digest() for template in templates}
@@ -231,6 +248,8 @@ class TemplateListView(DaggerAPIView):
 
 class TemplateDetailView(DaggerAPIView):
     """One registered template with its graph."""
+
+    dagger_permission_classes = (CanViewWorkflows,)
 
     def get(self, request: Request, name: str) -> Response:
         template: Any = Dagger.get_template(name)
@@ -249,6 +268,8 @@ class TemplateDetailView(DaggerAPIView):
 # ==================================================================================================
 class WorkflowListCreateView(DaggerAPIView):
     """``GET``: workflows, newest first, paginated. ``POST``: create a workflow and submit it."""
+
+    dagger_permission_classes = (WorkflowAccess,)
 
     pagination_class = WorkflowPagination
 
@@ -282,6 +303,8 @@ class WorkflowListCreateView(DaggerAPIView):
 
 class WorkflowDetailView(DaggerAPIView):
     """One workflow with every node."""
+
+    dagger_permission_classes = (WorkflowAccess,)
 
     def get(self, request: Request, workflow_id: str) -> Response:
         workflow = workflow_detail_get(workflow_id=workflow_id)
@@ -323,6 +346,8 @@ class EventView(DaggerAPIView):
     done again). An unknown topic is a 404, a payload over ``MAX_MESSAGE_BYTES`` a 413.
     """
 
+    dagger_permission_classes = (CanPostEvents,)
+
     def post(self, request: Request) -> Response:
         from ..engine import messages
 
@@ -359,7 +384,47 @@ def _database_ok() -> bool:
 _BROKER_TIMEOUT = 2.0
 
 
+class _CheckCache:
+    """The answers of the health checks that open network connections, kept for
+    ``HEALTH_CACHE_SECONDS`` per configuration (the key), so that a probe every few hundred
+    milliseconds, or a crowd of them, opens one broker connection and one Kafka admin client per
+    window rather than one per request. A lock makes concurrent requests of an expired key wait
+    for one check instead of each running their own.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._answers: dict[Hashable, tuple[float, Any]] = {}
+
+    def get(self, key: Hashable, check: Callable[[], Any]) -> Any:
+        from ..conf import dagger_settings
+
+        ttl = float(dagger_settings.HEALTH_CACHE_SECONDS)
+        with self._lock:
+            found = self._answers.get(key)
+            if found is not None and time.monotonic() - found[0] < ttl:
+                return found[1]
+            answer = check()
+            self._answers[key] = (time.monotonic(), answer)
+            return answer
+
+    def clear(self) -> None:
+        with self._lock:
+            self._answers.clear()
+
+
+#: The health view's cache of broker and bridge answers (``health_checks.clear()`` empties it).
+health_checks = _CheckCache()
+
+
 def _broker_ok() -> bool:
+    from celery import current_app
+
+    conf = current_app.conf
+    return bool(health_checks.get(("broker", conf.broker_write_url or conf.broker_url), _broker_connect))
+
+
+def _broker_connect() -> bool:
     from celery import current_app
 
     try:
@@ -382,16 +447,27 @@ def _bridge_ok() -> bool | None:
         from ..kafka.health import bridge_alive
     except ImportError:  # confluent-kafka is not installed: Kafka is not used
         return None
-    return bridge_alive(timeout=_BROKER_TIMEOUT)
+    from ..conf import dagger_settings
+    from ..kafka.config import client_config
+
+    key = ("bridge", repr(sorted(client_config().items())), dagger_settings.KAFKA_GROUP_ID)
+    answer: bool | None = health_checks.get(key, lambda: bridge_alive(timeout=_BROKER_TIMEOUT))
+    return answer
 
 
 class HealthView(DaggerAPIView):
     """Readiness: 200 when the database, the broker and (with Kafka configured) a bridge answer,
     503 otherwise. Open, reveals no data. ``bridge`` is null when no Kafka is configured.
+    The broker and bridge answers are cached for ``HEALTH_CACHE_SECONDS``; the database is
+    asked every time (a query on a connection the process already holds). Not throttled: a
+    cached answer costs little, and a probe answered 429 would take the service out of rotation.
     """
 
     authentication_classes: list[Any] = []
-    permission_classes = [AllowAny]
+    throttle_classes: list[Any] = []
+
+    def get_permissions(self) -> list[BasePermission]:
+        return [AllowAny()]  # open whatever the project's defaults
 
     def get(self, request: Request) -> Response:
         checks: dict[str, bool | None] = {

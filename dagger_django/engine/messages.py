@@ -416,9 +416,7 @@ def _inbox_row(plan: _Plan, now: dt.datetime) -> InboxMessage:
     # them (value_type=bytes/str); a JSON message's payload is enough to route it again.
     keep = invalid or payloads.keeps_raw(m.topic)
     raw = (
-        m.raw
-        if keep and m.raw is not None and len(m.raw) <= int(dagger_settings.MAX_MESSAGE_BYTES)
-        else None
+        m.raw if keep and m.raw is not None and len(m.raw) <= int(dagger_settings.MAX_MESSAGE_BYTES) else None
     )
     return InboxMessage(
         source=m.source,

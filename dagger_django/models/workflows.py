@@ -39,6 +39,12 @@ class Workflow(models.Model):
 
     class Meta:
         ordering = ["-time_created"]
+        # Acting on workflows is a permission of its own: Django's view/change permissions say
+        # nothing about who may run business processes (docs/api.md#permissions).
+        permissions = [
+            ("operate_workflow", "Can create, stop, retry, edit parameters of and replay workflows"),
+            ("post_event", "Can post events (messages routed to listeners) through the API"),
+        ]
         indexes = [
             models.Index(fields=["status", "-time_created"], name="dagger_wf_status_created"),
             models.Index(fields=["template_name", "-time_created"], name="dagger_wf_template_created"),

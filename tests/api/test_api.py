@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 
 from dagger_django import DAGBuilderHelper, Dagger, ExecutorTask
@@ -60,7 +61,14 @@ def dispatcher() -> Iterator[InMemoryDispatcher]:
 
 @pytest.fixture
 def user(django_user_model: Any) -> Any:
-    return django_user_model.objects.create_user(username="api-user", password="secret-pw")
+    """An operator: may read and act (tests/api/test_permissions.py covers the other roles)."""
+    user = django_user_model.objects.create_user(username="api-user", password="secret-pw")
+    user.user_permissions.add(
+        *Permission.objects.filter(
+            content_type__app_label="dagger_django", codename__in=["view_workflow", "operate_workflow"]
+        )
+    )
+    return user
 
 
 @pytest.fixture
@@ -371,6 +379,9 @@ def test_list_and_detail_take_a_constant_number_of_queries(
     api: APIClient, count: int, django_assert_max_num_queries: Any
 ) -> None:
     workflows = [new_workflow(order_id=f"k{i}") for i in range(count)]
+    # The permission check loads the user's permissions once (two queries of the auth backend,
+    # then cached on the user object): counted below are the queries of the reads themselves.
+    assert api.get(f"{BASE}/templates/").status_code == 200
 
     with django_assert_max_num_queries(2):
         response = api.get(f"{BASE}/workflows/")
@@ -657,3 +668,63 @@ def test_patch_runtime_parameters_of_a_finished_workflow_is_a_conflict(
     )
     assert response.status_code == 409
     assert response.json()["error"] == "invalid_state"
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[int]:
+    """Count the calls of ``owner.name`` while still calling it (a spy, not a fake)."""
+    calls: list[int] = []
+    real = getattr(owner, name)
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
+@pytest.mark.django_db
+def test_health_calls_within_the_cache_window_open_one_broker_connection(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    from celery import current_app
+
+    settings.DAGGER = {**(settings.DAGGER or {}), "HEALTH_CACHE_SECONDS": 60.0}
+    connections = _count_calls(monkeypatch, current_app, "connection_for_write")
+
+    answers = [APIClient().get(f"{BASE}/health/") for _ in range(2)]
+
+    assert [a.json()["checks"]["broker"] for a in answers] == [True, True]
+    assert len(connections) == 1
+
+
+@pytest.mark.django_db
+def test_health_asks_the_broker_again_once_the_window_has_passed(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    from celery import current_app
+
+    settings.DAGGER = {**(settings.DAGGER or {}), "HEALTH_CACHE_SECONDS": 0.0}
+    connections = _count_calls(monkeypatch, current_app, "connection_for_write")
+
+    for _ in range(2):
+        APIClient().get(f"{BASE}/health/")
+
+    assert len(connections) == 2
+
+
+@pytest.mark.django_db
+def test_health_calls_within_the_cache_window_create_one_kafka_admin_client(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    from confluent_kafka import admin
+
+    # Nothing listens on port 1: each check fails fast (connection refused) and says so.
+    settings.DAGGER = {**(settings.DAGGER or {}), "KAFKA": {"bootstrap.servers": "127.0.0.1:1"}}
+    clients = _count_calls(monkeypatch, admin, "AdminClient")
+
+    answers = [APIClient().get(f"{BASE}/health/") for _ in range(2)]
+
+    assert [a.json()["checks"]["bridge"] for a in answers] == [False, False]
+    assert [a.status_code for a in answers] == [503, 503]
+    assert len(clients) == 1

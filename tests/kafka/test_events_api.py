@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 
 from dagger_django import Dagger
@@ -28,7 +29,11 @@ def dispatcher() -> Iterator[InMemoryDispatcher]:
 @pytest.fixture
 def api(django_user_model: Any) -> APIClient:
     client = APIClient()
-    client.force_authenticate(django_user_model.objects.create_user("events", password="x"))
+    user = django_user_model.objects.create_user("events", password="x")
+    user.user_permissions.add(
+        Permission.objects.get(content_type__app_label="dagger_django", codename="post_event")
+    )
+    client.force_authenticate(user)
     return client
 
 
