@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('dagger_django', '0003_lean_indexes'),
+        ('dagger_django', '0004_inbox_identity'),
     ]
 
     operations = [

@@ -4,7 +4,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('dagger_django', '0003_lean_indexes'),
+        ('dagger_django', '0006_outbox_dead'),
     ]
 
     operations = [
