@@ -238,7 +238,8 @@ def test_stop_records_the_hook_as_pending_in_the_same_transaction(dispatcher: An
     node.refresh_from_db()
     assert node.stop_hook == StopHook.DONE and node.stop_hook_at is not None
     assert t.STOPPED_HOOKS == ["s_executor_task"]
-    assert TaskEvent.objects.filter(workflow_id=wf.id, reason="stop_hook_ran").count() == 1
+    # The task's hook and its running process's hook (spec 2.8: processes' hooks are called).
+    assert TaskEvent.objects.filter(workflow_id=wf.id, reason="stop_hook_ran").count() == 2
     services.stop_hooks_run(workflow_id=wf.id, node_ids=[node.id])  # redelivered: not again
     assert t.STOPPED_HOOKS == ["s_executor_task"]
 
@@ -250,7 +251,7 @@ def test_lost_stop_hook_message_is_recovered_and_the_hook_runs(dispatcher: Any, 
     clock.advance(seconds=LEASE - 1)
     assert recovery.nodes_recover() == 0
     clock.advance(seconds=2)
-    assert recovery.nodes_recover() == 1
+    assert recovery.nodes_recover() == 2  # the task's hook and its process's
     assert recovery.nodes_recover() == 0  # sent once per backoff period
     dispatcher.drain()
     node.refresh_from_db()
@@ -267,7 +268,7 @@ def test_stop_hook_whose_dispatch_failed_is_sent_by_the_next_sweep(dispatcher: A
     finally:
         ports.set_dispatcher(previous)
     t.STOPPED_HOOKS.clear()
-    assert recovery.nodes_recover() == 1  # no lease to wait for
+    assert recovery.nodes_recover() == 2  # no lease to wait for (the task's and the process's hook)
     dispatcher.drain()
     assert Node.objects.get(pk=node_id).stop_hook == StopHook.DONE
     assert t.STOPPED_HOOKS == ["s_executor_task"]

@@ -59,6 +59,15 @@ def kafka(porting_topics: Any) -> KafkaClient:
 
 @pytest.fixture
 def api(django_user_model: Any) -> APIClient:
+    from django.contrib.auth.models import Permission
+
     client = APIClient()
-    client.force_authenticate(django_user_model.objects.create_user("porting", password="x"))
+    user = django_user_model.objects.create_user("porting", password="x")
+    # A machine that posts events and reads workflows (docs/api.md: permissions).
+    user.user_permissions.add(
+        *Permission.objects.filter(
+            content_type__app_label="dagger_django", codename__in=["post_event", "view_workflow"]
+        )
+    )
+    client.force_authenticate(user)
     return client
