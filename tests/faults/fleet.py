@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ROOT, WORKER_TEST_MODULES, WorkerProcess, _stop, _wait_until_ready
+from tests.conftest import ROOT, WORKER_TEST_MODULES, WorkerProcess, _stop
 from tests.kafka.broker import FAST_GROUP
 
 from . import workflows as fw
@@ -121,12 +121,11 @@ class Stack:
 
     @property
     def app(self) -> Any:
-        """A Celery client on the private Redis (the readiness ping of the workers)."""
+        """A Celery client for the readiness ping of the workers (its connection is given per call)."""
         if self._app is None:
             from celery import Celery
 
             self._app = Celery("faults", broker=self.redis.url)
-            self._app.conf.broker_connection_retry_on_startup = True
         return self._app
 
     def _spawn(self, name: str, argv: list[str], **extra: str) -> Proc:
@@ -170,8 +169,33 @@ class Stack:
             proc=proc, queue=self.queue, nodename=nodename, log_path=log_path, database_url=self.database_url
         )
         self.workers.append(worker)
-        _wait_until_ready(self.app, worker)
+        self._wait_ready(worker)
         return worker
+
+    def _wait_ready(self, worker: WorkerProcess, timeout: float = 90.0) -> None:
+        """Ping the worker through the private Redis until it answers (it consumes its queue then).
+
+        Celery reads a CELERY_BROKER_URL of the environment before the broker given to an app, and
+        ``make test`` sets one (the shared Redis): the pings run with it pointing at the private
+        Redis, so the app's connection pool, made at the first ping, is bound there.
+        """
+        deadline = time.monotonic() + timeout
+        previous = os.environ.get("CELERY_BROKER_URL")
+        os.environ["CELERY_BROKER_URL"] = self.redis.url
+        try:
+            while time.monotonic() < deadline:
+                if worker.proc.poll() is not None:
+                    raise RuntimeError(f"worker {worker.nodename} exited:\n{worker.log_tail()}")
+                if self.app.control.ping(destination=[worker.nodename], timeout=1.0):
+                    return
+        finally:
+            if previous is None:
+                os.environ.pop("CELERY_BROKER_URL", None)
+            else:
+                os.environ["CELERY_BROKER_URL"] = previous
+        raise RuntimeError(
+            f"worker {worker.nodename} did not answer within {timeout:.0f}s:\n{worker.log_tail()}"
+        )
 
     def start_beat(self, name: str = "beat", *, wait: bool = True) -> Proc:
         """``celery beat`` with the database scheduler; with ``wait``, once it has sent a sweep."""

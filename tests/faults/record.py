@@ -21,6 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 OUT_DIR = Path(os.environ.get("DAGGER_FAULTS_DIR", ROOT / "var" / "faults"))
 
 
+def broken(figures: dict[str, Any], *zero: str) -> list[str]:
+    """The promises a campaign broke: each of ``zero`` must be 0 (or false) in ``figures``."""
+    return [f"{name.replace('_', ' ')}: {figures[name]}" for name in zero if figures.get(name)]
+
+
 def write(
     name: str,
     title: str,

@@ -25,7 +25,7 @@ import pytest
 
 from .fleet import OrderService, Stack, stack
 from .ledger import driver_records, outcome
-from .record import write
+from .record import broken, write
 from .scale import scale
 
 pytestmark = pytest.mark.campaign
@@ -111,7 +111,20 @@ def restarts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         "drain_s_after_last": round(waited, 1),
         **alive,
     }
-    write("service_restart", "Restart Redis (flushed), Kafka, PostgreSQL", figures, started=started)
+    defects = broken(figures, "lost_or_stuck", "create_errors_committed_anyway")
+    defects += [
+        f"{o['service']}: its backlog never completed"
+        for o in outages
+        if o["backlog_done_s_after_restart"] is None
+    ]
+    defects += [f"{name.replace('_', ' ')}: no" for name, ok in alive.items() if not ok]
+    write(
+        "service_restart",
+        "Restart Redis (flushed) and PostgreSQL, freeze Kafka",
+        figures,
+        started=started,
+        defects=defects,
+    )
     yield figures
 
 

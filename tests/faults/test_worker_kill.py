@@ -23,16 +23,19 @@ import pytest
 
 from .fleet import OrderService, Stack, stack
 from .ledger import Killed, driver_records, outcome, repeats
-from .record import write
+from .record import broken, write
 from .scale import scale
 
 pytestmark = pytest.mark.campaign
 
-#: Full size: 100 kills over 2,000 workflows. The issue asks for 10,000; on this 2-core machine the
+#: Full size: 100 kills over 1,500 workflows. The issue asks for 10,000; on this 2-core machine the
 #: mixed load runs at 3-4 workflows/s with its kills, so 10,000 would not fit the 30 minutes of
 #: ``make faults`` (docs/reliability.md).
-WORKFLOWS = scale(100, 2_000)
+WORKFLOWS = scale(100, 1_500)
 KILLS = scale(2, 100)
+#: One kill in this many takes the whole worker (a replacement then starts, which takes a while);
+#: the others kill the pool process running the task.
+WHOLE_WORKER_EVERY = 2 if KILLS < 10 else 4
 
 
 def _running_slow_step(s: Stack, live: set[str], killed: Killed) -> tuple[int, str, str] | None:
@@ -136,7 +139,7 @@ def test_workers_killed_mid_task_lose_nothing_and_double_nothing(tmp_path: Path)
                 # Spread the kills over the run: kill i once i/KILLS of the workflows exist.
                 while len(driver_records(out)) < WORKFLOWS * i // KILLS and driver.alive():
                     time.sleep(0.1)
-                kill = _kill_one(s, "process" if i % 2 == 0 else "worker", killed)
+                kill = _kill_one(s, "worker" if i % WHOLE_WORKER_EVERY == 1 else "process", killed)
                 if kill is not None:
                     kills.append(kill)
             assert driver.proc.wait(timeout=scale(300, 1500)) == 0, driver.log()[-3000:]
@@ -166,7 +169,20 @@ def test_workers_killed_mid_task_lose_nothing_and_double_nothing(tmp_path: Path)
         **effects,
         "drain_s_after_last_create": round(waited, 1),
     }
-    write("worker_kill", "SIGKILL a worker mid-task", figures, started=started, examples=[*examples, *kills])
+    write(
+        "worker_kill",
+        "SIGKILL a worker mid-task",
+        figures,
+        started=started,
+        examples=[*examples, *kills],
+        defects=broken(
+            figures,
+            "lost_or_stuck",
+            "stranded_never_rerun",
+            "effects_doubled_beyond_key",
+            "same_key_run_twice",
+        ),
+    )
     assert len(kills) == KILLS, f"only {len(kills)} of {KILLS} kills found a running task"
     assert result["lost_or_stuck"] == 0, figures
     assert never_rerun == 0, figures
