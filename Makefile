@@ -26,6 +26,7 @@ help:
 	@echo "make test              run the test suite on local PostgreSQL and Redis"
 	@echo "make lint              ruff check and ruff format --check"
 	@echo "make migrations-check  fail if models and migrations disagree"
+	@echo "make faults            every fault campaign at full size, figures into docs/reliability.md"
 	@echo "make venv              create or update .venv"
 	@echo "make services          make sure PostgreSQL and Redis are running"
 
@@ -67,3 +68,18 @@ BENCH_ARGS ?=
 .PHONY: bench
 bench: venv services
 	DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-bench-only-insecure-secret-key}" $(VPY) -m benchmarks $(BENCH_ARGS)
+
+# Fault campaigns (docs/reliability.md): every test marked `campaign` at full size (DAGGER_FAULTS=full),
+# then the table of their figures (var/faults/*.json) into docs/reliability.md, even when a campaign
+# failed (its figures say why). One campaign: `make faults FAULTS_TESTS=tests/faults/test_worker_kill.py`.
+# A record is replaced when its campaign runs again; the table's size column tells short from full.
+FAULTS_TESTS ?= tests/faults
+FAULTS_ARGS ?=
+.PHONY: faults
+faults: venv services
+	DAGGER_FAULTS=full \
+	DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-test-only-insecure-secret-key}" \
+	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" \
+	CELERY_BROKER_URL="$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)}" \
+	$(VPY) -m pytest -p no:cacheprovider -ra -m campaign $(FAULTS_TESTS) $(FAULTS_ARGS); status=$$?; \
+	$(VPY) scripts/faults_table.py --write docs/reliability.md; exit $$status

