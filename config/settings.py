@@ -198,6 +198,7 @@ for _name, _cast in (
     ("TRIGGER_INTERVAL", float),
     ("MAX_TASKS_PER_TRIGGER", int),
     ("LEASE_SECONDS", float),
+    ("HEARTBEAT_SECONDS", float),
     ("RECOVERY_INTERVAL", float),
 ):
     if os.environ.get(f"DAGGER_{_name}"):
