@@ -113,6 +113,17 @@ def _lease_problems(dagger_settings: Any) -> list[Any]:
                 id="dagger_django.E030",
             )
         )
+    delivery_lease = float(dagger_settings.DELIVERY_LEASE_SECONDS)
+    if beat > 0 and delivery_lease > 0 and 3 * beat >= delivery_lease:
+        problems.append(
+            Error(
+                f"DAGGER['HEARTBEAT_SECONDS'] = {beat:g} must be under a third of "
+                f"DELIVERY_LEASE_SECONDS ({delivery_lease:g}).",
+                hint="A running on_message refreshes its delivery's claim this often; the message "
+                "sweep hands out again a claim not refreshed for DELIVERY_LEASE_SECONDS.",
+                id="dagger_django.E031",
+            )
+        )
     timeout = _visibility_timeout()
     margin = visibility_margin(dagger_settings)
     if timeout is not None and timeout < lease + margin:
@@ -175,7 +186,7 @@ def check_messaging_settings(app_configs: Any = None, **kwargs: Any) -> list[Any
     for name in ("BUFFER_TTL_SECONDS", "MAX_MESSAGE_BYTES", "DELIVERY_LEASE_SECONDS"):
         if float(getattr(dagger_settings, name)) <= 0:
             problems.append(Error(f"DAGGER['{name}'] must be positive.", id="dagger_django.E022"))
-    for name in ("INBOX_RETENTION_DAYS", "INBOX_DEAD_LETTER_RETENTION_DAYS"):
+    for name in ("INBOX_RETENTION_DAYS", "INBOX_DEAD_LETTER_RETENTION_DAYS", "OUTBOX_RETENTION_DAYS"):
         if float(getattr(dagger_settings, name)) < 0:
             problems.append(
                 Error(f"DAGGER['{name}'] must be 0 (keep all) or positive.", id="dagger_django.E023")

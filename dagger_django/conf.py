@@ -78,6 +78,9 @@ class Defaults:
     #: Seconds the relay after a commit waits for the broker's acknowledgement before it leaves
     #: the rows to the background relay (bounds what a request or task pays when Kafka is down).
     OUTBOX_COMMIT_WAIT: float = 0.25
+    #: Sent outbox rows are deleted this many days after they were sent (by the bridges' message
+    #: sweep); pending and dead rows never. 0 keeps them all.
+    OUTBOX_RETENTION_DAYS: float = 7.0
     #: Rows one relay pass claims at most.
     OUTBOX_BATCH: int = 500
     #: How long a message for a listener that has not started yet is kept (a listener class
@@ -85,7 +88,8 @@ class Defaults:
     BUFFER_TTL_SECONDS: float = 3600.0
     #: Largest accepted message value, in bytes (bigger ones are dead letters / HTTP 413).
     MAX_MESSAGE_BYTES: int = 1024 * 1024
-    #: A delivery being handled (or waiting for a worker) this long is handed out again.
+    #: A delivery whose worker stopped beating (HEARTBEAT_SECONDS) this long is handed out again;
+    #: one still waiting in the queue is sent again after this long, then with backoff.
     DELIVERY_LEASE_SECONDS: float = 300.0
     #: Routed, unmatched and expired inbox rows are deleted this many days after they were
     #: received (the dedupe window); rows with open deliveries never. 0 keeps them all.

@@ -3,11 +3,15 @@
 Recovery hands out an EXECUTING node whose ``updated_at`` is older than ``LEASE_SECONDS``
 (engine/recovery.py), and a redelivered Celery message re-claims a node of its own lease only
 when the heartbeat has stopped (``services._claim``). So a task that runs for an hour is not
-handed out again while it runs, and a dead worker's task is still recovered.
+handed out again while it runs, and a dead worker's task is still recovered. A listener's
+``on_message`` keeps its delivery's lease fresh the same way: the message sweep hands out a CLAIMED
+delivery again only when its ``updated_at`` is older than ``DELIVERY_LEASE_SECONDS``
+(``messages.deliveries_redispatch``).
 
-One daemon thread per worker process beats for every node this process is running: every
-``HEARTBEAT_SECONDS`` it moves ``updated_at`` of each of them, one ``UPDATE`` per node, guarded
-by status and lease (a node stopped or taken over meanwhile is left alone), with no workflow lock.
+One daemon thread per worker process beats for every node and delivery this process is running:
+every ``HEARTBEAT_SECONDS`` it moves ``updated_at`` of each of them, one ``UPDATE`` per row, guarded
+by status and lease (a node stopped or a delivery taken over meanwhile is left alone), with no
+workflow lock.
 The thread has its own database connection and starts on first use in each process (a prefork
 child starts its own). Registering a node costs a dictionary entry; a hook that ends before the
 first beat costs no query at all.
@@ -26,7 +30,7 @@ from contextlib import contextmanager
 from django.db import connections, router
 
 from ..conf import dagger_settings
-from ..models import Node, Status
+from ..models import Delivery, DeliveryStatus, Node, Status
 from . import ports
 
 logger = logging.getLogger("dagger_django.engine")
@@ -46,17 +50,22 @@ def stale_after() -> float:
     return 3 * interval()
 
 
+#: What a beat refreshes: a node (its hook runs) or a delivery (its listener's on_message runs).
+NODE = "node"
+DELIVERY = "delivery"
+Target = tuple[str, object, str]  # (NODE or DELIVERY, row id, lease)
+
+
 class _Beater:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.running: dict[tuple[uuid.UUID, str], int] = {}
+        self.running: dict[Target, int] = {}
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
         self.pid = 0
 
-    def add(self, node_id: uuid.UUID, lease: str) -> None:
+    def add(self, key: Target) -> None:
         with self.lock:
-            key = (node_id, lease)
             self.running[key] = self.running.get(key, 0) + 1
             if self.thread is None or self.pid != os.getpid() or not self.thread.is_alive():
                 # First use in this process (a forked child inherits the parent's object but
@@ -65,9 +74,8 @@ class _Beater:
                 self.thread = threading.Thread(target=self._loop, name="dagger-heartbeat", daemon=True)
                 self.thread.start()
 
-    def remove(self, node_id: uuid.UUID, lease: str) -> None:
+    def remove(self, key: Target) -> None:
         with self.lock:
-            key = (node_id, lease)
             left = self.running.get(key, 0) - 1
             if left > 0:
                 self.running[key] = left
@@ -97,16 +105,18 @@ class _Beater:
                 logger.warning("lease heartbeat failed", exc_info=True)
                 conn.close()
 
-    def beat(self, targets: list[tuple[uuid.UUID, str]]) -> int:
-        """Refresh the leases of ``targets``; returns how many nodes were still ours."""
+    def beat(self, targets: list[Target]) -> int:
+        """Refresh the leases of ``targets``; returns how many rows were still ours."""
         now = ports.now()
         refreshed = 0
-        for node_id, lease in targets:
+        for kind, pk, lease in targets:
             # One short statement each, in autocommit: no two rows are ever locked together, so
-            # a beat cannot deadlock with a transition that writes the same nodes.
-            refreshed += Node.objects.filter(pk=node_id, status=Status.EXECUTING, lease=lease).update(
-                updated_at=now
-            )
+            # a beat cannot deadlock with a transition or a sweep that writes the same rows.
+            if kind == DELIVERY:
+                rows = Delivery.objects.filter(pk=pk, status=DeliveryStatus.CLAIMED, lease=lease)
+            else:
+                rows = Node.objects.filter(pk=pk, status=Status.EXECUTING, lease=lease)
+            refreshed += rows.update(updated_at=now)
         return refreshed
 
 
@@ -116,18 +126,32 @@ _beater = _Beater()
 @contextmanager
 def beating(node_id: uuid.UUID, lease: str) -> Iterator[None]:
     """Keep the lease of ``node_id`` (held as ``lease``) fresh while the block runs."""
-    _beater.add(node_id, lease)
+    with _beating((NODE, node_id, lease)):
+        yield
+
+
+@contextmanager
+def beating_delivery(delivery_id: int, lease: str) -> Iterator[None]:
+    """Keep the claim of delivery ``delivery_id`` (held as ``lease``) fresh while its listener's
+    ``on_message`` runs."""
+    with _beating((DELIVERY, delivery_id, lease)):
+        yield
+
+
+@contextmanager
+def _beating(key: Target) -> Iterator[None]:
+    _beater.add(key)
     try:
         yield
     finally:
-        _beater.remove(node_id, lease)
+        _beater.remove(key)
 
 
 def beat_now() -> int:
-    """One beat for every node this process runs, in the caller's thread (tests, diagnostics)."""
+    """One beat for every node and delivery this process runs, in the caller's thread (tests, diagnostics)."""
     with _beater.lock:
         targets = list(_beater.running)
     return _beater.beat(targets) if targets else 0
 
 
-__all__ = ["beat_now", "beating", "interval", "stale_after"]
+__all__ = ["beat_now", "beating", "beating_delivery", "interval", "stale_after"]

@@ -699,7 +699,13 @@ def delivery_claim(state: WorkflowState, node: Node, lease: str) -> Work | None:
         skip_to(state, node)
     attempt = chosen["attempts"] + 1
     Delivery.objects.filter(pk=chosen["id"]).update(
-        status=D.CLAIMED, lease=lease, attempts=attempt, available_at=None, updated_at=now
+        status=D.CLAIMED,
+        lease=lease,
+        attempts=attempt,
+        available_at=None,
+        updated_at=now,
+        redispatch_at=None,
+        redispatches=0,
     )
     if message["status"] == InboxStatus.BUFFERED:
         InboxMessage.objects.filter(pk=message["id"]).update(status=InboxStatus.ROUTED, updated_at=now)
@@ -959,21 +965,66 @@ def deliveries_expire(*, limit: int = 5000) -> int:
     return count
 
 
+#: A waiting delivery is re-sent after 1, 2, 4 then 8 lease periods at most (as SUBMITTED nodes are).
+MAX_BACKOFF_EXPONENT = 3
+
+
+def _backoff(redispatches: int, lease: float) -> dt.timedelta:
+    return dt.timedelta(seconds=lease * 2 ** min(max(redispatches - 1, 0), MAX_BACKOFF_EXPONENT))
+
+
 def deliveries_redispatch(*, limit: int = 1000) -> int:
-    """Hand out again deliveries whose retry is due, or whose dispatch or worker was lost."""
+    """Hand out again deliveries whose retry is due, whose worker is gone, or whose dispatch may
+    have been lost; returns how many deliveries were handed out.
+
+    - a PENDING delivery whose retry is due (``available_at``) is sent at once;
+    - a CLAIMED delivery is taken back only when its ``updated_at`` is older than
+      ``DELIVERY_LEASE_SECONDS``: the worker running ``on_message`` refreshes it every
+      ``HEARTBEAT_SECONDS`` (engine/heartbeat.py), so only a dead worker's claim gets that old;
+    - a PENDING delivery still waiting one lease after it was routed may only be queued behind a
+      long backlog: it is sent again at most once per lease, then after 2, 4 and 8 leases
+      (``redispatch_at`` / ``redispatches``), so a slow queue is not flooded with copies.
+
+    The rows are locked in id order with SKIP LOCKED: a row a worker's claim or apply holds is
+    left for the next sweep, and two sweeps never wait on each other (they once deadlocked with a
+    worker, each locking the same rows in another order)."""
     now = ports.now()
-    stale = now - dt.timedelta(seconds=float(dagger_settings.DELIVERY_LEASE_SECONDS))
+    lease = float(dagger_settings.DELIVERY_LEASE_SECONDS)
+    stale = now - dt.timedelta(seconds=lease)
     due = Q(status=D.PENDING, available_at__lte=now)
-    lost = Q(status__in=[D.PENDING, D.CLAIMED], available_at__isnull=True, updated_at__lte=stale)
-    rows = list(
-        Delivery.objects.filter(due | lost).order_by("id").values_list("id", "workflow_id", "node_id")[:limit]
+    dead = Q(status=D.CLAIMED, updated_at__lte=stale)
+    waiting = Q(status=D.PENDING, available_at__isnull=True) & (
+        Q(redispatch_at__lte=now) | Q(redispatch_at__isnull=True, updated_at__lte=stale)
     )
-    if not rows:
-        return 0
     with transaction.atomic():
-        Delivery.objects.filter(pk__in=[r[0] for r in rows]).update(
-            status=D.PENDING, lease="", available_at=None, updated_at=now
+        rows = list(
+            Delivery.objects.filter(due | dead | waiting)
+            .order_by("id")
+            .select_for_update(skip_locked=True)
+            .values_list("id", "workflow_id", "node_id", "status", "available_at", "redispatches")[:limit]
         )
+        if not rows:
+            return 0
+        # A due retry or a dead worker's claim: a fresh start, waiting one lease before a re-send.
+        fresh = [r[0] for r in rows if r[3] == D.CLAIMED or r[4] is not None]
+        if fresh:
+            Delivery.objects.filter(pk__in=fresh).update(
+                status=D.PENDING,
+                lease="",
+                available_at=None,
+                updated_at=now,
+                redispatch_at=None,
+                redispatches=0,
+            )
+        # A waiting one: the next re-send after its backoff (one UPDATE per count, a few at most).
+        by_count: dict[int, list[int]] = defaultdict(list)
+        for r in rows:
+            if r[3] == D.PENDING and r[4] is None:
+                by_count[r[5]].append(r[0])
+        for count, ids in by_count.items():
+            Delivery.objects.filter(pk__in=ids).update(
+                redispatches=count + 1, redispatch_at=now + _backoff(count + 1, lease)
+            )
         transaction.on_commit(partial(_dispatch, list(dict.fromkeys((r[1], r[2]) for r in rows))))
     return len(rows)
 
@@ -1025,18 +1076,22 @@ class SweepResult:
     redispatched: int = 0
     pruned: int = 0
     relayed: int = 0
+    #: Sent outbox rows deleted (OUTBOX_RETENTION_DAYS).
+    outbox_pruned: int = 0
 
     def total(self) -> int:
         return sum(dataclasses.astuple(self))
 
 
 def messages_sweep(*, relay_grace_seconds: float = 10.0) -> SweepResult:
-    """One sweep: expire buffered messages, redispatch lost deliveries, prune the inbox, and send
-    outbox rows older than ``relay_grace_seconds`` that no after-commit relay sent."""
+    """One sweep: expire buffered messages, redispatch lost deliveries, prune the inbox and the
+    sent outbox rows, and send outbox rows older than ``relay_grace_seconds`` that no
+    after-commit relay sent."""
     result = SweepResult(
         expired=deliveries_expire(), redispatched=deliveries_redispatch(), pruned=inbox_prune()
     )
     result.relayed = outbox.relay_pending(grace_seconds=relay_grace_seconds)
+    result.outbox_pruned = outbox.outbox_prune()
     return result
 
 

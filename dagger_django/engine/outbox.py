@@ -353,6 +353,26 @@ def relay_pending(*, grace_seconds: float = 10.0) -> int:
     return relay.relay(older_than=ports.now() - dt.timedelta(seconds=max(0.0, grace_seconds)))
 
 
+def outbox_prune(*, limit: int = 5000) -> int:
+    """Delete sent rows older than ``OUTBOX_RETENTION_DAYS`` (by ``sent_at``; 0 keeps them all),
+    at most ``limit`` per call. Pending and dead rows are never deleted: they are still owed, or
+    wait for an operator (``dagger_outbox requeue``). Run by the bridges' message sweep."""
+    days = float(dagger_settings.OUTBOX_RETENTION_DAYS)
+    if days <= 0:
+        return 0
+    cutoff = ports.now() - dt.timedelta(days=days)
+    ids = list(
+        OutboxMessage.objects.filter(status=OutboxStatus.SENT, sent_at__lt=cutoff)
+        .order_by("sent_at")
+        .values_list("id", flat=True)[:limit]
+    )
+    if not ids:
+        return 0
+    # Guarded again: a sent row never changes status, but the guard costs nothing.
+    deleted, _ = OutboxMessage.objects.filter(pk__in=ids, status=OutboxStatus.SENT).delete()
+    return deleted
+
+
 # A single advisory lock key: claims take turns (each is one short statement), so two relays
 # never split the unsent rows of one key between them and send them out of order.
 _CLAIM_LOCK = 0x6461_6767_6F62  # "daggob"
@@ -634,6 +654,7 @@ __all__ = [
     "outbox_claim",
     "outbox_counts",
     "outbox_held_by",
+    "outbox_prune",
     "outbox_relay",
     "outbox_requeue",
     "outbox_send",

@@ -492,7 +492,9 @@ def node_run(*, workflow_id: Any, node_id: Any, lease: str) -> int:
                 with heartbeat.beating(work.node_id, lease):  # the lease stays ours while it runs
                     outcome = _execute(work)
             else:
-                outcome = _execute(work)
+                # on_message keeps its delivery's claim fresh (messages.deliveries_redispatch).
+                with heartbeat.beating_delivery(work.delivery.id, lease):
+                    outcome = _execute(work)
         outcome.sends = sends
         steps += 1
         inline = steps <= max_steps and time.monotonic() < deadline

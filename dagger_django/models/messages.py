@@ -143,6 +143,10 @@ class Delivery(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     #: A delivery whose ``on_message`` raised is tried again from this time (retry policy).
     available_at = models.DateTimeField(null=True, blank=True)
+    #: A PENDING delivery waiting in the queue is sent again from this time (message sweep);
+    #: ``redispatches`` counts those re-sends since its last claim, for the backoff.
+    redispatch_at = models.DateTimeField(null=True, blank=True)
+    redispatches = models.PositiveSmallIntegerField(default=0)
     #: What ``on_message`` returned, or why the delivery was ignored or failed.
     outcome = models.CharField(max_length=64, blank=True, default="")
     error = models.TextField(blank=True, default="")
@@ -230,6 +234,8 @@ class OutboxMessage(models.Model):
                 condition=models.Q(status__in=["pending", "dead"]),
             ),
             models.Index(fields=["workflow_id"], name="dagger_outbox_workflow"),
+            # the retention sweep's oldest sent rows (engine/outbox.py outbox_prune)
+            models.Index(fields=["sent_at"], name="dagger_outbox_sent", condition=models.Q(status="sent")),
         ]
 
     def __str__(self) -> str:

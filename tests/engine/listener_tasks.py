@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from dagger_django import Dagger, ExecutorTask, KafkaCommandTask, KafkaListenerTask
@@ -132,3 +133,18 @@ class RepliesOnMessage(Ready):
 class BrokenExtractor(Ready):
     def get_correlatable_key(self, payload: Any) -> Any:
         raise KeyError("no idea")
+
+
+#: on_message of BlockingReady: the idempotency key of each run, and the event that ends them.
+BLOCKING_MESSAGES: list[str] = []
+BLOCKING_MESSAGE_RELEASE = threading.Event()
+
+
+class BlockingReady(Ready):
+    """An on_message that runs until the test sets BLOCKING_MESSAGE_RELEASE (a long handler)."""
+
+    def on_message(self, runtime_parameters: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        BLOCKING_MESSAGES.append(str(self.idempotency_key))
+        if not BLOCKING_MESSAGE_RELEASE.wait(timeout=20):
+            raise RuntimeError("never released")
+        return super().on_message(runtime_parameters, *args, **kwargs)
