@@ -219,3 +219,12 @@ def test_retention_deletes_in_bounded_batches(relay: RecordingRelay, clock: Any)
     assert outbox.outbox_prune(limit=2) == 2
     assert outbox.outbox_prune(limit=2) == 1
     assert not OutboxMessage.objects.exists()
+
+
+def test_heartbeat_not_well_under_the_delivery_lease_is_an_error(settings: Any) -> None:
+    from dagger_django.checks import check_settings
+
+    settings.DAGGER = {**settings.DAGGER, "DELIVERY_LEASE_SECONDS": 20.0, "HEARTBEAT_SECONDS": 10.0}
+    assert "dagger_django.E031" in [p.id for p in check_settings()]
+    settings.DAGGER = {**settings.DAGGER, "DELIVERY_LEASE_SECONDS": 31.0}
+    assert "dagger_django.E031" not in [p.id for p in check_settings()]
