@@ -228,3 +228,35 @@ def test_heartbeat_not_well_under_the_delivery_lease_is_an_error(settings: Any) 
     assert "dagger_django.E031" in [p.id for p in check_settings()]
     settings.DAGGER = {**settings.DAGGER, "DELIVERY_LEASE_SECONDS": 31.0}
     assert "dagger_django.E031" not in [p.id for p in check_settings()]
+
+
+def test_sweep_skips_a_delivery_a_worker_holds_instead_of_waiting(dispatcher: Any, clock: Any) -> None:
+    waiting_listener("Held").create_instance(submit_task=True, order_id="h1")
+    dispatcher.drain()
+    route("pizza_ready", {"order_id": "h1"})
+    dispatcher.runs.clear()
+    clock.advance(seconds=LEASE)
+    delivery_id = Delivery.objects.get().pk
+    locked, release = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        # A worker's claim or apply holds the row in its transaction.
+        from django.db import connection, transaction
+
+        try:
+            with transaction.atomic():
+                Delivery.objects.select_for_update().get(pk=delivery_id)
+                locked.set()
+                release.wait(timeout=10)  # bounded: a sweep that waits fails the test, not hangs it
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        assert locked.wait(timeout=10)
+        assert messages.deliveries_redispatch() == 0  # left for the next sweep, not waited for
+    finally:
+        release.set()
+        thread.join(timeout=30)
+    assert messages.deliveries_redispatch() == 1
