@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -94,6 +95,7 @@ def test_on_message_running_longer_than_the_delivery_lease_is_not_handed_out_aga
     while (ports.now() - started).total_seconds() < 3.0:
         assert messages.deliveries_redispatch() == 0
         sweeps += 1
+        time.sleep(0.02)  # pacing: a tight loop would starve the heartbeat thread on a busy machine
     assert Delivery.objects.get(node_id=node_id).status == D.CLAIMED
     lt.BLOCKING_MESSAGE_RELEASE.set()
     thread.join(timeout=30)
