@@ -34,6 +34,7 @@ from .services import PrivateKafka, PrivatePostgres, PrivateRedis
 #: Real settings of the campaign runs: short leases and sweeps so recovery is measured in seconds.
 SETTINGS = {
     "DAGGER_LEASE_SECONDS": "4",
+    "DAGGER_HEARTBEAT_SECONDS": "1",  # under a third of the lease (check dagger_django.E030)
     "DAGGER_DELIVERY_LEASE_SECONDS": "4",
     "DAGGER_RECOVERY_INTERVAL": "1",
     "DAGGER_TRIGGER_INTERVAL": "1",
