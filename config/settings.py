@@ -179,6 +179,10 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
         "polling_interval": 0.05,
     }
+elif CELERY_BROKER_URL.startswith("redis://"):
+    # kombu's Redis transport whose channel closes even when Redis is gone: without it a Celery
+    # 5.7 worker exits when Redis restarts (dagger_django/adapters/redis_broker.py).
+    CELERY_BROKER_TRANSPORT = "dagger_django.adapters.redis_broker:Transport"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
