@@ -189,10 +189,23 @@ class WorkflowCampaign(RuleBasedStateMachine):
         runs.remove(message)
         sh.CONTROL.mode, sh.CONTROL.branch, sh.CONTROL.ready = mode, branch, ready
         try:
-            services.node_run(workflow_id=message[0], node_id=message[1], lease=message[2])
+            self._node_run(message[0], message[1], message[2])
         finally:
             sh.CONTROL.mode = "ok"
         self.handled.append(message)
+
+    def _node_run(self, wf: Any, node: Any, lease: str, *, requeue: bool = True) -> bool:
+        """``run_node`` as the Celery task does it: a message whose node is still running under its
+        lease (``LeaseHeld``: fresh heartbeat) runs nothing and is sent again later (a retry,
+        put back in the queue unless ``requeue`` is false). False when it was held."""
+        try:
+            services.node_run(workflow_id=wf, node_id=node, lease=lease)
+        except services.LeaseHeld:
+            FIGURES["lease_held"] += 1
+            if requeue:
+                self.dispatcher.runs.append((str(wf), str(node), lease))
+            return False
+        return True
 
     @precondition(lambda self: bool(self.dispatcher.runs) and len(self.inflight) < 3)
     @rule(pick=st.integers(0, 7))
@@ -240,7 +253,7 @@ class WorkflowCampaign(RuleBasedStateMachine):
         wf, node, lease = self.handled[pick % len(self.handled)]
         sh.CONTROL.mode = mode
         try:
-            services.node_run(workflow_id=wf, node_id=node, lease=lease if same_lease else uuid.uuid4().hex)
+            self._node_run(wf, node, lease if same_lease else uuid.uuid4().hex)
         finally:
             sh.CONTROL.mode = "ok"
 
@@ -379,11 +392,15 @@ class WorkflowCampaign(RuleBasedStateMachine):
                 self.inflight.append((following, lease))
         for _ in range(40):
             moved = 0
+            held = []  # retried after the clock moves on (their heartbeat goes stale)
             while self.dispatcher.runs:
                 wf, node, lease = self.dispatcher.runs.popleft()
-                services.node_run(workflow_id=wf, node_id=node, lease=lease)
-                self.handled.append((wf, node, lease))
-                moved += 1
+                if self._node_run(wf, node, lease, requeue=False):
+                    self.handled.append((wf, node, lease))
+                    moved += 1
+                else:
+                    held.append((wf, node, lease))
+            self.dispatcher.runs.extend(held)
             while self.dispatcher.stop_hooks:
                 wf, nodes = self.dispatcher.stop_hooks.popleft()
                 services.stop_hooks_run(workflow_id=wf, node_ids=nodes)
