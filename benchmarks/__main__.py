@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .harness import prepare_database
+from .harness import BENCH_SECRET_KEY, prepare_database
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/dagger_bench"
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
     env = dict(os.environ)
     env.setdefault("DATABASE_URL", DEFAULT_DB)
+    # The demo settings refuse to start without a secret key once DATABASE_URL is set.
+    env.setdefault("DJANGO_SECRET_KEY", BENCH_SECRET_KEY)
     env.setdefault("CELERY_BROKER_URL", DEFAULT_BROKER)
     env.setdefault("BENCH_REDIS_URL", env["CELERY_BROKER_URL"])
     env["CELERY_QUEUE"] = f"bench-{uuid.uuid4().hex[:8]}"

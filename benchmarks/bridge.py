@@ -178,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     env = dict(os.environ)
+    from .harness import BENCH_SECRET_KEY
+
     env.setdefault("DATABASE_URL", DEFAULT_DB)
+    # The demo settings refuse to start without a secret key once DATABASE_URL is set.
+    env.setdefault("DJANGO_SECRET_KEY", BENCH_SECRET_KEY)
     env.setdefault("CELERY_BROKER_URL", DEFAULT_BROKER)
     env["CELERY_QUEUE"] = f"bench-bridge-{uuid.uuid4().hex[:8]}"
     env["DJANGO_SETTINGS_MODULE"] = "config.settings"

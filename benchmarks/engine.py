@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness import prepare_database
+from .harness import BENCH_SECRET_KEY, prepare_database
 
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/dagger_bench_engine"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--n and --rounds must be positive")
     env = dict(os.environ)
     env.setdefault("DATABASE_URL", DEFAULT_DB)
+    # The demo settings refuse to start without a secret key once DATABASE_URL is set.
+    env.setdefault("DJANGO_SECRET_KEY", BENCH_SECRET_KEY)
     env["DJANGO_SETTINGS_MODULE"] = "config.settings"
     os.environ.update(env)
     prepare_database(env)

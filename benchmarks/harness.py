@@ -130,6 +130,11 @@ class Worker:
             self.proc.wait(5)
 
 
+#: The demo settings need a secret key once DATABASE_URL is set; benchmarks run with this one
+#: unless the environment gives its own.
+BENCH_SECRET_KEY = "bench-only-insecure-secret-key"
+
+
 def reset_tables() -> None:
     """Empty the workflow tables (everything that references workflows goes with them)."""
     from django.db import connection

@@ -324,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     random.seed(args.seed)
 
     env = dict(os.environ)
+    from .harness import BENCH_SECRET_KEY
+
     env.setdefault("DATABASE_URL", DEFAULT_DB)
+    # The demo settings refuse to start without a secret key once DATABASE_URL is set.
+    env.setdefault("DJANGO_SECRET_KEY", BENCH_SECRET_KEY)
     env["DJANGO_SETTINGS_MODULE"] = "config.settings"
     env["DJANGO_DEBUG"] = "0"  # no query log growing in the loaders, no debug pages
     env["LOG_LEVEL"] = "WARNING"

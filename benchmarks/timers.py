@@ -35,7 +35,7 @@ from typing import Any
 
 from dagger_django import TriggerTask
 
-from .harness import prepare_database
+from .harness import BENCH_SECRET_KEY, prepare_database
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/dagger_time_bench"
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
     env = dict(os.environ)
     env.setdefault("DATABASE_URL", DEFAULT_DB)
+    # The demo settings refuse to start without a secret key once DATABASE_URL is set.
+    env.setdefault("DJANGO_SECRET_KEY", BENCH_SECRET_KEY)
     env.setdefault("CELERY_BROKER_URL", DEFAULT_BROKER)
     env["CELERY_QUEUE"] = f"bench-timers-{uuid.uuid4().hex[:8]}"
     env["DJANGO_SETTINGS_MODULE"] = "config.settings"
