@@ -28,6 +28,9 @@ class Defaults:
     #: Listeners handed to workers together (those one bridge batch or replay matched) go in
     #: Celery messages of this many each, run in turn by one worker (1 = one message per listener).
     DISPATCH_BATCH: int = 20
+    #: A worker gathers the ``run_node`` messages it has prefetched for up to this many seconds
+    #: into one ``run_nodes`` batch, whose transitions share transactions (0: never).
+    COALESCE_SECONDS: float = 0.005
     #: The API's workflow list counts at most this many rows per request (0: always a full count).
     LIST_COUNT_LIMIT: int = 10_000
     #: Delete the workflow (nodes and history too) once it is finished.

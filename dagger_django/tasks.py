@@ -34,7 +34,10 @@ _COMMON: dict[str, Any] = {
 }
 
 
-@shared_task(name="dagger_django.run_node", bind=True, **_COMMON)
+# Its strategy gathers prefetched messages into run_nodes batches (adapters/coalesce.py).
+@shared_task(
+    name="dagger_django.run_node", bind=True, Strategy="dagger_django.adapters.coalesce:strategy", **_COMMON
+)
 def run_node(self: Any, workflow_id: str, node_id: str) -> int:
     try:
         return services.node_run(workflow_id=workflow_id, node_id=node_id, lease=self.request.id or "")
@@ -45,31 +48,32 @@ def run_node(self: Any, workflow_id: str, node_id: str) -> int:
 
 @shared_task(name="dagger_django.run_nodes", bind=True, **_COMMON)
 def run_nodes(self: Any, targets: list[list[str]]) -> int:
-    """``run_node`` for each ``[workflow id, node id]``, in turn (``DISPATCH_BATCH``).
+    """Run many ``[workflow id, node id]`` as one batch (``services.nodes_run``).
 
-    Each node gets a lease of its own (this message's id and its position), so a redelivered
-    batch re-runs exactly what this one had claimed and not finished. A failure of one node is
-    logged and leaves it to the recovery sweeps; the others still run. A database outage
-    retries the whole batch (the nodes already done are no-ops then).
+    The batch's transitions share transactions (a savepoint per workflow); each node gets a
+    lease of its own (this message's id and its position), so a redelivered batch re-runs
+    exactly what this one had claimed and not finished. A failure of one node is logged and
+    leaves it to the recovery sweeps; the others still run. A database outage retries the whole
+    batch (the nodes already done are no-ops then).
     """
-    steps = 0
-    retry_in = 0.0
-    for position, (workflow_id, node_id) in enumerate(targets):
+    lease = self.request.id or ""
+    if len(targets) == 1:
+        workflow_id, node_id = targets[0]
         try:
-            steps += services.node_run(
-                workflow_id=workflow_id, node_id=node_id, lease=f"{self.request.id or ''}:{position}"
-            )
+            return services.node_run(workflow_id=workflow_id, node_id=node_id, lease=f"{lease}:0")
+        except services.LeaseHeld as held:
+            raise self.retry(countdown=held.retry_in, max_retries=None) from None
         except (OperationalError, InterfaceError):
             raise
-        except services.LeaseHeld as held:
-            retry_in = max(retry_in, held.retry_in)
         except Exception:
             logger.exception("running node %s of workflow %s failed", node_id, workflow_id)
-    if retry_in:
+            return 0
+    done = services.nodes_run(targets=[(w, n) for w, n in targets], lease=lease)
+    if done.retry_in:
         # Some node of this batch still runs under its lease: come back once it would be stale
         # (the nodes done by then are no-ops).
-        raise self.retry(countdown=retry_in, max_retries=None)
-    return steps
+        raise self.retry(countdown=done.retry_in, max_retries=None)
+    return done.steps
 
 
 @shared_task(name="dagger_django.fire_timer", **_COMMON)

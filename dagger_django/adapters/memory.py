@@ -21,6 +21,9 @@ class InMemoryDispatcher:
     sweeps: list[dt.datetime] = field(default_factory=list)
     stop_hooks: deque[tuple[str, list[str]]] = field(default_factory=deque)
     sent: list[tuple[str, Any]] = field(default_factory=list)
+    #: Run queued nodes of different workflows together (``services.nodes_run``), as a worker
+    #: does with a ``run_nodes`` message, instead of one by one.
+    batch: bool = False
 
     def run_node(self, *, workflow_id: uuid.UUID, node_id: uuid.UUID) -> None:
         lease = uuid.uuid4().hex
@@ -30,6 +33,18 @@ class InMemoryDispatcher:
     def run_nodes(self, *, targets: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
         for workflow_id, node_id in targets:
             self.run_node(workflow_id=workflow_id, node_id=node_id)
+
+    def _take_batch(self) -> list[tuple[str, str, str]]:
+        """The queued runs of distinct workflows, in order (the others stay queued)."""
+        taken: list[tuple[str, str, str]] = []
+        kept: deque[tuple[str, str, str]] = deque()
+        workflows: set[str] = set()
+        while self.runs:
+            run = self.runs.popleft()
+            (kept if run[0] in workflows else taken).append(run)
+            workflows.add(run[0])
+        self.runs = kept
+        return taken
 
     def fire_timer(self, *, timer_id: int, eta: dt.datetime) -> None:
         self.timers.append((timer_id, eta))
@@ -49,7 +64,10 @@ class InMemoryDispatcher:
 
         done = 0
         for _ in range(max_rounds):
-            if self.runs:
+            if self.batch and len(self.runs) > 1:
+                taken = self._take_batch()
+                services.nodes_run(targets=[(wf, node) for wf, node, _ in taken], lease=taken[0][2])
+            elif self.runs:
                 wf, node, lease = self.runs.popleft()
                 services.node_run(workflow_id=wf, node_id=node, lease=lease)
             elif self.stop_hooks:

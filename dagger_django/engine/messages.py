@@ -767,7 +767,7 @@ def delivery_execute(work: Work) -> Outcome:
     return services.Outcome(value=resolve_hook_result(value))
 
 
-class _Stale(Exception):
+class Stale(Exception):
     """The delivery was taken over while on_message ran: roll back and drop the result."""
 
 
@@ -775,19 +775,27 @@ def delivery_apply(work: Work, outcome: Outcome, *, lease: str, claim_next: bool
     """Apply what ``on_message`` returned, in a short locked transaction (called by services)."""
     try:
         with services.locked(work.workflow_id) as state:
-            node = state.get(work.node_id)
-            if node is None:
-                raise _Stale
-            _apply_delivery(state, node, work, outcome, lease)
-            if not (claim_next and state.to_dispatch):
-                return None
-            next_id = state.to_dispatch.pop(0)
-            return services._claim_node(state, state.node(next_id), lease)
-    except _Stale:
+            return delivery_apply_in(state, work, outcome, lease=lease, claim_next=claim_next)
+    except Stale:
         logger.info("discarding the stale result of %s for message %s", work.name, work.delivery)
         return None
     except WorkflowDoesNotExist:
         return None
+
+
+def delivery_apply_in(
+    state: WorkflowState, work: Work, outcome: Outcome, *, lease: str, claim_next: bool
+) -> Work | None:
+    """Inside the workflow's transaction: apply ``on_message``'s result. Raises :class:`Stale`
+    (roll the transaction or its savepoint back) when the delivery was taken over meanwhile."""
+    node = state.get(work.node_id)
+    if node is None:
+        raise Stale
+    _apply_delivery(state, node, work, outcome, lease)
+    if not (claim_next and state.to_dispatch):
+        return None
+    next_id = state.to_dispatch.pop(0)
+    return services._claim_node(state, state.node(next_id), lease)
 
 
 def _apply_delivery(state: WorkflowState, node: Node, work: Work, outcome: Outcome, lease: str) -> None:
@@ -820,7 +828,7 @@ def _apply_delivery(state: WorkflowState, node: Node, work: Work, outcome: Outco
         pk=delivery.id, status=D.CLAIMED, lease=lease, attempts=work.attempt
     ).update(**fields)
     if not updated:
-        raise _Stale
+        raise Stale
     if fields["status"] == D.DELIVERED:
         try:
             _merge_parameters(state, node, work)

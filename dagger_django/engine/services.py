@@ -17,7 +17,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -52,7 +52,7 @@ from ..models import (
 from . import correlation, heartbeat, messages, outbox, parameters, ports, recovery, timing, walker
 from .hooks import call_hook
 from .outbox import outbox_send  # noqa: F401 - Topic.send's entry point (engine/outbox.py)
-from .state import WorkflowState, load_locked
+from .state import WorkflowState, load_locked, load_locked_many
 
 logger = logging.getLogger("dagger_django.engine")
 S = Status
@@ -502,31 +502,161 @@ def node_run(*, workflow_id: Any, node_id: Any, lease: str) -> int:
     return steps
 
 
+@dataclass
+class BatchRun:
+    """What :func:`nodes_run` did: hooks run, and when to come back for nodes still running
+    under their lease elsewhere (0: none)."""
+
+    steps: int = 0
+    retry_in: float = 0.0
+
+
+def nodes_run(*, targets: list[tuple[Any, Any]], lease: str) -> BatchRun:
+    """Run the SUBMITTED nodes of many workflows (``[(workflow id, node id)]``), batched.
+
+    The durable writes of the whole batch share transactions: one claims every node (the
+    workflow rows locked in id order, then a savepoint per workflow, so that one workflow's
+    failure rolls back only its own changes), the hooks run with no transaction open, one more
+    applies every result and claims each workflow's next step inline, and so on while the inline
+    budget lasts (``INLINE_STEPS``, ``INLINE_SECONDS``). A batch of K workflows commits K times
+    less often than K single runs; what it cannot do together (a second node of a workflow already
+    in the batch) runs alone afterwards. Each node's lease is ``<lease>:<position>``, as a
+    redelivered message has the same positions: it re-runs exactly what was claimed and not
+    applied. A node whose claim or apply raises is logged and left to recovery, as a single run's.
+    """
+    result = BatchRun()
+    batch: list[tuple[uuid.UUID, uuid.UUID, str]] = []
+    alone: list[tuple[uuid.UUID, uuid.UUID, str]] = []
+    seen: set[uuid.UUID] = set()
+    for position, (workflow_id, node_id) in enumerate(targets):
+        try:
+            item = (_uuid(workflow_id), _uuid(node_id), f"{lease}:{position}")
+        except WorkflowDoesNotExist:
+            logger.warning("run_nodes: ignoring a malformed target %r", (workflow_id, node_id))
+            continue
+        (alone if item[0] in seen else batch).append(item)
+        seen.add(item[0])
+    # Next steps that do not run inline go to workers DISPATCH_BATCH to a message.
+    with ports.dispatch_in_batches(on_failure=_owe_targets):
+        _run_batch(batch, alone, result)
+    return result
+
+
+def _run_batch(
+    batch: list[tuple[uuid.UUID, uuid.UUID, str]],
+    alone: list[tuple[uuid.UUID, uuid.UUID, str]],
+    result: BatchRun,
+) -> None:
+    works = _claim_batch(batch, result)
+    deadline = time.monotonic() + float(dagger_settings.INLINE_SECONDS)
+    max_steps = int(dagger_settings.INLINE_STEPS)
+    rounds = 0
+    while works:
+        done: list[tuple[Work, Outcome, str]] = []
+        with ExitStack() as beats:  # every claimed node's lease stays ours until it is applied
+            for work, work_lease in works:
+                if work.delivery is None:
+                    beats.enter_context(heartbeat.beating(work.node_id, work_lease))
+                else:
+                    beats.enter_context(heartbeat.beating_delivery(work.delivery.id, work_lease))
+            for work, work_lease in works:
+                with outbox.collecting() as sends:  # Topic.send inside the hook (engine/outbox.py)
+                    outcome = _execute(work)
+                outcome.sends = sends
+                done.append((work, outcome, work_lease))
+        result.steps += len(done)
+        rounds += 1
+        inline = rounds <= max_steps and time.monotonic() < deadline
+        works = _apply_batch(done, claim_next=inline)
+    for workflow_id, node_id, item_lease in alone:
+        try:
+            result.steps += node_run(workflow_id=workflow_id, node_id=node_id, lease=item_lease)
+        except LeaseHeld as held:
+            result.retry_in = max(result.retry_in, held.retry_in)
+
+
+def _claim_batch(items: list[tuple[uuid.UUID, uuid.UUID, str]], result: BatchRun) -> list[tuple[Work, str]]:
+    """One transaction: lock every workflow of the batch and claim its node (a savepoint each)."""
+    works: list[tuple[Work, str]] = []
+    if not items:
+        return works
+    with transaction.atomic():
+        loaded = load_locked_many(workflow_id for workflow_id, _, _ in items)
+        for workflow_id, node_id, lease in items:
+            row = loaded.get(workflow_id)
+            if row is None:
+                continue
+            try:
+                with transaction.atomic():
+                    state = WorkflowState(*row)
+                    work = _claim_in(state, node_id, lease)
+                    _commit(state)
+            except LeaseHeld as held:
+                result.retry_in = max(result.retry_in, held.retry_in)
+                continue
+            except (OperationalError, InterfaceError):
+                raise
+            except Exception:
+                logger.exception("claiming node %s of workflow %s failed", node_id, workflow_id)
+                continue
+            if work is not None:
+                works.append((work, lease))
+    return works
+
+
+def _apply_batch(done: list[tuple[Work, Outcome, str]], *, claim_next: bool) -> list[tuple[Work, str]]:
+    """One transaction: apply every result (a savepoint each), claiming next steps inline."""
+    works: list[tuple[Work, str]] = []
+    with transaction.atomic():
+        loaded = load_locked_many(work.workflow_id for work, _, _ in done)
+        for work, outcome, lease in done:
+            row = loaded.get(work.workflow_id)
+            if row is None:
+                continue
+            try:
+                with transaction.atomic():
+                    state = WorkflowState(*row)
+                    following = _apply_in(state, work, outcome, lease=lease, claim_next=claim_next)
+                    _commit(state)
+            except messages.Stale:
+                logger.info("discarding the stale result of %s for message %s", work.name, work.delivery)
+                continue
+            except (OperationalError, InterfaceError):
+                raise
+            except Exception:
+                logger.exception("applying the result of %s attempt %s failed", work.name, work.attempt)
+                continue
+            if following is not None:
+                works.append((following, lease))
+    return works
+
+
 def _claim(workflow_id: uuid.UUID, node_id: uuid.UUID, lease: str) -> Work | None:
     try:
         with locked(workflow_id) as state:
-            node = state.get(node_id)
-            if node is None:
-                return None
-            if node.kind == NodeKind.LISTENER:  # its next message (engine/messages.py)
-                return messages.delivery_claim(state, node, lease)
-            if not (node.status == S.SUBMITTED or (node.status == S.EXECUTING and node.lease == lease)):
-                node = next(
-                    (
-                        n
-                        for n in state.nodes.values()
-                        if n.status == S.EXECUTING and n.lease == lease and lease
-                    ),
-                    None,
-                )
-                if node is None:
-                    logger.debug("node %s not claimable (redelivered or already taken)", node_id)
-                    return None
-            if node.status == S.EXECUTING:
-                _lease_check(state, node)
-            return _claim_node(state, node, lease)
+            return _claim_in(state, node_id, lease)
     except WorkflowDoesNotExist:
         return None
+
+
+def _claim_in(state: WorkflowState, node_id: uuid.UUID, lease: str) -> Work | None:
+    """Inside the workflow's transaction: claim ``node_id`` (or what this lease had claimed)."""
+    node = state.get(node_id)
+    if node is None:
+        return None
+    if node.kind == NodeKind.LISTENER:  # its next message (engine/messages.py)
+        return messages.delivery_claim(state, node, lease)
+    if not (node.status == S.SUBMITTED or (node.status == S.EXECUTING and node.lease == lease)):
+        node = next(
+            (n for n in state.nodes.values() if n.status == S.EXECUTING and n.lease == lease and lease),
+            None,
+        )
+        if node is None:
+            logger.debug("node %s not claimable (redelivered or already taken)", node_id)
+            return None
+    if node.status == S.EXECUTING:
+        _lease_check(state, node)
+    return _claim_node(state, node, lease)
 
 
 class LeaseHeld(Exception):
@@ -632,26 +762,30 @@ def _apply(work: Work, outcome: Outcome, *, lease: str, claim_next: bool) -> Wor
         return messages.delivery_apply(work, outcome, lease=lease, claim_next=claim_next)
     try:
         with locked(work.workflow_id) as state:
-            node = state.get(work.node_id)
-            if (
-                node is None
-                or node.status != S.EXECUTING
-                or node.lease != lease
-                or node.attempts != work.attempt
-            ):
-                # Stopped, skipped or taken over while the hook ran: its result is not wanted.
-                logger.info("discarding stale result of %s attempt %s", work.name, work.attempt)
-                return None
-            if outcome.error is not None:
-                _fail_or_retry(state, node, outcome)
-            else:
-                _complete(state, node, work, outcome)
-            if not (claim_next and state.to_dispatch):
-                return None
-            next_id = state.to_dispatch.pop(0)
-            return _claim_node(state, state.node(next_id), lease)
+            return _apply_in(state, work, outcome, lease=lease, claim_next=claim_next)
     except WorkflowDoesNotExist:
         return None
+
+
+def _apply_in(
+    state: WorkflowState, work: Work, outcome: Outcome, *, lease: str, claim_next: bool
+) -> Work | None:
+    """Inside the workflow's transaction: apply a hook's result; maybe claim the next step."""
+    if work.delivery is not None:
+        return messages.delivery_apply_in(state, work, outcome, lease=lease, claim_next=claim_next)
+    node = state.get(work.node_id)
+    if node is None or node.status != S.EXECUTING or node.lease != lease or node.attempts != work.attempt:
+        # Stopped, skipped or taken over while the hook ran: its result is not wanted.
+        logger.info("discarding stale result of %s attempt %s", work.name, work.attempt)
+        return None
+    if outcome.error is not None:
+        _fail_or_retry(state, node, outcome)
+    else:
+        _complete(state, node, work, outcome)
+    if not (claim_next and state.to_dispatch):
+        return None
+    next_id = state.to_dispatch.pop(0)
+    return _claim_node(state, state.node(next_id), lease)
 
 
 def _complete(state: WorkflowState, node: Node, work: Work, outcome: Outcome) -> None:

@@ -178,3 +178,36 @@ def test_trigger_waits_for_its_time_on_the_worker(celery_worker_process: Any) ->
     assert wf.status == S.COMPLETED
     assert wf.runtime_parameters["trace"] == ["a_executor_task", "when", "c_executor_task"]
     assert wf.runtime_parameters["fired_at"] >= run_at
+
+
+def test_worker_killed_in_a_batch_reruns_only_what_it_had_not_committed(
+    celery_worker_process: Any, tmp_path: Path
+) -> None:
+    from dagger_django.engine import ports
+
+    tmpl = one_process("E2EBatchKill", step(w.Step, "a"), step(w.Blocks, "b"))
+    released = tmp_path / "released"
+    released.write_text("go")
+    markers = [tmp_path / f"marker-{i}" for i in range(3)]
+    release = [released, tmp_path / "release-1", released]
+    workflows = [tmpl.create_instance(marker=str(markers[i]), release=str(release[i])).id for i in range(3)]
+    with ports.dispatch_in_batches():  # the three first steps go in one run_nodes message
+        for workflow_id in workflows:
+            services.workflow_submit(workflow_id=workflow_id)
+    # The batch applied every `a` (claiming each `b` inline), ran the first `b`, and blocks in the
+    # second: kill the pool process there.
+    wait_for(markers[1].exists, timeout=30, message="the batch never reached its second b")
+    pid, attempt = (int(x) for x in markers[1].read_text().split())
+    assert attempt == 1
+    os.kill(pid, signal.SIGKILL)
+    release[1].write_text("go")
+    done = [finished(workflow_id, timeout=120) for workflow_id in workflows]
+    assert [wf.status for wf in done] == [S.COMPLETED] * 3
+    for wf in done:
+        a = Node.objects.get(workflow_id=wf.id, name__endswith="a_executor_task")
+        b = Node.objects.get(workflow_id=wf.id, name__endswith="b_executor_task")
+        # `a` was committed before the kill: never run again. Every `b` had been claimed by the
+        # killed batch and none applied: each ran again, and only its second run was applied.
+        assert (a.attempts, b.attempts) == (1, 2)
+        assert wf.runtime_parameters["trace"] == ["a_executor_task"]
+        assert wf.runtime_parameters["attempts_seen"] == [2]

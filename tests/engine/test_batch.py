@@ -1,0 +1,161 @@
+"""Batched transitions (``services.nodes_run``): the steps of many workflows share transactions.
+
+What a worker does with a ``run_nodes`` message, on the real database with the in-memory
+dispatcher and a frozen clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from dagger_django.engine import heartbeat, recovery, services
+from dagger_django.models import Node, Status, TaskEvent
+
+from . import builders as b
+from . import tasks as t
+from .conftest import reload
+
+S = Status
+
+
+def queued(dispatcher: Any) -> list[tuple[str, str]]:
+    """The queued runs as ``run_nodes`` targets (taken off the in-memory queue)."""
+    targets = [(wf, node) for wf, node, _ in dispatcher.runs]
+    dispatcher.runs.clear()
+    return targets
+
+
+def lock_statements(ctx: CaptureQueriesContext) -> int:
+    return sum(1 for q in ctx.captured_queries if "FOR UPDATE" in q["sql"])
+
+
+def test_a_batch_runs_every_workflow_in_one_transaction_per_step(dispatcher: Any) -> None:
+    tmpl = b.linear("BatchLinear", (t.Record, "a"), (t.Record, "b"), (t.Record, "c"))
+    workflows = [tmpl.create_instance(submit_task=True) for _ in range(6)]
+    with CaptureQueriesContext(connection) as ctx:
+        done = services.nodes_run(targets=queued(dispatcher), lease="batch")
+    assert done.steps == 18 and done.retry_in == 0
+    if connection.vendor == "postgresql":  # one claim, three applies: one lock statement each
+        assert lock_statements(ctx) == 4
+    for wf in workflows:
+        row = reload(wf.id)
+        assert row.status == S.COMPLETED
+        assert row.runtime_parameters["trace"] == ["a_executor_task", "b_executor_task", "c_executor_task"]
+    assert not dispatcher.runs
+    assert set(Node.objects.filter(kind="executor").values_list("attempts", flat=True)) == {1}
+
+
+def test_statements_per_workflow_stay_small_in_a_batch(dispatcher: Any) -> None:
+    tmpl = b.linear("BatchCost", (t.Record, "a"), (t.Record, "b"), (t.Record, "c"))
+    for _ in range(10):
+        tmpl.create_instance(submit_task=True)
+    with CaptureQueriesContext(connection) as ctx:
+        services.nodes_run(targets=queued(dispatcher), lease="cost")
+    # Per transaction: BEGIN, lock, load, COMMIT; per workflow and transaction about five:
+    # savepoint, node update, history insert, the workflow row (parameters, status), release.
+    assert len(ctx.captured_queries) <= 4 * 4 + 10 * 4 * 5
+
+
+def test_a_hook_that_raises_fails_only_its_own_workflow(dispatcher: Any) -> None:
+    tmpl = b.linear("BatchBoom", (t.Record, "a"), (t.Boom, "b"), (t.Record, "c"))
+    good = [tmpl.create_instance(submit_task=True, fixed=True) for _ in range(3)]
+    bad = tmpl.create_instance(submit_task=True)
+    services.nodes_run(targets=queued(dispatcher), lease="boom")
+    assert [reload(wf.id).status for wf in good] == [S.COMPLETED] * 3
+    assert reload(bad.id).status == S.FAILURE
+
+
+def test_an_apply_that_raises_rolls_back_only_its_workflow_and_recovery_finishes_it(
+    dispatcher: Any, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmpl = b.linear("BatchPoison", (t.Record, "a"), (t.Record, "b"))
+    workflows = [tmpl.create_instance(submit_task=True) for _ in range(4)]
+    poisoned = workflows[1].id
+    real_complete = services._complete
+
+    def complete(state: Any, node: Any, work: Any, outcome: Any) -> None:
+        if state.workflow.id == poisoned:
+            raise RuntimeError("poison")
+        real_complete(state, node, work, outcome)
+
+    monkeypatch.setattr(services, "_complete", complete)
+    services.nodes_run(targets=queued(dispatcher), lease="poison")
+    assert [reload(wf.id).status for wf in workflows] == [S.COMPLETED, S.EXECUTING, S.COMPLETED, S.COMPLETED]
+    # Its apply was rolled back whole: the step is still claimed, nothing of it was written.
+    node = Node.objects.get(workflow_id=poisoned, name__endswith="a_executor_task")
+    assert (node.status, node.attempts) == (S.EXECUTING, 1)
+    assert not TaskEvent.objects.filter(workflow_id=poisoned, reason="executed").exists()
+
+    monkeypatch.setattr(services, "_complete", real_complete)
+    clock.advance(seconds=float(recovery.dagger_settings.LEASE_SECONDS) + 1)
+    recovery.nodes_recover()
+    dispatcher.drain()
+    row = reload(poisoned)
+    assert row.status == S.COMPLETED
+    assert row.runtime_parameters["trace"] == ["a_executor_task", "b_executor_task"]
+    assert Node.objects.get(pk=node.pk).attempts == 2
+
+
+def test_a_second_node_of_a_workflow_in_the_batch_runs_after_it(dispatcher: Any) -> None:
+    tmpl = b.parallel_tasks(
+        "BatchGroup", b.JOIN_ALL, b.task(t.SetFlag, "left").build(), b.task(t.SetFlag, "right").build()
+    )
+    group_wf = tmpl.create_instance(submit_task=True)
+    others = [b.linear("BatchSide", (t.Record, "a")).create_instance(submit_task=True) for _ in range(2)]
+    targets = queued(dispatcher)
+    assert [wf for wf, _ in targets].count(str(group_wf.id)) == 2  # both branches are queued
+    services.nodes_run(targets=targets, lease="group")
+    dispatcher.batch = True
+    dispatcher.drain()
+    assert reload(group_wf.id).status == S.COMPLETED
+    assert reload(group_wf.id).runtime_parameters["left_executor_task"] is True
+    assert [reload(wf.id).status for wf in others] == [S.COMPLETED] * 2
+
+
+def test_a_redelivered_batch_reruns_only_what_it_had_claimed_and_not_applied(
+    dispatcher: Any, clock: Any
+) -> None:
+    tmpl = b.linear("BatchAgain", (t.Record, "a"), (t.Record, "b"))
+    workflows = [tmpl.create_instance(submit_task=True) for _ in range(3)]
+    targets = queued(dispatcher)
+    # The first delivery finished the first workflow, then claimed the others and died.
+    services.node_run(workflow_id=targets[0][0], node_id=targets[0][1], lease="again:0")
+    claimed = services._claim_batch(
+        [(workflows[i].id, Node.objects.get(pk=targets[i][1]).id, f"again:{i}") for i in (1, 2)],
+        services.BatchRun(),
+    )
+    assert len(claimed) == 2
+    # Redelivered at once: the claims' heartbeat is fresh, nothing runs, come back later.
+    again = services.nodes_run(targets=targets, lease="again")
+    assert again.steps == 0 and again.retry_in > 0
+    clock.advance(seconds=heartbeat.stale_after() + 1)
+    again = services.nodes_run(targets=targets, lease="again")
+    assert again.steps == 4  # a and b of the two unfinished workflows; nothing of the first
+    assert [reload(wf.id).status for wf in workflows] == [S.COMPLETED] * 3
+    attempts = {
+        wf.id: Node.objects.get(workflow_id=wf.id, name__endswith="a_executor_task").attempts
+        for wf in workflows
+    }
+    assert attempts == {workflows[0].id: 1, workflows[1].id: 2, workflows[2].id: 2}
+    assert reload(workflows[0].id).runtime_parameters["trace"] == ["a_executor_task", "b_executor_task"]
+
+
+def test_in_batch_mode_decisions_and_groups_behave_as_one_by_one(dispatcher: Any) -> None:
+    dispatcher.batch = True
+    left = b.decision("BatchDecide").create_instance(submit_task=True, branch=0)
+    right = b.decision("BatchDecide").create_instance(submit_task=True, branch=1)
+    group = b.parallel_tasks(
+        "BatchAny", b.ATLEAST_ONE, b.task(t.SetFlag, "one").build(), b.task(t.SetFlag, "two").build()
+    ).create_instance(submit_task=True)
+    dispatcher.drain()
+    assert reload(left.id).runtime_parameters["trace"] == [
+        "left_executor_task",
+        "left_after_executor_task",
+        "final_executor_task",
+    ]
+    assert reload(right.id).runtime_parameters["trace"] == ["right_executor_task", "final_executor_task"]
+    assert reload(group.id).status == S.COMPLETED
