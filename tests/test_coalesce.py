@@ -40,7 +40,21 @@ class Entry:
 
 
 @dataclass
+class Qos:
+    """Prefetch slots given back while messages are held (kombu's QoS, counted)."""
+
+    extra: int = 0
+
+    def increment_eventually(self, n: int = 1) -> None:
+        self.extra += n
+
+    def decrement_eventually(self, n: int = 1) -> None:
+        self.extra -= n
+
+
+@dataclass
 class Consumer:
+    qos: Qos = field(default_factory=Qos)
     timer: Timer = field(default_factory=Timer)
     hub: object = field(default_factory=object)
     connection_errors: tuple[type, ...] = ()
@@ -92,7 +106,9 @@ def test_messages_held_in_the_window_go_as_one_batch_one_node_per_workflow(world
     for m in (first, second, branch, third):
         deliver(m)
     assert not ran and not published  # held until the window ends
+    assert consumer.qos.extra == 4  # without taking prefetch slots
     consumer.timer.fire()
+    assert consumer.qos.extra == 0
     assert [[str(w) for w, _ in batch] for batch in published] == [
         [first.args[0], second.args[0], third.args[0]]
     ]

@@ -7,7 +7,8 @@ consumer hands it each message as it arrives. Instead of giving it to the pool a
 it for up to ``COALESCE_SECONDS``; then, when it holds messages of at least two workflows, it
 publishes them as ``run_nodes`` messages of up to ``DISPATCH_BATCH`` nodes and acknowledges the
 originals. A message held alone goes to the pool as usual, so an idle system pays the window and
-nothing else.
+nothing else. Held messages do not count against the prefetch limit (as Celery does for tasks
+waiting for their ETA), so the consumer goes on fetching while a batch forms.
 
 Nothing is lost on the way: the originals are acknowledged only after the batch was published, so
 a crash in between leaves both, and the engine runs a node once however often it is asked (a
@@ -71,6 +72,8 @@ def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
         flush_entry[0] = None
         batch = list(held)
         held.clear()
+        if batch:
+            consumer.qos.decrement_eventually(len(batch))
         first: dict[uuid.UUID, _Held] = {}
         rest: list[_Held] = []
         for item in batch:
@@ -103,6 +106,9 @@ def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
         if target is None:
             return run_now(message, body, ack, reject, callbacks, **kw)
         held.append(_Held((message, body, ack, reject, callbacks), kw, ack, target[0], target[1]))
+        # A held message does not take a prefetch slot (as Celery does for a task with an ETA):
+        # the consumer goes on fetching while the batch forms.
+        consumer.qos.increment_eventually()
         if len(held) >= size:
             if flush_entry[0] is not None:
                 flush_entry[0].cancel()
