@@ -96,11 +96,23 @@ def _run(name: str, sizes: list[int], worker: Any) -> Any:
         for n in sizes:
             dagger = linear.run_dagger(n)
             bare = linear.run_bare_chain(n)
-            ratio = dagger["workflows_per_s"] / bare["chains_per_s"] if bare["chains_per_s"] else None
-            rows.append({"n": n, "dagger": dagger, "bare_celery_chain": bare, "ratio": round(ratio or 0, 2)})
+            process = linear.run_dagger(n, checkpoint="process")
+            chain_rate = bare["chains_per_s"] or float("nan")
+            ratio = dagger["workflows_per_s"] / chain_rate
+            ratio_process = process["workflows_per_s"] / chain_rate
+            rows.append(
+                {
+                    "n": n,
+                    "dagger": dagger,
+                    "bare_celery_chain": bare,
+                    "dagger_checkpoint_process": process,
+                    "ratio": round(ratio, 2),
+                    "ratio_checkpoint_process": round(ratio_process, 2),
+                }
+            )
             print(
                 f"  linear n={n}: dagger {dagger['workflows_per_s']}/s, bare chain {bare['chains_per_s']}/s,"
-                f" ratio {ratio:.2f}",
+                f" ratio {ratio:.2f}; checkpoint=process {process['workflows_per_s']}/s, ratio {ratio_process:.2f}",
                 flush=True,
             )
         return rows
@@ -141,13 +153,16 @@ def _print(report: dict[str, Any]) -> None:
     if linear:
         print(
             "\nW1 linear (3 executor steps)        n   wf/s  trans/s  p50 s   p99 s | bare chain/s  p50 s   p99 s | ratio"
+            " | checkpoint=process wf/s  ratio"
         )
         for row in linear:
             d, b = row["dagger"], row["bare_celery_chain"]
+            c = row.get("dagger_checkpoint_process") or {"workflows_per_s": "-"}
             print(
                 f"{'':34}{row['n']:>5} {d['workflows_per_s']:>6} {d['transitions_per_s']:>8}"
                 f" {d['latency_s']['p50']:>6} {d['latency_s']['p99']:>7} | {b['chains_per_s']:>12}"
                 f" {b['latency_s']['p50']:>6} {b['latency_s']['p99']:>7} | {row['ratio']:>5}"
+                f" | {c['workflows_per_s']:>23} {row.get('ratio_checkpoint_process', '-'):>6}"
             )
     cost = report["results"].get("cost")
     if cost:

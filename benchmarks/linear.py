@@ -25,13 +25,13 @@ def _create(template: Any, count: int) -> None:
         connection.close()
 
 
-def run_dagger(n: int, *, timeout: float = 600) -> dict[str, Any]:
+def run_dagger(n: int, *, timeout: float = 600, checkpoint: str = "task") -> dict[str, Any]:
     from django.db import connection
     from django.db.models import F, Max, Min
 
     from dagger_django.models import Status, TaskEvent, Workflow
 
-    template = linear_template()
+    template = linear_template(name=f"BenchLinear-{checkpoint}", checkpoint=checkpoint)
     template.create_instance()  # store the template version outside the measurement
     reset_tables()
     connection.close()

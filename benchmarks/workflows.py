@@ -20,12 +20,12 @@ class Step(ExecutorTask):
         runtime_parameters.setdefault("trace", []).append(self.task_name.rsplit(".", 1)[-1])
 
 
-def linear_template(name: str = "BenchLinear", steps: int = 3) -> Any:
+def linear_template(name: str = "BenchLinear", steps: int = 3, checkpoint: str = "task") -> Any:
     helper = DAGBuilderHelper(dagger_app=Dagger.app)
     tasks = [helper.generic_executor_task_builder(task_type=Step, name=f"s{i}") for i in range(steps)]
     root = helper.build_and_link_tasks(tasks)
     process = helper.generic_process_builder(process_name="main", root_task=root)
-    return helper.generic_template(template_name=name, root_process=process.build())
+    return helper.generic_template(template_name=name, root_process=process.build(), checkpoint=checkpoint)
 
 
 # -- the bare Celery chain ----------------------------------------------------------------------------

@@ -310,6 +310,9 @@ class _Materializer:
             config["time_to_force_complete"] = deadline
             config["interval_execute_period"] = period
         elif kind == NodeKind.PROCESS:
+            checkpoint = getattr(template, "checkpoint", None) or getattr(self.template, "checkpoint", "task")
+            if checkpoint == "process":
+                config["checkpoint"] = checkpoint  # read by the engine's runner (engine/services.py)
             monitor = _monitoring_task_class(template, where)
             if monitor is not None:
                 config["monitoring_task_class"] = monitor

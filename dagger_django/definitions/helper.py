@@ -61,14 +61,16 @@ class DAGBuilderHelper:
         root_task: TaskTemplate,
         process_type: type[ITask[Any, Any]] = DefaultProcessTemplateDAGInstance,
         max_run_duration: int = 0,
+        checkpoint: str | None = None,
     ) -> ProcessTemplateDagBuilder:
-        return (
+        builder = (
             ProcessTemplateDagBuilder(self.app)
             .set_name(process_name)
             .set_root_task(root_task)
             .set_type(process_type)
             .set_max_run_duration(max_run_duration)
         )
+        return builder if checkpoint is None else builder.set_checkpoint(checkpoint)
 
     def generic_dynamic_process_builder(
         self, *, name: str, max_run_duration: int = 0
@@ -149,8 +151,10 @@ class DAGBuilderHelper:
         root_process: TaskTemplate,
         template_type: type[ITask[Any, Any]] = DefaultTemplateDAGInstance,
         failure_policy: str | None = None,
+        checkpoint: str = "task",
     ) -> ITemplateDAG:
-        """A built workflow template; ``failure_policy`` (``"halt"``/``"continue"``) is new."""
+        """A built workflow template; ``failure_policy`` (``"halt"``/``"continue"``) and
+        ``checkpoint`` (``"task"``/``"process"``, docs/execution-model.md) are new."""
         builder = (
             DefaultTemplateBuilder(self.app)
             .set_name(template_name)
@@ -159,7 +163,7 @@ class DAGBuilderHelper:
         )
         if failure_policy is not None:
             builder.set_failure_policy(failure_policy)
-        return builder.build()
+        return builder.set_checkpoint(checkpoint).build()
 
 
 __all__ = ["DAGBuilderHelper"]

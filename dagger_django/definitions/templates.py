@@ -50,6 +50,15 @@ from .tasks import (
 logger = logging.getLogger("dagger_django.definitions")
 
 FAILURE_POLICIES = ("halt", "continue")
+#: How often a workflow's progress is made durable (docs/execution-model.md#checkpoints): after
+#: every task (the default), or once per run of consecutive executor tasks of one process.
+CHECKPOINTS = ("task", "process")
+
+
+def _checkpoint(value: str) -> str:
+    if value not in CHECKPOINTS:
+        raise InvalidTemplate(f"checkpoint must be one of {CHECKPOINTS}, not {value!r}")
+    return value
 
 
 # ==================================================================================================
@@ -284,6 +293,9 @@ class IProcessTemplateDAG(TaskTemplate):
 class ProcessTemplateDAG(IProcessTemplateDAG):
     """A process: ``root_task_dag`` and its chain run inside it; then ``next_process_dag`` follows."""
 
+    #: ``"task"`` or ``"process"``; None: the workflow template's.
+    checkpoint: str | None = None
+
 
 class ParallelCompositeProcessTemplateDAG(ProcessTemplateDAG):
     """A group of processes started together, completing per ``parallel_operator_type``.
@@ -424,9 +436,12 @@ class TemplateDAG(ITemplateDAG):
         template_type: type[ITask[Any, Any]],
         *,
         failure_policy: str | None = None,
+        checkpoint: str = "task",
     ) -> None:
         super().__init__(dag, name, app, template_type)
         self._failure_policy = failure_policy
+        #: The processes' default (``ProcessTemplateDagBuilder.set_checkpoint`` overrides it).
+        self.checkpoint = _checkpoint(checkpoint)
 
     def __repr__(self) -> str:
         return f"<TemplateDAG {self.name!r}>"
@@ -1168,6 +1183,13 @@ class ProcessTemplateDagBuilder(IProcessTemplateDAGBuilder):
         self._root_task: TaskTemplate | None = None
         self._process_type: type[ITask[Any, Any]] = DefaultProcessTemplateDAGInstance
         self._max_run_duration = 0
+        self._checkpoint: str | None = None
+
+    def set_checkpoint(self, checkpoint: str) -> ProcessTemplateDagBuilder:
+        """``"process"``: run this process's consecutive executor tasks in one worker call and
+        commit once (all run again after a crash); ``"task"`` (the default): commit every task."""
+        self._checkpoint = _checkpoint(checkpoint)
+        return self
 
     def set_root_task(self, task: TaskTemplate) -> ProcessTemplateDagBuilder:
         self._root_task = task
@@ -1190,7 +1212,7 @@ class ProcessTemplateDagBuilder(IProcessTemplateDAGBuilder):
         return self
 
     def build(self) -> TaskTemplate:
-        return ProcessTemplateDAG(
+        process = ProcessTemplateDAG(
             next_process_dag=list(self.next_process_dag),
             app=self.app,
             name=self._name,  # type: ignore[arg-type]
@@ -1198,6 +1220,8 @@ class ProcessTemplateDagBuilder(IProcessTemplateDAGBuilder):
             root_task_dag=self._root_task,
             max_run_duration=self._max_run_duration,
         )
+        process.checkpoint = self._checkpoint
+        return process
 
 
 class DynamicProcessTemplateDagBuilder(IProcessTemplateDAGBuilder):
@@ -1315,6 +1339,13 @@ class DefaultTemplateBuilder(ITemplateDAGBuilder):
         self._root: TaskTemplate | None = None
         self._template_type: type[ITask[Any, Any]] = DefaultTemplateDAGInstance
         self._failure_policy: str | None = None
+        self._checkpoint = "task"
+
+    def set_checkpoint(self, checkpoint: str) -> DefaultTemplateBuilder:
+        """The default of every process of the workflow: ``"task"`` (commit after every task, the
+        default) or ``"process"`` (commit once per run of consecutive executor tasks)."""
+        self._checkpoint = _checkpoint(checkpoint)
+        return self
 
     def set_root(self, template: TaskTemplate) -> DefaultTemplateBuilder:
         self._root = template
@@ -1343,6 +1374,7 @@ class DefaultTemplateBuilder(ITemplateDAGBuilder):
             app=self.app,
             template_type=self._template_type,
             failure_policy=self._failure_policy,
+            checkpoint=self._checkpoint,
         )
 
 

@@ -344,6 +344,8 @@ def before_flush(state: WorkflowState) -> None:
         if rows:
             Subscription.objects.bulk_create(rows)
         return
+    if not any(node.kind == NodeKind.LISTENER for node in state.nodes.values()):
+        return  # only listeners have subscriptions: nothing to remove
     if any(node is None and to in ENDED_FOR_GOOD for node, _, to in state.changes):
         # The workflow ended and cannot be retried: its listeners take no more messages, whatever
         # their own status (one that failed under failure_policy="continue" would otherwise keep

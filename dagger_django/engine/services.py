@@ -462,6 +462,10 @@ class Work:
     params_json: str
     #: A listener's message to hand to ``on_message`` (engine/messages.py).
     delivery: Any = None
+    #: The workflow and its nodes as claimed (read-only): where ``checkpoint="process"`` finds
+    #: the next step to run before anything is committed (:func:`_chained`).
+    workflow: Any = None
+    nodes: dict[uuid.UUID, Node] | None = None
 
 
 @dataclass
@@ -487,19 +491,134 @@ def node_run(*, workflow_id: Any, node_id: Any, lease: str) -> int:
     deadline = time.monotonic() + float(dagger_settings.INLINE_SECONDS)
     max_steps = int(dagger_settings.INLINE_STEPS)
     while work is not None:
-        with outbox.collecting() as sends:  # Topic.send inside the hook (engine/outbox.py)
-            if work.delivery is None:
-                with heartbeat.beating(work.node_id, lease):  # the lease stays ours while it runs
-                    outcome = _execute(work)
-            else:
-                # on_message keeps its delivery's claim fresh (messages.deliveries_redispatch).
-                with heartbeat.beating_delivery(work.delivery.id, lease):
-                    outcome = _execute(work)
-        outcome.sends = sends
-        steps += 1
+        chain = _execute_chain(work, lease, budget=max_steps + 1 - steps, deadline=deadline)
+        steps += len(chain)
         inline = steps <= max_steps and time.monotonic() < deadline
-        work = _apply(work, outcome, lease=lease, claim_next=inline)
+        work = _apply_chain(chain, lease=lease, claim_next=inline)
     return steps
+
+
+def _execute_chain(work: Work, lease: str, *, budget: int, deadline: float) -> list[tuple[Work, Outcome]]:
+    """Run ``work``'s hook; under ``checkpoint="process"`` also the executor tasks that follow it
+    in its process, before anything is committed (:func:`_chained`). Returns what to apply, in
+    order. The claimed node's lease is kept fresh throughout: the chain runs under its claim."""
+    chain: list[tuple[Work, Outcome]] = []
+    beat = (
+        heartbeat.beating(work.node_id, lease)  # the lease stays ours while it runs
+        if work.delivery is None
+        # on_message keeps its delivery's claim fresh (messages.deliveries_redispatch).
+        else heartbeat.beating_delivery(work.delivery.id, lease)
+    )
+    with beat:
+        current: Work | None = work
+        while current is not None:
+            with outbox.collecting() as sends:  # Topic.send inside the hook (engine/outbox.py)
+                outcome = _execute(current)
+            outcome.sends = sends
+            chain.append((current, outcome))
+            if len(chain) >= budget or time.monotonic() >= deadline:
+                break
+            current = _chained(current, outcome)
+    return chain
+
+
+def _chained(work: Work, outcome: Outcome) -> Work | None:
+    """Under ``checkpoint="process"``: the next step to run before committing, or None.
+
+    Only a plain chain qualifies: this executor succeeded, and its one successor is an executor
+    of the same process that has not started. Everything else (decisions, groups, listeners,
+    timers, failures, another process) ends the chain and is committed first. The next step sees
+    the runtime parameters this one left, with its own attempt and idempotency key, as if the
+    apply in between had been committed.
+    """
+    nodes = work.nodes
+    if (
+        nodes is None
+        or work.delivery is not None
+        or work.kind != NodeKind.EXECUTOR
+        or outcome.error is not None
+        or outcome.status != S.COMPLETED
+    ):
+        return None
+    node = nodes.get(work.node_id)
+    process = nodes.get(node.parent_id) if node is not None and node.parent_id else None
+    if node is None or process is None or process.config.get("checkpoint") != "process":
+        return None
+    if len(node.next_ids) != 1:
+        return None
+    following = nodes.get(uuid.UUID(str(node.next_ids[0])))
+    if (
+        following is None
+        or following.kind != NodeKind.EXECUTOR
+        or following.parent_id != node.parent_id
+        or following.status != S.NOT_STARTED
+    ):
+        return None
+    try:
+        params_json = parameters.dumps(work.params)
+        task = build_task(following, strict=True)
+    except Exception:  # noqa: BLE001 - the apply reports it: end the chain here
+        return None
+    params = json.loads(params_json)
+    attempt = following.attempts + 1
+    # The claim-time snapshot, moved on as the committed chain will be (read-only elsewhere).
+    node.status = S.COMPLETED
+    following.status = S.EXECUTING
+    task.status = TaskStatus.of(S.EXECUTING)
+    task.attempt = attempt
+    task.idempotency_key = f"{following.id}:{attempt}"
+    view = build_workflow_view(work.workflow, list(nodes.values()), strict=False)
+    view.runtime_parameters = params
+    return Work(
+        workflow_id=work.workflow_id,
+        node_id=following.id,
+        name=following.name,
+        kind=following.kind,
+        attempt=attempt,
+        task=task,
+        view=view,
+        params=params,
+        params_json=params_json,
+        workflow=work.workflow,
+        nodes=nodes,
+    )
+
+
+def _apply_chain(chain: list[tuple[Work, Outcome]], *, lease: str, claim_next: bool) -> Work | None:
+    first = chain[0][0]
+    if len(chain) == 1:
+        return _apply(first, chain[0][1], lease=lease, claim_next=claim_next)
+    try:
+        with locked(first.workflow_id) as state:
+            return _apply_chain_in(state, chain, lease=lease, claim_next=claim_next)
+    except WorkflowDoesNotExist:
+        return None
+
+
+def _apply_chain_in(
+    state: WorkflowState, chain: list[tuple[Work, Outcome]], *, lease: str, claim_next: bool
+) -> Work | None:
+    """Apply a chain's results in order, in one transaction: each step is claimed (inline, as
+    without a chain) and applied in turn, so the history records every step. If the workflow
+    moved on meanwhile (stopped, retried), the step's guard discards it and what follows."""
+    for position, (work, outcome) in enumerate(chain):
+        last = position == len(chain) - 1
+        following = _apply_in(
+            state, work, outcome, lease=lease, claim_next=claim_next if last else True, build_next=last
+        )
+        if last:
+            return following
+        expected = chain[position + 1][0]
+        if following is None or following.node_id != expected.node_id:
+            logger.info("the chain of %s stopped at %s: the workflow moved on", chain[0][0].name, work.name)
+            return None if following is None else _rebuild(state, following)
+    return None
+
+
+def _rebuild(state: WorkflowState, claimed: Work) -> Work:
+    """A step claimed without its view (:func:`_apply_in` with ``build_next=False``) made whole."""
+    node = state.node(claimed.node_id)
+    return work_build(state, node, claimed.task, attempt=node.attempts)
 
 
 @dataclass
@@ -552,7 +671,7 @@ def _run_batch(
     max_steps = int(dagger_settings.INLINE_STEPS)
     rounds = 0
     while works:
-        done: list[tuple[Work, Outcome, str]] = []
+        done: list[tuple[list[tuple[Work, Outcome]], str]] = []
         with ExitStack() as beats:  # every claimed node's lease stays ours until it is applied
             for work, work_lease in works:
                 if work.delivery is None:
@@ -560,12 +679,10 @@ def _run_batch(
                 else:
                     beats.enter_context(heartbeat.beating_delivery(work.delivery.id, work_lease))
             for work, work_lease in works:
-                with outbox.collecting() as sends:  # Topic.send inside the hook (engine/outbox.py)
-                    outcome = _execute(work)
-                outcome.sends = sends
-                done.append((work, outcome, work_lease))
-        result.steps += len(done)
-        rounds += 1
+                chain = _execute_chain(work, work_lease, budget=max_steps + 1 - rounds, deadline=deadline)
+                done.append((chain, work_lease))
+                result.steps += len(chain)
+        rounds += max(len(chain) for chain, _ in done)
         inline = rounds <= max_steps and time.monotonic() < deadline
         works = _apply_batch(done, claim_next=inline)
     for workflow_id, node_id, item_lease in alone:
@@ -604,19 +721,25 @@ def _claim_batch(items: list[tuple[uuid.UUID, uuid.UUID, str]], result: BatchRun
     return works
 
 
-def _apply_batch(done: list[tuple[Work, Outcome, str]], *, claim_next: bool) -> list[tuple[Work, str]]:
+def _apply_batch(
+    done: list[tuple[list[tuple[Work, Outcome]], str]], *, claim_next: bool
+) -> list[tuple[Work, str]]:
     """One transaction: apply every result (a savepoint each), claiming next steps inline."""
     works: list[tuple[Work, str]] = []
     with transaction.atomic():
-        loaded = load_locked_many(work.workflow_id for work, _, _ in done)
-        for work, outcome, lease in done:
+        loaded = load_locked_many(chain[0][0].workflow_id for chain, _ in done)
+        for chain, lease in done:
+            work, outcome = chain[0]
             row = loaded.get(work.workflow_id)
             if row is None:
                 continue
             try:
                 with transaction.atomic():
                     state = WorkflowState(*row)
-                    following = _apply_in(state, work, outcome, lease=lease, claim_next=claim_next)
+                    if len(chain) == 1:
+                        following = _apply_in(state, work, outcome, lease=lease, claim_next=claim_next)
+                    else:
+                        following = _apply_chain_in(state, chain, lease=lease, claim_next=claim_next)
                     _commit(state)
             except messages.Stale:
                 logger.info("discarding the stale result of %s for message %s", work.name, work.delivery)
@@ -681,8 +804,10 @@ def _lease_check(state: WorkflowState, node: Node) -> None:
         raise LeaseHeld(node.id, retry_in=window - age + heartbeat.interval())
 
 
-def _claim_node(state: WorkflowState, node: Node, lease: str) -> Work | None:
-    """Mark ``node`` EXECUTING for this worker; None if its class cannot be loaded (it FAILS)."""
+def _claim_node(state: WorkflowState, node: Node, lease: str, *, build: bool = True) -> Work | None:
+    """Mark ``node`` EXECUTING for this worker; None if its class cannot be loaded (it FAILS).
+
+    ``build=False``: the Work carries no view and no parameters (the caller has them)."""
     if node.kind == NodeKind.LISTENER:  # its next message (engine/messages.py)
         return messages.delivery_claim(state, node, lease)
     try:
@@ -698,6 +823,8 @@ def _claim_node(state: WorkflowState, node: Node, lease: str) -> Work | None:
     else:
         state.set_status(node, S.EXECUTING, reason="claimed")
     _refresh_task(task, node)
+    if not build:
+        return Work(state.workflow.id, node.id, node.name, node.kind, node.attempts, task, None, {}, "")
     return work_build(state, node, task, attempt=node.attempts)
 
 
@@ -719,6 +846,8 @@ def work_build(state: WorkflowState, node: Node, task: Any, *, attempt: int, del
         params=params,
         params_json=params_json,
         delivery=delivery,
+        workflow=state.workflow,
+        nodes=state.nodes,
     )
 
 
@@ -768,9 +897,16 @@ def _apply(work: Work, outcome: Outcome, *, lease: str, claim_next: bool) -> Wor
 
 
 def _apply_in(
-    state: WorkflowState, work: Work, outcome: Outcome, *, lease: str, claim_next: bool
+    state: WorkflowState,
+    work: Work,
+    outcome: Outcome,
+    *,
+    lease: str,
+    claim_next: bool,
+    build_next: bool = True,
 ) -> Work | None:
-    """Inside the workflow's transaction: apply a hook's result; maybe claim the next step."""
+    """Inside the workflow's transaction: apply a hook's result; maybe claim the next step
+    (without its view and parameters when ``build_next`` is false: a chain has them already)."""
     if work.delivery is not None:
         return messages.delivery_apply_in(state, work, outcome, lease=lease, claim_next=claim_next)
     node = state.get(work.node_id)
@@ -785,7 +921,7 @@ def _apply_in(
     if not (claim_next and state.to_dispatch):
         return None
     next_id = state.to_dispatch.pop(0)
-    return _claim_node(state, state.node(next_id), lease)
+    return _claim_node(state, state.node(next_id), lease, build=build_next)
 
 
 def _complete(state: WorkflowState, node: Node, work: Work, outcome: Outcome) -> None:

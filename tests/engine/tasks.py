@@ -17,6 +17,8 @@ from dagger_django import (
 
 STOPPED_HOOKS: list[str] = []
 CALLBACK_SEEN: list[tuple[str, str]] = []
+#: Side effects outside the engine's transactions: (task name, idempotency key) per run.
+EFFECTS: list[tuple[str, str]] = []
 
 
 def short(task: Any) -> str:
@@ -27,6 +29,14 @@ class Record(ExecutorTask):
     """Appends its own name to runtime parameter ``trace``."""
 
     def execute(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
+        runtime_parameters.setdefault("trace", []).append(short(self))
+
+
+class Effect(ExecutorTask):
+    """Records its run in ``EFFECTS`` (a side effect no rollback undoes) and in ``trace``."""
+
+    def execute(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
+        EFFECTS.append((short(self), self.idempotency_key))
         runtime_parameters.setdefault("trace", []).append(short(self))
 
 
