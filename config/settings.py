@@ -220,6 +220,8 @@ if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
     }
     DAGGER["KAFKA_CONSUMER"] = json.loads(os.environ.get("KAFKA_CONSUMER_CONFIG") or "{}")
     DAGGER["KAFKA_PRODUCER"] = json.loads(os.environ.get("KAFKA_PRODUCER_CONFIG") or "{}")
+if os.environ.get("DAGGER_KAFKA_CONSUMER_FACTORY"):
+    DAGGER["KAFKA_CONSUMER_FACTORY"] = os.environ["DAGGER_KAFKA_CONSUMER_FACTORY"]
 if os.environ.get("DAGGER_TASK_UPDATE_TOPIC"):
     DAGGER["TASK_UPDATE_TOPIC"] = os.environ["DAGGER_TASK_UPDATE_TOPIC"]
 

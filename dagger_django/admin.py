@@ -1,20 +1,23 @@
 """A read-mostly admin: workflows with their nodes and history, stop and retry as actions;
 the message inbox (dead letters, unmatched and expired messages) with replay as an action; the
 outbox (pending, sent and dead messages to Kafka) with requeue as an action. Every action needs
-``dagger_django.operate_workflow`` (``OperateActionsMixin``), not only the model's view permission."""
+``dagger_django.operate_workflow`` (``OperateActionsMixin``), not only the model's view permission.
+
+What the pages show beyond a model's own columns (a workflow's nodes, graph and history, the
+template choices, the searches) is read through :mod:`dagger_django.engine.selectors`."""
 
 from __future__ import annotations
 
-import uuid
+import json
 from typing import Any
 
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
-from django.db.models import Q, QuerySet
-from django.http import HttpRequest
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
 
+from .engine import selectors
 from .exceptions import DaggerError
-from .models import Delivery, InboxMessage, Node, OutboxMessage, TaskEvent, Timer, Workflow, WorkflowTemplate
+from .models import Delivery, InboxMessage, OutboxMessage, Timer, Workflow, WorkflowTemplate
 
 
 class OperateActionsMixin:
@@ -37,32 +40,6 @@ class ReadOnlyInline(admin.TabularInline):
         return False
 
 
-class NodeInline(ReadOnlyInline):
-    model = Node
-    fields = [
-        "name",
-        "node_type",
-        "kind",
-        "status",
-        "attempts",
-        "time_submitted",
-        "time_completed",
-        "error",
-        # Whether the stop hook of a task stopped while it ran has run yet (pending/done/failed).
-        "stop_hook",
-        "stop_hook_at",
-    ]
-    readonly_fields = fields
-    ordering = ["position"]
-
-
-class EventInline(ReadOnlyInline):
-    model = TaskEvent
-    fields = ["created_at", "node_name", "from_status", "to_status", "reason", "attempt", "detail"]
-    readonly_fields = fields
-    ordering = ["id"]
-
-
 class TemplateNameFilter(admin.SimpleListFilter):
     """Filter by template, with choices from the (small) template table, not a DISTINCT scan of
     every workflow."""
@@ -71,12 +48,10 @@ class TemplateNameFilter(admin.SimpleListFilter):
     parameter_name = "template_name"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        names = WorkflowTemplate.objects.order_by("name").values_list("name", flat=True).distinct()
-        return [(name, name) for name in names]
+        return [(name, name) for name in selectors.template_names()]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> QuerySet[Workflow]:
-        value = self.value()
-        return queryset.filter(template_name=value) if value else queryset
+        return selectors.workflow_filter(workflows=queryset, template=self.value())
 
 
 @admin.register(Workflow)
@@ -106,7 +81,8 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
         "updated_at",
     ]
     exclude = ["template_class", "root_node_id", "deferred_node_ids", "has_timers"]
-    inlines = [NodeInline, EventInline]
+    # The nodes, their graph and the history are shown below the fields (change_form.html),
+    # read through the selectors rather than as inlines of their tables.
     actions = ["stop_workflows", "retry_workflows"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -120,25 +96,29 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
     ) -> tuple[QuerySet[Workflow], bool]:
         # Exact matches only, so the primary key and the business_key index serve the search
         # (Django's "=field" search compares UPPER(...) and scans the table).
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        try:
-            return queryset.filter(id=uuid.UUID(term)), False
-        except ValueError:
-            return queryset.filter(business_key=term), False
+        return selectors.workflow_search(workflows=queryset, term=search_term), False
 
-    def change_view(
-        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
-    ) -> Any:
-        from .graph_view import workflow_graph
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Workflow | None = None,
+    ) -> HttpResponse:
+        # Called once the workflow is found and the user may see it: one query for the nodes
+        # (table and graph), one for the history.
+        if obj is not None:
+            from .graph_view import graph_of
 
-        context = dict(extra_context or {})
-        try:
-            context["dagger_graph"] = workflow_graph(object_id)
-        except (ValueError, TypeError, ValidationError):
-            context["dagger_graph"] = None
-        return super().change_view(request, object_id, form_url, extra_context=context)
+            nodes = selectors.workflow_nodes(workflow_id=obj.pk)
+            context["dagger_graph"] = graph_of(nodes)
+            context["dagger_nodes"] = nodes
+            context["dagger_events"] = [
+                (event, json.dumps(event.detail)) for event in selectors.workflow_events(workflow_id=obj.pk)
+            ]
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _apply(self, request: HttpRequest, queryset: QuerySet[Workflow], service: Any, verb: str) -> None:
         done, failed = 0, []
@@ -244,13 +224,7 @@ class InboxMessageAdmin(OperateActionsMixin, admin.ModelAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[InboxMessage], search_term: str
     ) -> tuple[QuerySet[InboxMessage], bool]:
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        found = Q(message_id=term) | Q(key=term) | Q(topic=term)
-        if term.isdigit():
-            found |= Q(pk=int(term))
-        return queryset.filter(found), False
+        return selectors.inbox_search(messages=queryset, term=search_term), False
 
     @admin.action(description="Replay selected messages (route them again)", permissions=["operate"])
     def replay_messages(self, request: HttpRequest, queryset: QuerySet[InboxMessage]) -> None:
@@ -334,17 +308,7 @@ class OutboxMessageAdmin(OperateActionsMixin, admin.ModelAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[OutboxMessage], search_term: str
     ) -> tuple[QuerySet[OutboxMessage], bool]:
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        found = Q(topic=term) | Q(key=term.encode("utf-8"))
-        if term.isdigit():
-            found |= Q(pk=int(term))
-        try:
-            found |= Q(message_id=uuid.UUID(term))
-        except ValueError:
-            pass
-        return queryset.filter(found), False
+        return selectors.outbox_search(messages=queryset, term=search_term), False
 
     @admin.action(description="Requeue selected dead messages (send them again)", permissions=["operate"])
     def requeue_dead(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:

@@ -183,6 +183,19 @@ def check_messaging_settings(app_configs: Any = None, **kwargs: Any) -> list[Any
                     id="dagger_django.E021",
                 )
             )
+    factory = dagger_settings.KAFKA_CONSUMER_FACTORY
+    if factory:
+        try:
+            import_string(factory)
+        except ImportError as exc:
+            problems.append(
+                Error(
+                    f"DAGGER['KAFKA_CONSUMER_FACTORY'] cannot be imported: {exc}",
+                    hint="A dotted path to a callable taking the consumer's settings, or None "
+                    "(default: confluent_kafka.Consumer).",
+                    id="dagger_django.E025",
+                )
+            )
     for name in ("BUFFER_TTL_SECONDS", "MAX_MESSAGE_BYTES", "DELIVERY_LEASE_SECONDS"):
         if float(getattr(dagger_settings, name)) <= 0:
             problems.append(Error(f"DAGGER['{name}'] must be positive.", id="dagger_django.E022"))

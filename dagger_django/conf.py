@@ -65,6 +65,9 @@ class Defaults:
     #: Extra librdkafka settings for the bridge's consumer only / the relay's producer only.
     KAFKA_CONSUMER: dict[str, Any] | None = None
     KAFKA_PRODUCER: dict[str, Any] | None = None
+    #: Dotted path of a callable ``(librdkafka settings) -> consumer`` that makes the bridge's
+    #: consumer (a wrapper that instruments ``confluent_kafka.Consumer``, say); None = that class.
+    KAFKA_CONSUMER_FACTORY: str | None = None
     #: Consumer group of the bridges (``dagger_kafka_bridge --group-id`` overrides it).
     KAFKA_GROUP_ID: str = "dagger-bridge"
     #: Dotted path of the outbox relay (``engine.outbox.Relay``); None = rows wait for a sweep.

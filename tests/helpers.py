@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+
+if TYPE_CHECKING:
+    from dagger_django.engine.selectors import Event
 
 T = TypeVar("T")
 
@@ -32,3 +35,15 @@ def wait_for(
             detail = message() if callable(message) else message
             pytest.fail(f"timed out after {timeout:g}s waiting for {detail}")
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+def history(workflow_id: Any, reason: str | None = None) -> list[Event]:
+    """The history of a workflow, oldest first, or only its events of ``reason``.
+
+    Read through ``engine.selectors.workflow_events``, the one reader of history, so tests do not
+    depend on how history is stored.
+    """
+    from dagger_django.engine.selectors import workflow_events
+
+    events = workflow_events(workflow_id=workflow_id)
+    return events if reason is None else [e for e in events if e.reason == reason]

@@ -46,6 +46,25 @@ def test_change_page_shows_the_graph_with_every_node_and_its_status(staff: Clien
     assert html.count('data-status="SKIPPED"') == 2  # left and its successor
 
 
+def test_change_page_lists_every_node_and_every_transition_of_the_history(
+    staff: Client, dispatcher: Any
+) -> None:
+    from dagger_django.engine import selectors
+
+    wf = b.linear("AdminHistory", (t.Record, "a"), (t.Boom, "boom")).create_instance(submit_task=True)
+    dispatcher.drain()
+    html = staff.get(f"/admin/dagger_django/workflow/{wf.id}/change/").content.decode()
+
+    nodes = html[html.index('id="dagger-nodes"') : html.index('id="dagger-events"')]
+    for node in Node.objects.filter(workflow_id=wf.id):
+        assert f'data-node-row="{node.id}"' in nodes
+    assert "Kafka listener" not in nodes and "Executor" in nodes and "Failure" in nodes
+    history = html[html.index('id="dagger-events"') :]
+    events = selectors.workflow_events(workflow_id=wf.id)
+    assert history.count("data-event-reason=") == len(events) > 0
+    assert "&quot;error&quot;" in history or "boom" in history.lower()  # the failure's detail is shown
+
+
 def test_graph_nests_parallel_branches_inside_their_group(staff: Client, dispatcher: Any) -> None:
     tmpl = b.parallel_tasks("AdminParallel", b.JOIN_ALL, b.task(t.SetFlag, "x").build(), b.listener("wait"))
     wf = tmpl.create_instance(submit_task=True)

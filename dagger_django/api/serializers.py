@@ -108,11 +108,11 @@ class TaskSerializer(serializers.Serializer):
 
 
 class WorkflowListSerializer(serializers.Serializer):
-    """A row of the workflow list (no nodes, no parameters)."""
+    """A row of the workflow list (no nodes, no parameters): :func:`~dagger_django.engine.selectors.workflow_list`."""
 
     id = serializers.UUIDField()
     template = serializers.CharField(source="template_name")
-    version = serializers.IntegerField(source="template.version")
+    version = serializers.IntegerField()
     status = serializers.CharField()
     business_key = serializers.CharField(allow_null=True)
     time_created = serializers.DateTimeField()
@@ -121,11 +121,12 @@ class WorkflowListSerializer(serializers.Serializer):
 
 
 class WorkflowDetailSerializer(serializers.Serializer):
-    """A workflow with every node, in position order (``tasks`` needs :func:`workflow_detail_get`)."""
+    """A workflow with every node, in position order: a
+    :class:`~dagger_django.engine.selectors.WorkflowDetail`."""
 
     id = serializers.UUIDField()
     template = serializers.CharField(source="template_name")
-    version = serializers.IntegerField(source="template.version")
+    version = serializers.IntegerField()
     status = serializers.CharField()
     runtime_parameters = serializers.JSONField()
     business_key = serializers.CharField(allow_null=True)
@@ -136,7 +137,7 @@ class WorkflowDetailSerializer(serializers.Serializer):
     time_submitted = serializers.DateTimeField(allow_null=True)
     time_completed = serializers.DateTimeField(allow_null=True)
     updated_at = serializers.DateTimeField()
-    tasks = TaskSerializer(source="task_rows", many=True)
+    tasks = TaskSerializer(many=True)
 
 
 __all__ = [

@@ -1,8 +1,9 @@
 """The HTTP API: thin views over the engine's services.
 
 Each view parses its input, makes one service call and maps the result; rules about workflows
-live in :mod:`dagger_django.engine`. Reads use the selectors below, which only read and bound
-their number of queries (a page of workflows: two; one workflow with all its nodes: two).
+live in :mod:`dagger_django.engine`. Reads go through :mod:`dagger_django.engine.selectors`,
+which only read and bound their number of queries (a page of workflows: two; one workflow with
+all its nodes: two): no view queries a table itself.
 Every error is answered as ``{"error": <code>, "detail": <text>}`` (see :mod:`.errors`).
 """
 
@@ -11,12 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, connection
-from django.db.models import Prefetch, QuerySet
 from django.urls import reverse
 from rest_framework import status
 from rest_framework.exceptions import ParseError
@@ -30,9 +29,8 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from ..definitions.registry import Dagger
-from ..engine import services
+from ..engine import selectors, services
 from ..exceptions import WorkflowDoesNotExist
-from ..models import Node, Workflow, WorkflowTemplate
 from . import errors
 from .permissions import CanOperateWorkflows, CanPostEvents, CanViewWorkflows, WorkflowAccess
 from .serializers import (
@@ -45,91 +43,10 @@ from .serializers import (
     WorkflowListSerializer,
 )
 
+if TYPE_CHECKING:
+    from ..models import Workflow
+
 logger = logging.getLogger("dagger_django.api")
-
-
-# ==================================================================================================
-# selectors (read only)
-# ==================================================================================================
-def template_versions_get(*, digests: Mapping[str, str]) -> dict[str, int | None]:
-    """The stored version of each template's graph (``{name: digest}``), None if never stored.
-
-    Unlike :func:`dagger_django.engine.services.template_version` this never writes: a template
-    gets a version when the first workflow is created from it. One query for all templates.
-    """
-    if not digests:
-        return {}
-    rows = WorkflowTemplate.objects.filter(name__in=digests, digest__in=set(digests.values())).values_list(
-        "name", "digest", "version"
-    )
-    stored = {(name, digest): version for name, digest, version in rows}
-    return {name: stored.get((name, digest)) for name, digest in digests.items()}
-
-
-_LIST_FIELDS = (
-    "id",
-    "template",
-    "template__version",
-    "template_name",
-    "status",
-    "business_key",
-    "time_created",
-    "time_completed",
-    "updated_at",
-)
-
-_TASK_FIELDS = (
-    "id",
-    "workflow",
-    "parent",
-    "name",
-    "node_type",
-    "kind",
-    "status",
-    "position",
-    "attempts",
-    "error",
-    "time_created",
-    "time_submitted",
-    "time_completed",
-    "stop_hook",
-    "stop_hook_at",
-)
-
-
-def workflow_list(
-    *, status: str | None = None, template: str | None = None, key: str | None = None
-) -> QuerySet[Workflow]:
-    """Workflows newest first, optionally filtered; loads neither parameters nor template graphs."""
-    queryset = Workflow.objects.select_related("template").only(*_LIST_FIELDS)
-    if status:
-        queryset = queryset.filter(status=status)
-    if template:
-        queryset = queryset.filter(template_name=template)
-    if key:
-        queryset = queryset.filter(business_key=key)
-    return queryset.order_by("-time_created", "-id")
-
-
-def workflow_detail_get(*, workflow_id: Any) -> Workflow:
-    """One workflow with its template version and every node (``task_rows``): two queries.
-
-    An id that is not a UUID is simply not found.
-    """
-    try:
-        pk = workflow_id if isinstance(workflow_id, uuid.UUID) else uuid.UUID(str(workflow_id))
-    except ValueError as exc:
-        raise WorkflowDoesNotExist(f"No workflow with id {workflow_id!r}.") from exc
-    nodes = Node.objects.only(*_TASK_FIELDS).order_by("position", "time_created")
-    try:
-        return (
-            Workflow.objects.select_related("template")
-            .defer("template__graph")
-            .prefetch_related(Prefetch("nodes", queryset=nodes, to_attr="task_rows"))
-            .get(pk=pk)
-        )
-    except Workflow.DoesNotExist as exc:
-        raise WorkflowDoesNotExist(f"No workflow with id {pk}.") from exc
 
 
 # ==================================================================================================
@@ -159,14 +76,8 @@ class WorkflowPagination(LimitOffsetPagination):
     count_exact = True
 
     def get_count(self, queryset: Any) -> int:
-        from ..conf import dagger_settings
-
-        cap = int(dagger_settings.LIST_COUNT_LIMIT)
-        if cap <= 0:
-            return super().get_count(queryset)
-        window = max(cap, self.get_offset(self.request) + (self.limit or 0)) + 1
-        counted = queryset.order_by()[:window].count()
-        self.count_exact = counted < window
+        end_of_page = self.get_offset(self.request) + (self.limit or 0)
+        counted, self.count_exact = selectors.workflows_count(workflows=queryset, at_least=end_of_page)
         return counted
 
     def get_paginated_response(self, data: Any) -> Response:
@@ -216,14 +127,13 @@ def _detail_response(
     """The detail of ``workflow`` (as a service returned it), read again with all its nodes."""
     try:
         return Response(
-            WorkflowDetailSerializer(workflow_detail_get(workflow_id=workflow_id)).data,
+            WorkflowDetailSerializer(selectors.workflow_detail_get(workflow_id=workflow_id)).data,
             status=http_status,
             **kwargs,
         )
     except WorkflowDoesNotExist:
         # Deleted by the transition itself (DELETE_WORKFLOW_ON_COMPLETE): show what it became.
-        workflow.task_rows = []  # type: ignore[attr-defined]
-        data = dict(WorkflowDetailSerializer(workflow).data)
+        data = dict(WorkflowDetailSerializer(selectors.workflow_detail_of(workflow)).data)
         data["id"] = str(workflow_id)
         return Response(data, status=http_status, **kwargs)
 
@@ -239,7 +149,7 @@ class TemplateListView(DaggerAPIView):
     def get(self, request: Request) -> Response:
         templates: list[Any] = sorted(Dagger.template_dags.values(), key=lambda t: t.name)
         digests = {template.name: template.digest() for template in templates}
-        versions = template_versions_get(digests=digests)
+        versions = selectors.template_versions_get(digests=digests)
         rows = [
             {"name": name, "version": versions[name], "digest": digest} for name, digest in digests.items()
         ]
@@ -256,7 +166,7 @@ class TemplateDetailView(DaggerAPIView):
         digest = template.digest()
         row = {
             "name": template.name,
-            "version": template_versions_get(digests={template.name: digest})[template.name],
+            "version": selectors.template_versions_get(digests={template.name: digest})[template.name],
             "digest": digest,
             "graph": template.to_graph(),
         }
@@ -276,7 +186,7 @@ class WorkflowListCreateView(DaggerAPIView):
     def get(self, request: Request) -> Response:
         filters = WorkflowFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        queryset = workflow_list(**filters.validated_data)
+        queryset = selectors.workflow_list(**filters.validated_data)
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(queryset, request, view=self)
         return paginator.get_paginated_response(WorkflowListSerializer(page, many=True).data)
@@ -307,7 +217,7 @@ class WorkflowDetailView(DaggerAPIView):
     dagger_permission_classes = (WorkflowAccess,)
 
     def get(self, request: Request, workflow_id: str) -> Response:
-        workflow = workflow_detail_get(workflow_id=workflow_id)
+        workflow = selectors.workflow_detail_get(workflow_id=workflow_id)
         return Response(WorkflowDetailSerializer(workflow).data)
 
 
@@ -494,7 +404,4 @@ __all__ = [
     "WorkflowParametersView",
     "WorkflowRetryView",
     "WorkflowStopView",
-    "template_versions_get",
-    "workflow_detail_get",
-    "workflow_list",
 ]

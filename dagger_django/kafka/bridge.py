@@ -22,7 +22,6 @@ retention, and outbox rows that no after-commit relay sent. See ``docs/bridge.md
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connections
+from django.utils.module_loading import import_string
 
 from ..conf import dagger_settings
 from ..engine import correlation, messages
@@ -49,8 +49,6 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "fetch.wait.max.ms": 100,
     "client.id": "dagger-django-bridge",
 }
-#: Test hook: crash (SIGKILL itself) after routing this many batches, before committing offsets.
-CRASH_ENV = "DAGGER_BRIDGE_CRASH_AFTER_ROUTE"
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 
@@ -135,8 +133,6 @@ class Bridge:
         self._assigned: set[tuple[str, int]] = set()
         self._at_end: set[tuple[str, int]] = set()
         self._next_sweep = 0.0
-        crash = os.environ.get(CRASH_ENV, "")
-        self._crash_after = int(crash) if crash.isdigit() else 0
 
     # -- control ----------------------------------------------------------------------------------
     def stop(self, *args: Any) -> None:
@@ -166,12 +162,7 @@ class Bridge:
         self._topics = topics
         self._refresh_incarnations()
         config = self.consumer_config()
-        if self.consumer_factory is not None:
-            consumer = self.consumer_factory(config)
-        else:
-            from confluent_kafka import Consumer
-
-            consumer = Consumer(config)
+        consumer = (self.consumer_factory or configured_consumer_factory())(config)
         consumer.subscribe(
             topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
@@ -243,9 +234,6 @@ class Bridge:
         if results is None:
             return  # stopped during a database outage: not committed, read again later
         self.stats.count(results)
-        if self._crash_after and self.stats.batches >= self._crash_after:
-            logger.warning("bridge: %s set, killing myself before the offset commit", CRASH_ENV)
-            os.kill(os.getpid(), signal.SIGKILL)
         self._commit(consumer, batch)
         self.stats.last_at = time.monotonic()
 
@@ -385,6 +373,18 @@ class Bridge:
             logger.exception("bridge: sweep failed")
 
 
+def configured_consumer_factory() -> Callable[[dict[str, Any]], Any]:
+    """What makes the bridge's consumer from its librdkafka settings: ``DAGGER['KAFKA_CONSUMER_FACTORY']``
+    (a dotted path) if set, else ``confluent_kafka.Consumer``."""
+    path = dagger_settings.KAFKA_CONSUMER_FACTORY
+    if path:
+        factory: Callable[[dict[str, Any]], Any] = import_string(path)
+        return factory
+    from confluent_kafka import Consumer
+
+    return Consumer
+
+
 def sweep_forever(*, interval: float, once: bool = False, stop: Callable[[], bool] = lambda: False) -> None:
     """Run only the message sweep (deployments that route over HTTP and run no bridge)."""
     while True:
@@ -404,4 +404,11 @@ def sweep_forever(*, interval: float, once: bool = False, stop: Callable[[], boo
             return
 
 
-__all__ = ["Bridge", "BridgeError", "BridgeStats", "CONSUMER_DEFAULTS", "CRASH_ENV", "sweep_forever"]
+__all__ = [
+    "Bridge",
+    "BridgeError",
+    "BridgeStats",
+    "CONSUMER_DEFAULTS",
+    "configured_consumer_factory",
+    "sweep_forever",
+]

@@ -28,7 +28,7 @@ from dagger_django import (
     TriggerTaskTemplateBuilder,
 )
 from dagger_django.beat import beat_setup
-from dagger_django.models import Node, Status, TaskEvent, Timer, TimerStatus, Workflow
+from dagger_django.models import Node, Status, Timer, TimerStatus, Workflow
 
 from ..conftest import (
     ROOT,
@@ -41,7 +41,7 @@ from ..conftest import (
     _stop,
     _wait_until_ready,
 )
-from ..helpers import wait_for
+from ..helpers import history, wait_for
 from . import time_workflows as tw
 from . import workflows as w
 
@@ -161,7 +161,7 @@ def test_trigger_is_fired_by_the_beat_sweep(beat: Path) -> None:
     assert wf.runtime_parameters["trace"] == ["remind", "after_executor_task"]
     assert wf.runtime_parameters["remind_at"] >= run_at
     assert Timer.objects.get(pk=timer.pk).status == TimerStatus.FIRED
-    fired = TaskEvent.objects.get(workflow_id=wf.id, reason="trigger_due")
+    (fired,) = history(wf.id, "trigger_due")
     assert 0 <= (fired.created_at.timestamp() - run_at) < 3 * SWEEP_EVERY
 
 
@@ -311,7 +311,7 @@ def test_worker_killed_mid_task_is_recovered_by_the_next_worker(
         assert wf.status == S.COMPLETED
         assert wf.runtime_parameters["attempts_seen"] == [2]
         assert wf.runtime_parameters["trace"] == ["after_executor_task"]
-        assert TaskEvent.objects.filter(workflow_id=wf.id, reason="recovered").count() == 1
+        assert len(history(wf.id, "recovered")) == 1
     finally:
         app.conf.task_default_queue = previous_queue
         for worker in workers:

@@ -19,9 +19,9 @@ from dagger_django import (
     TaskOperator,
 )
 from dagger_django.engine import services
-from dagger_django.models import Node, Status, TaskEvent, Workflow
+from dagger_django.models import Node, Status, Workflow
 
-from ..helpers import wait_for
+from ..helpers import history, wait_for
 from . import workflows as w
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -127,7 +127,7 @@ def test_retry_policy_with_backoff_on_the_worker(celery_worker_process: Any) -> 
     wf = finished(tmpl.create_instance(submit_task=True).id)
     assert wf.status == S.COMPLETED
     assert wf.runtime_parameters["succeeded_on"] == 3
-    assert TaskEvent.objects.filter(workflow_id=wf.id, reason="retry_scheduled").count() == 2
+    assert len(history(wf.id, "retry_scheduled")) == 2
 
 
 def test_stop_on_the_worker_stops_waiting_work(celery_worker_process: Any, tmp_path: Path) -> None:

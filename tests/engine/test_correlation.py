@@ -31,9 +31,9 @@ from dagger_django.models import (
     OutboxMessage,
     Status,
     Subscription,
-    TaskEvent,
 )
 
+from ..helpers import history
 from . import listener_tasks as lt
 from .conftest import reload, statuses
 
@@ -242,7 +242,7 @@ def test_on_message_false_keeps_waiting_and_keeps_its_parameter_changes(dispatch
     wf = reload(wf.id)
     assert wf.status == S.COMPLETED
     assert wf.runtime_parameters["seen"] == [["order_listener_task", 1], ["order_listener_task", 2]]
-    assert TaskEvent.objects.filter(workflow_id=wf.id, reason="message_received").count() == 2
+    assert len(history(wf.id, "message_received")) == 2
 
 
 def test_on_message_returning_a_non_bool_fails_the_listener(dispatcher: Any, relay: Any) -> None:

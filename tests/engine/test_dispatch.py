@@ -15,9 +15,9 @@ import pytest
 from dagger_django import signals
 from dagger_django.adapters.memory import InMemoryDispatcher
 from dagger_django.engine import heartbeat, ports, recovery, services
-from dagger_django.models import Node, Status, StopHook, TaskEvent
+from dagger_django.models import Node, Status, StopHook
 
-from ..helpers import wait_for
+from ..helpers import history, wait_for
 from . import builders as b
 from . import tasks as t
 from .conftest import reload
@@ -139,7 +139,7 @@ def test_submitted_backlog_is_resent_at_most_once_per_lease_with_backoff(dispatc
     # Once per lease at most, then less and less often (backoff doubling to 8 leases).
     assert resent_at == [1.25, 2.25, 4.25, 8.25, 16.25]
     node = executor(wf.id, "a")
-    assert node.redispatches == 5 and TaskEvent.objects.filter(reason="redispatched").count() == 5
+    assert node.redispatches == 5 and len(history(wf.id, "redispatched")) == 5
 
 
 # -- item 5: the lease heartbeat (real clock, the hook runs in a thread like a worker's) ----------
@@ -203,7 +203,7 @@ def test_task_running_longer_than_the_lease_runs_exactly_once_while_recovery_swe
     real_clock_engine.drain()
     assert reload(wf.id).status == S.COMPLETED
     assert len(t.BLOCKING_RUNS) == 1 and sweeps > 3
-    assert not TaskEvent.objects.filter(workflow_id=wf.id, reason__in=["recovered", "reclaimed"]).exists()
+    assert not [e for e in history(wf.id) if e.reason in ("recovered", "reclaimed")]
 
 
 def test_task_of_a_dead_worker_is_recovered_once_its_heartbeat_is_stale(
@@ -217,7 +217,7 @@ def test_task_of_a_dead_worker_is_recovered_once_its_heartbeat_is_stale(
     wait_for(lambda: recovery.nodes_recover() == 1, timeout=10, message="recovery of the dead worker's node")
     real_clock_engine.drain()
     assert reload(wf.id).status == S.COMPLETED
-    assert TaskEvent.objects.filter(workflow_id=wf.id, reason="recovered").count() == 1
+    assert len(history(wf.id, "recovered")) == 1
 
 
 def test_heartbeat_refreshes_only_a_lease_still_held(real_clock_engine: InMemoryDispatcher) -> None:
@@ -249,7 +249,7 @@ def test_stop_records_the_hook_as_pending_in_the_same_transaction(dispatcher: An
     assert node.stop_hook == StopHook.DONE and node.stop_hook_at is not None
     assert t.STOPPED_HOOKS == ["s_executor_task"]
     # The task's hook and its running process's hook (spec 2.8: processes' hooks are called).
-    assert TaskEvent.objects.filter(workflow_id=wf.id, reason="stop_hook_ran").count() == 2
+    assert len(history(wf.id, "stop_hook_ran")) == 2
     services.stop_hooks_run(workflow_id=wf.id, node_ids=[node.id])  # redelivered: not again
     assert t.STOPPED_HOOKS == ["s_executor_task"]
 
@@ -289,7 +289,7 @@ def test_stop_hook_that_raises_is_recorded_failed_and_not_run_again(dispatcher: 
     dispatcher.drain()
     node.refresh_from_db()
     assert node.stop_hook == StopHook.FAILED
-    event = TaskEvent.objects.get(workflow_id=wf.id, reason="stop_hook_failed")
+    (event,) = history(wf.id, "stop_hook_failed")
     assert "stop hook broke" in event.detail["error"]
     clock.advance(seconds=10 * LEASE)
     assert recovery.nodes_recover() == 0

@@ -13,8 +13,9 @@ from dagger_django.exceptions import (
     TaskInvalidState,
     WorkflowDoesNotExist,
 )
-from dagger_django.models import Node, Status, TaskEvent, Timer, Workflow, WorkflowTemplate
+from dagger_django.models import Node, Status, Timer, Workflow, WorkflowTemplate
 
+from ..helpers import history
 from . import builders as b
 from . import tasks as t
 from .conftest import reload, statuses
@@ -89,8 +90,7 @@ def test_task_changes_to_runtime_parameters_reach_the_next_task(dispatcher: Any)
         "flag_executor_task": True,
         "trace": ["after_executor_task"],
     }
-    changed = TaskEvent.objects.filter(workflow_id=wf.id, reason="parameters_changed")
-    assert changed.count() == 2
+    assert len(history(wf.id, "parameters_changed")) == 2
 
 
 def test_business_key_is_the_partition_key_value(dispatcher: Any) -> None:
@@ -104,7 +104,8 @@ def test_history_records_every_transition_in_order(dispatcher: Any) -> None:
     wf = run(tmpl, dispatcher)
     events = [
         (e.node_name.rsplit(".", 1)[-1], e.from_status, e.to_status)
-        for e in TaskEvent.objects.filter(workflow_id=wf.id).exclude(reason="parameters_changed")
+        for e in history(wf.id)
+        if e.reason != "parameters_changed"
     ]
     assert ("", S.NOT_STARTED, S.EXECUTING) in events
     task_events = [e for e in events if e[0] == "a_executor_task"]
@@ -455,10 +456,10 @@ def test_redelivered_message_after_completion_has_no_effect(dispatcher: Any) -> 
     wf = tmpl.create_instance(submit_task=True)
     message = dispatcher.runs[0]
     dispatcher.drain()
-    before = TaskEvent.objects.filter(workflow_id=wf.id).count()
+    before = len(history(wf.id))
     assert services.node_run(workflow_id=message[0], node_id=message[1], lease=message[2]) == 0
     assert services.node_run(workflow_id=message[0], node_id=message[1], lease="other") == 0
-    assert TaskEvent.objects.filter(workflow_id=wf.id).count() == before
+    assert len(history(wf.id)) == before
     assert reload(wf.id).runtime_parameters["trace"] == ["a_executor_task"]
 
 
@@ -480,7 +481,7 @@ def test_executor_interrupted_by_a_crash_runs_again_when_its_message_returns(
     wf = reload(wf.id)
     assert wf.status == S.COMPLETED
     assert wf.runtime_parameters["keys"] == [f"{node_id}:2"]
-    assert TaskEvent.objects.filter(workflow_id=wf.id, reason="reclaimed").count() == 1
+    assert len(history(wf.id, "reclaimed")) == 1
 
 
 # -- bad input ---------------------------------------------------------------------------------------------

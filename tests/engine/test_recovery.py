@@ -14,8 +14,9 @@ from django.core.management import call_command
 from dagger_django import Dagger, IntervalTaskTemplateBuilder, TriggerTaskTemplateBuilder
 from dagger_django import tasks as celery_tasks
 from dagger_django.engine import recovery, services
-from dagger_django.models import Node, Status, TaskEvent
+from dagger_django.models import Node, Status
 
+from ..helpers import history
 from . import builders as b
 from . import tasks as t
 from . import time_tasks as tt
@@ -48,7 +49,7 @@ def test_executing_node_of_a_dead_worker_runs_again_after_the_lease(dispatcher: 
     assert recovery.nodes_recover() == 1
     node = Node.objects.get(pk=node_id)
     assert (node.status, node.lease) == (S.SUBMITTED, "")
-    event = TaskEvent.objects.get(workflow_id=wf.id, reason="recovered")
+    (event,) = history(wf.id, "recovered")
     assert (event.from_status, event.to_status) == (S.EXECUTING, S.SUBMITTED)
     dispatcher.drain()
     wf = reload(wf.id)
@@ -80,7 +81,7 @@ def test_submitted_node_whose_message_was_lost_is_sent_again(dispatcher: Any, cl
     clock.advance(seconds=LEASE + 1)
     assert recovery.nodes_recover() == 1
     assert recovery.nodes_recover() == 0  # its lease starts again: no flood of duplicates
-    assert TaskEvent.objects.filter(workflow_id=wf.id, reason="redispatched").count() == 1
+    assert len(history(wf.id, "redispatched")) == 1
     dispatcher.drain()
     assert reload(wf.id).status == S.COMPLETED
 

@@ -15,8 +15,9 @@ from dagger_django import (
     ParallelCompositeTaskTemplateBuilder,
 )
 from dagger_django.engine import services
-from dagger_django.models import Status, TaskEvent
+from dagger_django.models import Status
 
+from ..helpers import history
 from . import builders as b
 from . import tasks as t
 from .conftest import reload, statuses
@@ -65,9 +66,7 @@ def test_retry_leaves_the_failed_branch_of_a_completed_atleast_one_group_alone(d
         S.COMPLETED,
     )
     assert wf.runtime_parameters["trace"] == ["right_executor_task", "tail_executor_task"]
-    retried = TaskEvent.objects.filter(workflow_id=wf.id, reason="retried").values_list(
-        "node_name", flat=True
-    )
+    retried = [e.node_name for e in history(wf.id, "retried")]
     assert not [name for name in retried if name.endswith("left_executor_task")]
 
 

@@ -26,8 +26,9 @@ from dagger_django import (
 from dagger_django import tasks as celery_tasks
 from dagger_django.engine import services, timing
 from dagger_django.exceptions import InvalidTemplate, InvalidTriggerTimeForTask
-from dagger_django.models import Node, Status, TaskEvent, Timer, TimerPurpose, TimerStatus, Workflow
+from dagger_django.models import Node, Status, Timer, TimerPurpose, TimerStatus, Workflow
 
+from ..helpers import history
 from . import builders as b
 from . import tasks as t
 from . import time_tasks as tt
@@ -90,8 +91,7 @@ def timers(workflow_id: Any, purpose: str | None = None) -> list[Timer]:
 
 
 def reasons(workflow_id: Any, short_name: str) -> list[str]:
-    events = TaskEvent.objects.filter(workflow_id=workflow_id, node_name__endswith=f".{short_name}")
-    return [e.reason for e in events.order_by("id")]
+    return [e.reason for e in history(workflow_id) if e.node_name.endswith(f".{short_name}")]
 
 
 # -- triggers -------------------------------------------------------------------------------------------
@@ -188,12 +188,12 @@ def test_leftover_pending_timer_of_a_finished_workflow_fires_as_a_noop(dispatche
     services.workflow_stop(workflow_id=wf.id)
     dispatcher.drain()  # the stopped trigger's stop hook runs (and is recorded) first
     Timer.objects.filter(pk=timer.pk).update(status=T.PENDING)  # as if the cancel had been lost
-    events_before = TaskEvent.objects.filter(workflow_id=wf.id).count()
+    events_before = len(history(wf.id))
     clock.advance(seconds=30)
     assert services.timers_fire_due() == 1
     dispatcher.drain()
     assert Timer.objects.get(pk=timer.pk).status == T.FIRED
-    assert TaskEvent.objects.filter(workflow_id=wf.id).count() == events_before
+    assert len(history(wf.id)) == events_before
     assert len(dispatcher.runs) == 0
 
 
@@ -303,9 +303,7 @@ def test_two_concurrent_sweeps_never_fire_one_timer_twice(dispatcher: Any, clock
     assert errors == []
     assert sum(counts) == 40
     assert Timer.objects.filter(status=T.FIRED).count() == 40
-    due_events = TaskEvent.objects.filter(reason="trigger_due")
-    assert due_events.count() == 40
-    assert sorted(str(e.workflow_id) for e in due_events) == sorted(str(i) for i in ids)
+    assert [len(history(i, "trigger_due")) for i in ids] == [1] * 40
     assert len(dispatcher.runs) == 40
 
 
@@ -607,7 +605,7 @@ def test_monitor_time_changed_into_garbage_before_the_process_starts_is_recorded
     dispatcher.drain()
     assert reload(wf.id).status == S.COMPLETED
     assert not Node.objects.filter(workflow_id=wf.id, kind="monitor").exists()
-    assert TaskEvent.objects.filter(workflow_id=wf.id, reason="monitor_not_started").count() == 1
+    assert len(history(wf.id, "monitor_not_started")) == 1
 
 
 def test_monitoring_type_that_is_not_a_monitor_is_refused_at_creation(dispatcher: Any) -> None:

@@ -2,9 +2,9 @@
 
 Bridge: listener workflows wait on ``faults_stream``; a producer sends them a steady stream of
 numbered messages (no message id: the bridge dedupes by offset). Each bridge process is started
-with ``DAGGER_BRIDGE_CRASH_AFTER_ROUTE=k`` (the bridge's own crash switch): after routing its
-k-th batch it SIGKILLs itself before committing the offsets, so the next bridge reads that batch
-again. Every message must reach its listener exactly once.
+with a consumer that kills it (``crashing_consumer.py``, through the bridge's consumer factory):
+after routing its k-th batch the bridge is SIGKILLed before committing the offsets, so the next
+bridge reads that batch again. Every message must reach its listener exactly once.
 
 Beat: timer workflows come due over a window while beat is SIGKILLed and restarted, and for part
 of the window a second beat runs beside the first. Every timer must fire once, none twice.
@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from . import workflows as fw
+from .crashing_consumer import KILL_MESSAGE, crash_env
 from .fleet import Proc, Stack, stack
 from .ledger import driver_records
 from .record import broken, write
@@ -106,17 +107,13 @@ def test_bridge_killed_between_routing_and_offset_commit_loses_and_doubles_nothi
         kills, bridges = 0, 0
         bridge: Proc | None = None
         while kills < BRIDGE_KILLS:
-            crash_after = str(rng.randint(1, 3))
+            crash_after = rng.randint(1, 3)
             bridge = s.start_bridge(
-                [fw.STREAM],
-                f"bridge-{bridges}",
-                "--batch-size",
-                str(BATCH),
-                DAGGER_BRIDGE_CRASH_AFTER_ROUTE=crash_after,
+                [fw.STREAM], f"bridge-{bridges}", "--batch-size", str(BATCH), **crash_env(crash_after)
             )
             bridges += 1
             bridge.proc.wait(timeout=120)
-            assert "killing myself before the offset commit" in bridge.log(), bridge.log()[-3000:]
+            assert KILL_MESSAGE in bridge.log(), bridge.log()[-3000:]
             kills += 1
         bridge = s.start_bridge([fw.STREAM], "bridge-last", "--batch-size", str(BATCH))
         time.sleep(2)

@@ -13,6 +13,7 @@ from dagger_django import Dagger
 from dagger_django.engine.outbox import MESSAGE_ID_HEADER
 from dagger_django.models import Delivery, InboxMessage, InboxStatus, Node, Status, Subscription, Workflow
 
+from ..faults.crashing_consumer import KILL_MESSAGE, crash_env
 from ..helpers import wait_for
 from . import workflows as w
 from .conftest import start_bridge
@@ -203,10 +204,11 @@ def test_bridge_killed_before_its_offset_commit_loses_and_doubles_nothing(
         "--topics",
         w.CRASH_TOPIC,
         group=group,
-        env={"DAGGER_BRIDGE_CRASH_AFTER_ROUTE": "1"},
+        env=crash_env(1),
     )
     crashing.proc.wait(timeout=60)
     assert crashing.proc.returncode == -signal.SIGKILL, crashing.log_tail()
+    assert KILL_MESSAGE in crashing.log(), crashing.log_tail()
     routed_before = InboxMessage.objects.filter(topic=w.CRASH_TOPIC).count()
     assert routed_before >= 1  # the first batch was committed to the database, not to Kafka
 

@@ -115,6 +115,26 @@ def test_offsets_are_committed_after_the_batch_is_routed(journal: list[str]) -> 
     assert bridge.stats.messages == 2 and bridge.stats.unmatched == 2
 
 
+#: The consumers ``configured_consumer`` hands out (``DAGGER['KAFKA_CONSUMER_FACTORY']`` is a path).
+CONFIGURED: list[FakeConsumer] = []
+
+
+def configured_consumer(config: dict[str, Any]) -> FakeConsumer:
+    consumer = CONFIGURED.pop()
+    consumer.journal.append(f"made for {config['group.id']}")
+    return consumer
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_consumer_comes_from_the_configured_factory(journal: list[str], settings: Any) -> None:
+    settings.DAGGER = {**settings.DAGGER, "KAFKA_CONSUMER_FACTORY": f"{__name__}.configured_consumer"}
+    CONFIGURED.append(FakeConsumer([[FakeMessage("unit_topic", 0, 3, {"a": 1})]], journal))
+    bridge = Bridge(topics=["unit_topic"], sweep_interval=0, max_messages=1, incarnations=lambda topics: {})
+    bridge.consumer_config = lambda: {"group.id": "unit"}  # type: ignore[method-assign]
+    bridge.run()
+    assert journal == ["made for unit", "subscribe", "route 1", "commit", "close"]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_database_outage_retries_the_same_batch(journal: list[str]) -> None:
     batch = [FakeMessage("unit_topic", 1, 0, {"fail": "once"})]

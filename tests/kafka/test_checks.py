@@ -22,6 +22,7 @@ def test_incoherent_messaging_settings_are_reported(settings: Any) -> None:
     assert ids(settings, BUFFER_TTL_SECONDS=0) == {"dagger_django.E022"}
     assert ids(settings, INBOX_RETENTION_DAYS=-1) == {"dagger_django.E023"}
     assert ids(settings, KAFKA_GROUP_ID="") == {"dagger_django.E024"}
+    assert ids(settings, KAFKA_CONSUMER_FACTORY="nowhere.make_consumer") == {"dagger_django.E025"}
 
 
 def test_incoherent_outbox_settings_are_reported(settings: Any) -> None:
