@@ -13,8 +13,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from dagger_django.engine import heartbeat, recovery, services
-from dagger_django.models import Node, Status, TaskEvent
+from dagger_django.models import Node, Status
 
+from ..helpers import history
 from . import builders as b
 from . import tasks as t
 from .conftest import reload
@@ -88,7 +89,7 @@ def test_an_apply_that_raises_rolls_back_only_its_workflow_and_recovery_finishes
     # Its apply was rolled back whole: the step is still claimed, nothing of it was written.
     node = Node.objects.get(workflow_id=poisoned, name__endswith="a_executor_task")
     assert (node.status, node.attempts) == (S.EXECUTING, 1)
-    assert not TaskEvent.objects.filter(workflow_id=poisoned, reason="executed").exists()
+    assert not history(poisoned, "executed")
 
     monkeypatch.setattr(services, "_complete", real_complete)
     clock.advance(seconds=float(recovery.dagger_settings.LEASE_SECONDS) + 1)

@@ -12,8 +12,9 @@ from django.test.utils import CaptureQueriesContext
 
 from dagger_django.engine import recovery, services
 from dagger_django.exceptions import InvalidTemplate
-from dagger_django.models import Node, Status, TaskEvent
+from dagger_django.models import Node, Status
 
+from ..helpers import history
 from . import builders as b
 from . import tasks as t
 from .conftest import reload
@@ -59,11 +60,8 @@ def test_a_process_chain_runs_in_one_call_and_commits_once(dispatcher: Any) -> N
     nodes = {n.name.rsplit(".", 1)[-1]: n for n in Node.objects.filter(workflow_id=wf.id, kind="executor")}
     assert [key for _, key in t.EFFECTS] == [f"{nodes[s + '_executor_task'].id}:1" for s in "abc"]
     # The history still has every step, claimed and executed.
-    reasons = list(
-        TaskEvent.objects.filter(workflow_id=wf.id, node_id__in=[n.id for n in nodes.values()])
-        .order_by("id")
-        .values_list("node_name", "reason")
-    )
+    ids = {n.id for n in nodes.values()}
+    reasons = [(e.node_name, e.reason) for e in history(wf.id) if e.node_id in ids]
     assert [r for _, r in reasons if r in ("claimed", "executed")] == ["claimed", "executed"] * 3
 
 
@@ -154,7 +152,7 @@ def test_a_workflow_stopped_during_the_chain_discards_it(
     row = reload(wf.id)
     assert row.status == S.STOPPED
     assert "trace" not in row.runtime_parameters  # nothing of the chain was applied
-    assert not TaskEvent.objects.filter(workflow_id=wf.id, reason="executed").exists()
+    assert not history(wf.id, "executed")
 
 
 def test_chains_in_a_batch(dispatcher: Any) -> None:
