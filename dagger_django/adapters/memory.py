@@ -24,6 +24,8 @@ class InMemoryDispatcher:
     #: Run queued nodes of different workflows together (``services.nodes_run``), as a worker
     #: does with a ``run_nodes`` message, instead of one by one.
     batch: bool = False
+    #: ... at most this many at a time (``DISPATCH_BATCH`` on a real worker).
+    batch_size: int = 20
 
     def run_node(self, *, workflow_id: uuid.UUID, node_id: uuid.UUID) -> None:
         lease = uuid.uuid4().hex
@@ -41,7 +43,7 @@ class InMemoryDispatcher:
         workflows: set[str] = set()
         while self.runs:
             run = self.runs.popleft()
-            (kept if run[0] in workflows else taken).append(run)
+            (kept if run[0] in workflows or len(taken) >= self.batch_size else taken).append(run)
             workflows.add(run[0])
         self.runs = kept
         return taken
