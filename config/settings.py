@@ -203,6 +203,7 @@ for _name, _cast in (
     ("MAX_TASKS_PER_TRIGGER", int),
     ("LEASE_SECONDS", float),
     ("HEARTBEAT_SECONDS", float),
+    ("COALESCE_SECONDS", float),
     ("RECOVERY_INTERVAL", float),
 ):
     if os.environ.get(f"DAGGER_{_name}"):

@@ -99,7 +99,10 @@ def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
         else:
             rest = batch
         for item in rest:
-            run_now(*item.handler_args, **item.handler_kwargs)
+            try:
+                run_now(*item.handler_args, **item.handler_kwargs)
+            except Exception:  # noqa: BLE001 - the others still run; the broker keeps this one
+                logger.exception("could not hand a held run_node message to the pool")
 
     def handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> Any:
         target = _target(message)
