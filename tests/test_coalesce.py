@@ -53,8 +53,14 @@ class Qos:
 
 
 @dataclass
+class Pool:
+    num_processes: int = 2
+
+
+@dataclass
 class Consumer:
     qos: Qos = field(default_factory=Qos)
+    pool: Pool = field(default_factory=Pool)
     timer: Timer = field(default_factory=Timer)
     hub: object = field(default_factory=object)
     connection_errors: tuple[type, ...] = ()
@@ -85,6 +91,9 @@ def world(monkeypatch: pytest.MonkeyPatch, settings: Any) -> Any:
     )
     consumer = Consumer()
     handler = coalesce.strategy(object(), object(), consumer)
+    # Both pool processes have a task: messages are held (see the test of a free process below).
+    busy = {object(), object()}
+    monkeypatch.setattr("celery.worker.state.reserved_requests", busy)
 
     def deliver(message: Message) -> None:
         def ack(logger: Any, errors: Any) -> None:
@@ -93,6 +102,17 @@ def world(monkeypatch: pytest.MonkeyPatch, settings: Any) -> Any:
         handler(message, None, ack, None, None)
 
     return consumer, deliver, ran, published
+
+
+def test_while_a_pool_process_is_free_messages_run_at_once(
+    world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer, deliver, ran, published = world
+    monkeypatch.setattr("celery.worker.state.reserved_requests", {object()})  # one of two busy
+    first, second = message(), message()
+    deliver(first)
+    deliver(second)
+    assert ran == [first, second] and not published and not consumer.timer.calls
 
 
 def message(workflow: uuid.UUID | None = None, **headers: Any) -> Message:

@@ -3,8 +3,9 @@
 Work arrives one message per workflow (each client's submit sends its own ``run_node``), while
 the engine pays for durability per transaction: a batch of K workflows commits K times less often
 (``services.nodes_run``). This is the task strategy of ``dagger_django.run_node``: the worker's
-consumer hands it each message as it arrives. Instead of giving it to the pool at once, it keeps
-it for up to ``COALESCE_SECONDS``; then, when it holds messages of at least two workflows, it
+consumer hands it each message as it arrives. While a pool process is free the message runs at
+once, as usual. When every process has a task (a backlog), it is kept for up to
+``COALESCE_SECONDS``, with those that follow; then, when it holds messages of at least two workflows, it
 publishes them as ``run_nodes`` messages of up to ``DISPATCH_BATCH`` nodes and acknowledges the
 originals. A message held alone goes to the pool as usual, so an idle system pays the window and
 nothing else. Held messages do not count against the prefetch limit (as Celery does for tasks
@@ -67,6 +68,17 @@ def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
     held: list[_Held] = []
     flush_entry: list[Any] = [None]
     errors = consumer.connection_errors
+    from celery.worker import state as worker_state
+
+    def pool_full() -> bool:
+        """Whether every pool process has a task (running or handed to it and waiting): only
+        then is a message held. With a process free it runs at once, alone: batches only form
+        from a backlog, where they cost no latency, and slow hooks keep running side by side."""
+        try:
+            processes = int(consumer.pool.num_processes)
+        except Exception:  # noqa: BLE001 - a pool that cannot say: never hold
+            return False
+        return len(worker_state.reserved_requests) >= processes
 
     def flush() -> None:
         flush_entry[0] = None
@@ -106,7 +118,7 @@ def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
 
     def handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> Any:
         target = _target(message)
-        if target is None:
+        if target is None or (not held and not pool_full()):
             return run_now(message, body, ack, reject, callbacks, **kw)
         held.append(_Held((message, body, ack, reject, callbacks), kw, ack, target[0], target[1]))
         # A held message does not take a prefetch slot (as Celery does for a task with an ETA):
