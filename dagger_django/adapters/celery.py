@@ -20,11 +20,20 @@ RETRY_POLICY: dict[str, float] = {
 }
 
 
+#: A queue no worker consumes, holding one message: when the broker loses the messages it holds
+#: (a Redis without persistence restarted), this one goes with them (:meth:`CeleryDispatcher.messages_lost`).
+MARKER_QUEUE = "dagger.broker-marker"
+
+
 class CeleryDispatcher:
     """Sends dagger's thin Celery tasks. Called from ``on_commit`` callbacks only.
 
     A send that still fails after :data:`RETRY_POLICY` raises; the engine records the work as owed.
+    ``app``: the Celery app whose broker :meth:`messages_lost` asks (default: the tasks' app).
     """
+
+    def __init__(self, app: Any = None) -> None:
+        self.app = app
 
     def _options(self) -> dict[str, Any]:
         queue = dagger_settings.CELERY_QUEUE
@@ -76,6 +85,30 @@ class CeleryDispatcher:
         from ..tasks import run_stop_hooks
 
         run_stop_hooks.apply_async(args=[str(workflow_id), [str(i) for i in node_ids]], **self._options())
+
+    def messages_lost(self) -> bool:
+        """Whether the broker lost the messages it held since the last call: the marker message of
+        :data:`MARKER_QUEUE` is gone (and is put back). The marker is durable and persistent like
+        Celery's task messages, so it is lost exactly when they can be. The first call on a new
+        broker says yes as well: nothing was waiting yet, so the sweeps' answer costs nothing.
+        Raises when the broker cannot be reached.
+        """
+        from ..tasks import run_node
+
+        app = self.app if self.app is not None else run_node.app
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            _, count, _ = channel.queue_declare(queue=MARKER_QUEUE, durable=True, auto_delete=False)
+            if count:
+                return False
+            connection.Producer(channel).publish(
+                {"marker": "the broker holds the messages sent before this one"},
+                exchange="",
+                routing_key=MARKER_QUEUE,
+                serializer="json",
+                delivery_mode=2,
+            )
+        return True
 
 
 def timer_options() -> dict[str, Any]:
