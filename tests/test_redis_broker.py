@@ -110,11 +110,14 @@ def test_the_dispatcher_tells_once_that_a_restarted_redis_lost_its_messages(
     app = Celery("dagger-redis-test", broker=redis.url, set_as_current=False)
     app.conf.broker_transport = TRANSPORT
     dispatcher = CeleryDispatcher(app=app)
-    assert dispatcher.messages_lost() is True  # a new broker: it held nothing before
+    assert dispatcher.messages_lost() is True  # a new broker: no marker yet
+    dispatcher.messages_marked()
     assert [dispatcher.messages_lost() for _ in range(3)] == [False, False, False]
     redis.stop()
     with pytest.raises(kombu.exceptions.OperationalError):  # the sweep asks again next time
         dispatcher.messages_lost()
     redis.start()  # empty: the marker is gone with every message
     assert dispatcher.messages_lost() is True
+    assert dispatcher.messages_lost() is True  # until the loss is dealt with
+    dispatcher.messages_marked()
     assert dispatcher.messages_lost() is False

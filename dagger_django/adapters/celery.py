@@ -87,28 +87,33 @@ class CeleryDispatcher:
         run_stop_hooks.apply_async(args=[str(workflow_id), [str(i) for i in node_ids]], **self._options())
 
     def messages_lost(self) -> bool:
-        """Whether the broker lost the messages it held since the last call: the marker message of
-        :data:`MARKER_QUEUE` is gone (and is put back). The marker is durable and persistent like
-        Celery's task messages, so it is lost exactly when they can be. The first call on a new
-        broker says yes as well: nothing was waiting yet, so the sweeps' answer costs nothing.
-        Raises when the broker cannot be reached.
+        """Whether the broker lost the messages it held: the marker message of :data:`MARKER_QUEUE`
+        (put by :meth:`messages_marked`) is gone. The marker is durable and persistent like Celery's
+        task messages, so it is lost exactly when they can be; a new broker has none either, which
+        costs nothing (nothing waits yet). Raises when the broker cannot be reached.
         """
-        from ..tasks import run_node
+        with self._connection() as connection:
+            _, count, _ = connection.default_channel.queue_declare(
+                queue=MARKER_QUEUE, durable=True, auto_delete=False
+            )
+        return not count
 
-        app = self.app if self.app is not None else run_node.app
-        with app.connection_for_write() as connection:
-            channel = connection.default_channel
-            _, count, _ = channel.queue_declare(queue=MARKER_QUEUE, durable=True, auto_delete=False)
-            if count:
-                return False
-            connection.Producer(channel).publish(
+    def messages_marked(self) -> None:
+        """Put the marker message (the engine has dealt with the loss :meth:`messages_lost` found)."""
+        with self._connection() as connection:
+            connection.Producer(connection.default_channel).publish(
                 {"marker": "the broker holds the messages sent before this one"},
                 exchange="",
                 routing_key=MARKER_QUEUE,
                 serializer="json",
                 delivery_mode=2,
             )
-        return True
+
+    def _connection(self) -> Any:
+        from ..tasks import run_node
+
+        app = self.app if self.app is not None else run_node.app
+        return app.connection_for_write()
 
 
 def timer_options() -> dict[str, Any]:

@@ -109,32 +109,39 @@ def stranded_nodes(*, lease_seconds: float | None = None, limit: int | None = No
 
 
 def broker_loss_check() -> bool:
-    """Whether the broker lost the messages it held since the last check (it restarted empty); if
-    so, :func:`backoffs_forget`. Run first by every sweep that re-sends work (this one and the
-    message sweep): whichever notices first forgets the backoffs, the others find nothing lost.
+    """Whether the broker lost the messages it held (it restarted empty); if so,
+    :func:`backoffs_forget`, then tell the dispatcher the loss is dealt with. Run first by every
+    sweep that re-sends work (this one and the message sweep); two that notice at once both forget
+    the backoffs, which is harmless.
 
-    The dispatcher answers through ``messages_lost()`` (``CeleryDispatcher`` keeps a marker message
-    on the broker, which goes with the rest); a dispatcher without it is never asked. Never
-    raises: when the broker cannot be asked, the backoffs stay and the next sweep asks again.
+    The dispatcher answers through ``messages_lost()`` and ``messages_marked()``
+    (``CeleryDispatcher`` keeps a marker message on the broker, which goes with the rest); a
+    dispatcher without them is never asked. When the broker cannot be asked, the backoffs stay and
+    the next sweep asks again; when the database fails, the loss stays unmarked for the next sweep.
     """
     dispatcher = ports.get_dispatcher()
-    ask = getattr(dispatcher, "messages_lost", None)
-    if ask is None:
+    lost = getattr(dispatcher, "messages_lost", None)
+    marked = getattr(dispatcher, "messages_marked", None)
+    if lost is None or marked is None:
         return False
     try:
-        lost = bool(ask())
+        if not lost():
+            return False
     except Exception as exc:  # noqa: BLE001 - the broker is down: ask again at the next sweep
         logger.info("could not ask the broker whether it lost its messages (%r)", exc)
         return False
-    if lost:
-        nodes, deliveries = backoffs_forget()
-        logger.warning(
-            "the broker lost the messages it held (it restarted empty): %d node(s) and stop hook(s) and"
-            " %d listener delivery(ies) waiting with a backoff are sent again after their lease",
-            nodes,
-            deliveries,
-        )
-    return lost
+    nodes, deliveries = backoffs_forget()
+    logger.warning(
+        "the broker lost the messages it held (it restarted empty, or is new): %d node(s) and stop"
+        " hook(s) and %d listener delivery(ies) waiting with a re-send backoff go again after their lease",
+        nodes,
+        deliveries,
+    )
+    try:
+        marked()
+    except Exception as exc:  # noqa: BLE001 - unmarked, the next sweep forgets again: harmless
+        logger.info("could not mark the broker (%r)", exc)
+    return True
 
 
 def backoffs_forget() -> tuple[int, int]:

@@ -169,6 +169,10 @@ class BrokerUnreachable(InMemoryDispatcher):
         raise ConnectionRefusedError("broker unreachable")
 
 
+class DatabaseDownAfterTheLoss(Exception):
+    pass
+
+
 def test_a_broker_that_cannot_be_asked_leaves_the_backoff_alone(clock: Any) -> None:
     dispatcher = BrokerUnreachable()
     previous = ports.set_dispatcher(dispatcher)
@@ -181,6 +185,28 @@ def test_a_broker_that_cannot_be_asked_leaves_the_backoff_alone(clock: Any) -> N
         assert executor(wf.id, "a").redispatch_at is not None
     finally:
         ports.set_dispatcher(previous)
+
+
+def test_a_loss_stays_unmarked_until_the_backoffs_are_dropped(
+    dispatcher: Any, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wf = b.linear(name("Unmarked"), (t.Record, "a")).create_instance(submit_task=True)
+    dispatcher.runs.clear()
+    clock.advance(seconds=LEASE + 1)
+    assert recovery.nodes_recover() == 1  # re-sent once: the next one after a lease of backoff
+    dispatcher.lose_messages()
+
+    def database_down() -> tuple[int, int]:
+        raise DatabaseDownAfterTheLoss
+
+    with monkeypatch.context() as patched:
+        patched.setattr(recovery, "backoffs_forget", database_down)
+        with pytest.raises(DatabaseDownAfterTheLoss):
+            recovery.broker_loss_check()
+    assert dispatcher.messages_lost()  # still to be dealt with: the next sweep does it
+    assert recovery.broker_loss_check() is True
+    assert not dispatcher.messages_lost()
+    assert executor(wf.id, "a").redispatch_at is None
 
 
 # -- item 5: the lease heartbeat (real clock, the hook runs in a thread like a worker's) ----------
