@@ -110,10 +110,18 @@ class CeleryDispatcher:
             )
 
     def _connection(self) -> Any:
+        """A broker connection, connected with one attempt: a sweep must not wait for a broker that is
+        down (kombu would retry for seconds); it asks again at its next run."""
         from ..tasks import run_node
 
         app = self.app if self.app is not None else run_node.app
-        return app.connection_for_write()
+        connection = app.connection_for_write()
+        try:
+            connection.ensure_connection(max_retries=0)
+        except BaseException:
+            connection.release()
+            raise
+        return connection
 
 
 def timer_options() -> dict[str, Any]:
