@@ -1,7 +1,8 @@
 """The Redis broker transport (dagger_django/adapters/redis_broker.py): a channel closes even when
 Redis is gone, so a Celery worker reconnects after a Redis restart instead of exiting.
 
-These run on a private ``redis-server`` (tests/faults/services.py): they kill it.
+These run on a private ``redis-server`` (tests/faults/services.py): they kill it. The last one checks
+the marker by which the sweeps learn that a Redis restarted empty (adapters/celery.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kombu.exceptions
 import pytest
 from kombu import Connection, Exchange, Queue
 
@@ -95,3 +97,27 @@ def test_a_redis_broker_url_selects_this_transport_in_the_demo_project() -> None
     if not settings.CELERY_BROKER_URL.startswith("redis://"):
         pytest.skip("the suite runs on another broker")
     assert settings.CELERY_BROKER_TRANSPORT == TRANSPORT
+
+
+def test_the_dispatcher_tells_once_that_a_restarted_redis_lost_its_messages(
+    redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery import Celery
+
+    from dagger_django.adapters.celery import CeleryDispatcher
+
+    monkeypatch.setenv("CELERY_BROKER_URL", redis.url)  # Celery prefers it to the app's broker
+    app = Celery("dagger-redis-test", broker=redis.url, set_as_current=False)
+    app.conf.broker_transport = TRANSPORT
+    dispatcher = CeleryDispatcher(app=app)
+    assert dispatcher.messages_lost() is True  # a new broker: no marker yet
+    dispatcher.messages_marked()
+    assert [dispatcher.messages_lost() for _ in range(3)] == [False, False, False]
+    redis.stop()
+    with pytest.raises(kombu.exceptions.OperationalError):  # the sweep asks again next time
+        dispatcher.messages_lost()
+    redis.start()  # empty: the marker is gone with every message
+    assert dispatcher.messages_lost() is True
+    assert dispatcher.messages_lost() is True  # until the loss is dealt with
+    dispatcher.messages_marked()
+    assert dispatcher.messages_lost() is False

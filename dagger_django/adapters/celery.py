@@ -20,11 +20,20 @@ RETRY_POLICY: dict[str, float] = {
 }
 
 
+#: A queue no worker consumes, holding one message: when the broker loses the messages it holds
+#: (a Redis without persistence restarted), this one goes with them (:meth:`CeleryDispatcher.messages_lost`).
+MARKER_QUEUE = "dagger.broker-marker"
+
+
 class CeleryDispatcher:
     """Sends dagger's thin Celery tasks. Called from ``on_commit`` callbacks only.
 
     A send that still fails after :data:`RETRY_POLICY` raises; the engine records the work as owed.
+    ``app``: the Celery app whose broker :meth:`messages_lost` asks (default: the tasks' app).
     """
+
+    def __init__(self, app: Any = None) -> None:
+        self.app = app
 
     def _options(self) -> dict[str, Any]:
         queue = dagger_settings.CELERY_QUEUE
@@ -76,6 +85,43 @@ class CeleryDispatcher:
         from ..tasks import run_stop_hooks
 
         run_stop_hooks.apply_async(args=[str(workflow_id), [str(i) for i in node_ids]], **self._options())
+
+    def messages_lost(self) -> bool:
+        """Whether the broker lost the messages it held: the marker message of :data:`MARKER_QUEUE`
+        (put by :meth:`messages_marked`) is gone. The marker is durable and persistent like Celery's
+        task messages, so it is lost exactly when they can be; a new broker has none either, which
+        costs nothing (nothing waits yet). Raises when the broker cannot be reached.
+        """
+        with self._connection() as connection:
+            _, count, _ = connection.default_channel.queue_declare(
+                queue=MARKER_QUEUE, durable=True, auto_delete=False
+            )
+        return not count
+
+    def messages_marked(self) -> None:
+        """Put the marker message (the engine has dealt with the loss :meth:`messages_lost` found)."""
+        with self._connection() as connection:
+            connection.Producer(connection.default_channel).publish(
+                {"marker": "the broker holds the messages sent before this one"},
+                exchange="",
+                routing_key=MARKER_QUEUE,
+                serializer="json",
+                delivery_mode=2,
+            )
+
+    def _connection(self) -> Any:
+        """A broker connection, connected with one attempt: a sweep must not wait for a broker that is
+        down (kombu would retry for seconds); it asks again at its next run."""
+        from ..tasks import run_node
+
+        app = self.app if self.app is not None else run_node.app
+        connection = app.connection_for_write()
+        try:
+            connection.ensure_connection(max_retries=0)
+        except BaseException:
+            connection.release()
+            raise
+        return connection
 
 
 def timer_options() -> dict[str, Any]:

@@ -26,6 +26,23 @@ class InMemoryDispatcher:
     batch: bool = False
     #: ... at most this many at a time (``DISPATCH_BATCH`` on a real worker).
     batch_size: int = 20
+    #: Set by :meth:`lose_messages`, cleared by :meth:`messages_marked`.
+    lost: bool = False
+
+    def lose_messages(self) -> None:
+        """What a broker that restarts empty does: every message not yet run is gone."""
+        self.runs.clear()
+        self.timers.clear()
+        self.sweeps.clear()
+        self.stop_hooks.clear()
+        self.lost = True
+
+    def messages_lost(self) -> bool:
+        """Whether messages were lost (:meth:`lose_messages`) since :meth:`messages_marked`."""
+        return self.lost
+
+    def messages_marked(self) -> None:
+        self.lost = False
 
     def run_node(self, *, workflow_id: uuid.UUID, node_id: uuid.UUID) -> None:
         lease = uuid.uuid4().hex

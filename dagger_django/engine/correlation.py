@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from django.db.models import Q
+
 from ..definitions import payloads
 from ..definitions.views import import_class
 from ..exceptions import TaskClassNotFound
-from ..models import Node, NodeKind, Status, Subscription
+from ..models import Delivery, DeliveryStatus, Node, NodeKind, Status, Subscription
 from .hooks import call_hook
 from .state import WorkflowState
 
@@ -308,10 +310,23 @@ def _subscription(state: WorkflowState, node: Node) -> Subscription | None:
 
 
 def listener_started(state: WorkflowState, node: Node) -> None:
-    """A listener began waiting: hand it to a worker if messages were buffered for it."""
+    """A listener began waiting: if messages were buffered for it, they become pending deliveries
+    and the listener is handed to a worker. Pending, they are the message sweep's to send again
+    should that hand-over be lost (a broker that restarted empty): a buffered delivery waits for
+    its listener to start and no sweep would ever send it, while the listener, waiting, is no
+    recovery's either."""
     if node.config.get("_buffered"):
         node.config = {k: v for k, v in node.config.items() if k != "_buffered"}
         state.touch(node)
+        Delivery.objects.filter(node_id=node.id, status=DeliveryStatus.BUFFERED).filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=state.now)
+        ).update(
+            status=DeliveryStatus.PENDING,
+            expires_at=None,
+            updated_at=state.now,
+            redispatch_at=None,
+            redispatches=0,
+        )
         state.to_dispatch.append(node.id)
 
 

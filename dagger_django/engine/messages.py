@@ -63,7 +63,7 @@ from ..models import (
 )
 from ..models.messages import OPEN_DELIVERY
 from ..models.status import TERMINAL
-from . import correlation, outbox, parameters, ports, services, timing, walker
+from . import correlation, outbox, parameters, ports, recovery, services, timing, walker
 from .state import WorkflowState
 
 if TYPE_CHECKING:
@@ -1094,7 +1094,9 @@ class SweepResult:
 def messages_sweep(*, relay_grace_seconds: float = 10.0) -> SweepResult:
     """One sweep: expire buffered messages, redispatch lost deliveries, prune the inbox and the
     sent outbox rows, and send outbox rows older than ``relay_grace_seconds`` that no
-    after-commit relay sent."""
+    after-commit relay sent. First, if the broker lost its messages since the last look (it
+    restarted empty), the re-send backoffs are dropped (``recovery.broker_loss_check``)."""
+    recovery.broker_loss_check()
     result = SweepResult(
         expired=deliveries_expire(), redispatched=deliveries_redispatch(), pruned=inbox_prune()
     )

@@ -20,6 +20,11 @@ class Dispatcher(Protocol):
 
     A method raises when its message could not be sent (after its own brief, bounded retries):
     the engine then records the work as owed and the recovery sweep sends it later.
+
+    A dispatcher may also offer ``messages_lost() -> bool``, whether the broker lost the messages it
+    held (it restarted empty) since ``messages_marked()`` was last called, and ``messages_marked()``;
+    both raise when the broker cannot be reached. The sweeps ask first, and mark once they have
+    dealt with a loss (``recovery.broker_loss_check``); a dispatcher without them is never asked.
     """
 
     def run_node(self, *, workflow_id: uuid.UUID, node_id: uuid.UUID) -> None: ...

@@ -23,6 +23,12 @@ The sweep here hands such nodes out again, each in its own transaction that lock
 Nodes that wait legitimately are left alone: those with a PENDING timer (a retry's backoff, a
 trigger's time, an interval's next poll, a monitor), listeners waiting for their message, and
 containers (processes and parallel groups).
+
+The backoff assumes the earlier copies still wait in the queue. A broker that restarted empty (a
+Redis without persistence) has lost them all: each sweep first asks the dispatcher whether that
+happened (:func:`broker_loss_check`), and if so the backoff of every node, stop hook and listener
+delivery still waiting for a message is dropped, so each is sent again once its lease has passed
+rather than up to eight leases later.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Exists, OuterRef, Q
 
 from ..conf import dagger_settings
-from ..models import Node, NodeKind, NodeType, Status, StopHook, Timer, TimerStatus
+from ..models import Delivery, DeliveryStatus, Node, NodeKind, NodeType, Status, StopHook, Timer, TimerStatus
 from . import ports
 from .state import WorkflowState, load_locked
 
@@ -102,6 +108,66 @@ def stranded_nodes(*, lease_seconds: float | None = None, limit: int | None = No
     return found + list(rows)[: max(0, cap - len(found))]
 
 
+def broker_loss_check() -> bool:
+    """Whether the broker lost the messages it held (it restarted empty); if so,
+    :func:`backoffs_forget`, then tell the dispatcher the loss is dealt with. Run first by every
+    sweep that re-sends work (this one and the message sweep); two that notice at once both forget
+    the backoffs, which is harmless.
+
+    The dispatcher answers through ``messages_lost()`` and ``messages_marked()``
+    (``CeleryDispatcher`` keeps a marker message on the broker, which goes with the rest); a
+    dispatcher without them is never asked. When the broker cannot be asked, the backoffs stay and
+    the next sweep asks again; when the database fails, the loss stays unmarked for the next sweep.
+    """
+    dispatcher = ports.get_dispatcher()
+    lost = getattr(dispatcher, "messages_lost", None)
+    marked = getattr(dispatcher, "messages_marked", None)
+    if lost is None or marked is None:
+        return False
+    try:
+        if not lost():
+            return False
+    except Exception as exc:  # noqa: BLE001 - the broker is down: ask again at the next sweep
+        logger.info("could not ask the broker whether it lost its messages (%r)", exc)
+        return False
+    nodes, deliveries = backoffs_forget()
+    logger.warning(
+        "the broker lost the messages it held (it restarted empty, or is new): %d node(s) and stop"
+        " hook(s) and %d listener delivery(ies) waiting with a re-send backoff go again after their lease",
+        nodes,
+        deliveries,
+    )
+    try:
+        marked()
+    except Exception as exc:  # noqa: BLE001 - unmarked, the next sweep forgets again: harmless
+        logger.info("could not mark the broker (%r)", exc)
+    return True
+
+
+def backoffs_forget() -> tuple[int, int]:
+    """Drop the re-send backoff of the nodes, stop hooks and listener deliveries that wait for a
+    message (``redispatch_at`` still ahead): the copies sent so far are gone with the broker's
+    data, so each is handed out again once its lease has passed (a node's ``updated_at`` is its
+    last send; a delivery is judged by when it was routed). Owed work (``redispatch_at`` already
+    due) is sent at the next sweep anyway. Returns ``(nodes, deliveries)`` changed.
+    """
+    now = ports.now()
+    waiting_nodes = Node.objects.filter(redispatch_at__gt=now).filter(
+        Q(status=S.SUBMITTED) | Q(stop_hook=StopHook.PENDING)
+    )
+    waiting_deliveries = Delivery.objects.filter(
+        status=DeliveryStatus.PENDING, available_at__isnull=True, redispatch_at__gt=now
+    )
+    changed = []
+    for rows in (waiting_nodes, waiting_deliveries):
+        # Locked in id order, skipping rows a transition, a claim or a sweep holds (it is sending
+        # or changing that one right now): this never waits on anyone, so it cannot deadlock.
+        with transaction.atomic():
+            ids = list(rows.order_by("pk").select_for_update(skip_locked=True).values_list("pk", flat=True))
+            changed.append(rows.model.objects.filter(pk__in=ids).update(redispatch_at=None, redispatches=0))
+    return changed[0], changed[1]
+
+
 def nodes_recover(*, lease_seconds: float | None = None, limit: int | None = None) -> int:
     """One recovery sweep. Returns how many nodes were handed out again.
 
@@ -110,6 +176,7 @@ def nodes_recover(*, lease_seconds: float | None = None, limit: int | None = Non
     """
     lease = _lease(lease_seconds)
     recovered = 0
+    broker_loss_check()
     hooks = stop_hooks_recover(lease_seconds=lease, limit=limit)
     for node_id, workflow_id in stranded_nodes(lease_seconds=lease, limit=limit):
         try:
@@ -206,4 +273,12 @@ def _looks_stranded(node: Node, now: dt.datetime, lease: float) -> bool:
     return node.status == S.EXECUTING and node.kind != NodeKind.LISTENER
 
 
-__all__ = ["dispatch_owed", "node_recover", "nodes_recover", "stop_hooks_recover", "stranded_nodes"]
+__all__ = [
+    "backoffs_forget",
+    "broker_loss_check",
+    "dispatch_owed",
+    "node_recover",
+    "nodes_recover",
+    "stop_hooks_recover",
+    "stranded_nodes",
+]

@@ -492,6 +492,28 @@ def test_a_reply_that_overtakes_its_listener_is_buffered_and_delivered_at_start(
     assert InboxMessage.objects.get(pk=result.inbox_id).status == InboxStatus.ROUTED
 
 
+def test_a_buffered_message_whose_listener_start_was_lost_with_the_broker_is_sent_again(
+    dispatcher: Any, clock: Any, relay: Any, settings: Any
+) -> None:
+    # No inline step: the listener that starts is handed to a worker in a message of its own.
+    settings.DAGGER = {**settings.DAGGER, "INLINE_STEPS": 0}
+    wf = start(two_listeners("EarlyLost"), dispatcher, order_id="e4")
+    route("topic_b", {"order_id": "e4", "n": "b"})
+    dispatcher.drain()
+    assert Delivery.objects.get().status == DeliveryStatus.BUFFERED
+    route("topic_a", {"order_id": "e4", "n": "a"})
+    wf_id, node_id, lease = dispatcher.runs.popleft()
+    services.node_run(workflow_id=wf_id, node_id=node_id, lease=lease)  # the first one completes
+    assert statuses(wf.id)["second_listener_task"] == S.EXECUTING
+    dispatcher.lose_messages()  # its message is lost with the broker's data
+    clock.advance(seconds=300)  # DELIVERY_LEASE_SECONDS
+    assert messages.messages_sweep().redispatched == 1
+    dispatcher.drain()
+    wf = reload(wf.id)
+    assert wf.status == S.COMPLETED
+    assert wf.runtime_parameters["seen"] == [["first_listener_task", "a"], ["second_listener_task", "b"]]
+
+
 def test_a_buffered_message_expires_after_the_ttl_and_can_be_replayed(
     dispatcher: Any, clock: Any, relay: Any
 ) -> None:

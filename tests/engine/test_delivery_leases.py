@@ -174,6 +174,25 @@ def test_waiting_backlog_is_resent_at_most_once_per_lease_with_backoff(dispatche
     assert set(Delivery.objects.values_list("status", "redispatches")) == {(D.DELIVERED, 0)}
 
 
+def test_deliveries_lost_with_the_broker_are_sent_again_at_the_next_sweep(
+    dispatcher: Any, clock: Any
+) -> None:
+    wf = waiting_listener("FlushedBacklog").create_instance(submit_task=True, order_id="f1")
+    dispatcher.drain()
+    route("pizza_ready", {"order_id": "f1"})
+    dispatcher.runs.clear()  # the message waits in a long queue
+    for _ in range(34):  # 8.5 leases: re-sent at 1, 2, 4 and 8 leases; the next one at 16
+        clock.advance(seconds=LEASE / 4)
+        messages.messages_sweep()
+    assert Delivery.objects.get().redispatches == 4
+    dispatcher.lose_messages()  # the broker restarts empty (a Redis without persistence)
+    clock.advance(seconds=LEASE / 4)
+    # Routed long ago: sent again at once (the first copy of a delivery waits one lease).
+    assert messages.messages_sweep().redispatched == 1
+    dispatcher.drain()
+    assert reload(wf.id).status == S.COMPLETED
+
+
 def test_due_retry_is_sent_at_once_whatever_the_backoff(dispatcher: Any, clock: Any) -> None:
     waiting_listener("DueRetry").create_instance(submit_task=True, order_id="t1")
     dispatcher.drain()

@@ -142,6 +142,73 @@ def test_submitted_backlog_is_resent_at_most_once_per_lease_with_backoff(dispatc
     assert node.redispatches == 5 and len(history(wf.id, "redispatched")) == 5
 
 
+def test_backlog_lost_with_the_broker_is_sent_again_within_a_lease_not_after_its_backoff(
+    dispatcher: Any, clock: Any
+) -> None:
+    wf = b.linear(name("Flushed"), (t.Record, "a")).create_instance(submit_task=True)
+    dispatcher.runs.clear()  # the message waits in a long queue
+    for _ in range(34):  # 8.5 leases: re-sent at 1.25, 2.25, 4.25 and 8.25; the next one at 16.25
+        clock.advance(seconds=LEASE / 4)
+        recovery.nodes_recover()
+    assert executor(wf.id, "a").redispatches == 4
+    dispatcher.lose_messages()  # the broker restarts empty (a Redis without persistence)
+    resent_at = []
+    for step in range(35, 35 + 8 * 4):
+        clock.advance(seconds=LEASE / 4)
+        if recovery.nodes_recover():
+            resent_at.append(step / 4)
+    # One lease after its last send, as any node whose message went missing (not at 16.25); then
+    # the backoff starts again.
+    assert resent_at == [9.5, 10.5, 12.5, 16.5]
+    dispatcher.drain()
+    assert reload(wf.id).status == S.COMPLETED
+
+
+class BrokerUnreachable(InMemoryDispatcher):
+    def messages_lost(self) -> bool:
+        raise ConnectionRefusedError("broker unreachable")
+
+
+class DatabaseDownAfterTheLoss(Exception):
+    pass
+
+
+def test_a_broker_that_cannot_be_asked_leaves_the_backoff_alone(clock: Any) -> None:
+    dispatcher = BrokerUnreachable()
+    previous = ports.set_dispatcher(dispatcher)
+    try:
+        wf = b.linear(name("Unasked"), (t.Record, "a")).create_instance(submit_task=True)
+        dispatcher.runs.clear()
+        clock.advance(seconds=LEASE + 1)
+        assert recovery.nodes_recover() == 1  # asking failed: the sweep goes on as usual
+        assert recovery.broker_loss_check() is False
+        assert executor(wf.id, "a").redispatch_at is not None
+    finally:
+        ports.set_dispatcher(previous)
+
+
+def test_a_loss_stays_unmarked_until_the_backoffs_are_dropped(
+    dispatcher: Any, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wf = b.linear(name("Unmarked"), (t.Record, "a")).create_instance(submit_task=True)
+    dispatcher.runs.clear()
+    clock.advance(seconds=LEASE + 1)
+    assert recovery.nodes_recover() == 1  # re-sent once: the next one after a lease of backoff
+    dispatcher.lose_messages()
+
+    def database_down() -> tuple[int, int]:
+        raise DatabaseDownAfterTheLoss
+
+    with monkeypatch.context() as patched:
+        patched.setattr(recovery, "backoffs_forget", database_down)
+        with pytest.raises(DatabaseDownAfterTheLoss):
+            recovery.broker_loss_check()
+    assert dispatcher.messages_lost()  # still to be dealt with: the next sweep does it
+    assert recovery.broker_loss_check() is True
+    assert not dispatcher.messages_lost()
+    assert executor(wf.id, "a").redispatch_at is None
+
+
 # -- item 5: the lease heartbeat (real clock, the hook runs in a thread like a worker's) ----------
 #: The lease of the real-clock tests, in seconds.
 LIVE_LEASE = 2.0

@@ -4,15 +4,37 @@ Run by the campaigns as ``python -m tests.faults.driver`` on the campaign's data
 workflow gets its id from the driver, so a create that raised can be checked afterwards (was it
 committed anyway?). One JSON line per workflow goes to ``--out``. The number of unfinished
 workflows is held under ``--max-inflight`` so the queue stays shorter than a lease.
+
+SIGTERM or SIGINT (what a campaign sends to stop the load) ends the run after the create in hand
+and its line: a workflow the driver committed is always in ``--out``. Dying on the signal between
+a commit and its line would leave a workflow no record knows of, and the campaign's accounting
+would count it as never finished or miss it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import random
+import signal
 import time
 import uuid
+from typing import Any
+
+
+class Stop:
+    """Set by SIGTERM or SIGINT; the loop stops between two workflows, never inside a create."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self)
+        signal.signal(signal.SIGINT, self)
 
 
 def main() -> None:
@@ -26,11 +48,16 @@ def main() -> None:
     parser.add_argument("--timer-max", type=float, default=3.0)
     parser.add_argument("--rate", type=float, default=0.0, help="workflows per second at most (0: no limit)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--import", dest="imports", action="append", default=[], help="modules to import")
     args = parser.parse_args()
+    stop = Stop()
+    stop.install()
 
     import django
 
     django.setup()
+    for module in args.imports:
+        importlib.import_module(module)
     from dagger_django import Dagger
     from dagger_django.models import Workflow
 
@@ -42,8 +69,10 @@ def main() -> None:
     started = time.monotonic()
     with open(args.out, "a", buffering=1) as out:
         for i in range(args.count):
+            if stop.requested:
+                break
             if i % 20 == 0:
-                while True:
+                while not stop.requested:
                     try:
                         inflight = Workflow.objects.filter(status="EXECUTING").count()
                     except Exception:  # the database is restarting: wait for it
@@ -55,10 +84,14 @@ def main() -> None:
                     if inflight < args.max_inflight:
                         break
                     time.sleep(0.1)
+                if stop.requested:
+                    break
             if args.rate:
                 wait = started + i / args.rate - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
+                if stop.requested:
+                    break
             name = names[i % len(names)]
             wid = uuid.uuid4()
             params: dict[str, object] = {"order_id": str(wid), "work": 0.005}

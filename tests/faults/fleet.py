@@ -249,12 +249,25 @@ class Stack:
     def statuses(self) -> dict[str, int]:
         return dict(self.query("SELECT status, count(*) FROM dagger_django_workflow GROUP BY status"))  # type: ignore[arg-type]
 
+    def finished(self, expected: int) -> bool:
+        """Whether at least ``expected`` workflows exist and every one of them has COMPLETED.
+
+        Every workflow in the database counts, not ``expected`` completions: a workflow the driver's
+        records do not count as created (a create the client saw fail, committed anyway) would
+        otherwise let the count reach ``expected`` while another, still running, is left behind and
+        read as stuck by the outcome taken right after.
+        """
+        total, done = self.query(
+            "SELECT count(*), count(*) FILTER (WHERE status = 'COMPLETED') FROM dagger_django_workflow"
+        )[0]
+        return int(done) == int(total) >= expected
+
     def wait_finished(self, expected: int, timeout: float) -> float:
-        """Seconds until ``expected`` workflows are all COMPLETED (or the deadline: then it returns)."""
+        """Seconds until :meth:`finished` (or the deadline: then it returns)."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             try:
-                if self.statuses().get("COMPLETED", 0) >= expected:
+                if self.finished(expected):
                     break
             except Exception:  # the database may be restarting
                 pass

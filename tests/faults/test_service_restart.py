@@ -142,13 +142,9 @@ def test_bridge_and_beat_survive_service_restarts(restarts: dict[str, Any]) -> N
     assert restarts["bridge_alive"] and restarts["beat_alive"], restarts
 
 
-# Not strict: the workers survive every time now (defect 1, fixed), but one clean-clone run of 2026-12-01
-# left one FaultsCommand workflow with its listener waiting after the Redis restart (the command's
-# answer never routed); the cause is not found yet (docs/reliability.md, "Still to do").
-@pytest.mark.xfail(
-    strict=False, reason="a command workflow may stay waiting after a Redis restart; cause open"
-)
 def test_everything_completes_and_workers_survive_a_redis_restart(restarts: dict[str, Any]) -> None:
     assert restarts["workers_alive"], restarts
-    assert all(o["backlog_done_s_after_restart"] is not None for o in restarts["outages"]), restarts
+    # The other outages' backlogs are the promise of the test above.
+    redis = [o for o in restarts["outages"] if o["service"].startswith("redis")]
+    assert redis and all(o["backlog_done_s_after_restart"] is not None for o in redis), restarts
     assert restarts["lost_or_stuck"] == 0, restarts
