@@ -6,10 +6,10 @@ after the commit that wrote the rows (``DAGGER['OUTBOX_RELAY']``); the bridges' 
 ``relay(older_than=...)`` for rows a crash left unsent. Without Kafka settings (the embedded
 default) nothing is sent and rows stay pending, visible in the admin.
 
-A producer that reports a *fatal* librdkafka error (an idempotent producer whose state the
-broker lost or fenced: ``_FATAL``, ``OUT_OF_ORDER_SEQUENCE_NUMBER``, ``PRODUCER_FENCED``, ...)
-refuses every later message, so it is replaced: the rows it did not confirm are put back without
-an attempt counted, and the next pass builds a new producer (:class:`ProducerSlot`).
+A producer that failed for good (a fatal librdkafka error, or a broker that fenced or lost its
+idempotent producer id: :func:`is_fatal`) refuses every later message, so it is replaced: the
+rows it did not confirm are put back without an attempt counted, and the next pass builds a new
+producer (:class:`ProducerSlot`).
 """
 
 from __future__ import annotations
@@ -56,16 +56,32 @@ def confluent_producer(config: dict[str, Any]) -> Any:
     return Producer(config)
 
 
+#: Errors of a delivery report that say the broker no longer takes this producer's id and epoch.
+#: librdkafka does not call them fatal for an idempotent producer, yet the later messages of that
+#: producer get them too (seen on Tansu storing on S3 under concurrent producers: a producer once
+#: answered PRODUCER_FENCED was fenced for good): only a new producer, with a new id, sends again.
+IDENTITY_ERRORS = frozenset(
+    {"PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH", "UNKNOWN_PRODUCER_ID", "OUT_OF_ORDER_SEQUENCE_NUMBER"}
+)
+
+
 def is_fatal(error: Any) -> bool:
-    """Whether a librdkafka error (a ``KafkaError``) means its producer can never send again."""
+    """Whether a librdkafka error (a ``KafkaError``) means its producer can never send again:
+    a fatal error (``_FATAL``, or flagged fatal) or one of :data:`IDENTITY_ERRORS`."""
     if error is None:
         return False
     try:
         from confluent_kafka import KafkaError
 
-        return bool(error.fatal()) or error.code() == KafkaError._FATAL
+        return bool(error.fatal()) or error.code() == KafkaError._FATAL or error.name() in IDENTITY_ERRORS
     except AttributeError:  # not a KafkaError
         return False
+
+
+def fatal_of(exc: BaseException) -> Any:
+    """The fatal ``KafkaError`` a ``KafkaException`` carries (see :func:`is_fatal`), else None."""
+    error = exc.args[0] if exc.args else None
+    return error if is_fatal(error) else None
 
 
 class ProducerSlot:
@@ -158,9 +174,12 @@ class ProducerSlot:
             producer, mine = self._producer, self._pid == os.getpid()
             self._producer, self._pid, self._fatal = None, None, None
         if producer is not None and mine:
-            if producer.flush(timeout):
-                producer.purge(in_queue=True, in_flight=True, blocking=False)
-                producer.flush(0)
+            try:
+                if producer.flush(timeout):
+                    producer.purge(in_queue=True, in_flight=True, blocking=False)
+                    producer.flush(0)
+            except Exception:  # noqa: BLE001 - a producer that failed for good raises here
+                logger.debug("outbox: closing the producer raised", exc_info=True)
 
 
 #: The producer of the default relay (``KafkaRelay()``) in this process.
@@ -217,11 +236,23 @@ def publish(
     """Produce ``rows`` (each with its ``dagger-message-id`` header) and wait up to ``timeout``
     seconds for their delivery reports. With ``purge_late``, what is still unacknowledged then is
     purged from the producer (its report says so), so nothing is left in flight behind our back.
-    A fatal error (from ``produce`` or a report) stops the produces and is returned in ``fatal``.
+    A fatal error (from ``produce``, a report, or raised by ``poll``/``flush``, as confluent-kafka
+    does) stops the produces and is returned in ``fatal``.
     """
     from confluent_kafka import KafkaException
 
     out = Published()
+
+    def serve(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``poll``/``flush``/``purge``: a fatal error they raise is recorded, not propagated."""
+        try:
+            return call(*args, **kwargs)
+        except KafkaException as exc:
+            fatal = fatal_of(exc)
+            if fatal is None:
+                raise
+            out.fatal = fatal
+            return None
 
     def delivered(pk: int, err: Any, msg: Any) -> None:
         out.results[pk] = None if err is None else str(err)
@@ -245,22 +276,22 @@ def publish(
                 producer.produce(row.topic, **kwargs)
                 break
             except BufferError:
-                producer.poll(0.5)  # the local queue is full: let deliveries drain, then retry
+                serve(producer.poll, 0.5)  # the local queue is full: let deliveries drain, then retry
             except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                if is_fatal(error):
-                    out.fatal = error
+                fatal = fatal_of(exc)
+                if fatal is not None:
+                    out.fatal = fatal
                 else:  # refused before sending (too large, bad topic name)
                     out.results[row.pk] = str(exc)
                 break
         else:
             out.results[row.pk] = "the producer's queue is full"
             out.outage.add(row.pk)
-        producer.poll(0)
-    left = producer.flush(timeout)
-    if left and purge_late:
-        producer.purge(in_queue=True, in_flight=True, blocking=False)
-        producer.flush(1.0)  # serves the purged messages' reports
+        serve(producer.poll, 0)
+    left = serve(producer.flush, timeout)
+    if (left or left is None) and purge_late:
+        serve(producer.purge, in_queue=True, in_flight=True, blocking=False)
+        serve(producer.flush, 1.0)  # serves the purged messages' reports
         out.purged = True
     for row in rows:
         if row.pk not in out.results:
@@ -365,6 +396,7 @@ __all__ = [
     "broker_reachable",
     "close_producer",
     "confluent_producer",
+    "fatal_of",
     "get_producer",
     "is_fatal",
     "publish",
