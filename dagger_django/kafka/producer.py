@@ -96,7 +96,7 @@ class ProducerSlot:
 
     def __init__(self, factory: ProducerFactory | None = None) -> None:
         self._factory = factory or confluent_producer
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._producer: Any = None
         self._pid: int | None = None
         self._generation = 0
@@ -137,6 +137,11 @@ class ProducerSlot:
         """The fatal error ``producer`` reported through ``error_cb``, if it is still the slot's."""
         with self._lock:
             return self._fatal if producer is self._producer else None
+
+    def current(self, producer: Any) -> bool:
+        """Whether ``producer`` is still the slot's (another thread may have replaced it)."""
+        with self._lock:
+            return producer is self._producer
 
     def discard(self, producer: Any, error: Any) -> bool:
         """Drop ``producer`` after the fatal ``error``; the next :meth:`get` builds a new one.
@@ -368,11 +373,13 @@ class KafkaRelay:
             raise BrokerUnavailable("no Kafka bootstrap.servers configured")
         out = publish(producer, rows, timeout=timeout, purge_late=after_commit)
         fatal = out.fatal if out.fatal is not None else self.producers.fatal_error(producer)
-        if fatal is not None:
-            # The producer failed, not the cluster: no attempt counted and no pause. Rows it did
-            # not confirm are left out of the answer (released as not acknowledged) and go out
-            # with the next pass, on a new producer, with the same dagger-message-id.
-            self.producers.discard(producer, fatal)
+        if fatal is not None or not self.producers.current(producer):
+            # The producer failed (or another thread replaced it after it failed, purging what
+            # it held), not the cluster: no attempt counted and no pause. Rows it did not
+            # confirm are left out of the answer (released as not acknowledged) and go out with
+            # the next pass, on a new producer, with the same dagger-message-id.
+            if fatal is not None:
+                self.producers.discard(producer, fatal)
             return {pk: error for pk, error in out.results.items() if error is None}
         results = out.results
         if any(error is None for error in results.values()):

@@ -193,6 +193,7 @@ def restarts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         waited = s.wait_finished(sum(1 for r in records if r["ok"]), timeout=SETTLE)
         service.stop()
         result = outcome(s, records)
+        owed = _outbox_owed(s)
         alive = {
             "bridge_alive": bridge.alive(),
             "workers_alive": all(w.proc.poll() is None for w in s.workers),
@@ -205,6 +206,7 @@ def restarts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         "drain_s_after_last": round(waited, 1),
         **alive,
         "outbox_producers_replaced": _producers_replaced(base / "stack"),
+        "outbox_owed_at_end": owed,
     }
     defects = broken(figures, "lost_or_stuck", "create_errors_committed_anyway")
     defects += [

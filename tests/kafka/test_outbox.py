@@ -422,16 +422,18 @@ class FailsForGood:
     """A producer that failed for good, told the way ``how`` says: ``produce`` raises ``_FATAL``;
     a delivery report carries a fatal ``OUT_OF_ORDER_SEQUENCE_NUMBER``, or a ``PRODUCER_FENCED``
     that librdkafka does not flag fatal (what Tansu answers a fenced producer); ``flush`` raises
-    the fatal error (as confluent-kafka does); or the ``error_cb`` of its settings hears
-    ``_FATAL`` and the queued messages are purged (what librdkafka does). It never sends again.
-    Metadata requests go to a real producer."""
+    the fatal error (as confluent-kafka does); the ``error_cb`` of its settings hears ``_FATAL``
+    and the queued messages are purged (what librdkafka does); or another thread of the process
+    saw it fail and replaced it, purging its messages. It never sends again. Metadata requests
+    go to a real producer."""
 
-    def __init__(self, config: dict[str, Any], how: str) -> None:
+    def __init__(self, config: dict[str, Any], how: str, slot: Any) -> None:
         from confluent_kafka import Producer
 
         self.real = Producer(config)
         self.error_cb = config["error_cb"]
         self.how = how
+        self.slot = slot
         self.reports: list[Any] = []
 
     def produce(self, topic: str, **kwargs: Any) -> None:
@@ -450,6 +452,8 @@ class FailsForGood:
             raise KafkaException(KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, fatal=True))
         if self.how == "error_cb":
             self.error_cb(KafkaError(KafkaError._FATAL, "out of order sequence", fatal=True))
+        if self.how == "replaced":
+            self.slot.discard(self, KafkaError(KafkaError._FATAL, "seen by another thread", fatal=True))
         reports, self.reports = self.reports, []
         for report in reports:
             if self.how == "report":
@@ -471,7 +475,7 @@ class FailsForGood:
         return getattr(self.real, name)
 
 
-@pytest.mark.parametrize("how", ["produce", "report", "fenced", "flush", "error_cb"])
+@pytest.mark.parametrize("how", ["produce", "report", "fenced", "flush", "error_cb", "replaced"])
 def test_a_producer_failed_for_good_is_replaced_and_its_rows_go_out_with_the_next_pass(
     engine: tuple[InMemoryDispatcher, FrozenClock], topics: Any, kafka: Any, settings: Any, how: str
 ) -> None:
@@ -482,7 +486,7 @@ def test_a_producer_failed_for_good_is_replaced_and_its_rows_go_out_with_the_nex
     built: list[Any] = []
 
     def factory(config: dict[str, Any]) -> Any:
-        built.append(FailsForGood(config, how) if not built else Producer(config))
+        built.append(FailsForGood(config, how, relay.producers) if not built else Producer(config))
         return built[-1]
 
     relay = kafka_producer.KafkaRelay(producer_factory=factory)
