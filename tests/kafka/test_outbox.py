@@ -413,3 +413,104 @@ def test_a_batch_sends_the_rows_of_one_key_in_rounds_and_stops_the_key_at_its_fi
     assert [status_of(r) for r in rows] == ["sent", "pending", "sent", "pending"]
     a3.refresh_from_db()
     assert a3.attempts == 0 and a3.claimed_until is None
+
+
+# ==================================================================================================
+# a producer that failed for good (a broker that lost or fenced its idempotent state)
+# ==================================================================================================
+class FailsForGood:
+    """A producer that failed for good, told the way ``how`` says: ``produce`` raises ``_FATAL``;
+    a delivery report carries a fatal ``OUT_OF_ORDER_SEQUENCE_NUMBER``, or a ``PRODUCER_FENCED``
+    that librdkafka does not flag fatal (what Tansu answers a fenced producer); ``flush`` raises
+    the fatal error (as confluent-kafka does); the ``error_cb`` of its settings hears ``_FATAL``
+    and the queued messages are purged (what librdkafka does); or another thread of the process
+    saw it fail and replaced it, purging its messages. It never sends again. Metadata requests
+    go to a real producer."""
+
+    def __init__(self, config: dict[str, Any], how: str, slot: Any) -> None:
+        from confluent_kafka import Producer
+
+        self.real = Producer(config)
+        self.error_cb = config["error_cb"]
+        self.how = how
+        self.slot = slot
+        self.reports: list[Any] = []
+
+    def produce(self, topic: str, **kwargs: Any) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
+        if self.how == "produce":
+            raise KafkaException(KafkaError(KafkaError._FATAL, "producer fenced", fatal=True))
+        self.reports.append(kwargs["on_delivery"])
+
+    def _serve(self) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
+        if not self.reports:
+            return
+        if self.how == "flush":
+            raise KafkaException(KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, fatal=True))
+        if self.how == "error_cb":
+            self.error_cb(KafkaError(KafkaError._FATAL, "out of order sequence", fatal=True))
+        if self.how == "replaced":
+            self.slot.discard(self, KafkaError(KafkaError._FATAL, "seen by another thread", fatal=True))
+        reports, self.reports = self.reports, []
+        for report in reports:
+            if self.how == "report":
+                report(KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, fatal=True), None)
+            elif self.how == "fenced":
+                report(KafkaError(KafkaError.PRODUCER_FENCED), None)
+            else:
+                report(KafkaError(KafkaError._PURGE_QUEUE), None)
+
+    def poll(self, timeout: float = 0) -> int:
+        self._serve()
+        return 0
+
+    def flush(self, timeout: float = 0) -> int:
+        self._serve()
+        return len(self.reports)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.mark.parametrize("how", ["produce", "report", "fenced", "flush", "error_cb", "replaced"])
+def test_a_producer_failed_for_good_is_replaced_and_its_rows_go_out_with_the_next_pass(
+    engine: tuple[InMemoryDispatcher, FrozenClock], topics: Any, kafka: Any, settings: Any, how: str
+) -> None:
+    from confluent_kafka import Producer
+
+    heard: list[Any] = []  # the project's own error_cb still hears every error
+    use_kafka(settings, topics.bootstrap, KAFKA_PRODUCER={"error_cb": heard.append})
+    built: list[Any] = []
+
+    def factory(config: dict[str, Any]) -> Any:
+        built.append(FailsForGood(config, how, relay.producers) if not built else Producer(config))
+        return built[-1]
+
+    relay = kafka_producer.KafkaRelay(producer_factory=factory)
+    outbox.set_relay(relay)
+    key = f"fenced-{how}"
+    rows = [write(key, {"n": 1}), write(key, {"n": 2}), write(None, {"n": 3})]
+
+    assert relay_pass() == 0
+    for row in rows:  # put back as they were: no attempt counted, no back-off, no claim
+        row.refresh_from_db()
+        assert (row.status, row.attempts, row.available_at, row.claimed_until) == (
+            OutboxStatus.PENDING,
+            0,
+            None,
+            None,
+        ), row.last_error
+    assert relay.producers.replaced == 1 and relay.producers.last_fatal
+    if how == "error_cb":
+        assert any(error.fatal() for error in heard)
+
+    # the next pass (same frozen clock: nothing waits for a back-off) builds a new producer
+    assert relay_pass() == len(rows)
+    assert len(built) == 2 and relay.producers.replaced == 1
+    assert all(status_of(row) == OutboxStatus.SENT for row in rows)
+    first, then = read(kafka, rows[0]), read(kafka, rows[1])
+    assert first.partition() == then.partition() and first.offset() < then.offset()
+    assert read(kafka, rows[2]).value() == b'{"n":3}'
