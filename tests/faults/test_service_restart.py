@@ -88,7 +88,7 @@ def _wait_driving(driver: Any, created: Path, timeout: float = 120.0) -> None:
 KAFKA = "kafka broker (restarted, S3 storage)"
 #: The broker stores on a Python S3 server (moto): on a loaded 2-core machine it acknowledges in
 #: tens to hundreds of milliseconds, where Kafka takes a few. The campaign gives the after-commit
-#: relay 1 s instead of 0.25 s: with it, 10 runs of 10 completed their Kafka and PostgreSQL
+#: relay 1 s instead of 0.25 s: with it, 12 runs of 13 completed their Kafka and PostgreSQL
 #: backlogs in time, against 2 of 5 before (docs/reliability.md, "The Kafka restart").
 KAFKA_SETTINGS = {"DAGGER_OUTBOX_COMMIT_WAIT": "1"}
 #: What the outbox relay logs when it replaces a producer that failed for good (kafka/producer.py).
