@@ -34,9 +34,8 @@ pytestmark = pytest.mark.campaign
 
 RATE = scale(8, 15)  # workflows created per second, throughout
 DOWN = scale(2.0, 10.0)  # seconds each service stays down
-SETTLE = scale(
-    60.0, 180.0
-)  # at most this long for the backlog of an outage to drain (a loaded machine needs more than 30 s)
+# At most this long for an outage's backlog to drain: more than an interrupted outbox claim's lease.
+SETTLE = scale(90.0, 180.0)
 
 
 def _drained(s: Stack, before: float, created: Path) -> bool:
