@@ -217,7 +217,14 @@ class WorkflowCampaign(RuleBasedStateMachine):
         message = runs[pick % len(runs)]
         runs.remove(message)
         self.handled.append(message)
-        work = services._claim(uuid.UUID(message[0]), uuid.UUID(message[1]), message[2])
+        try:
+            work = services._claim(uuid.UUID(message[0]), uuid.UUID(message[1]), message[2])
+        except services.LeaseHeld:
+            # A redelivered message whose node still runs under this lease (the heartbeat is
+            # fresh): as the Celery task does, it comes back later.
+            FIGURES["lease_held"] += 1
+            runs.append(message)
+            return
         if work is not None:
             self.inflight.append((work, message[2]))
 
