@@ -137,7 +137,36 @@ def _lease_problems(dagger_settings: Any) -> list[Any]:
                 id="dagger_django.W030",
             )
         )
+    problems.extend(_connection_reuse_problems())
     return problems
+
+
+def _connection_reuse_problems() -> list[Any]:
+    """W031: Celery's Django fixup closes every database connection before and after each task
+    unless ``CELERY_DB_REUSE_MAX`` is set, so a worker connects anew for every task however long
+    ``CONN_MAX_AGE`` is (measured: two new PostgreSQL sessions per 3-step workflow)."""
+    from django.conf import settings
+
+    try:
+        from celery import current_app
+
+        reuse = current_app.conf.get("CELERY_DB_REUSE_MAX")
+    except Exception:  # noqa: BLE001 - no Celery app configured: nothing to check
+        return []
+    persistent = [alias for alias, conf in settings.DATABASES.items() if conf.get("CONN_MAX_AGE", 0) != 0]
+    if reuse is not None or not persistent:
+        return []
+    return [
+        Warning(
+            "Celery workers close the database connection before and after every task "
+            "(CELERY_DB_REUSE_MAX is not set), so each dagger task opens a new connection although "
+            f"CONN_MAX_AGE keeps them ({', '.join(persistent)}).",
+            hint="Set app.conf.CELERY_DB_REUSE_MAX = 1000 on your Celery app (docs/configuration.md, "
+            '"Database connections in workers"); dagger closes a failed or expired connection after '
+            "each task.",
+            id="dagger_django.W031",
+        )
+    ]
 
 
 def _visibility_timeout() -> float | None:

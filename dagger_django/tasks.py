@@ -15,8 +15,8 @@ import logging
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_ready
-from django.db import InterfaceError, OperationalError
+from celery.signals import task_postrun, worker_ready
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from .conf import dagger_settings
 from .engine import recovery, services
@@ -100,6 +100,15 @@ def sweep_timers(upcoming: bool = True) -> int:
 @shared_task(name="dagger_django.recover_nodes", ignore_result=True)
 def recover_nodes() -> int:
     return recovery.nodes_recover()
+
+
+@task_postrun.connect(dispatch_uid="dagger_django.close_old_connections")
+def _close_old_connections(**kwargs: Any) -> None:
+    """After each task, close a database connection that failed or outlived ``CONN_MAX_AGE``, as
+    Django does after each request; a healthy one is kept for the next task. (Celery's own fixup
+    closes every connection after each task unless ``CELERY_DB_REUSE_MAX`` is set: see
+    docs/configuration.md, "Database connections in workers".)"""
+    close_old_connections()
 
 
 @worker_ready.connect(dispatch_uid="dagger_django.recover_on_boot")

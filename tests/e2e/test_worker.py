@@ -180,6 +180,19 @@ def test_trigger_waits_for_its_time_on_the_worker(celery_worker_process: Any) ->
     assert wf.runtime_parameters["fired_at"] >= run_at
 
 
+def test_worker_keeps_its_database_connection_across_tasks(celery_worker_process: Any) -> None:
+    """Celery 5.7 closes Django's connections around every task unless CELERY_DB_REUSE_MAX is set
+    (config/celery.py sets it): a pool process must reuse one PostgreSQL session for its tasks."""
+    tmpl = one_process("E2ESessions", step(w.DatabaseSession, "a"), step(w.DatabaseSession, "b"))
+    backends: dict[int, set[int]] = {}
+    for _ in range(5):
+        wf = finished(tmpl.create_instance(submit_task=True).id)
+        assert wf.status == S.COMPLETED
+        for process, backend in wf.runtime_parameters["sessions"]:
+            backends.setdefault(process, set()).add(backend)
+    assert sum(len(b) for b in backends.values()) == len(backends), backends  # one session per process
+
+
 def test_worker_killed_in_a_batch_reruns_only_what_it_had_not_committed(
     celery_worker_process: Any, tmp_path: Path
 ) -> None:

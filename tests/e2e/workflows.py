@@ -24,6 +24,17 @@ class AsyncFlag(ExecutorTask):
         runtime_parameters[short(self)] = os.getpid()
 
 
+class DatabaseSession(ExecutorTask):
+    """Records which PostgreSQL backend served this worker process: (process id, backend pid)."""
+
+    def execute(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
+        from django.db import connection
+
+        connection.ensure_connection()
+        sessions = runtime_parameters.setdefault("sessions", [])
+        sessions.append([os.getpid(), connection.connection.info.backend_pid])
+
+
 class Choose(DecisionTask):
     def evaluate(self, **kwargs: Any) -> Any:
         return self.next_dags[kwargs["branch"]]

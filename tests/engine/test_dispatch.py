@@ -403,3 +403,17 @@ def test_heartbeat_not_well_under_the_lease_is_an_error(settings: Any) -> None:
 
     settings.DAGGER = {**settings.DAGGER, "HEARTBEAT_SECONDS": 120.0}
     assert "dagger_django.E030" in [p.id for p in check_settings()]
+
+
+def test_workers_that_would_reconnect_for_every_task_are_reported(settings: Any, monkeypatch: Any) -> None:
+    from celery import current_app
+
+    from dagger_django.checks import check_settings
+
+    monkeypatch.setitem(current_app.conf, "CELERY_DB_REUSE_MAX", None)
+    assert "dagger_django.W031" in [p.id for p in check_settings()]  # CONN_MAX_AGE is 60 in the tests
+    monkeypatch.setitem(current_app.conf, "CELERY_DB_REUSE_MAX", 1000)
+    assert "dagger_django.W031" not in [p.id for p in check_settings()]
+    monkeypatch.setitem(current_app.conf, "CELERY_DB_REUSE_MAX", None)
+    settings.DATABASES = {alias: {**conf, "CONN_MAX_AGE": 0} for alias, conf in settings.DATABASES.items()}
+    assert "dagger_django.W031" not in [p.id for p in check_settings()]
