@@ -397,9 +397,14 @@ def _claimable(now: dt.datetime, ids: list[int] | None, older_than: dt.datetime 
 
 
 def outbox_claim(
-    *, ids: list[int] | None = None, older_than: dt.datetime | None = None, limit: int | None = None
+    *,
+    ids: list[int] | None = None,
+    older_than: dt.datetime | None = None,
+    limit: int | None = None,
+    lease: float | None = None,
 ) -> list[OutboxMessage]:
-    """Claim pending rows for ``OUTBOX_LEASE_SECONDS`` in one short transaction and return them.
+    """Claim pending rows for ``lease`` seconds (default ``OUTBOX_LEASE_SECONDS``) in one short
+    transaction and return them.
 
     A row is claimed only when every older unsent row of its ``(topic, key)`` is claimed with it:
     one still backing off, claimed by another relay, or DEAD holds the newer ones back, so a
@@ -431,9 +436,13 @@ def outbox_claim(
             .order_by("id")[:limit]
         )
         if rows:
-            until = now + dt.timedelta(seconds=float(dagger_settings.OUTBOX_LEASE_SECONDS))
+            until = now + dt.timedelta(seconds=_lease_seconds(lease))
             OutboxMessage.objects.filter(pk__in=[r.pk for r in rows]).update(claimed_until=until)
     return rows
+
+
+def _lease_seconds(lease: float | None) -> float:
+    return float(dagger_settings.OUTBOX_LEASE_SECONDS if lease is None else lease)
 
 
 def _rounds(rows: list[OutboxMessage]) -> list[list[OutboxMessage]]:
@@ -462,13 +471,15 @@ class _Outcome:
     outage: str | None = None
 
 
-def _publish_in_order(publish: Publish, rows: list[OutboxMessage], budget: float | None) -> _Outcome:
+def _publish_in_order(
+    publish: Publish, rows: list[OutboxMessage], budget: float | None, lease: float | None = None
+) -> _Outcome:
     """Publish in rounds (one row per key per round): a row goes out only once the older row of
     its key was acknowledged. No transaction is open here: the broker may take its time, within
     the claim's lease and ``budget`` seconds (rounds not started by then are left for later)."""
     outcome = _Outcome()
     blocked: set[tuple[str, bytes]] = set()
-    allowed = 0.8 * float(dagger_settings.OUTBOX_LEASE_SECONDS)
+    allowed = 0.8 * _lease_seconds(lease)
     deadline = time.monotonic() + (allowed if budget is None else min(allowed, budget))
     for batch in _rounds(rows):
         ready: list[OutboxMessage] = []
@@ -558,6 +569,7 @@ def outbox_relay(
     older_than: dt.datetime | None = None,
     limit: int | None = None,
     budget: float | None = None,
+    lease: float | None = None,
 ) -> int:
     """One relay pass: claim (short transaction), publish (no transaction, no lock), record
     (short transaction). Returns the number of rows sent.
@@ -567,13 +579,16 @@ def outbox_relay(
     wait until it is requeued (admin action, ``manage.py dagger_outbox requeue``). A
     :class:`BrokerUnavailable` counts nothing. A crash after publishing leaves the rows claimed;
     they are sent again when the lease ends, with the same ``dagger-message-id``. ``budget``
-    bounds the seconds spent starting rounds of produces (the after-commit relay's bound).
+    bounds the seconds spent starting rounds of produces (the after-commit relay's bound);
+    ``lease`` is how long the rows stay claimed (default ``OUTBOX_LEASE_SECONDS``): a relay that
+    gives up within seconds claims for seconds, so that rows whose outcome it could not record
+    (a database outage right then) are not held back for the background relay's whole lease.
     """
-    rows = outbox_claim(ids=ids, older_than=older_than, limit=limit)
+    rows = outbox_claim(ids=ids, older_than=older_than, limit=limit, lease=lease)
     if not rows:
         return 0
     try:
-        outcome = _publish_in_order(publish, rows, budget)
+        outcome = _publish_in_order(publish, rows, budget, lease)
     except BaseException:
         # a bug in the publisher: release the claims so the rows do not wait for the lease
         _record(rows, _Outcome(released={row.pk: "" for row in rows}))

@@ -321,6 +321,16 @@ def broker_reachable(producer: Any, timeout: float = PROBE_TIMEOUT) -> bool:
 #: After the broker was found unreachable, after-commit relays are skipped for this many seconds
 #: and the background relay probes the broker before claiming rows: nobody waits on a dead broker.
 PAUSE_AFTER_FAILURE = 30.0
+#: What an after-commit relay adds to its wait when it claims rows: the purge of what was late
+#: (one second of flush) and rounds started within the wait, with room to record the outcome.
+AFTER_COMMIT_MARGIN = 10.0
+
+
+def after_commit_lease(wait: float) -> float:
+    """Seconds an after-commit relay claims its rows for: it gives up after ``wait`` seconds (and
+    purges what is late), so a claim it could not release (the database went away before the
+    outcome was recorded) ends within seconds, not after ``OUTBOX_LEASE_SECONDS``."""
+    return 2 * max(0.0, wait) + AFTER_COMMIT_MARGIN
 
 
 class KafkaRelay:
@@ -348,7 +358,12 @@ class KafkaRelay:
             if time.monotonic() < self._paused_until:
                 return 0  # Kafka failed a moment ago: the background relay sends these
             wait = max(0.0, float(dagger_settings.OUTBOX_COMMIT_WAIT))
-            return outbox_relay(publish=partial(self._publish, wait, True), ids=ids, budget=wait)
+            return outbox_relay(
+                publish=partial(self._publish, wait, True),
+                ids=ids,
+                budget=wait,
+                lease=after_commit_lease(wait),
+            )
         if time.monotonic() < self._paused_until:
             if not broker_reachable(producer):
                 self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
@@ -397,6 +412,7 @@ class KafkaRelay:
 
 __all__ = [
     "KafkaRelay",
+    "after_commit_lease",
     "ProducerFactory",
     "ProducerSlot",
     "Published",

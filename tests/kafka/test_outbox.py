@@ -397,6 +397,35 @@ def test_rows_a_dead_relay_had_claimed_are_sent_again_after_the_lease_with_their
     assert header_id(read(kafka, row)) == str(row.message_id)  # what the receiver's inbox dedupes by
 
 
+def test_rows_an_after_commit_relay_could_not_record_wait_seconds_not_the_whole_lease(
+    engine: tuple[InMemoryDispatcher, FrozenClock], topics: Any, kafka: Any, settings: Any, monkeypatch: Any
+) -> None:
+    """The database went away between the after-commit relay's produce and its record: its claim
+    is sized to its short wait, so the background relay sends the row again within seconds."""
+    from django.db import OperationalError
+
+    _, clock = engine
+    use_kafka(settings, topics.bootstrap)
+    row = write("after-commit", {"n": 1})
+
+    def database_gone(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("the database went away")
+
+    monkeypatch.setattr(outbox, "_record", database_gone)
+    outbox.relay_after_commit([row.pk])  # logs, never raises: the background relay takes over
+    monkeypatch.undo()
+    claimed_until = OutboxMessage.objects.get(pk=row.pk).claimed_until
+    wait = float(settings.DAGGER.get("OUTBOX_COMMIT_WAIT", 0.25))
+    lease = kafka_producer.after_commit_lease(wait)
+    assert claimed_until is not None and (claimed_until - ports.now()).total_seconds() <= lease
+    assert lease < float(settings.DAGGER.get("OUTBOX_LEASE_SECONDS", 60)) / 2
+    assert relay_pass() == 0  # still claimed
+    clock.advance(seconds=lease + 1)
+    assert relay_pass() == 1
+    assert status_of(row) == OutboxStatus.SENT
+    assert header_id(read(kafka, row)) == str(row.message_id)
+
+
 def test_a_batch_sends_the_rows_of_one_key_in_rounds_and_stops_the_key_at_its_first_failure(
     engine: tuple[InMemoryDispatcher, FrozenClock],
 ) -> None:
