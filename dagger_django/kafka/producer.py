@@ -321,6 +321,10 @@ def broker_reachable(producer: Any, timeout: float = PROBE_TIMEOUT) -> bool:
 #: After the broker was found unreachable, after-commit relays are skipped for this many seconds
 #: and the background relay probes the broker before claiming rows: nobody waits on a dead broker.
 PAUSE_AFTER_FAILURE = 30.0
+#: The first pause after a silent broker: a new producer's first delivery (metadata, connection)
+#: can take longer than ``OUTBOX_COMMIT_WAIT`` with the broker up. Each further failure in a row
+#: doubles the pause, up to :data:`PAUSE_AFTER_FAILURE`; a delivery ends the series.
+FIRST_PAUSE = 2.0
 #: What an after-commit relay adds to its wait when it claims rows: the purge of what was late
 #: (one second of flush) and rounds started within the wait, with room to record the outcome.
 AFTER_COMMIT_MARGIN = 10.0
@@ -348,6 +352,7 @@ class KafkaRelay:
 
     def __init__(self, producer_factory: ProducerFactory | None = None) -> None:
         self._paused_until = 0.0
+        self._failures = 0  # silent-broker failures in a row
         self.producers = _default_slot if producer_factory is None else ProducerSlot(producer_factory)
 
     def relay(self, *, ids: list[int] | None = None, older_than: dt.datetime | None = None) -> int:
@@ -366,7 +371,7 @@ class KafkaRelay:
             )
         if time.monotonic() < self._paused_until:
             if not broker_reachable(producer):
-                self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
+                self._pause()
                 return 0
             self._paused_until = 0.0
         limit = int(dagger_settings.OUTBOX_BATCH)
@@ -378,6 +383,14 @@ class KafkaRelay:
             total += sent
             if sent < limit or self._paused_until:
                 return total
+
+    def _pause(self) -> float:
+        """Relay nothing after a commit for a while: :data:`FIRST_PAUSE` seconds, doubling with
+        each failure in a row up to :data:`PAUSE_AFTER_FAILURE`. Returns the pause."""
+        pause = min(PAUSE_AFTER_FAILURE, FIRST_PAUSE * 2 ** min(self._failures, 16))
+        self._failures += 1
+        self._paused_until = time.monotonic() + pause
+        return pause
 
     def _publish(
         self, timeout: float, after_commit: bool, rows: list[OutboxMessage]
@@ -399,13 +412,14 @@ class KafkaRelay:
         results = out.results
         if any(error is None for error in results.values()):
             self._paused_until = 0.0
+            self._failures = 0
             return results
         if results and set(results) <= out.outage:
             # Nothing went through and every error looks like silence. After a commit we do not
             # probe (that would be a wait); otherwise a metadata request tells an outage, which
             # counts no attempt, from a message the cluster will not take, which does.
             if out.purged or after_commit or not broker_reachable(producer):
-                self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
+                self._pause()
                 raise BrokerUnavailable(next(iter(results.values())) or "the broker is unavailable")
         return results
 

@@ -124,7 +124,9 @@ def test_with_kafka_down_a_post_answers_fast_and_its_messages_go_out_once_kafka_
     )
     again = time.monotonic() - started
     assert second.status_code == 201
-    assert first < 1.0 and task < 1.0 and again < 1.0, (first, task, again)
+    # Before the outbox relay: 11.2-11.6 s each. The first request also builds the producer and
+    # warms the process; the bounds leave room for a loaded machine.
+    assert first < 2.5 and task < 1.5 and again < 1.5, (first, task, again)
 
     unsent = list(OutboxMessage.objects.filter(status=OutboxStatus.PENDING))
     assert {row.topic for row in unsent} == {UPDATES, "pizza_orders"}
@@ -137,6 +139,44 @@ def test_with_kafka_down_a_post_answers_fast_and_its_messages_go_out_once_kafka_
     assert not OutboxMessage.objects.exclude(status=OutboxStatus.SENT).exists()
     command = next(row for row in unsent if row.topic == "pizza_orders")
     assert read(kafka, command, "pizza_orders").key() == command.key
+
+
+def test_a_first_silent_delivery_pauses_the_after_commit_relay_for_seconds_only(
+    engine: tuple[InMemoryDispatcher, FrozenClock], topics: Any, settings: Any
+) -> None:
+    """An unacknowledged delivery after a commit is not always an outage (a new producer's first
+    delivery, metadata and connection, can outlast OUTBOX_COMMIT_WAIT with the broker up): the
+    first one pauses the after-commit relay for FIRST_PAUSE seconds, not the outage pause."""
+    use_kafka(settings, f"127.0.0.1:{free_port()}", OUTBOX_COMMIT_WAIT=0.1)
+    relay = outbox.get_relay()
+    assert isinstance(relay, kafka_producer.KafkaRelay)
+    row = write("cold", {"n": 1})
+    outbox.relay_after_commit([row.pk])
+    assert status_of(row) == OutboxStatus.PENDING
+    assert 0 < relay._paused_until - time.monotonic() <= kafka_producer.FIRST_PAUSE
+    assert relay._failures == 1
+
+
+def test_the_after_commit_pause_doubles_with_each_failure_in_a_row_up_to_the_outage_pause() -> None:
+    relay = kafka_producer.KafkaRelay(producer_factory=lambda: None)
+    pauses = [relay._pause() for _ in range(7)]
+    assert pauses == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert kafka_producer.PAUSE_AFTER_FAILURE == 30.0 and kafka_producer.FIRST_PAUSE == 2.0
+
+
+def test_a_delivery_ends_the_series_of_pauses(
+    engine: tuple[InMemoryDispatcher, FrozenClock], topics: Any, settings: Any
+) -> None:
+    use_kafka(settings, topics.bootstrap)
+    relay = outbox.get_relay()
+    assert isinstance(relay, kafka_producer.KafkaRelay)
+    for _ in range(3):
+        relay._pause()
+    relay._paused_until = 0.0  # the pause is over; the failures in a row are still counted
+    row = write("back", {"n": 1})
+    assert relay_pass() == 1
+    assert status_of(row) == OutboxStatus.SENT
+    assert relay._failures == 0
 
 
 def test_a_relay_pass_with_kafka_down_returns_without_counting_attempts(
