@@ -29,7 +29,8 @@ def run_dagger(n: int, *, timeout: float = 600, checkpoint: str = "task") -> dic
     from django.db import connection
     from django.db.models import F, Max, Min
 
-    from dagger_django.models import Status, TaskEvent, Workflow
+    from dagger_django.engine.selectors import history_transitions_count
+    from dagger_django.models import Status, Workflow
 
     template = linear_template(name=f"BenchLinear-{checkpoint}", checkpoint=checkpoint)
     template.create_instance()  # store the template version outside the measurement
@@ -56,7 +57,7 @@ def run_dagger(n: int, *, timeout: float = 600, checkpoint: str = "task") -> dic
             "d", flat=True
         )
     ]
-    transitions = TaskEvent.objects.exclude(from_status=F("to_status")).count()
+    transitions = history_transitions_count()
     return {
         "n": n,
         "elapsed_s": round(elapsed, 3),

@@ -189,10 +189,13 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT extract(epoch FROM e.created_at - t.due_at), e.reason
+            SELECT extract(epoch FROM h.created_at - t.due_at), e.event->>5
             FROM dagger_django_timer t
-            JOIN dagger_django_taskevent e ON e.node_id = t.node_id
-            WHERE t.purpose = 'trigger' AND e.reason IN ('trigger_due', 'executed')
+            JOIN dagger_django_historyrecord h ON h.workflow_id = t.workflow_id
+            -- each event: [node id, node name, from, to, attempt, reason, detail?]
+            CROSS JOIN LATERAL jsonb_array_elements(h.events) AS e(event)
+            WHERE t.purpose = 'trigger' AND e.event->>0 = t.node_id::text
+              AND e.event->>5 IN ('trigger_due', 'executed')
             """
         )
         rows = cursor.fetchall()

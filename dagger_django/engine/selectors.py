@@ -26,16 +26,17 @@ from django.db.models import F, Q, QuerySet
 from ..conf import dagger_settings
 from ..exceptions import WorkflowDoesNotExist
 from ..models import (
+    HistoryRecord,
     InboxMessage,
     Node,
     NodeKind,
     NodeType,
     OutboxMessage,
     Status,
-    TaskEvent,
     Workflow,
     WorkflowTemplate,
 )
+from ..models.history import history_fields, history_is_transition
 
 
 # ==================================================================================================
@@ -302,30 +303,29 @@ def workflow_nodes(*, workflow_id: Any) -> list[NodeInfo]:
     return nodes
 
 
-_EVENT_FIELDS = (
-    "node_id",
-    "node_name",
-    "from_status",
-    "to_status",
-    "attempt",
-    "reason",
-    "detail",
-    "created_at",
-)
-
-
 def workflow_events(*, workflow_id: Any) -> list[Event]:
     """The history of a workflow: every transition of it and of its nodes, oldest first (in the
     order they were committed); empty for an unknown workflow. One query.
 
     Every reader of history goes through this function, so that how history is stored can change
-    here alone.
+    here alone: one :class:`~dagger_django.models.HistoryRecord` per transaction, whose events
+    share its time.
     """
     pk = _uuid(workflow_id)
     if pk is None:
         return []
-    rows = TaskEvent.objects.filter(workflow_id=pk).order_by("id").values_list(*_EVENT_FIELDS)
-    return [Event(*row) for row in rows]
+    records = HistoryRecord.objects.filter(workflow_id=pk).order_by("id").values_list("created_at", "events")
+    return [Event(*history_fields(event), created_at) for created_at, events in records for event in events]
+
+
+def history_transitions_count(*, workflow_ids: list[Any] | None = None) -> int:
+    """How many status changes the history of ``workflow_ids`` (of every workflow if None) holds:
+    the events that are not records of something else. One query, read in chunks."""
+    records = HistoryRecord.objects.all()
+    if workflow_ids is not None:
+        records = records.filter(workflow_id__in=[pk for pk in map(_uuid, workflow_ids) if pk is not None])
+    rows = records.values_list("events", flat=True).iterator(chunk_size=2000)
+    return sum(1 for events in rows for event in events if history_is_transition(event))
 
 
 # ==================================================================================================
@@ -365,6 +365,7 @@ __all__ = [
     "Event",
     "NodeInfo",
     "WorkflowDetail",
+    "history_transitions_count",
     "inbox_search",
     "outbox_search",
     "template_names",

@@ -38,17 +38,18 @@ from ..exceptions import (
     WorkflowDoesNotExist,
 )
 from ..models import (
+    HistoryRecord,
     Node,
     NodeKind,
     Status,
     StopHook,
-    TaskEvent,
     Timer,
     TimerPurpose,
     TimerStatus,
     Workflow,
     WorkflowTemplate,
 )
+from ..models.history import history_event
 from . import correlation, heartbeat, messages, outbox, parameters, ports, recovery, timing, walker
 from .hooks import call_hook
 from .outbox import outbox_send  # noqa: F401 - Topic.send's entry point (engine/outbox.py)
@@ -1223,28 +1224,30 @@ def stop_hooks_run(*, workflow_id: Any, node_ids: list[Any]) -> int:
             called += 1
         except Exception as exc:  # noqa: BLE001 - recorded on the node and in its history
             logger.exception("stop hook of %s failed", node.name)
-            error = f"{type(exc).__name__}: {exc}"
+            # Storable whatever the exception said: a refused write would leave the hook owed.
+            error = messages.clean_text(f"{type(exc).__name__}: {exc}", 4000)
         _stop_hook_done(node, error=error)
     return called
 
 
 def _stop_hook_done(node: Node, *, error: str) -> None:
-    """Record a hook's outcome: compare-and-set on the node, one history row. No workflow lock:
-    nothing else writes these fields of a STOPPED or SKIPPED node."""
+    """Record a hook's outcome: compare-and-set on the node and one history record, in one
+    transaction. No workflow lock: nothing else writes these fields of a STOPPED or SKIPPED node."""
     now = ports.now()
     outcome = StopHook.FAILED if error else StopHook.DONE
-    recorded = Node.objects.filter(pk=node.id, stop_hook__in=[StopHook.PENDING, StopHook.NONE]).update(
-        stop_hook=outcome, stop_hook_at=now, redispatch_at=None, redispatches=0
-    )
-    if recorded:
-        TaskEvent.objects.create(
-            workflow_id=node.workflow_id,
+    with transaction.atomic():
+        recorded = Node.objects.filter(pk=node.id, stop_hook__in=[StopHook.PENDING, StopHook.NONE]).update(
+            stop_hook=outcome, stop_hook_at=now, redispatch_at=None, redispatches=0
+        )
+        if not recorded:
+            return
+        event = history_event(
             node_id=node.id,
             node_name=node.name,
             from_status=node.status,
             to_status=node.status,
             attempt=node.attempts,
             reason="stop_hook_failed" if error else "stop_hook_ran",
-            detail={"error": error} if error else {},
-            created_at=now,
+            detail={"error": error} if error else None,
         )
+        HistoryRecord.objects.create(workflow_id=node.workflow_id, created_at=now, events=[event])

@@ -3,9 +3,9 @@
 A transition locks the workflow row, loads its nodes into a :class:`WorkflowState`, lets the
 walker (:mod:`.walker`) change them in memory through :meth:`WorkflowState.set_status`, which
 checks the transition table and records a history event, and then :meth:`WorkflowState.flush`
-writes everything back in a fixed, small number of statements (one per table touched). The lock
-on the workflow row is what makes the in-memory update safe: no other transaction can change
-these rows until we commit.
+writes everything back in a fixed, small number of statements (one per table touched; the
+transition's history events in one row). The lock on the workflow row is what makes the
+in-memory update safe: no other transaction can change these rows until we commit.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from django.db.models import (
 )
 
 from ..exceptions import TaskInvalidState
-from ..models import Node, Status, TaskEvent, Timer, Workflow
+from ..models import HistoryRecord, Node, Status, Timer, Workflow
+from ..models.history import history_event
 from ..models.status import TERMINAL
 from . import ports
 
@@ -329,7 +330,8 @@ class WorkflowState:
         self._dirty: set[uuid.UUID] = set()
         self._added: list[Node] = []
         self._workflow_fields: set[str] = set()
-        self.events: list[TaskEvent] = []
+        #: This transition's history, in order: written as one :class:`HistoryRecord` row.
+        self.events: list[list[Any]] = []
         self.timers: list[Timer] = []
         self.cancel_timers_for: set[uuid.UUID | None] = set()
         #: Nodes to hand to a worker after commit (``Dispatcher.run_node``).
@@ -412,16 +414,14 @@ class WorkflowState:
             node.error = error
         self.touch(node)
         self.events.append(
-            TaskEvent(
-                workflow_id=self.workflow.id,
+            history_event(
                 node_id=node.id,
                 node_name=node.name,
                 from_status=frm,
                 to_status=to,
                 attempt=node.attempts,
                 reason=reason,
-                detail=detail or ({"error": error} if error else {}),
-                created_at=self.now,
+                detail=detail or ({"error": error} if error else None),
             )
         )
         self.changes.append((node, frm, to))
@@ -452,13 +452,14 @@ class WorkflowState:
             fields.add("error")
         self.touch_workflow(*fields)
         self.events.append(
-            TaskEvent(
-                workflow_id=wf.id,
+            history_event(
+                node_id=None,
+                node_name="",
                 from_status=frm,
                 to_status=to,
+                attempt=0,
                 reason=reason,
-                detail=detail or ({"error": error} if error else {}),
-                created_at=self.now,
+                detail=detail or ({"error": error} if error else None),
             )
         )
         self.changes.append((None, frm, to))
@@ -479,17 +480,16 @@ class WorkflowState:
 
     def record(self, *, reason: str, detail: dict[str, Any], node: Node | None = None) -> None:
         """A history event that is not a status change (e.g. runtime parameters changed)."""
+        status = node.status if node else self.workflow.status
         self.events.append(
-            TaskEvent(
-                workflow_id=self.workflow.id,
+            history_event(
                 node_id=node.id if node else None,
                 node_name=node.name if node else "",
-                from_status=(node.status if node else self.workflow.status),
-                to_status=(node.status if node else self.workflow.status),
+                from_status=status,
+                to_status=status,
                 attempt=node.attempts if node else 0,
                 reason=reason,
                 detail=detail,
-                created_at=self.now,
             )
         )
 
@@ -539,7 +539,9 @@ class WorkflowState:
         if self.timers:
             Timer.objects.bulk_create(self.timers)
         if self.events:
-            insert_rows(TaskEvent, self.events)
+            # One row for the whole transition, however many events it holds.
+            record = HistoryRecord(workflow_id=wf.id, created_at=self.now, events=self.events)
+            insert_rows(HistoryRecord, [record])
 
     def _cancel_timers(self) -> None:
         from ..models import TimerStatus

@@ -3,7 +3,7 @@
 Status changes go through :mod:`dagger_django.engine` only; nothing else writes ``status``.
 """
 
-from .history import TaskEvent
+from .history import HistoryRecord
 from .messages import (
     Delivery,
     DeliveryStatus,
@@ -22,6 +22,7 @@ from .workflows import Node, Workflow
 __all__ = [
     "Delivery",
     "DeliveryStatus",
+    "HistoryRecord",
     "InboxMessage",
     "InboxStatus",
     "OutboxKind",
@@ -33,7 +34,6 @@ __all__ = [
     "Node",
     "Status",
     "StopHook",
-    "TaskEvent",
     "Timer",
     "TimerPurpose",
     "TimerStatus",

@@ -12,8 +12,9 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from dagger_django.engine import heartbeat, recovery, services
-from dagger_django.models import Node, Status
+from dagger_django.engine import heartbeat, outbox, recovery, selectors, services
+from dagger_django.models import HistoryRecord, Node, Status
+from dagger_django.models.history import history_fields
 
 from ..helpers import history
 from . import builders as b
@@ -46,6 +47,8 @@ def test_a_batch_runs_every_workflow_in_one_transaction_per_step(dispatcher: Any
         row = reload(wf.id)
         assert row.status == S.COMPLETED
         assert row.runtime_parameters["trace"] == ["a_executor_task", "b_executor_task", "c_executor_task"]
+        # One history row per workflow per transaction: its creation, the claim, three applies.
+        assert HistoryRecord.objects.filter(workflow_id=wf.id).count() == 5
     assert not dispatcher.runs
     assert set(Node.objects.filter(kind="executor").values_list("attempts", flat=True)) == {1}
 
@@ -99,6 +102,34 @@ def test_an_apply_that_raises_rolls_back_only_its_workflow_and_recovery_finishes
     assert row.status == S.COMPLETED
     assert row.runtime_parameters["trace"] == ["a_executor_task", "b_executor_task"]
     assert Node.objects.get(pk=node.pk).attempts == 2
+
+
+def test_a_workflow_rolled_back_in_a_batch_leaves_no_history_row(
+    dispatcher: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmpl = b.linear("BatchHistory", (t.Record, "a"), (t.Record, "b"))
+    workflows = [tmpl.create_instance(submit_task=True) for _ in range(3)]
+    poisoned = workflows[1].id
+    real_after_flush = outbox.after_flush
+
+    def after_flush(state: Any) -> None:
+        # Fails once the workflow's rows, its history row included, are written: on its apply.
+        if state.workflow.id == poisoned and any(e.reason == "executed" for e in _events(state)):
+            raise RuntimeError("poison after the flush")
+        real_after_flush(state)
+
+    monkeypatch.setattr(outbox, "after_flush", after_flush)
+    services.nodes_run(targets=queued(dispatcher), lease="history")
+
+    assert [reload(wf.id).status for wf in workflows] == [S.COMPLETED, S.EXECUTING, S.COMPLETED]
+    # The claim committed; the apply, flushed then rolled back to its savepoint, left nothing.
+    assert HistoryRecord.objects.filter(workflow_id=poisoned).count() == 2
+    assert [e.reason for e in history(poisoned)][-1] == "claimed"
+    assert not history(poisoned, "executed")
+
+
+def _events(state: Any) -> list[Any]:
+    return [selectors.Event(*history_fields(e), state.now) for e in state.events]
 
 
 def test_a_second_node_of_a_workflow_in_the_batch_runs_after_it(dispatcher: Any) -> None:

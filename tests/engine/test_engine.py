@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.cost import counting
 from dagger_django.engine import services
 from dagger_django.exceptions import (
     InvalidRuntimeParameters,
@@ -13,7 +14,7 @@ from dagger_django.exceptions import (
     TaskInvalidState,
     WorkflowDoesNotExist,
 )
-from dagger_django.models import Node, Status, Timer, Workflow, WorkflowTemplate
+from dagger_django.models import HistoryRecord, Node, Status, Timer, Workflow, WorkflowTemplate
 
 from ..helpers import history
 from . import builders as b
@@ -584,18 +585,30 @@ def test_signal_receivers_that_raise_change_nothing(dispatcher: Any) -> None:
 
 
 # -- cost per transition -----------------------------------------------------------------------------------
-def test_queries_per_transition_stay_small(dispatcher: Any, django_assert_max_num_queries: Any) -> None:
+def test_queries_and_rows_per_transition_stay_small(
+    dispatcher: Any, django_assert_max_num_queries: Any
+) -> None:
+    """W5's budget (docs/benchmarks.md), counted as benchmarks/cost.py counts it."""
     tmpl = b.linear("Cost", (t.Record, "a"), (t.Record, "b"), (t.Record, "c"))
     tmpl.create_instance()  # stores the template version
-    # BEGIN, template version, workflow, nodes (one insert), history (one insert), COMMIT
-    with django_assert_max_num_queries(6):
+    # BEGIN, template version, workflow, nodes (one insert), history (one insert), COMMIT;
+    # rows: the workflow, its 4 nodes, one history record.
+    with django_assert_max_num_queries(6), counting() as created:
         wf = tmpl.create_instance(submit_task=True)
+    assert created["rows_written"] <= 6
     wf_id, node_id, lease = dispatcher.runs.popleft()
     # One Celery message runs the whole chain: a claim, then 3 applies (each claiming the next
-    # step inline); each transaction is BEGIN, lock, load nodes, 3 writes, COMMIT.
-    with django_assert_max_num_queries(4 * 7):
+    # step inline); each transaction is BEGIN, lock, load nodes, 3 writes, COMMIT. Rows: the
+    # claimed node, then per apply the node done and the next one claimed (or the process and
+    # the workflow row), and one history record per transaction.
+    with django_assert_max_num_queries(4 * 7), counting() as ran:
         assert services.node_run(workflow_id=wf_id, node_id=node_id, lease=lease) == 3
     assert reload(wf.id).status == S.COMPLETED
+    assert ran["rows_written"] <= 14
+    # 17 events (transitions, parameter changes), one history row per transaction: 5 (20 rows in
+    # all; one row per event made it 32).
+    assert len(history(wf.id)) == 17
+    assert HistoryRecord.objects.filter(workflow_id=wf.id).count() == 5
 
 
 def test_task_storing_a_nul_character_fails_cleanly(dispatcher: Any) -> None:

@@ -49,6 +49,21 @@ def test_workflow_events_are_the_history_oldest_first_as_plain_events(
     assert isinstance(done.detail, dict)
 
 
+def test_history_transitions_count_counts_status_changes_only(
+    dispatcher: Any, django_assert_num_queries: Any
+) -> None:
+    first = run(b.linear("SelectCount", (t.Record, "a")), dispatcher, order_id="c-1")
+    second = run(b.linear("SelectCount", (t.Record, "a")), dispatcher, order_id="c-2")
+    moves = [e for e in selectors.workflow_events(workflow_id=first.id) if e.from_status != e.to_status]
+    assert 0 < len(moves) < len(selectors.workflow_events(workflow_id=first.id))
+
+    with django_assert_num_queries(1):
+        assert selectors.history_transitions_count(workflow_ids=[first.id]) == len(moves)
+    assert selectors.history_transitions_count(workflow_ids=[first.id, "not-a-uuid"]) == len(moves)
+    assert selectors.history_transitions_count() == 2 * len(moves)
+    assert selectors.history_transitions_count(workflow_ids=[second.id, first.id]) == 2 * len(moves)
+
+
 def test_workflow_nodes_come_in_position_order_with_their_links(dispatcher: Any) -> None:
     wf = run(b.decision("SelectNodes"), dispatcher, branch=1, order_id="n-1")
 

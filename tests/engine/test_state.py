@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from dagger_django.engine.state import _preparers, insert_rows, load_locked, update_rows
-from dagger_django.models import Node, Status, TaskEvent, Workflow, WorkflowTemplate
+from dagger_django.models import HistoryRecord, Node, Status, Workflow, WorkflowTemplate
 
 pytestmark = pytest.mark.django_db
 
@@ -43,7 +43,7 @@ def _adapted(value: Any) -> Any:
     return ("json", value.obj) if hasattr(value, "obj") and hasattr(value, "dumps") else value
 
 
-@pytest.mark.parametrize("model", [Workflow, Node, TaskEvent])
+@pytest.mark.parametrize("model", [Workflow, Node, HistoryRecord])
 def test_fast_preparers_give_what_the_fields_would(model: Any) -> None:
     fields = [f for f in model._meta.concrete_fields if not f.auto_created]
     for (attname, prep), field in zip(_preparers(connection, fields), fields, strict=True):

@@ -46,6 +46,7 @@ from hypothesis.stateful import (
 from dagger_django import Dagger
 from dagger_django.conf import dagger_settings
 from dagger_django.engine import correlation, messages, outbox, recovery, services
+from dagger_django.engine.selectors import Event, workflow_events
 from dagger_django.engine.state import NODE_TRANSITIONS, WORKFLOW_TRANSITIONS
 from dagger_django.exceptions import TaskInvalidState
 from dagger_django.models import (
@@ -53,7 +54,6 @@ from dagger_django.models import (
     NodeKind,
     Status,
     Subscription,
-    TaskEvent,
     Timer,
     TimerStatus,
     Workflow,
@@ -473,7 +473,8 @@ class History:
     """How far the history of an example's workflows has been checked: each step reads only
     the events written since the previous one and carries the statuses they lead to."""
 
-    last_id: int = 0
+    #: {workflow id: how many of its events were checked}
+    read: dict[uuid.UUID, int] = field(default_factory=dict)
     #: {workflow id: {node id, or None for the workflow: status its history ends at}}
     current: dict[uuid.UUID, dict[Any, str]] = field(default_factory=lambda: defaultdict(dict))
     #: Workflow statuses seen after the previous step.
@@ -485,14 +486,11 @@ def check(ids: list[uuid.UUID], *, history: History, operated: set[uuid.UUID]) -
     retry touched in this step."""
     workflows = {wf.id: wf for wf in Workflow.objects.filter(pk__in=ids)}
     nodes = _by_workflow(Node.objects.filter(workflow_id__in=ids))
-    new_events = list(
-        TaskEvent.objects.filter(workflow_id__in=ids, id__gt=history.last_id)
-        .order_by("id")
-        .values("id", "workflow_id", "node_id", "from_status", "to_status", "reason")
-    )
-    if new_events:
-        history.last_id = new_events[-1]["id"]
-    events = _by_workflow(new_events)
+    events: dict[uuid.UUID, list[Event]] = {}
+    for wid in ids:
+        everything = workflow_events(workflow_id=wid)
+        events[wid] = everything[history.read.get(wid, 0) :]
+        history.read[wid] = len(everything)
     subscriptions = list(
         Subscription.objects.filter(workflow_id__in=ids).values(
             "workflow_id", "node_id", "topic", "key_name", "key_value"
@@ -515,9 +513,7 @@ def check(ids: list[uuid.UUID], *, history: History, operated: set[uuid.UUID]) -
     _check_timers(workflows, nodes, timers)
 
 
-def _check_terminal_status(
-    wf: Workflow, events: list[dict[str, Any]], before: str | None, operated: bool
-) -> None:
+def _check_terminal_status(wf: Workflow, events: list[Event], before: str | None, operated: bool) -> None:
     """One terminal status, for good: COMPLETED/STOPPED/SKIPPED never change; FAILURE changes
     only through retry (to EXECUTING) or stop (to STOPPED)."""
     if before in FINAL:
@@ -525,36 +521,33 @@ def _check_terminal_status(
     elif before == S.FAILURE and wf.status != S.FAILURE:
         _check(operated, f"workflow left FAILURE ({wf.status}) with no retry or stop", "terminal_status")
     for e in events:
-        if e["node_id"] is None and e["from_status"] == S.FAILURE and e["to_status"] != S.FAILURE:
+        if e.node_id is None and e.from_status == S.FAILURE and e.to_status != S.FAILURE:
             _check(
-                (e["to_status"], e["reason"]) in {(S.EXECUTING, "retried"), (S.STOPPED, "stopped")},
-                f"workflow left FAILURE for {e['to_status']} ({e['reason']})",
+                (e.to_status, e.reason) in {(S.EXECUTING, "retried"), (S.STOPPED, "stopped")},
+                f"workflow left FAILURE for {e.to_status} ({e.reason})",
                 "terminal_status",
             )
 
 
-def _check_transitions(
-    wf: Workflow, nodes: list[Node], events: list[dict[str, Any]], current: dict[Any, str]
-) -> None:
+def _check_transitions(wf: Workflow, nodes: list[Node], events: list[Event], current: dict[Any, str]) -> None:
     """Every status change is in the transition table, follows the previous one, and the last
     one recorded is the status stored (no change without its history event). ``current``: the
     statuses the events checked before lead to (updated)."""
     for e in events:
-        key = e["node_id"]
+        key = e.node_id
         table = WORKFLOW_TRANSITIONS if key is None else NODE_TRANSITIONS
         frm = current.get(key, S.NOT_STARTED)
         _check(
-            e["from_status"] == frm,
-            f"{'workflow' if key is None else key}: event from {e['from_status']} but it was {frm} "
-            f"({e['reason']})",
+            e.from_status == frm,
+            f"{'workflow' if key is None else key}: event from {e.from_status} but it was {frm} ({e.reason})",
             "transitions",
         )
         _check(
-            e["to_status"] == frm or e["to_status"] in table[frm],
-            f"{'workflow' if key is None else key}: {frm} -> {e['to_status']} is not allowed ({e['reason']})",
+            e.to_status == frm or e.to_status in table[frm],
+            f"{'workflow' if key is None else key}: {frm} -> {e.to_status} is not allowed ({e.reason})",
             "transitions",
         )
-        current[key] = e["to_status"]
+        current[key] = e.to_status
     _check(
         current.get(None, S.NOT_STARTED) == wf.status,
         f"workflow is {wf.status}, its history ends at {current.get(None)}",
@@ -569,7 +562,7 @@ def _check_transitions(
 
 
 def _check_nothing_runs_after_the_end(
-    wf: Workflow, nodes: list[Node], events: list[dict[str, Any]], before: str | None
+    wf: Workflow, nodes: list[Node], events: list[Event], before: str | None
 ) -> None:
     """Once a workflow is COMPLETED, STOPPED or SKIPPED no node is claimed, executes or completes.
     While it is FAILURE (halted), work already handed out may finish (docs: failure_policy), but
@@ -577,24 +570,22 @@ def _check_nothing_runs_after_the_end(
     names = {n.id: n.name for n in nodes}
     wf_status: str = before or S.NOT_STARTED
     for e in events:
-        if e["node_id"] is None:
-            wf_status = e["to_status"]
+        if e.node_id is None:
+            wf_status = e.to_status
             continue
-        moved = e["from_status"] != e["to_status"]
-        runs = (moved and e["to_status"] in (S.SUBMITTED, S.EXECUTING, S.COMPLETED)) or e[
-            "reason"
-        ] == "reclaimed"
+        moved = e.from_status != e.to_status
+        runs = (moved and e.to_status in (S.SUBMITTED, S.EXECUTING, S.COMPLETED)) or e.reason == "reclaimed"
         if wf_status in FINAL:
             _check(
-                not runs or e["reason"] == "monitored_task_finished",
-                f"{names.get(e['node_id'])} went {e['from_status']} -> {e['to_status']} ({e['reason']}) "
+                not runs or e.reason == "monitored_task_finished",
+                f"{names.get(e.node_id)} went {e.from_status} -> {e.to_status} ({e.reason}) "
                 f"after the workflow ended {wf_status}",
                 "no_run_after_end",
             )
         elif wf_status == S.FAILURE:
             _check(
-                not (runs and e["from_status"] == S.NOT_STARTED),
-                f"{names.get(e['node_id'])} started ({e['reason']}) while the workflow was halted",
+                not (runs and e.from_status == S.NOT_STARTED),
+                f"{names.get(e.node_id)} started ({e.reason}) while the workflow was halted",
                 "no_run_after_end",
             )
     if wf.status in FINAL:

@@ -116,9 +116,14 @@ def _recovery_seconds(s: Stack, kills: list[dict[str, object]]) -> tuple[list[fl
             kill["history"] = [
                 [round(at - float(kill["at"]), 2), status, reason]  # type: ignore[arg-type]
                 for at, status, reason in s.query(
-                    "SELECT extract(epoch FROM created_at)::float, to_status, reason FROM dagger_django_taskevent"
-                    " WHERE node_id = %s ORDER BY id",
-                    (kill["nodes"][0],),  # type: ignore[index]
+                    # One history row per transaction, its events in order: [node id, node name,
+                    # from, to, attempt, reason, detail?] (dagger_django/models/history.py).
+                    "SELECT extract(epoch FROM h.created_at)::float, e.event->>3, e.event->>5"
+                    " FROM dagger_django_historyrecord h"
+                    " CROSS JOIN LATERAL jsonb_array_elements(h.events) WITH ORDINALITY AS e(event, n)"
+                    " WHERE h.workflow_id = (SELECT workflow_id FROM dagger_django_node WHERE id = %s::uuid)"
+                    " AND e.event->>0 = %s::text ORDER BY h.id, e.n",
+                    (kill["nodes"][0], kill["nodes"][0]),  # type: ignore[index]
                 )
             ]
     return seconds, never
