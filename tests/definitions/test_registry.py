@@ -9,6 +9,7 @@ import sys
 import types
 import uuid
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from dagger_django import (
     TemplateDoesNotExist,
     WorkflowDoesNotExist,
 )
+from dagger_django.definitions import engine_door
 from dagger_django.definitions.registry import Topic, _TopicMap
 
 
@@ -44,10 +46,11 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def engine(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
-    """A stand-in for ``dagger_django.engine.services`` that records every call."""
+def engine() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """A stand-in for ``dagger_django.engine.services``, connected to the facade's door, that
+    records every call."""
     calls: list[tuple[str, dict[str, Any]]] = []
-    module = types.ModuleType("dagger_django.engine.services")
+    module = types.ModuleType("stand_in_engine")
 
     def recorder(name: str) -> Any:
         def call(**kwargs: Any) -> Any:
@@ -58,8 +61,9 @@ def engine(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
 
     for name in ("instance_create", "instance_submit", "workflow_instance", "instance_stop", "outbox_send"):
         setattr(module, name, recorder(name))
-    monkeypatch.setitem(sys.modules, "dagger_django.engine.services", module)
-    return calls
+    previous = engine_door.connect(module)  # type: ignore[arg-type]
+    yield calls
+    engine_door.connect(previous)
 
 
 def executor(name: str = "work") -> Any:
@@ -257,6 +261,26 @@ def test_async_twins_call_the_same_services(engine: list[tuple[str, dict[str, An
         "instance_stop-result",
     ]
     assert [c[0] for c in engine] == ["instance_submit", "workflow_instance", "instance_stop"]
+
+
+def test_an_engine_call_before_the_app_is_ready_says_what_to_do() -> None:
+    from django.core.exceptions import AppRegistryNotReady
+
+    previous = engine_door.connect(None)
+    try:
+        with pytest.raises(AppRegistryNotReady, match=r"INSTALLED_APPS and call django.setup\(\)"):
+            Dagger.submit(uuid.uuid4())
+        with pytest.raises(AppRegistryNotReady):
+            simple_template().create_instance()
+    finally:
+        engine_door.connect(previous)
+
+
+def test_a_workflow_stops_itself_through_the_engine(engine: list[tuple[str, dict[str, Any]]]) -> None:
+    wid = uuid.uuid4()
+    view = dagger_django.DefaultTemplateDAGInstance(id=str(wid))
+    assert asyncio.run(view.stop()) == "instance_stop-result"
+    assert engine == [("instance_stop", {"workflow_id": wid})]
 
 
 def test_a_malformed_workflow_id_raises_workflow_does_not_exist(
