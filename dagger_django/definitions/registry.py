@@ -314,6 +314,11 @@ class Dagger:
                 stacklevel=3,
             )
         Dagger.app = self
+        # The settings read these arguments through the reader handed over here (the settings
+        # never import the facade). Imported in the call: importing the facade imports no Django.
+        from ..conf import read_overrides_from
+
+        read_overrides_from(_current_overrides)
 
     # -- schema registry (the optional ``avro`` extra) ---------------------------------------------
     @property
@@ -499,6 +504,12 @@ class Dagger:
         """The original's entry point (a Faust worker). Here it exits with a message naming the
         processes to run instead: Celery worker, beat, the Kafka bridge and the web server."""
         raise SystemExit(MAIN_MESSAGE)
+
+
+def _current_overrides() -> dict[str, Any]:
+    """What the settings read: the current ``Dagger.app``'s :meth:`~Dagger.overrides`, {} without one."""
+    app = Dagger.app
+    return {} if app is None else app.overrides()
 
 
 __all__ = ["AerospikeConfig", "Dagger", "DaggerCompatibilityWarning", "Topic", "set_schema_registry_factory"]

@@ -133,6 +133,27 @@ def test_overrides_on_the_class_without_an_app_is_empty() -> None:
     assert Dagger.overrides() == {}
 
 
+def test_the_settings_read_the_arguments_of_the_current_dagger(settings: Any) -> None:
+    from dagger_django.conf import dagger_settings
+
+    settings.DAGGER = {"TRIGGER_INTERVAL": 30.0, "MAX_TASKS_PER_TRIGGER": 7}
+    Dagger(trigger_interval=5, delete_workflow_on_complete=True)
+    assert (dagger_settings.TRIGGER_INTERVAL, dagger_settings.DELETE_WORKFLOW_ON_COMPLETE) == (5, True)
+    assert dagger_settings.MAX_TASKS_PER_TRIGGER == 7
+    Dagger.app = None  # the isolated_registry fixture puts the previous app back
+    assert (dagger_settings.TRIGGER_INTERVAL, dagger_settings.DELETE_WORKFLOW_ON_COMPLETE) == (30.0, False)
+
+
+def test_kafka_clients_use_the_servers_given_to_dagger_when_the_settings_name_none(settings: Any) -> None:
+    from dagger_django.kafka.config import client_config
+
+    settings.DAGGER = {"KAFKA": {"security.protocol": "SSL"}}
+    Dagger(broker="kafka://k1:9092;k2:9092")
+    assert client_config("consumer") == {"security.protocol": "SSL", "bootstrap.servers": "k1:9092,k2:9092"}
+    settings.DAGGER = {"KAFKA": {"bootstrap.servers": "s:9092"}}
+    assert client_config()["bootstrap.servers"] == "s:9092"
+
+
 def test_parameters_without_effect_warn_only_when_not_default() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
