@@ -14,8 +14,14 @@ class DaggerDjangoConfig(AppConfig):
 
         from . import checks  # noqa: F401  (registers system checks)
         from .beat import on_post_migrate
+        from .definitions import engine_door
         from .definitions.registry import set_schema_registry_factory
+        from .engine import services
         from .kafka.schema_registry import schema_registry_build
+
+        # The facade (create_instance, Dagger.submit/stop/get_instance, Topic.send) reaches the
+        # engine through this one door; the definitions never import the engine.
+        engine_door.connect(services)
 
         # Dagger.app.schema_registry_client / message_serializer (the optional avro extra).
         set_schema_registry_factory(schema_registry_build)

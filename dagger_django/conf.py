@@ -2,11 +2,13 @@
 
 Values are looked up on every access (a dict lookup), so ``override_settings`` and the pytest
 ``settings`` fixture work. Arguments given to a ``Dagger(...)`` constructor (the original's way of
-configuring) override the Django setting of the same meaning.
+configuring) override the Django setting of the same meaning: the constructor hands the settings a
+reader of them (:func:`read_overrides_from`), so the settings never import the facade.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -122,6 +124,21 @@ _OVERRIDE_NAMES = {
 }
 
 
+def _no_overrides() -> Mapping[str, Any]:
+    return {}
+
+
+#: Reads the arguments of the current ``Dagger(...)`` that configure dagger_django
+#: (``Dagger.overrides()``). The first ``Dagger(...)`` installs it; before, there are none.
+_overrides_reader: Callable[[], Mapping[str, Any]] = _no_overrides
+
+
+def read_overrides_from(reader: Callable[[], Mapping[str, Any]]) -> None:
+    """Take constructor arguments from ``reader`` (called on every settings access)."""
+    global _overrides_reader
+    _overrides_reader = reader
+
+
 class DaggerSettings:
     _names = frozenset(f.name for f in fields(Defaults))
 
@@ -130,23 +147,19 @@ class DaggerSettings:
             raise AttributeError(f"Unknown dagger_django setting: {name}")
         user = getattr(settings, "DAGGER", {}) or {}
         value = user.get(name, getattr(Defaults, name))
-        engine = _engine_overrides()
+        engine = self.overrides()
         for arg, setting in _OVERRIDE_NAMES.items():
             if setting == name and arg in engine:
                 value = engine[arg]
         return value
 
+    def overrides(self) -> Mapping[str, Any]:
+        """The arguments of the current ``Dagger(...)`` that configure dagger_django, by name
+        (``Dagger.overrides()``; {} when none was constructed)."""
+        return _overrides_reader()
+
     def callbacks(self) -> list[Any]:
         return [import_string(cb) if isinstance(cb, str) else cb for cb in self.TASK_UPDATE_CALLBACKS]
-
-
-def _engine_overrides() -> dict[str, Any]:
-    from .definitions.registry import Dagger
-
-    app = getattr(Dagger, "app", None)
-    if app is None:
-        return {}
-    return app.overrides()
 
 
 dagger_settings = DaggerSettings()

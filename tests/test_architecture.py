@@ -20,10 +20,11 @@ FORBIDDEN = (
 )
 
 
-def imported_modules(path: Path) -> set[str]:
+def imported_modules(path: Path, root: Path = PACKAGE) -> set[str]:
+    """Every module ``path`` (a file of the package at ``root``) imports, at any level."""
     tree = ast.parse(path.read_text(), filename=str(path))
     names: set[str] = set()
-    package = "dagger_django." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts[:-1])
+    package = ".".join(("dagger_django", *path.relative_to(root).with_suffix("").parts[:-1]))
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
@@ -65,6 +66,84 @@ def test_importing_the_package_does_not_touch_the_app_registry() -> None:
     code = "import dagger_django, sys; from dagger_django import Dagger, ExecutorTask; print('django.apps.registry' in sys.modules and __import__('django.apps').apps.ready)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() in ("False",)
+
+
+# -- one direction between the definitions and the engine --------------------------------------------
+#: The engine imports the definitions (user task classes, templates, the registry); the definitions
+#: never import the engine, at any level: the facade's engine calls go through
+#: ``definitions/engine_door.py``, which the app connects to the engine when it is ready. The
+#: settings sit under both and import neither.
+ENGINE = "dagger_django.engine"
+BELOW_BOTH = ("conf.py",)
+
+
+def _names(name: str, modules: tuple[str, ...]) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
+def _dotted_paths_called(path: Path) -> set[str]:
+    """Text arguments of calls (``import_module("...")``, ``import_string("...")``): an import
+    by dotted path is an import too."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return {
+        arg.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        for arg in node.args
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str)
+    }
+
+
+def direction_offenders(root: Path) -> list[str]:
+    """Imports against the direction in the package at ``root``: a definitions module reaching the
+    engine, the settings reaching the definitions or the engine."""
+    checked = [(p, (ENGINE,)) for p in sorted((root / "definitions").rglob("*.py"))]
+    checked += [(root / name, ("dagger_django.definitions", ENGINE)) for name in BELOW_BOTH]
+    offenders = []
+    for path, forbidden in checked:
+        where = path.relative_to(root)
+        for name in sorted(imported_modules(path, root)):
+            if _names(name, forbidden):
+                offenders.append(f"{where} imports {name}")
+        for name in sorted(_dotted_paths_called(path)):
+            if _names(name, forbidden):
+                offenders.append(f"{where} loads {name}")
+    return offenders
+
+
+def test_the_definitions_never_import_the_engine_nor_the_settings_the_definitions() -> None:
+    assert direction_offenders(PACKAGE) == []
+
+
+def test_the_direction_rule_catches_imports_at_any_level_and_by_dotted_path(tmp_path: Path) -> None:
+    (tmp_path / "definitions").mkdir()
+    (tmp_path / "definitions" / "facade.py").write_text(
+        "from ..engine import services\n"
+        "from . import engine_door\n\n"
+        "def send():\n"
+        "    from dagger_django.engine.outbox import outbox_send\n"
+        "    import importlib\n"
+        "    return importlib.import_module('dagger_django.engine.messages')\n"
+    )
+    (tmp_path / "conf.py").write_text("def overrides():\n    from .definitions import registry\n")
+    assert direction_offenders(tmp_path) == [
+        "definitions/facade.py imports dagger_django.engine",
+        "definitions/facade.py imports dagger_django.engine.outbox",
+        "definitions/facade.py imports dagger_django.engine.outbox.outbox_send",
+        "definitions/facade.py imports dagger_django.engine.services",
+        "definitions/facade.py loads dagger_django.engine.messages",
+        "conf.py imports dagger_django.definitions",
+        "conf.py imports dagger_django.definitions.registry",
+    ]
+
+
+def test_the_app_connects_the_engine_door_to_the_engine_services() -> None:
+    from dagger_django.definitions import engine_door
+    from dagger_django.engine import services
+
+    connected = engine_door.connect(None)
+    engine_door.connect(connected)
+    assert connected is services
 
 
 # -- pages read through engine/selectors ------------------------------------------------------------

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..exceptions import InvalidTemplate
+from .registry import Dagger
 from .tasks import DefaultProcessTemplateDAGInstance, DefaultTemplateDAGInstance, ITask
 from .templates import (
     DefaultTaskTemplateBuilder,
@@ -97,8 +98,6 @@ class DAGBuilderHelper:
         key_serializer: Any = None,
         value_serializer: Any = None,
     ) -> KafkaCommandTaskTemplateBuilder:
-        from .registry import Dagger
-
         command_topic = Dagger.create_topic(
             topic,
             key_type=key_type,
@@ -126,8 +125,6 @@ class DAGBuilderHelper:
         key_serializer: Any = None,
         value_serializer: Any = None,
     ) -> KafkaListenerTaskTemplateBuilder:
-        from .registry import Dagger
-
         listener_topic = Dagger.create_topic(
             topic,
             key_type=key_type,

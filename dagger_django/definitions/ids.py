@@ -16,6 +16,9 @@ import secrets
 import threading
 import time
 import uuid
+from typing import Any
+
+from ..exceptions import WorkflowDoesNotExist
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -62,4 +65,18 @@ def new_id(rng: random.Random | None = None) -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
-__all__ = ["new_id", "seeded_random"]
+def as_workflow_id(instance: Any) -> uuid.UUID:
+    """The id of a workflow named the facade's ways: an instance (its ``id``), a UUID or its text.
+
+    Anything else raises :class:`WorkflowDoesNotExist`.
+    """
+    value = getattr(instance, "id", instance)
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except (TypeError, ValueError) as exc:
+        raise WorkflowDoesNotExist(f"{instance!r} is not a workflow id") from exc
+
+
+__all__ = ["as_workflow_id", "new_id", "seeded_random"]

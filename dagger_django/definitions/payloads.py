@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .registry import Dagger
+
 #: ``value_serializer`` names (Faust's codecs) that mean "the bytes as they are".
 RAW_SERIALIZERS = frozenset({"raw", "binary"})
 #: Declared value types that are plain JSON values: the decoded payload is handed on unchanged.
@@ -26,8 +28,6 @@ def declared_topic(topic: str) -> Any:
 
     Reads the registry without creating an entry (``Dagger.topics[name]`` would create one).
     """
-    from .registry import Dagger
-
     return dict.get(Dagger.topics, topic)
 
 

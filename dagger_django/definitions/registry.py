@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,9 +23,11 @@ from ..exceptions import (
     InvalidTemplate,
     SchemaRegistryUnavailable,
     TemplateDoesNotExist,
-    WorkflowDoesNotExist,
 )
+from . import engine_door
+from .ids import as_workflow_id
 from .sync import sync_only
+from .tasks import MonitoringTask
 from .templates import ITemplateDAG, TaskTemplate, validate_template
 
 logger = logging.getLogger("dagger_django.definitions")
@@ -111,9 +112,7 @@ class Topic:
         return f"<Topic {self.name!r}>"
 
     def _send_now(self, key: Any = None, value: Any = None, headers: Any = None) -> Any:
-        from dagger_django.engine.services import outbox_send  # type: ignore[attr-defined, unused-ignore]
-
-        return outbox_send(topic=self.name, key=key, value=value, headers=headers)
+        return engine_door.send_message(topic=self.name, key=key, value=value, headers=headers)
 
     def send(self, key: Any = None, value: Any = None, headers: Any = None) -> Any:
         try:
@@ -175,16 +174,6 @@ def _bootstrap_servers(value: Any) -> str | None:
             if part:
                 hosts.append(part)
     return ",".join(hosts) or None
-
-
-def _workflow_id(instance: Any) -> uuid.UUID:
-    value = getattr(instance, "id", instance)
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except (TypeError, ValueError) as exc:
-        raise WorkflowDoesNotExist(f"{instance!r} is not a workflow id") from exc
 
 
 #: Builds ``(schema_registry_client, message_serializer)`` for a URL: a door the kafka package
@@ -325,6 +314,11 @@ class Dagger:
                 stacklevel=3,
             )
         Dagger.app = self
+        # The settings read these arguments through the reader handed over here (the settings
+        # never import the facade). Imported in the call: importing the facade imports no Django.
+        from ..conf import read_overrides_from
+
+        read_overrides_from(_current_overrides)
 
     # -- schema registry (the optional ``avro`` extra) ---------------------------------------------
     @property
@@ -456,9 +450,7 @@ class Dagger:
         """Start a created workflow (an instance, its id or its id as a str) and return it as
         ``get_instance`` does. ``repartition`` is ignored: the database is shared, there is no
         partition owner to route to."""
-        from dagger_django.engine.services import instance_submit
-
-        return instance_submit(workflow_id=_workflow_id(instance))
+        return engine_door.submit_workflow(workflow_id=as_workflow_id(instance))
 
     @classmethod
     async def asubmit(cls, instance: Any, *, repartition: bool = True) -> Any:
@@ -470,9 +462,7 @@ class Dagger:
     @sync_only("Dagger.aget_instance")
     def get_instance(cls, id: Any, log: bool = True) -> Any:
         """The workflow with this id (``WorkflowDoesNotExist`` if there is none)."""
-        from dagger_django.engine.services import workflow_instance
-
-        return workflow_instance(workflow_id=_workflow_id(id))
+        return engine_door.get_workflow(workflow_id=as_workflow_id(id))
 
     @classmethod
     async def aget_instance(cls, id: Any, log: bool = True) -> Any:
@@ -485,9 +475,7 @@ class Dagger:
     def stop(cls, id: Any) -> Any:
         """Stop a workflow: unfinished nodes become STOPPED and running ones get their stop hook.
         Returns the workflow as ``get_instance`` does."""
-        from dagger_django.engine.services import instance_stop
-
-        return instance_stop(workflow_id=_workflow_id(id))
+        return engine_door.stop_workflow(workflow_id=as_workflow_id(id))
 
     @classmethod
     async def astop(cls, id: Any) -> Any:
@@ -501,8 +489,6 @@ class Dagger:
         ``get_instance``), or None: when ``task`` is not monitored or its monitor has not been
         created yet (the engine creates it when the process starts with ``complete_by_time``).
         Reads the view only; ``aget_monitoring_task`` is the awaitable form."""
-        from .tasks import MonitoringTask
-
         monitor_id = getattr(task, "monitoring_task_id", None)
         if monitor_id is None or workflow_instance is None:
             return None
@@ -518,6 +504,12 @@ class Dagger:
         """The original's entry point (a Faust worker). Here it exits with a message naming the
         processes to run instead: Celery worker, beat, the Kafka bridge and the web server."""
         raise SystemExit(MAIN_MESSAGE)
+
+
+def _current_overrides() -> dict[str, Any]:
+    """What the settings read: the current ``Dagger.app``'s :meth:`~Dagger.overrides`, {} without one."""
+    app = Dagger.app
+    return {} if app is None else app.overrides()
 
 
 __all__ = ["AerospikeConfig", "Dagger", "DaggerCompatibilityWarning", "Topic", "set_schema_registry_factory"]

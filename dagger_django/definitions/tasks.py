@@ -18,6 +18,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
+from . import engine_door
 from .enums import (
     TERMINAL_STATUSES,
     NodeKind,
@@ -27,6 +28,7 @@ from .enums import (
     TaskStatusEnum,
     TaskType,
 )
+from .ids import as_workflow_id
 
 KT = TypeVar("KT")
 VT = TypeVar("VT")
@@ -505,9 +507,9 @@ class ITemplateDAGInstance(INonLeafNodeTask[KT, VT]):
         Not a hook: the engine never calls a workflow's ``stop`` (tasks' and processes' ``stop``
         hooks are what a stop runs).
         """
-        from .registry import Dagger
+        from asgiref.sync import sync_to_async
 
-        stopped = await Dagger.astop(self.id)
+        stopped = await sync_to_async(engine_door.stop_workflow)(workflow_id=as_workflow_id(self.id))
         for name in ("status", "runtime_parameters", "tasks", "model"):
             if hasattr(stopped, name):
                 setattr(self, name, getattr(stopped, name))

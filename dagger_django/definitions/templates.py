@@ -30,6 +30,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from ..exceptions import InvalidTaskType, InvalidTemplate
+from . import engine_door
 from .enums import NodeKind, TaskOperator, TaskType
 from .sync import sync_only
 from .tasks import (
@@ -585,10 +586,8 @@ class TemplateDAG(ITemplateDAG):
         instance of ``template_type`` (``id``, ``status``, ``runtime_parameters``, ``tasks``), as
         the original did; ``instance.model`` is the stored :class:`~dagger_django.models.Workflow`.
         """
-        from dagger_django.engine.services import instance_create
-
         dynamic, parallel = self._shape_for_call(dynamic_process_builders, parallel_process_templates)
-        return instance_create(
+        return engine_door.create_workflow(
             template=self,
             workflow_id=id,
             partition_key_lookup=partition_key_lookup,

@@ -32,6 +32,8 @@ from typing import Any
 from django.db.models import Q
 
 from ..definitions import payloads
+from ..definitions.registry import Dagger
+from ..definitions.templates import template_children, template_class, template_kind, template_successors
 from ..definitions.views import import_class
 from ..exceptions import TaskClassNotFound
 from ..models import Delivery, DeliveryStatus, Node, NodeKind, Status, Subscription
@@ -90,8 +92,6 @@ class TopicListeners:
 
 
 def _walk_templates(roots: Iterable[Any]) -> Iterable[Any]:
-    from ..definitions.templates import template_children, template_successors
-
     seen: set[int] = set()
     stack = list(roots)
     while stack:
@@ -109,8 +109,6 @@ def _walk_templates(roots: Iterable[Any]) -> Iterable[Any]:
 
 
 def _registered_roots() -> list[Any]:
-    from ..definitions.registry import Dagger
-
     return [*Dagger.template_dags.values(), *Dagger.process_templates.values()]
 
 
@@ -130,8 +128,6 @@ def _listeners_by_topic() -> dict[str, tuple[type, ...]]:
 
 def _build_topic_map(roots: list[Any]) -> dict[str, tuple[type, ...]]:
     global _topic_map
-    from ..definitions.templates import template_class, template_kind
-
     found: dict[str, list[type]] = {}
     for template in _walk_templates(roots):
         if template_kind(template) != NodeKind.LISTENER:

@@ -28,6 +28,8 @@ from django.db.models import Count
 from .. import signals
 from ..conf import dagger_settings
 from ..definitions.enums import TaskStatus
+from ..definitions.graph import materialize
+from ..definitions.ids import new_id
 from ..definitions.views import build_task, build_workflow_view
 from ..exceptions import (
     DaggerError,
@@ -267,12 +269,8 @@ def workflow_create(
     Everything is validated before anything is written: bad parameters, a bad template or a
     missing trigger time raise a :class:`DaggerError` and store nothing.
     """
-    from ..definitions.graph import materialize
-
     params = {} if runtime_parameters is None else runtime_parameters
     parameters.validate(params)
-    from ..definitions.ids import new_id
-
     wid = _uuid(workflow_id) if workflow_id is not None else new_id()
     materialized = materialize(
         template,

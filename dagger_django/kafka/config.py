@@ -21,9 +21,7 @@ def client_config(role: str | None = None, **defaults: Any) -> dict[str, Any]:
     elif role == "producer":
         config.update(dagger_settings.KAFKA_PRODUCER or {})
     if not config.get("bootstrap.servers"):
-        from ..definitions.registry import Dagger
-
-        servers = Dagger.overrides().get("kafka_bootstrap_servers")
+        servers = dagger_settings.overrides().get("kafka_bootstrap_servers")
         if servers:
             config["bootstrap.servers"] = servers
     for name, value in defaults.items():

@@ -9,6 +9,7 @@ import sys
 import types
 import uuid
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from dagger_django import (
     TemplateDoesNotExist,
     WorkflowDoesNotExist,
 )
+from dagger_django.definitions import engine_door
 from dagger_django.definitions.registry import Topic, _TopicMap
 
 
@@ -44,10 +46,11 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def engine(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
-    """A stand-in for ``dagger_django.engine.services`` that records every call."""
+def engine() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """A stand-in for ``dagger_django.engine.services``, connected to the facade's door, that
+    records every call."""
     calls: list[tuple[str, dict[str, Any]]] = []
-    module = types.ModuleType("dagger_django.engine.services")
+    module = types.ModuleType("stand_in_engine")
 
     def recorder(name: str) -> Any:
         def call(**kwargs: Any) -> Any:
@@ -58,8 +61,9 @@ def engine(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
 
     for name in ("instance_create", "instance_submit", "workflow_instance", "instance_stop", "outbox_send"):
         setattr(module, name, recorder(name))
-    monkeypatch.setitem(sys.modules, "dagger_django.engine.services", module)
-    return calls
+    previous = engine_door.connect(module)  # type: ignore[arg-type]
+    yield calls
+    engine_door.connect(previous)
 
 
 def executor(name: str = "work") -> Any:
@@ -127,6 +131,27 @@ def test_kafka_broker_list_wins_over_broker_and_lists_are_joined() -> None:
 
 def test_overrides_on_the_class_without_an_app_is_empty() -> None:
     assert Dagger.overrides() == {}
+
+
+def test_the_settings_read_the_arguments_of_the_current_dagger(settings: Any) -> None:
+    from dagger_django.conf import dagger_settings
+
+    settings.DAGGER = {"TRIGGER_INTERVAL": 30.0, "MAX_TASKS_PER_TRIGGER": 7}
+    Dagger(trigger_interval=5, delete_workflow_on_complete=True)
+    assert (dagger_settings.TRIGGER_INTERVAL, dagger_settings.DELETE_WORKFLOW_ON_COMPLETE) == (5, True)
+    assert dagger_settings.MAX_TASKS_PER_TRIGGER == 7
+    Dagger.app = None  # the isolated_registry fixture puts the previous app back
+    assert (dagger_settings.TRIGGER_INTERVAL, dagger_settings.DELETE_WORKFLOW_ON_COMPLETE) == (30.0, False)
+
+
+def test_kafka_clients_use_the_servers_given_to_dagger_when_the_settings_name_none(settings: Any) -> None:
+    from dagger_django.kafka.config import client_config
+
+    settings.DAGGER = {"KAFKA": {"security.protocol": "SSL"}}
+    Dagger(broker="kafka://k1:9092;k2:9092")
+    assert client_config("consumer") == {"security.protocol": "SSL", "bootstrap.servers": "k1:9092,k2:9092"}
+    settings.DAGGER = {"KAFKA": {"bootstrap.servers": "s:9092"}}
+    assert client_config()["bootstrap.servers"] == "s:9092"
 
 
 def test_parameters_without_effect_warn_only_when_not_default() -> None:
@@ -257,6 +282,26 @@ def test_async_twins_call_the_same_services(engine: list[tuple[str, dict[str, An
         "instance_stop-result",
     ]
     assert [c[0] for c in engine] == ["instance_submit", "workflow_instance", "instance_stop"]
+
+
+def test_an_engine_call_before_the_app_is_ready_says_what_to_do() -> None:
+    from django.core.exceptions import AppRegistryNotReady
+
+    previous = engine_door.connect(None)
+    try:
+        with pytest.raises(AppRegistryNotReady, match=r"INSTALLED_APPS and call django.setup\(\)"):
+            Dagger.submit(uuid.uuid4())
+        with pytest.raises(AppRegistryNotReady):
+            simple_template().create_instance()
+    finally:
+        engine_door.connect(previous)
+
+
+def test_a_workflow_stops_itself_through_the_engine(engine: list[tuple[str, dict[str, Any]]]) -> None:
+    wid = uuid.uuid4()
+    view = dagger_django.DefaultTemplateDAGInstance(id=str(wid))
+    assert asyncio.run(view.stop()) == "instance_stop-result"
+    assert engine == [("instance_stop", {"workflow_id": wid})]
 
 
 def test_a_malformed_workflow_id_raises_workflow_does_not_exist(
