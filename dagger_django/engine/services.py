@@ -1037,57 +1037,83 @@ def _timer_fire_locked(
 
 
 # -- the sweep (celery-beat's ``dagger_django.sweep_timers``, ``manage.py dagger_fire_timers``) --------
-def timers_fire_due(*, limit: int | None = None) -> int:
-    """One sweep: fire due timers, earliest first, each in its own transaction. Returns how many.
+@dataclass(frozen=True)
+class _DueTimer:
+    id: int
+    workflow_id: uuid.UUID
+    node_id: uuid.UUID | None
+    purpose: str
+    attempt: int | None
 
-    At most ``limit`` (default ``MAX_TASKS_PER_TRIGGER``) timers are tried. Each is claimed with
-    ``SELECT ... FOR UPDATE OF timer, workflow SKIP LOCKED``: a timer another sweep holds, or whose
-    workflow another transaction is changing right now, is passed over (the next sweep, or its
-    countdown message, takes it), so concurrent sweeps share the work and never wait or deadlock.
-    A timer whose firing raises is logged, stays PENDING (the table is the truth; fix the cause
-    and the next sweep fires it) and is not tried again in this sweep. A database outage ends the
-    sweep with its error.
+
+def timers_fire_due(*, limit: int | None = None) -> int:
+    """One sweep: fire due timers, earliest first, in batches. Returns how many fired.
+
+    At most ``limit`` (default ``MAX_TASKS_PER_TRIGGER``) timers are tried. Each batch is one
+    transaction: it claims up to ``TIMER_BATCH`` due timers of different workflows, locking their
+    workflows with ``FOR UPDATE SKIP LOCKED`` (a timer whose workflow another sweep or transaction
+    holds right now is passed over, so concurrent sweeps share the work and never wait or
+    deadlock), loads those workflows (:func:`load_locked_many`, in id order, already ours),
+    fires each timer in a savepoint of its own and commits once; the
+    tasks the batch handed to workers are sent after that commit, ``DISPATCH_BATCH`` to a message.
+    A timer whose firing raises is rolled back to its savepoint, logged, stays PENDING (the table
+    is the truth; fix the cause and the next sweep fires it) and is not tried again in this sweep;
+    the rest of its batch commits. A database outage ends the sweep with its error.
     """
     cap = int(dagger_settings.MAX_TASKS_PER_TRIGGER if limit is None else limit)
+    size = max(1, int(dagger_settings.TIMER_BATCH))
     fired = 0
     failed: list[int] = []
     # The tasks of fired timers go to workers DISPATCH_BATCH at a time; a batch that cannot be
     # sent is owed, and the recovery sweep sends it.
     with ports.dispatch_in_batches(on_failure=_owe_targets):
         while fired + len(failed) < cap:
-            result = _timer_fire_next_due(exclude=failed)
+            result = _timers_fire_batch(limit=min(size, cap - fired - len(failed)), exclude=failed)
             if result is None:
                 break
-            timer_id, ok = result
-            if ok:
-                fired += 1
-            else:
-                failed.append(timer_id)
+            done, bad = result
+            fired += done
+            failed.extend(bad)
     return fired
 
 
-def _timer_fire_next_due(*, exclude: list[int]) -> tuple[int, bool] | None:
-    timer_id: int | None = None
-    try:
-        with transaction.atomic():
-            claim = _timer_claim_due(now=ports.now(), exclude=exclude)
-            if claim is None:
-                return None
-            (timer_id, workflow_id, node_id, purpose, attempt), marked = claim
-            wf, nodes = load_locked(workflow_id)  # already locked by the claim: no wait
-            assert wf is not None
-            state = WorkflowState(wf, nodes)
-            _timer_fire_locked(
-                state, timer_id=timer_id, node_id=node_id, purpose=purpose, attempt=attempt, marked=marked
-            )
-        return timer_id, True
-    except (OperationalError, InterfaceError):
-        raise
-    except Exception:
-        if timer_id is None:
-            raise
-        logger.exception("timer %s failed to fire; it stays pending for the next sweep", timer_id)
-        return timer_id, False
+def _timers_fire_batch(*, limit: int, exclude: list[int]) -> tuple[int, list[int]] | None:
+    """One transaction: claim up to ``limit`` due timers (one per workflow), fire each in a
+    savepoint. Returns ``(fired, [ids of the timers that failed])``, or None when nothing is due."""
+    fired = 0
+    failed: list[int] = []
+    with transaction.atomic():
+        claimed, marked = _timers_claim_due(now=ports.now(), limit=limit, exclude=exclude)
+        if not claimed:
+            return None
+        loaded = load_locked_many(due.workflow_id for due in claimed)  # locked by the claim: no wait
+        for due in claimed:
+            row = loaded.get(due.workflow_id)
+            if row is None:  # cannot happen (the claim locked it); the timer is spent
+                fired += 1
+                continue
+            try:
+                with transaction.atomic():
+                    _timer_fire_locked(
+                        WorkflowState(*row),
+                        timer_id=due.id,
+                        node_id=due.node_id,
+                        purpose=due.purpose,
+                        attempt=due.attempt,
+                        marked=marked,
+                    )
+            except (OperationalError, InterfaceError):
+                raise
+            except Exception:
+                logger.exception("timer %s failed to fire; it stays pending for the next sweep", due.id)
+                failed.append(due.id)
+                if marked:  # the claim's mark is outside the savepoint: take it back
+                    Timer.objects.filter(pk=due.id, status=TimerStatus.FIRED).update(
+                        status=TimerStatus.PENDING, fired_at=None
+                    )
+                continue
+            fired += 1
+    return fired, failed
 
 
 def _owe_targets(targets: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
@@ -1097,43 +1123,63 @@ def _owe_targets(targets: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
 _CLAIM_SQL: dict[str, str] = {}
 
 
-def _timer_claim_due(*, now: dt.datetime, exclude: list[int]) -> tuple[tuple[Any, ...], bool] | None:
-    """Lock the earliest due timer and its workflow, skipping locked rows.
+def _timers_claim_due(*, now: dt.datetime, limit: int, exclude: list[int]) -> tuple[list[_DueTimer], bool]:
+    """Lock the workflows of up to ``limit`` of the earliest due timers, skipping locked rows, and
+    keep the earliest timer of each workflow. Returns ``(timers, marked)``, earliest first.
 
-    Returns ``((id, workflow_id, node_id, purpose, attempt), marked)`` or None. On PostgreSQL one
-    statement, compiled once per process, claims the timer and marks it FIRED (``marked``), the
-    queue idiom ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``; elsewhere
-    the ORM (SQLite has no row locks: its writers are serialised), and the caller marks it.
+    One timer per workflow: each fires in its own savepoint on its workflow's state, so a failure
+    rolls back that timer alone. A second timer of the same workflow stays PENDING (locked until
+    this transaction ends, then the next batch takes it, with the first one's effect loaded).
+
+    On PostgreSQL one statement, compiled once per process, locks, keeps one per workflow, and
+    marks the kept timers FIRED (``marked``); elsewhere the ORM (SQLite has no row locks: its
+    writers are serialised), and each timer is marked when it fires.
     """
     conn = transaction.get_connection()
     if conn.vendor != "postgresql":
-        row = (
-            Timer.objects.select_for_update(skip_locked=True, of=("self", "workflow"))
+        rows = (
+            Timer.objects.select_for_update(skip_locked=True, of=("workflow",))
             .select_related("workflow")
             .filter(status=TimerStatus.PENDING, due_at__lte=now)
             .exclude(pk__in=exclude)
-            .order_by("due_at")
-            .values_list("id", "workflow_id", "node_id", "purpose", "attempt")
-            .first()
+            .order_by("due_at", "id")
+            .values_list("id", "workflow_id", "node_id", "purpose", "attempt")[:limit]
         )
-        return (tuple(row), False) if row is not None else None
+        kept: dict[Any, _DueTimer] = {}
+        for row in rows:
+            kept.setdefault(row[1], _DueTimer(*row))
+        return list(kept.values()), False
     sql = _CLAIM_SQL.get(conn.alias)
     if sql is None:
         qn = conn.ops.quote_name
         timer, workflow = qn(Timer._meta.db_table), qn(Workflow._meta.db_table)
+        # The locking query cannot keep one row per workflow itself (DISTINCT ON and FOR UPDATE
+        # do not mix): a materialised CTE locks, the next one picks, the UPDATE marks. Only the
+        # workflow rows are locked: a timer row changes only under its workflow's lock, and a
+        # lock taken on a timer whose workflow is then skipped would stay held to the end of the
+        # transaction, where the sweep that does hold that workflow could wait for it. The
+        # UPDATE checks the status again: a timer fired and committed by the workflow's previous
+        # holder after this statement's snapshot is re-read there and left out.
         sql = (
-            f"UPDATE {timer} SET status = %s, fired_at = %s WHERE id = ("
-            f"SELECT t.id FROM {timer} t JOIN {workflow} w ON w.id = t.workflow_id"
+            "WITH locked AS MATERIALIZED ("
+            f"SELECT t.id, t.workflow_id, t.due_at FROM {timer} t JOIN {workflow} w ON w.id = t.workflow_id"
             " WHERE t.status = %s AND t.due_at <= %s AND NOT (t.id = ANY(%s))"
-            " ORDER BY t.due_at LIMIT 1 FOR UPDATE OF t, w SKIP LOCKED"
-            ") RETURNING id, workflow_id, node_id, purpose, attempt"
+            " ORDER BY t.due_at, t.id LIMIT %s FOR UPDATE OF w SKIP LOCKED"
+            "), kept AS (SELECT DISTINCT ON (workflow_id) id, due_at FROM locked"
+            " ORDER BY workflow_id, due_at, id)"
+            f" UPDATE {timer} SET status = %s, fired_at = %s FROM kept"
+            f" WHERE {timer}.id = kept.id AND {timer}.status = %s"
+            f" RETURNING {timer}.id, {timer}.workflow_id, {timer}.node_id, {timer}.purpose,"
+            f" {timer}.attempt, kept.due_at"
         )
         _CLAIM_SQL[conn.alias] = sql
-    params = [TimerStatus.FIRED.value, now, TimerStatus.PENDING.value, now, list(exclude)]
+    pending = TimerStatus.PENDING.value
+    params = [pending, now, list(exclude), limit, TimerStatus.FIRED.value, now, pending]
     with conn.cursor() as cursor:
         cursor.execute(sql, params)
-        row = cursor.fetchone()
-    return (tuple(row), True) if row is not None else None
+        rows = cursor.fetchall()
+    rows.sort(key=lambda r: (r[5], r[0]))  # earliest first: the order they were due in
+    return [_DueTimer(*row[:5]) for row in rows], True
 
 
 #: Timers due within this many seconds of the first of them share one precision sweep.
