@@ -38,7 +38,9 @@ def make_triggers(clock: Any, *offsets: float) -> list[Any]:
         .set_name("remind")
         .set_time_to_execute_lookup_key("run_at")
     )
-    tmpl = b.template(f"TimerBatch{next(_names)}", b.process("main", b.helper.build_and_link_tasks([trigger])))
+    tmpl = b.template(
+        f"TimerBatch{next(_names)}", b.process("main", b.helper.build_and_link_tasks([trigger]))
+    )
     now = clock.now().timestamp()
     return [tmpl.create_instance(submit_task=True, run_at=now + s).id for s in offsets]
 
@@ -198,7 +200,9 @@ def test_concurrent_sweeps_fire_every_timer_exactly_once(dispatcher: Any, clock:
     assert sorted(wf for wf, _, _ in dispatcher.runs) == sorted(str(i) for i in ids)
 
 
-def test_a_database_outage_ends_the_sweep_with_its_error(dispatcher: Any, clock: Any, monkeypatch: Any) -> None:
+def test_a_database_outage_ends_the_sweep_with_its_error(
+    dispatcher: Any, clock: Any, monkeypatch: Any
+) -> None:
     from django.db import OperationalError
 
     ids = make_triggers(clock, 1, 2, 3)

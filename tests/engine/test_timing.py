@@ -840,6 +840,7 @@ def test_fire_timers_command_runs_one_sweep(dispatcher: Any, clock: Any) -> None
         ("MAX_TASKS_PER_TRIGGER", 0, "dagger_django.E006"),
         ("LEASE_SECONDS", 0, "dagger_django.E007"),
         ("RECOVERY_INTERVAL", -1, "dagger_django.E008"),
+        ("TIMER_BATCH", 0, "dagger_django.E009"),
         ("TRIGGER_INTERVAL", 0.5, "dagger_django.W001"),
     ],
 )
