@@ -1053,22 +1053,41 @@ def timers_fire_due(*, limit: int | None = None) -> int:
     transaction: it claims up to ``TIMER_BATCH`` due timers of different workflows, locking their
     workflows with ``FOR UPDATE SKIP LOCKED`` (a timer whose workflow another sweep or transaction
     holds right now is passed over, so concurrent sweeps share the work and never wait or
-    deadlock), loads those workflows (:func:`load_locked_many`, in id order, already ours),
-    fires each timer in a savepoint of its own and commits once; the
-    tasks the batch handed to workers are sent after that commit, ``DISPATCH_BATCH`` to a message.
-    A timer whose firing raises is rolled back to its savepoint, logged, stays PENDING (the table
-    is the truth; fix the cause and the next sweep fires it) and is not tried again in this sweep;
-    the rest of its batch commits. A database outage ends the sweep with its error.
+    deadlock), loads those workflows (:func:`load_locked_many`, in id order, already ours), fires
+    each timer and commits once; the tasks the batch handed to workers are sent after that
+    commit, ``DISPATCH_BATCH`` to a message.
+
+    A timer whose firing raises never rolls back the others. A batch is fired first without
+    savepoints (nothing fails, as a rule, and two savepoint statements per timer were 40% of a
+    sweep's time); when a timer raises, that attempt is rolled back as a whole and the batch is
+    fired again without it, each timer in a savepoint of its own, as is every later batch of the
+    sweep. A timer that raised is logged, stays PENDING (the table is the truth; fix the cause and
+    the next sweep fires it) and is not tried again in this sweep; the rest of its batch commits.
+    A database outage ends the sweep with its error.
     """
     cap = int(dagger_settings.MAX_TASKS_PER_TRIGGER if limit is None else limit)
     size = max(1, int(dagger_settings.TIMER_BATCH))
     fired = 0
     failed: list[int] = []
+    careful = False
     # The tasks of fired timers go to workers DISPATCH_BATCH at a time; a batch that cannot be
     # sent is owed, and the recovery sweep sends it.
     with ports.dispatch_in_batches(on_failure=_owe_targets):
         while fired + len(failed) < cap:
-            result = _timers_fire_batch(limit=min(size, cap - fired - len(failed)), exclude=failed)
+            batch = min(size, cap - fired - len(failed))
+            try:
+                result = _timers_fire_batch(limit=batch, exclude=failed, savepoints=careful)
+            except _TimerRaised as raised:  # rolled back as a whole: again, a savepoint per timer
+                logger.error(
+                    "timer %s failed to fire; it stays pending for the next sweep",
+                    raised.timer_id,
+                    exc_info=raised.__cause__,
+                )
+                failed.append(raised.timer_id)
+                careful = True
+                if batch == 1:
+                    continue
+                result = _timers_fire_batch(limit=batch - 1, exclude=failed, savepoints=True)
             if result is None:
                 break
             done, bad = result
@@ -1077,9 +1096,21 @@ def timers_fire_due(*, limit: int | None = None) -> int:
     return fired
 
 
-def _timers_fire_batch(*, limit: int, exclude: list[int]) -> tuple[int, list[int]] | None:
-    """One transaction: claim up to ``limit`` due timers (one per workflow), fire each in a
-    savepoint. Returns ``(fired, [ids of the timers that failed])``, or None when nothing is due."""
+class _TimerRaised(Exception):
+    """Firing a timer raised in a batch without savepoints (the cause is ``__cause__``)."""
+
+    def __init__(self, timer_id: int) -> None:
+        super().__init__(f"timer {timer_id} failed to fire")
+        self.timer_id = timer_id
+
+
+def _timers_fire_batch(*, limit: int, exclude: list[int], savepoints: bool) -> tuple[int, list[int]] | None:
+    """One transaction: claim up to ``limit`` due timers (one per workflow) and fire them. Returns
+    ``(fired, [ids of the timers that failed])``, or None when nothing is due.
+
+    ``savepoints``: each timer fires in a savepoint, and one that raises is rolled back alone;
+    otherwise the first one that raises rolls the whole transaction back (:class:`_TimerRaised`).
+    """
     fired = 0
     failed: list[int] = []
     with transaction.atomic():
@@ -1092,19 +1123,26 @@ def _timers_fire_batch(*, limit: int, exclude: list[int]) -> tuple[int, list[int
             if row is None:  # cannot happen (the claim locked it); the timer is spent
                 fired += 1
                 continue
+            fire = partial(
+                _timer_fire_locked,
+                WorkflowState(*row),
+                timer_id=due.id,
+                node_id=due.node_id,
+                purpose=due.purpose,
+                attempt=due.attempt,
+                marked=marked,
+            )
             try:
-                with transaction.atomic():
-                    _timer_fire_locked(
-                        WorkflowState(*row),
-                        timer_id=due.id,
-                        node_id=due.node_id,
-                        purpose=due.purpose,
-                        attempt=due.attempt,
-                        marked=marked,
-                    )
+                if savepoints:
+                    with transaction.atomic():
+                        fire()
+                else:
+                    fire()
             except (OperationalError, InterfaceError):
                 raise
-            except Exception:
+            except Exception as exc:
+                if not savepoints:
+                    raise _TimerRaised(due.id) from exc
                 logger.exception("timer %s failed to fire; it stays pending for the next sweep", due.id)
                 failed.append(due.id)
                 if marked:  # the claim's mark is outside the savepoint: take it back
