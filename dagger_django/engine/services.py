@@ -17,7 +17,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -692,11 +692,35 @@ def _run_batch(
             result.retry_in = max(result.retry_in, held.retry_in)
 
 
+class _StepRaised(Exception):
+    """A workflow's step raised in a batch's first attempt, taken without savepoints: the attempt
+    is rolled back as a whole (the cause is ``__cause__``)."""
+
+
+def _in_savepoint(savepoint: bool) -> AbstractContextManager[Any]:
+    return transaction.atomic() if savepoint else nullcontext()
+
+
 def _claim_batch(items: list[tuple[uuid.UUID, uuid.UUID, str]], result: BatchRun) -> list[tuple[Work, str]]:
-    """One transaction: lock every workflow of the batch and claim its node (a savepoint each)."""
-    works: list[tuple[Work, str]] = []
+    """One transaction: lock every workflow of the batch and claim its node.
+
+    The first attempt takes no savepoints (as a rule nothing raises, and a savepoint per workflow
+    cost about a third of a batch's time). If a workflow's claim raises, that attempt is rolled
+    back and the batch is claimed again with a savepoint per workflow, so that only the one that
+    raised is left out.
+    """
     if not items:
-        return works
+        return []
+    try:
+        return _claim_batch_in(items, result, savepoints=False)
+    except _StepRaised:
+        return _claim_batch_in(items, result, savepoints=True)
+
+
+def _claim_batch_in(
+    items: list[tuple[uuid.UUID, uuid.UUID, str]], result: BatchRun, *, savepoints: bool
+) -> list[tuple[Work, str]]:
+    works: list[tuple[Work, str]] = []
     with transaction.atomic():
         loaded = load_locked_many(workflow_id for workflow_id, _, _ in items)
         for workflow_id, node_id, lease in items:
@@ -704,17 +728,19 @@ def _claim_batch(items: list[tuple[uuid.UUID, uuid.UUID, str]], result: BatchRun
             if row is None:
                 continue
             try:
-                with transaction.atomic():
+                with _in_savepoint(savepoints):
                     state = WorkflowState(*row)
                     work = _claim_in(state, node_id, lease)
                     _commit(state)
-            except LeaseHeld as held:
-                result.retry_in = max(result.retry_in, held.retry_in)
-                continue
             except (OperationalError, InterfaceError):
                 raise
-            except Exception:
-                logger.exception("claiming node %s of workflow %s failed", node_id, workflow_id)
+            except Exception as exc:
+                if not savepoints:
+                    raise _StepRaised from exc
+                if isinstance(exc, LeaseHeld):
+                    result.retry_in = max(result.retry_in, exc.retry_in)
+                else:
+                    logger.exception("claiming node %s of workflow %s failed", node_id, workflow_id)
                 continue
             if work is not None:
                 works.append((work, lease))
@@ -724,7 +750,17 @@ def _claim_batch(items: list[tuple[uuid.UUID, uuid.UUID, str]], result: BatchRun
 def _apply_batch(
     done: list[tuple[list[tuple[Work, Outcome]], str]], *, claim_next: bool
 ) -> list[tuple[Work, str]]:
-    """One transaction: apply every result (a savepoint each), claiming next steps inline."""
+    """One transaction: apply every result, claiming next steps inline; first without
+    savepoints, and if a workflow's apply raises, again with a savepoint each (:func:`_claim_batch`)."""
+    try:
+        return _apply_batch_in(done, claim_next=claim_next, savepoints=False)
+    except _StepRaised:
+        return _apply_batch_in(done, claim_next=claim_next, savepoints=True)
+
+
+def _apply_batch_in(
+    done: list[tuple[list[tuple[Work, Outcome]], str]], *, claim_next: bool, savepoints: bool
+) -> list[tuple[Work, str]]:
     works: list[tuple[Work, str]] = []
     with transaction.atomic():
         loaded = load_locked_many(chain[0][0].workflow_id for chain, _ in done)
@@ -734,20 +770,22 @@ def _apply_batch(
             if row is None:
                 continue
             try:
-                with transaction.atomic():
+                with _in_savepoint(savepoints):
                     state = WorkflowState(*row)
                     if len(chain) == 1:
                         following = _apply_in(state, work, outcome, lease=lease, claim_next=claim_next)
                     else:
                         following = _apply_chain_in(state, chain, lease=lease, claim_next=claim_next)
                     _commit(state)
-            except messages.Stale:
-                logger.info("discarding the stale result of %s for message %s", work.name, work.delivery)
-                continue
             except (OperationalError, InterfaceError):
                 raise
-            except Exception:
-                logger.exception("applying the result of %s attempt %s failed", work.name, work.attempt)
+            except Exception as exc:
+                if not savepoints:
+                    raise _StepRaised from exc
+                if isinstance(exc, messages.Stale):
+                    logger.info("discarding the stale result of %s for message %s", work.name, work.delivery)
+                else:
+                    logger.exception("applying the result of %s attempt %s failed", work.name, work.attempt)
                 continue
             if following is not None:
                 works.append((following, lease))
