@@ -209,6 +209,7 @@ DAGGER = {
 for _name, _cast in (
     ("TRIGGER_INTERVAL", float),
     ("MAX_TASKS_PER_TRIGGER", int),
+    ("TIMER_BATCH", int),
     ("LEASE_SECONDS", float),
     ("HEARTBEAT_SECONDS", float),
     ("COALESCE_SECONDS", float),

@@ -61,6 +61,14 @@ def _time_problems(dagger_settings: Any) -> list[Any]:
                 id="dagger_django.E006",
             )
         )
+    if int(dagger_settings.TIMER_BATCH) < 1:
+        problems.append(
+            Error(
+                "DAGGER['TIMER_BATCH'] must be at least 1.",
+                hint="Due timers a sweep fires per transaction; the default is 50.",
+                id="dagger_django.E009",
+            )
+        )
     if float(dagger_settings.LEASE_SECONDS) <= 0:
         problems.append(
             Error(

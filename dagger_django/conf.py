@@ -45,6 +45,8 @@ class Defaults:
     TRIGGER_INTERVAL: float = 60.0
     #: Timers fired per sweep at most (and nodes recovered per recovery sweep).
     MAX_TASKS_PER_TRIGGER: int = 2000
+    #: Due timers (of different workflows) a sweep fires per transaction (docs/time.md).
+    TIMER_BATCH: int = 50
     #: Run a recovery sweep when a worker starts (see LEASE_SECONDS, docs/time.md).
     RESTART_TASKS_ON_BOOT: bool = True
     # -- time-driven issue: recovery and beat (docs/time.md) --

@@ -132,6 +132,44 @@ def _events(state: Any) -> list[Any]:
     return [selectors.Event(*history_fields(e), state.now) for e in state.events]
 
 
+def test_a_batch_takes_no_savepoint_while_nothing_raises(dispatcher: Any) -> None:
+    tmpl = b.linear("BatchPlain", (t.Record, "a"), (t.Record, "b"))
+    workflows = [tmpl.create_instance(submit_task=True) for _ in range(5)]
+    with CaptureQueriesContext(connection) as ctx:
+        services.nodes_run(targets=queued(dispatcher), lease="plain")
+    assert [reload(wf.id).status for wf in workflows] == [S.COMPLETED] * 5
+    assert not [q["sql"] for q in ctx.captured_queries if q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
+
+
+def test_a_claim_that_raises_leaves_out_only_its_workflow(
+    dispatcher: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    tmpl = b.linear("BatchBadClaim", (t.Record, "a"))
+    workflows = [tmpl.create_instance(submit_task=True) for _ in range(4)]
+    poisoned = workflows[2].id
+    real_claim_node = services._claim_node
+
+    def claim_node(state: Any, node: Any, lease: str, **kwargs: Any) -> Any:
+        work = real_claim_node(state, node, lease, **kwargs)  # its writes are rolled back with it
+        if state.workflow.id == poisoned:
+            raise RuntimeError("poison")
+        return work
+
+    monkeypatch.setattr(services, "_claim_node", claim_node)
+    with CaptureQueriesContext(connection) as ctx:
+        done = services.nodes_run(targets=queued(dispatcher), lease="badclaim")
+    assert done.steps == 3
+    assert [reload(wf.id).status for wf in workflows] == [S.COMPLETED, S.COMPLETED, S.EXECUTING, S.COMPLETED]
+    node = Node.objects.get(workflow_id=poisoned, name__endswith="a_executor_task")
+    assert (node.status, node.attempts) == (S.SUBMITTED, 0)  # left to recovery, nothing written
+    assert not history(poisoned, "claimed")
+    assert "claiming node" in caplog.text
+    if connection.vendor == "postgresql":  # the claim again, a savepoint per workflow
+        sql = [q["sql"] for q in ctx.captured_queries]
+        assert sum(q.startswith("SAVEPOINT") for q in sql) == 4
+        assert sum(q.startswith("ROLLBACK TO SAVEPOINT") for q in sql) == 1
+
+
 def test_a_second_node_of_a_workflow_in_the_batch_runs_after_it(dispatcher: Any) -> None:
     tmpl = b.parallel_tasks(
         "BatchGroup", b.JOIN_ALL, b.task(t.SetFlag, "left").build(), b.task(t.SetFlag, "right").build()

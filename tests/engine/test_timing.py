@@ -356,8 +356,9 @@ def test_queries_per_timer_firing_stay_small(
     # history, COMMIT
     with django_assert_max_num_queries(9):
         assert services.timer_fire(timer_id=timer.pk) is True
-    # BEGIN, claim and mark (one statement, SKIP LOCKED), lock + load (2), workflow, node, history,
-    # COMMIT; then BEGIN, the claim that finds nothing, COMMIT
+    # BEGIN, claim and mark (one statement, SKIP LOCKED), lock + load (2), workflow, node,
+    # history, COMMIT; then BEGIN, the claim that finds nothing, COMMIT. A batch of many timers
+    # costs the same per transaction (tests/engine/test_timer_batch.py).
     with django_assert_max_num_queries(11):
         assert services.timers_fire_due() == 1
 
@@ -839,6 +840,7 @@ def test_fire_timers_command_runs_one_sweep(dispatcher: Any, clock: Any) -> None
         ("MAX_TASKS_PER_TRIGGER", 0, "dagger_django.E006"),
         ("LEASE_SECONDS", 0, "dagger_django.E007"),
         ("RECOVERY_INTERVAL", -1, "dagger_django.E008"),
+        ("TIMER_BATCH", 0, "dagger_django.E009"),
         ("TRIGGER_INTERVAL", 0.5, "dagger_django.W001"),
     ],
 )
