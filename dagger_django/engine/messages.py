@@ -25,13 +25,15 @@ See ``docs/correlation.md`` for the rules and their differences from the origina
 from __future__ import annotations
 
 import base64
+import contextvars
 import dataclasses
 import datetime as dt
 import json
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -641,16 +643,90 @@ def _buffer_ttl(node: Node) -> float:
     return float(dagger_settings.BUFFER_TTL_SECONDS if ttl is None else ttl)
 
 
+_DELIVERY_FIELDS = (
+    "id",
+    "status",
+    "lease",
+    "attempts",
+    "expires_at",
+    "available_at",
+    "updated_at",
+    "message_id",
+)
+_MESSAGE_FIELDS = ("id", "topic", "payload", "raw", "status")
+#: How many open deliveries of one listener a claim looks at.
+_CLAIM_WINDOW = 200
+
+
+class _Prefetched:
+    """The open deliveries of a batch's listeners and their messages, read in two statements for
+    the whole batch (:func:`deliveries_prefetched`) instead of two per listener."""
+
+    def __init__(self, node_ids: list[uuid.UUID]) -> None:
+        self.deliveries: dict[uuid.UUID, list[dict[str, Any]]] = {node_id: [] for node_id in node_ids}
+        rows = (
+            Delivery.objects.filter(node_id__in=node_ids, status__in=OPEN_DELIVERY)
+            .order_by("id")
+            .values("node_id", *_DELIVERY_FIELDS)
+        )
+        for row in rows:
+            waiting = self.deliveries[row.pop("node_id")]
+            if len(waiting) < _CLAIM_WINDOW:
+                waiting.append(row)
+        # The message each listener would take first: nearly always the one it takes.
+        first = {rows[0]["message_id"] for rows in self.deliveries.values() if rows}
+        self.messages: dict[int, dict[str, Any]] = (
+            {m["id"]: m for m in InboxMessage.objects.filter(pk__in=first).values(*_MESSAGE_FIELDS)}
+            if first
+            else {}
+        )
+
+    def message(self, message_id: int) -> dict[str, Any] | None:
+        return self.messages.pop(message_id, None)
+
+
+_prefetched: contextvars.ContextVar[_Prefetched | None] = contextvars.ContextVar(
+    "dagger_delivery_prefetch", default=None
+)
+
+
+@contextmanager
+def deliveries_prefetched(node_ids: list[uuid.UUID]) -> Iterator[None]:
+    """Within this block (inside the batch's transaction, the workflows locked), the claims of
+    these listener nodes read their open deliveries and messages from two statements made for all
+    of them. Deliveries another transaction adds meanwhile are taken by their own message later,
+    as when they arrive after a claim."""
+    token = _prefetched.set(_Prefetched(node_ids) if node_ids else None)
+    try:
+        yield
+    finally:
+        _prefetched.reset(token)
+
+
+def _open_deliveries(node: Node) -> list[dict[str, Any]]:
+    prefetched = _prefetched.get()
+    if prefetched is not None and node.id in prefetched.deliveries:
+        return prefetched.deliveries.pop(node.id)  # once: a second claim reads afresh
+    return list(
+        Delivery.objects.filter(node_id=node.id, status__in=OPEN_DELIVERY)
+        .order_by("id")
+        .values(*_DELIVERY_FIELDS)[:_CLAIM_WINDOW]
+    )
+
+
+def _inbox_message(message_id: int) -> dict[str, Any] | None:
+    prefetched = _prefetched.get()
+    if prefetched is not None:
+        found = prefetched.message(message_id)
+        if found is not None:
+            return found
+    return InboxMessage.objects.filter(pk=message_id).values(*_MESSAGE_FIELDS).first()
+
+
 def delivery_claim(state: WorkflowState, node: Node, lease: str) -> Work | None:
     """Take the listener's next message (or buffer/ignore what it cannot take). Lock held."""
     now = state.now
-    rows = list(
-        Delivery.objects.filter(node_id=node.id, status__in=OPEN_DELIVERY)
-        .order_by("id")
-        .values(
-            "id", "status", "lease", "attempts", "expires_at", "available_at", "updated_at", "message_id"
-        )[:200]
-    )
+    rows = _open_deliveries(node)
     if not rows:
         return None
     stale_before = now - dt.timedelta(seconds=float(dagger_settings.DELIVERY_LEASE_SECONDS))
@@ -679,11 +755,7 @@ def delivery_claim(state: WorkflowState, node: Node, lease: str) -> Work | None:
     )
     if chosen is None:
         return None  # retries not due yet, or only expired buffered messages left
-    message = (
-        InboxMessage.objects.filter(pk=chosen["message_id"])
-        .values("id", "topic", "payload", "raw", "status")
-        .first()
-    )
+    message = _inbox_message(chosen["message_id"])
     if message is None:  # pragma: no cover - deliveries go with their message
         return None
     try:

@@ -722,28 +722,55 @@ def _claim_batch_in(
     works: list[tuple[Work, str]] = []
     with transaction.atomic():
         loaded = load_locked_many(workflow_id for workflow_id, _, _ in items)
-        for workflow_id, node_id, lease in items:
-            row = loaded.get(workflow_id)
-            if row is None:
-                continue
-            try:
-                with _in_savepoint(savepoints):
-                    state = WorkflowState(*row)
-                    work = _claim_in(state, node_id, lease)
-                    _commit(state)
-            except (OperationalError, InterfaceError):
-                raise
-            except Exception as exc:
-                if not savepoints:
-                    raise _StepRaised from exc
-                if isinstance(exc, LeaseHeld):
-                    result.retry_in = max(result.retry_in, exc.retry_in)
-                else:
-                    logger.exception("claiming node %s of workflow %s failed", node_id, workflow_id)
-                continue
-            if work is not None:
-                works.append((work, lease))
+        listeners = _listener_ids(loaded, items)
+        with messages.deliveries_prefetched(listeners):
+            _claim_each(items, loaded, result, works, savepoints=savepoints)
     return works
+
+
+def _listener_ids(
+    loaded: dict[uuid.UUID, Any], items: list[tuple[uuid.UUID, uuid.UUID, str]]
+) -> list[uuid.UUID]:
+    """The listener nodes among a batch's targets (their deliveries are read for all at once)."""
+    out = []
+    for workflow_id, node_id, _ in items:
+        row = loaded.get(workflow_id)
+        if row is not None:
+            node = next((n for n in row[1] if n.id == node_id), None)
+            if node is not None and node.kind == NodeKind.LISTENER:
+                out.append(node_id)
+    return out
+
+
+def _claim_each(
+    items: list[tuple[uuid.UUID, uuid.UUID, str]],
+    loaded: dict[uuid.UUID, Any],
+    result: BatchRun,
+    works: list[tuple[Work, str]],
+    *,
+    savepoints: bool,
+) -> None:
+    for workflow_id, node_id, lease in items:
+        row = loaded.get(workflow_id)
+        if row is None:
+            continue
+        try:
+            with _in_savepoint(savepoints):
+                state = WorkflowState(*row)
+                work = _claim_in(state, node_id, lease)
+                _commit(state)
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as exc:
+            if not savepoints:
+                raise _StepRaised from exc
+            if isinstance(exc, LeaseHeld):
+                result.retry_in = max(result.retry_in, exc.retry_in)
+            else:
+                logger.exception("claiming node %s of workflow %s failed", node_id, workflow_id)
+            continue
+        if work is not None:
+            works.append((work, lease))
 
 
 def _apply_batch(

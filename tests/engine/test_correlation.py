@@ -765,3 +765,31 @@ def test_a_single_pair_returned_where_a_list_was_expected_is_accepted() -> None:
 
     keys = correlation.extract_keys(correlation.TopicListeners("t", (Single,)), {"order_id": 3})
     assert keys.pairs == [("order_id", "3")]
+
+
+def test_a_batch_of_listeners_reads_their_deliveries_and_messages_once(dispatcher: Any) -> None:
+    """``run_nodes`` of K listeners with a message each: their open deliveries and the messages
+    are read in one statement each for the batch, not one per listener."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    tmpl = pizza("PrefetchPizza")
+    workflows = [start(tmpl, dispatcher, order_id=f"prefetch-{i}") for i in range(6)]
+    for i in range(6):
+        assert route("pizza_ready", {"order_id": f"prefetch-{i}", "n": i}).matched == 1
+    targets = [(wf, node) for wf, node, _ in dispatcher.runs]
+    dispatcher.runs.clear()
+    assert len(targets) == 6
+
+    def reads(ctx: CaptureQueriesContext, table: str) -> int:
+        return sum(
+            1 for q in ctx.captured_queries if q["sql"].startswith("SELECT") and f'FROM "{table}"' in q["sql"]
+        )
+
+    with CaptureQueriesContext(connection) as ctx:
+        services.nodes_run(targets=targets, lease="prefetch")
+    assert reads(ctx, "dagger_django_delivery") == 1
+    assert reads(ctx, "dagger_django_inboxmessage") == 1
+    for i, wf in enumerate(workflows):  # and the listeners took their messages as one by one
+        assert statuses(wf.id)["order_listener_task"] == Status.COMPLETED
+        assert reload(wf.id).runtime_parameters["seen"] == [["order_listener_task", i]]
