@@ -36,3 +36,34 @@ def statuses(workflow_id: Any) -> dict[str, str]:
 
 def reload(workflow_id: Any) -> Workflow:
     return Workflow.objects.get(pk=workflow_id)
+
+
+def concurrent_sweeps(count: int, *, timeout: float = 60) -> list[int]:
+    """Run ``count`` timer sweeps at once, in threads (each its own connection); returns how
+    many timers each fired. A sweep that raises fails the caller."""
+    import threading
+
+    from django.db import connections
+
+    from dagger_django.engine import services
+
+    start = threading.Barrier(count)
+    counts: list[int] = []
+    errors: list[BaseException] = []
+
+    def sweep() -> None:
+        try:
+            start.wait(timeout=10)
+            counts.append(services.timers_fire_due())
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=sweep) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    assert errors == []
+    return counts

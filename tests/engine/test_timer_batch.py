@@ -8,11 +8,10 @@ real database with the in-memory dispatcher and a frozen clock.
 from __future__ import annotations
 
 import itertools
-import threading
 from typing import Any
 
 import pytest
-from django.db import connection, connections
+from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from dagger_django import Dagger, TriggerTaskTemplateBuilder
@@ -22,7 +21,7 @@ from dagger_django.models import Node, Status, Timer, TimerStatus
 from ..helpers import history
 from . import builders as b
 from . import time_tasks as tt
-from .conftest import reload
+from .conftest import concurrent_sweeps, reload
 
 S = Status
 T = TimerStatus
@@ -205,25 +204,7 @@ def test_concurrent_sweeps_fire_every_timer_exactly_once(dispatcher: Any, clock:
     settings.DAGGER = {**settings.DAGGER, "TIMER_BATCH": 7}
     ids = make_triggers(clock, *[1 + i / 100 for i in range(120)])
     clock.advance(seconds=60)
-    start = threading.Barrier(3)
-    counts: list[int] = []
-    errors: list[BaseException] = []
-
-    def sweep() -> None:
-        try:
-            start.wait(timeout=10)
-            counts.append(services.timers_fire_due())
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=sweep) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert errors == []
+    counts = concurrent_sweeps(3, timeout=120)
     assert sum(counts) == 120
     assert Timer.objects.filter(status=T.FIRED).count() == 120
     assert [len(history(i, "trigger_due")) for i in ids] == [1] * 120

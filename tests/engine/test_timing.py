@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 
 from dagger_django import (
     Dagger,
@@ -32,7 +32,7 @@ from ..helpers import history
 from . import builders as b
 from . import tasks as t
 from . import time_tasks as tt
-from .conftest import reload, statuses
+from .conftest import concurrent_sweeps, reload, statuses
 
 S = Status
 T = TimerStatus
@@ -282,25 +282,7 @@ def test_sweep_passes_over_a_timer_whose_workflow_is_locked_elsewhere(dispatcher
 def test_two_concurrent_sweeps_never_fire_one_timer_twice(dispatcher: Any, clock: Any) -> None:
     ids = make_triggers(clock, *range(1, 41))
     clock.advance(seconds=60)
-    start = threading.Barrier(2)
-    counts: list[int] = []
-    errors: list[BaseException] = []
-
-    def sweep() -> None:
-        try:
-            start.wait(timeout=10)
-            counts.append(services.timers_fire_due())
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=sweep) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert errors == []
+    counts = concurrent_sweeps(2, timeout=60)
     assert sum(counts) == 40
     assert Timer.objects.filter(status=T.FIRED).count() == 40
     assert [len(history(i, "trigger_due")) for i in ids] == [1] * 40
