@@ -1178,7 +1178,11 @@ def _timers_fire_batch(*, limit: int, exclude: list[int], savepoints: bool) -> t
     fired = 0
     failed: list[int] = []
     with transaction.atomic():
-        claimed, marked = _timers_claim_due(now=ports.now(), limit=limit, exclude=exclude)
+        claimed, marked, seen = _timers_claim_due(now=ports.now(), limit=limit, exclude=exclude)
+        while not claimed and seen:
+            # Every timer it locked had been fired meanwhile (a concurrent sweep committed them
+            # after this statement's snapshot): look again, with a fresh snapshot.
+            claimed, marked, seen = _timers_claim_due(now=ports.now(), limit=limit, exclude=exclude)
         if not claimed:
             return None
         loaded = load_locked_many(due.workflow_id for due in claimed)  # locked by the claim: no wait
@@ -1220,9 +1224,13 @@ def _owe_targets(targets: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
 _CLAIM_SQL: dict[str, str] = {}
 
 
-def _timers_claim_due(*, now: dt.datetime, limit: int, exclude: list[int]) -> tuple[list[_DueTimer], bool]:
+def _timers_claim_due(
+    *, now: dt.datetime, limit: int, exclude: list[int]
+) -> tuple[list[_DueTimer], bool, int]:
     """Lock the workflows of up to ``limit`` of the earliest due timers, skipping locked rows, and
-    keep the earliest timer of each workflow. Returns ``(timers, marked)``, earliest first.
+    keep the earliest timer of each workflow. Returns ``(timers, marked, seen)``: the timers,
+    earliest first, and how many due timers the statement locked, stale ones included (none
+    returned while some were seen: look again).
 
     One timer per workflow: each fires in its own savepoint on its workflow's state, so a failure
     rolls back that timer alone. A second timer of the same workflow stays PENDING (locked until
@@ -1245,7 +1253,7 @@ def _timers_claim_due(*, now: dt.datetime, limit: int, exclude: list[int]) -> tu
         kept: dict[Any, _DueTimer] = {}
         for row in rows:
             kept.setdefault(row[1], _DueTimer(*row))
-        return list(kept.values()), False
+        return list(kept.values()), False, len(kept)
     sql = _CLAIM_SQL.get(conn.alias)
     if sql is None:
         qn = conn.ops.quote_name
@@ -1256,7 +1264,9 @@ def _timers_claim_due(*, now: dt.datetime, limit: int, exclude: list[int]) -> tu
         # lock taken on a timer whose workflow is then skipped would stay held to the end of the
         # transaction, where the sweep that does hold that workflow could wait for it. The
         # UPDATE checks the status again: a timer fired and committed by the workflow's previous
-        # holder after this statement's snapshot is re-read there and left out. ORDER BY due_at
+        # holder after this statement's snapshot is re-read there and left out (it still took a
+        # place under the LIMIT: the count of locked rows tells "all stale" from "none due",
+        # and the row of NULLs joined on keeps that count when nothing is marked). ORDER BY due_at
         # alone, the order of the partial index on PENDING timers: the claim reads K rows of it
         # (2 ms with 10,000 due); a tie-breaker would sort every due timer each time (45 ms).
         sql = (
@@ -1265,11 +1275,13 @@ def _timers_claim_due(*, now: dt.datetime, limit: int, exclude: list[int]) -> tu
             " WHERE t.status = %s AND t.due_at <= %s AND NOT (t.id = ANY(%s))"
             " ORDER BY t.due_at LIMIT %s FOR UPDATE OF w SKIP LOCKED"
             "), kept AS (SELECT DISTINCT ON (workflow_id) id, due_at FROM locked"
-            " ORDER BY workflow_id, due_at, id)"
-            f" UPDATE {timer} SET status = %s, fired_at = %s FROM kept"
+            " ORDER BY workflow_id, due_at, id"
+            f"), marked AS (UPDATE {timer} SET status = %s, fired_at = %s FROM kept"
             f" WHERE {timer}.id = kept.id AND {timer}.status = %s"
             f" RETURNING {timer}.id, {timer}.workflow_id, {timer}.node_id, {timer}.purpose,"
             f" {timer}.attempt, kept.due_at"
+            ") SELECT (SELECT count(*) FROM locked), m.id, m.workflow_id, m.node_id, m.purpose,"
+            " m.attempt, m.due_at FROM (SELECT 1) AS one LEFT JOIN marked m ON true"
         )
         _CLAIM_SQL[conn.alias] = sql
     pending = TimerStatus.PENDING.value
@@ -1277,8 +1289,9 @@ def _timers_claim_due(*, now: dt.datetime, limit: int, exclude: list[int]) -> tu
     with conn.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    rows.sort(key=lambda r: (r[5], r[0]))  # earliest first: the order they were due in
-    return [_DueTimer(*row[:5]) for row in rows], True
+    seen = int(rows[0][0])
+    rows = sorted((row[1:] for row in rows if row[1] is not None), key=lambda r: (r[5], r[0]))
+    return [_DueTimer(*row[:5]) for row in rows], True, seen  # earliest first, as they were due
 
 
 #: Timers due within this many seconds of the first of them share one precision sweep.

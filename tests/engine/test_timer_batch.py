@@ -200,6 +200,26 @@ def test_two_timers_of_one_workflow_fire_in_turn_in_one_sweep(dispatcher: Any, c
     assert sorted(wf for wf, _, _ in dispatcher.runs) == sorted(str(i) for i in [wf_id, *others])
 
 
+def test_a_claim_whose_locked_timers_were_all_fired_meanwhile_does_not_end_the_sweep(
+    dispatcher: Any, clock: Any, monkeypatch: Any
+) -> None:
+    # A concurrent sweep can commit the timers this claim's snapshot still saw pending, after the
+    # snapshot and before the lock: the claim then marks none of the rows it locked. That is not
+    # "nothing due", or a sweep of a burst would end at the first such race.
+    ids = make_triggers(clock, 1, 2, 3)
+    real_claim = services._timers_claim_due
+    stale = [([], True, 2)]
+
+    def claim(**kwargs: Any) -> Any:
+        return stale.pop() if stale else real_claim(**kwargs)
+
+    monkeypatch.setattr(services, "_timers_claim_due", claim)
+    clock.advance(seconds=10)
+    assert services.timers_fire_due() == 3
+    assert not stale
+    assert [timer_of(i).status for i in ids] == [T.FIRED] * 3
+
+
 def test_concurrent_sweeps_fire_every_timer_exactly_once(dispatcher: Any, clock: Any, settings: Any) -> None:
     settings.DAGGER = {**settings.DAGGER, "TIMER_BATCH": 7}
     ids = make_triggers(clock, *[1 + i / 100 for i in range(120)])
