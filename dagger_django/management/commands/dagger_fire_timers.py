@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandParser
 class Command(BaseCommand):
     help = (
         "Fire the timers that are due now (at most --limit, default DAGGER['MAX_TASKS_PER_TRIGGER']), "
-        "each in its own transaction, exactly like one celery-beat sweep. The work the timers start "
+        "DAGGER['TIMER_BATCH'] per transaction, exactly like one celery-beat sweep. The work the timers start "
         "is sent to the Celery workers."
     )
 
