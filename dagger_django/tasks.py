@@ -16,7 +16,7 @@ from typing import Any
 
 from celery import shared_task
 from celery.signals import task_postrun, worker_ready
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import InterfaceError, OperationalError, connections
 
 from .conf import dagger_settings
 from .engine import recovery, services
@@ -103,12 +103,19 @@ def recover_nodes() -> int:
 
 
 @task_postrun.connect(dispatch_uid="dagger_django.close_old_connections")
-def _close_old_connections(**kwargs: Any) -> None:
-    """After each task, close a database connection that failed or outlived ``CONN_MAX_AGE``, as
-    Django does after each request; a healthy one is kept for the next task. (Celery's own fixup
-    closes every connection after each task unless ``CELERY_DB_REUSE_MAX`` is set: see
-    docs/configuration.md, "Database connections in workers".)"""
-    close_old_connections()
+def _close_old_connections(sender: Any = None, task: Any = None, **kwargs: Any) -> None:
+    """After each task a worker runs, close a database connection that failed or outlived
+    ``CONN_MAX_AGE``, as Django does after each request; a healthy one is kept for the next task.
+    (Celery's own fixup closes every connection after each task unless ``CELERY_DB_REUSE_MAX`` is
+    set: see docs/configuration.md, "Database connections in workers".) Not for a task applied
+    eagerly (``CELERY_TASK_ALWAYS_EAGER``, ``.apply()``): it ran in its caller's connection, maybe
+    inside the caller's transaction, which must stay open."""
+    request = getattr(task or sender, "request", None)
+    if getattr(request, "is_eager", False):
+        return
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
 
 
 @worker_ready.connect(dispatch_uid="dagger_django.recover_on_boot")

@@ -417,3 +417,28 @@ def test_workers_that_would_reconnect_for_every_task_are_reported(settings: Any,
     monkeypatch.setitem(current_app.conf, "CELERY_DB_REUSE_MAX", None)
     settings.DATABASES = {alias: {**conf, "CONN_MAX_AGE": 0} for alias, conf in settings.DATABASES.items()}
     assert "dagger_django.W031" not in [p.id for p in check_settings()]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_after_a_task_an_expired_connection_is_closed_but_not_an_eager_tasks() -> None:
+    from types import SimpleNamespace
+
+    from django.db import connection, transaction
+
+    from dagger_django.tasks import _close_old_connections
+
+    def task(eager: bool) -> Any:
+        return SimpleNamespace(request=SimpleNamespace(is_eager=eager))
+
+    connection.ensure_connection()
+    _close_old_connections(task=task(False))
+    assert connection.connection is not None  # healthy and young: kept for the next task
+    connection.close_at = 0.0  # outlived CONN_MAX_AGE
+    _close_old_connections(task=task(True))
+    assert connection.connection is not None  # an eager task ran in its caller's connection
+    with transaction.atomic():
+        connection.ensure_connection()
+        _close_old_connections(task=task(False))
+        assert connection.connection is not None  # never inside a transaction
+    _close_old_connections(task=task(False))
+    assert connection.connection is None
