@@ -39,7 +39,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Window
+from django.db.models.functions import RowNumber
 
 from ..conf import dagger_settings
 from ..definitions import payloads
@@ -664,15 +665,18 @@ class _Prefetched:
 
     def __init__(self, node_ids: list[uuid.UUID]) -> None:
         self.deliveries: dict[uuid.UUID, list[dict[str, Any]]] = {node_id: [] for node_id in node_ids}
+        # At most _CLAIM_WINDOW rows per listener, as a claim of one listener reads: a listener
+        # with a long backlog must not load all of it into the batch.
+        position = Window(RowNumber(), partition_by=[F("node_id")], order_by=F("id").asc())
         rows = (
             Delivery.objects.filter(node_id__in=node_ids, status__in=OPEN_DELIVERY)
+            .annotate(position=position)
+            .filter(position__lte=_CLAIM_WINDOW)
             .order_by("id")
             .values("node_id", *_DELIVERY_FIELDS)
         )
         for row in rows:
-            waiting = self.deliveries[row.pop("node_id")]
-            if len(waiting) < _CLAIM_WINDOW:
-                waiting.append(row)
+            self.deliveries[row.pop("node_id")].append(row)
         # The message each listener would take first: nearly always the one it takes.
         first = {rows[0]["message_id"] for rows in self.deliveries.values() if rows}
         self.messages: dict[int, dict[str, Any]] = (

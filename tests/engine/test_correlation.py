@@ -27,6 +27,7 @@ from dagger_django.models import (
     DeliveryStatus,
     InboxMessage,
     InboxStatus,
+    Node,
     OutboxKind,
     OutboxMessage,
     Status,
@@ -793,3 +794,20 @@ def test_a_batch_of_listeners_reads_their_deliveries_and_messages_once(dispatche
     for i, wf in enumerate(workflows):  # and the listeners took their messages as one by one
         assert statuses(wf.id)["order_listener_task"] == Status.COMPLETED
         assert reload(wf.id).runtime_parameters["seen"] == [["order_listener_task", i]]
+
+
+def test_the_batch_prefetch_reads_at_most_the_claim_window_of_a_listener_backlog(dispatcher: Any) -> None:
+    """A listener with a long backlog: the batch reads its first _CLAIM_WINDOW open deliveries, as
+    a claim of that listener alone does, not the whole backlog."""
+    wf = start(pizza("PrefetchBacklog"), dispatcher, order_id="backlog")
+    window = messages._CLAIM_WINDOW
+    batch = [
+        messages.Incoming(topic="pizza_ready", payload={"order_id": "backlog", "n": i}, partition=7, offset=i)
+        for i in range(window + 30)
+    ]
+    assert sum(r.matched for r in messages.messages_route(batch)) == window + 30
+    listener = Node.objects.get(workflow_id=wf.id, kind="listener")
+    open_ids = list(Delivery.objects.filter(node_id=listener.id).order_by("id").values_list("id", flat=True))
+    prefetched = messages._Prefetched([listener.id])
+    assert [row["id"] for row in prefetched.deliveries[listener.id]] == open_ids[:window]
+    assert list(prefetched.messages) == [prefetched.deliveries[listener.id][0]["message_id"]]
