@@ -719,13 +719,10 @@ def _claim_batch(items: list[tuple[uuid.UUID, uuid.UUID, str]], result: BatchRun
 def _claim_batch_in(
     items: list[tuple[uuid.UUID, uuid.UUID, str]], result: BatchRun, *, savepoints: bool
 ) -> list[tuple[Work, str]]:
-    works: list[tuple[Work, str]] = []
     with transaction.atomic():
         loaded = load_locked_many(workflow_id for workflow_id, _, _ in items)
-        listeners = _listener_ids(loaded, items)
-        with messages.deliveries_prefetched(listeners):
-            _claim_each(items, loaded, result, works, savepoints=savepoints)
-    return works
+        with messages.deliveries_prefetched(_listener_ids(loaded, items)):
+            return _claim_each(items, loaded, result, savepoints=savepoints)
 
 
 def _listener_ids(
@@ -746,10 +743,11 @@ def _claim_each(
     items: list[tuple[uuid.UUID, uuid.UUID, str]],
     loaded: dict[uuid.UUID, Any],
     result: BatchRun,
-    works: list[tuple[Work, str]],
     *,
     savepoints: bool,
-) -> None:
+) -> list[tuple[Work, str]]:
+    """Claim each target's node in its locked workflow (a savepoint each if ``savepoints``)."""
+    works: list[tuple[Work, str]] = []
     for workflow_id, node_id, lease in items:
         row = loaded.get(workflow_id)
         if row is None:
@@ -771,6 +769,7 @@ def _claim_each(
             continue
         if work is not None:
             works.append((work, lease))
+    return works
 
 
 def _apply_batch(
