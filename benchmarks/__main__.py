@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/dagger_bench"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/11"
 WORKLOADS = ("linear", "cost", "listener", "timers")
+#: Long workloads run only when named: ``memory`` (worker RSS over a long run, benchmarks/memory.py).
+EXTRA_WORKLOADS = ("memory",)
 #: Workloads with a command of their own (their own database, broker and processes): run as
 #: subprocesses, their JSON folded into this report.
 SUBCOMMANDS = {"listener": "benchmarks.bridge", "timers": "benchmarks.timers"}
@@ -94,9 +96,10 @@ def _run(name: str, sizes: list[int], worker: Any) -> Any:
 
         rows = []
         for n in sizes:
-            dagger = linear.run_dagger(n)
-            bare = linear.run_bare_chain(n)
-            process = linear.run_dagger(n, checkpoint="process")
+            pid = worker.proc.pid if worker.proc is not None else None
+            dagger = linear.run_dagger(n, worker_pid=pid)
+            bare = linear.run_bare_chain(n, worker_pid=pid)
+            process = linear.run_dagger(n, checkpoint="process", worker_pid=pid)
             chain_rate = bare["chains_per_s"] or float("nan")
             ratio = dagger["workflows_per_s"] / chain_rate
             ratio_process = process["workflows_per_s"] / chain_rate
@@ -115,12 +118,25 @@ def _run(name: str, sizes: list[int], worker: Any) -> Any:
                 f" ratio {ratio:.2f}; checkpoint=process {process['workflows_per_s']}/s, ratio {ratio_process:.2f}",
                 flush=True,
             )
+            for label, cpu in (
+                ("dagger", dagger["cpu_ms_per_workflow"]),
+                ("bare chain", bare["cpu_ms_per_chain"]),
+                ("checkpoint=process", process["cpu_ms_per_workflow"]),
+            ):
+                print(
+                    f"    CPU ms per workflow, {label}: " + ", ".join(f"{k} {v}" for k, v in cpu.items()),
+                    flush=True,
+                )
         return rows
     if name == "cost":
         from . import cost
 
         return cost.run()
-    raise SystemExit(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+    if name == "memory":
+        from . import memory
+
+        return memory.run(max(sizes), worker)
+    raise SystemExit(f"unknown workload {name!r}; known: {', '.join((*WORKLOADS, *EXTRA_WORKLOADS))}")
 
 
 def _run_subcommand(name: str, sizes: list[int]) -> list[dict[str, Any]]:
@@ -164,6 +180,14 @@ def _print(report: dict[str, Any]) -> None:
                 f" {b['latency_s']['p50']:>6} {b['latency_s']['p99']:>7} | {row['ratio']:>5}"
                 f" | {c['workflows_per_s']:>23} {row.get('ratio_checkpoint_process', '-'):>6}"
             )
+    memory = report["results"].get("memory")
+    if memory:
+        print(
+            f"\nWorker RSS over {memory['total']} workflows (MB after each round of {memory['round_size']})"
+        )
+        for row in memory["rounds"]:
+            print(f"  {row['workflows']:>8}  {row['workflows_per_s']:>7}/s  {row['rss_mb']}")
+        print(f"  drift, last round against the first: {memory['drift_pct']} %")
     cost = report["results"].get("cost")
     if cost:
         print("\nW5 cost per transition              queries  rows written")

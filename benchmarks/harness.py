@@ -45,6 +45,17 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory now (VmRSS) of a process, in MB; 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def children(pid: int) -> list[int]:
     try:
         out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
@@ -117,6 +128,14 @@ class Worker:
         out = {"worker_main": peak_rss_mb(self.proc.pid)}
         for i, child in enumerate(children(self.proc.pid)):
             out[f"worker_child_{i}"] = peak_rss_mb(child)
+        return out
+
+    def rss_now_mb(self) -> dict[str, float]:
+        """The worker's resident memory now: its main process and each pool process."""
+        assert self.proc is not None
+        out = {"worker_main": round(rss_mb(self.proc.pid), 1)}
+        for i, child in enumerate(sorted(children(self.proc.pid))):
+            out[f"worker_child_{i}"] = round(rss_mb(child), 1)
         return out
 
     def stop(self) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import chain
 
+from .cpu import CpuMeter, per_item_ms
 from .harness import reset_tables, summary
 from .workflows import chain_step, linear_template
 
@@ -25,7 +26,9 @@ def _create(template: Any, count: int) -> None:
         connection.close()
 
 
-def run_dagger(n: int, *, timeout: float = 600, checkpoint: str = "task") -> dict[str, Any]:
+def run_dagger(
+    n: int, *, timeout: float = 600, checkpoint: str = "task", worker_pid: int | None = None
+) -> dict[str, Any]:
     from django.db import connection
     from django.db.models import F, Max, Min
 
@@ -37,6 +40,8 @@ def run_dagger(n: int, *, timeout: float = 600, checkpoint: str = "task") -> dic
     reset_tables()
     connection.close()
 
+    meter = CpuMeter(worker_pid)
+    meter.start()
     started = time.time()
     per_thread = [n // CLIENT_THREADS + (1 if i < n % CLIENT_THREADS else 0) for i in range(CLIENT_THREADS)]
     with ThreadPoolExecutor(CLIENT_THREADS) as pool:
@@ -49,6 +54,7 @@ def run_dagger(n: int, *, timeout: float = 600, checkpoint: str = "task") -> dic
         if Workflow.objects.filter(status=Status.FAILURE).exists():
             raise RuntimeError("a benchmark workflow failed")
         time.sleep(0.1)
+    cpu = meter.stop()
     agg = Workflow.objects.aggregate(first=Min("time_created"), last=Max("time_completed"))
     elapsed = (agg["last"] - agg["first"]).total_seconds()
     latencies = [
@@ -65,13 +71,16 @@ def run_dagger(n: int, *, timeout: float = 600, checkpoint: str = "task") -> dic
         "workflows_per_s": round(n / elapsed, 1),
         "transitions_per_s": round(transitions / elapsed, 1),
         "latency_s": {k: round(v, 4) for k, v in summary(latencies).items()},
+        "cpu_ms_per_workflow": per_item_ms(cpu, n),
     }
 
 
-def run_bare_chain(n: int, *, timeout: float = 600) -> dict[str, Any]:
+def run_bare_chain(n: int, *, timeout: float = 600, worker_pid: int | None = None) -> dict[str, Any]:
     from .redis_marks import count, marks
 
     run = uuid.uuid4().hex
+    meter = CpuMeter(worker_pid)
+    meter.start()
     started = time.time()
     for _ in range(n):
         payload = {"run": run, "t0": time.time()}
@@ -81,6 +90,7 @@ def run_bare_chain(n: int, *, timeout: float = 600) -> dict[str, Any]:
         if time.monotonic() > deadline:
             raise RuntimeError("bare chains did not complete in time")
         time.sleep(0.05)
+    cpu = meter.stop()
     done = marks(run)
     elapsed = max(f for _, f in done) - started
     latencies = [f - s for s, f in done]
@@ -89,4 +99,5 @@ def run_bare_chain(n: int, *, timeout: float = 600) -> dict[str, Any]:
         "elapsed_s": round(elapsed, 3),
         "chains_per_s": round(n / elapsed, 1),
         "latency_s": {k: round(v, 4) for k, v in summary(latencies).items()},
+        "cpu_ms_per_chain": per_item_ms(cpu, n),
     }
