@@ -241,12 +241,6 @@ def test_bridge_and_beat_survive_service_restarts(restarts: dict[str, Any]) -> N
     assert restarts["bridge_alive"] and restarts["beat_alive"], restarts
 
 
-# Non-strict: in a run of the merged code on the loaded machine (2026-12-02) 21 command workflows
-# still waited for their answer when the Redis outage's window ended (docs/reliability.md,
-# "Still to do"); it passed in the runs before and after. Strict again once that is explained.
-@pytest.mark.xfail(
-    strict=False, reason="command workflows may still wait for their answer after a Redis restart"
-)
 def test_everything_completes_and_workers_survive_a_redis_restart(restarts: dict[str, Any]) -> None:
     assert restarts["workers_alive"], restarts
     # The other outages' backlogs are the promise of the test above.
