@@ -67,6 +67,7 @@ from ..models import (
 from ..models.messages import OPEN_DELIVERY
 from ..models.status import TERMINAL
 from . import correlation, outbox, parameters, ports, recovery, services, timing, walker
+from .retry import RetryPolicy, resend_after
 from .state import WorkflowState
 
 if TYPE_CHECKING:
@@ -931,14 +932,9 @@ def _apply_delivery(state: WorkflowState, node: Node, work: Work, outcome: Outco
 
 def _retry_due(node: Node, work: Work, outcome: Outcome, fields: dict[str, Any]) -> bool:
     """Apply the listener class's retry policy to a raising on_message; True when retried."""
-    cls = type(work.task)
-    retryable = not isinstance(outcome.error, DaggerError) and isinstance(
-        outcome.error, getattr(cls, "retry_on", (Exception,))
-    )
-    if not retryable or work.attempt > int(getattr(cls, "max_retries", 0) or 0):
+    delay = RetryPolicy.for_task(type(work.task)).retry_delay(outcome.error, work.attempt)
+    if delay is None:
         return False
-    backoff = float(getattr(cls, "retry_backoff", 1.0))
-    delay = min(backoff * (2 ** (work.attempt - 1)), float(getattr(cls, "retry_backoff_max", 300.0)))
     fields.update(
         status=D.PENDING,
         outcome="retry_scheduled",
@@ -1049,14 +1045,6 @@ def deliveries_expire(*, limit: int = 5000) -> int:
     return count
 
 
-#: A waiting delivery is re-sent after 1, 2, 4 then 8 lease periods at most (as SUBMITTED nodes are).
-MAX_BACKOFF_EXPONENT = 3
-
-
-def _backoff(redispatches: int, lease: float) -> dt.timedelta:
-    return dt.timedelta(seconds=lease * 2 ** min(max(redispatches - 1, 0), MAX_BACKOFF_EXPONENT))
-
-
 def deliveries_redispatch(*, limit: int = 1000) -> int:
     """Hand out again deliveries whose retry is due, whose worker is gone, or whose dispatch may
     have been lost; returns how many deliveries were handed out.
@@ -1107,7 +1095,7 @@ def deliveries_redispatch(*, limit: int = 1000) -> int:
                 by_count[r[5]].append(r[0])
         for count, ids in by_count.items():
             Delivery.objects.filter(pk__in=ids).update(
-                redispatches=count + 1, redispatch_at=now + _backoff(count + 1, lease)
+                redispatches=count + 1, redispatch_at=now + resend_after(count + 1, lease)
             )
         transaction.on_commit(partial(_dispatch, list(dict.fromkeys((r[1], r[2]) for r in rows))))
     return len(rows)

@@ -41,6 +41,7 @@ from django.db.models import Exists, F, OuterRef, Q
 from ..conf import dagger_settings
 from ..models import Node, OutboxKind, OutboxMessage, OutboxStatus
 from . import ports
+from .retry import RetryPolicy
 from .state import WorkflowState
 
 logger = logging.getLogger("dagger_django.outbox")
@@ -382,7 +383,7 @@ def retry_delay(attempts: int) -> dt.timedelta:
     """Back-off before the next try of a row that failed ``attempts`` times (doubling, capped)."""
     base = max(0.0, float(dagger_settings.OUTBOX_RETRY_DELAY))
     cap = max(base, float(dagger_settings.OUTBOX_RETRY_MAX_DELAY))
-    return dt.timedelta(seconds=min(cap, base * 2 ** max(0, min(attempts - 1, 30))))
+    return dt.timedelta(seconds=RetryPolicy(max_retries=None, backoff=base, backoff_max=cap).delay(attempts))
 
 
 def _claimable(now: dt.datetime, ids: list[int] | None, older_than: dt.datetime | None) -> Q:

@@ -32,7 +32,6 @@ from ..definitions.graph import materialize
 from ..definitions.ids import new_id
 from ..definitions.views import build_task, build_workflow_view
 from ..exceptions import (
-    DaggerError,
     InvalidRuntimeParameters,
     InvalidTaskResult,
     TaskClassNotFound,
@@ -55,6 +54,7 @@ from ..models.history import history_event
 from . import correlation, heartbeat, messages, outbox, parameters, ports, recovery, timing, walker
 from .hooks import call_hook
 from .outbox import outbox_send  # noqa: F401 - Topic.send's entry point (engine/outbox.py)
+from .retry import RetryPolicy
 from .state import WorkflowState, load_locked, load_locked_many
 
 logger = logging.getLogger("dagger_django.engine")
@@ -1011,15 +1011,10 @@ def _complete(state: WorkflowState, node: Node, work: Work, outcome: Outcome) ->
 
 
 def _fail_or_retry(state: WorkflowState, node: Node, outcome: Outcome) -> None:
-    task_cls = type(build_task(node, strict=False))
-    max_retries = int(getattr(task_cls, "max_retries", 0) or 0)
-    retry_on = getattr(task_cls, "retry_on", (Exception,))
-    error = outcome.error
-    retryable = not isinstance(error, DaggerError) and isinstance(error, retry_on)
+    policy = RetryPolicy.for_task(type(build_task(node, strict=False)))
     used = node.attempts - int(node.config.get("retry_base", 0))
-    if retryable and used <= max_retries:
-        backoff = float(getattr(task_cls, "retry_backoff", 1.0))
-        delay = min(backoff * (2 ** (used - 1)), float(getattr(task_cls, "retry_backoff_max", 300.0)))
+    delay = policy.retry_delay(outcome.error, used)
+    if delay is not None:
         from .timing import add_timer
 
         due = state.now + dt.timedelta(seconds=delay)
