@@ -37,6 +37,7 @@ from ..definitions.templates import template_children, template_class, template_
 from ..definitions.views import import_class
 from ..exceptions import TaskClassNotFound
 from ..models import Delivery, DeliveryStatus, Node, NodeKind, Status, Subscription
+from ..models.status import transition
 from .hooks import call_hook
 from .state import WorkflowState
 
@@ -314,10 +315,11 @@ def listener_started(state: WorkflowState, node: Node) -> None:
     if node.config.get("_buffered"):
         node.config = {k: v for k, v in node.config.items() if k != "_buffered"}
         state.touch(node)
-        Delivery.objects.filter(node_id=node.id, status=DeliveryStatus.BUFFERED).filter(
-            Q(expires_at__isnull=True) | Q(expires_at__gt=state.now)
-        ).update(
-            status=DeliveryStatus.PENDING,
+        transition(
+            Delivery.objects.filter(node_id=node.id, status=DeliveryStatus.BUFFERED).filter(
+                Q(expires_at__isnull=True) | Q(expires_at__gt=state.now)
+            ),
+            DeliveryStatus.PENDING,
             expires_at=None,
             updated_at=state.now,
             redispatch_at=None,

@@ -51,6 +51,7 @@ from ..models import (
     WorkflowTemplate,
 )
 from ..models.history import history_event
+from ..models.status import TIMER_TRANSITIONS, sole_source, transition
 from . import correlation, heartbeat, messages, outbox, parameters, ports, recovery, timing, walker
 from .hooks import call_hook
 from .outbox import outbox_send  # noqa: F401 - Topic.send's entry point (engine/outbox.py)
@@ -1084,8 +1085,10 @@ def _timer_fire_locked(
     """Inside the workflow's transaction: mark the timer FIRED (compare-and-set; ``marked``: the
     claim did it already) and act on it."""
     if not marked:
-        claimed = Timer.objects.filter(pk=timer_id, status=TimerStatus.PENDING).update(
-            status=TimerStatus.FIRED, fired_at=state.now
+        claimed = transition(
+            Timer.objects.filter(pk=timer_id, status=TimerStatus.PENDING),
+            TimerStatus.FIRED,
+            fired_at=state.now,
         )
         if not claimed:
             return False
@@ -1203,8 +1206,10 @@ def _timers_fire_batch(*, limit: int, exclude: list[int], savepoints: bool) -> t
                 logger.exception("timer %s failed to fire; it stays pending for the next sweep", due.id)
                 failed.append(due.id)
                 if marked:  # the claim's mark is outside the savepoint: take it back
-                    Timer.objects.filter(pk=due.id, status=TimerStatus.FIRED).update(
-                        status=TimerStatus.PENDING, fired_at=None
+                    transition(
+                        Timer.objects.filter(pk=due.id, status=TimerStatus.FIRED),
+                        TimerStatus.PENDING,
+                        fired_at=None,
                     )
                 continue
             fired += 1
@@ -1278,7 +1283,8 @@ def _timers_claim_due(
             " m.attempt, m.due_at FROM (SELECT 1) AS one LEFT JOIN marked m ON true"
         )
         _CLAIM_SQL[conn.alias] = sql
-    pending = TimerStatus.PENDING.value
+    # The due timers are the PENDING ones, the only status a timer is FIRED from (the UPDATE's guard).
+    pending = sole_source(TIMER_TRANSITIONS, TimerStatus.FIRED)
     params = [pending, now, list(exclude), limit, TimerStatus.FIRED.value, now, pending]
     with conn.cursor() as cursor:
         cursor.execute(sql, params)

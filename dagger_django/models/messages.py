@@ -15,10 +15,33 @@ See ``docs/correlation.md``.
 from __future__ import annotations
 
 import uuid
+from typing import ClassVar
 
 from django.db import models
 
+from .status import (
+    DELIVERY_TRANSITIONS,
+    INBOX_TRANSITIONS,
+    OPEN_DELIVERY,
+    OUTBOX_TRANSITIONS,
+    DeliveryStatus,
+    InboxStatus,
+    OutboxStatus,
+    Table,
+)
 from .workflows import Workflow
+
+__all__ = [
+    "OPEN_DELIVERY",
+    "Delivery",
+    "DeliveryStatus",
+    "InboxMessage",
+    "InboxStatus",
+    "OutboxKind",
+    "OutboxMessage",
+    "OutboxStatus",
+    "Subscription",
+]
 
 
 class Subscription(models.Model):
@@ -54,14 +77,6 @@ class Subscription(models.Model):
         return f"{self.topic}: {self.key_name}={self.key_value}"
 
 
-class InboxStatus(models.TextChoices):
-    ROUTED = "routed", "Routed"
-    BUFFERED = "buffered", "Buffered (listener not started)"
-    UNMATCHED = "unmatched", "Unmatched"
-    INVALID = "invalid", "Invalid (dead letter)"
-    EXPIRED = "expired", "Expired in the buffer"
-
-
 class InboxMessage(models.Model):
     """A message received from Kafka or over HTTP, with its outcome.
 
@@ -72,6 +87,9 @@ class InboxMessage(models.Model):
     raw bytes (``raw``, and ``raw_key`` when the key is not text) and the reason, so they can be
     fixed and replayed.
     """
+
+    #: Allowed status changes (``models.status.transition`` writes them).
+    STATUS_TRANSITIONS: ClassVar[Table] = INBOX_TRANSITIONS
 
     id = models.BigAutoField(primary_key=True)
     source = models.CharField(max_length=16)
@@ -116,21 +134,11 @@ class InboxMessage(models.Model):
         return f"{self.topic} {where} ({self.status})"
 
 
-class DeliveryStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    BUFFERED = "buffered", "Buffered"
-    CLAIMED = "claimed", "Being handled"
-    DELIVERED = "delivered", "Delivered"
-    IGNORED = "ignored", "Ignored"
-    FAILED = "failed", "Failed"
-    EXPIRED = "expired", "Expired"
-
-
-OPEN_DELIVERY = (DeliveryStatus.PENDING, DeliveryStatus.BUFFERED, DeliveryStatus.CLAIMED)
-
-
 class Delivery(models.Model):
     """One message for one listener node, handled in order per node by a worker."""
+
+    #: Allowed status changes (``models.status.transition`` writes them).
+    STATUS_TRANSITIONS: ClassVar[Table] = DELIVERY_TRANSITIONS
 
     id = models.BigAutoField(primary_key=True)
     message = models.ForeignKey(InboxMessage, on_delete=models.CASCADE, related_name="deliveries")
@@ -184,12 +192,6 @@ class OutboxKind(models.TextChoices):
     SEND = "send", "Sent outside a task"
 
 
-class OutboxStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    SENT = "sent", "Sent"
-    DEAD = "dead", "Dead (attempts exhausted)"
-
-
 class OutboxMessage(models.Model):
     """A Kafka message to send, written in the transaction that decided to send it.
 
@@ -200,6 +202,9 @@ class OutboxMessage(models.Model):
     must tolerate a duplicate: every message carries ``message_id`` in its ``dagger-message-id``
     header (our own inbox dedupes by it). Rows of one ``(topic, key)`` are sent in id order.
     """
+
+    #: Allowed status changes (``models.status.transition`` writes them).
+    STATUS_TRANSITIONS: ClassVar[Table] = OUTBOX_TRANSITIONS
 
     id = models.BigAutoField(primary_key=True)
     message_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
