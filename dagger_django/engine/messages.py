@@ -64,7 +64,7 @@ from ..models import (
     Status,
     Subscription,
 )
-from ..models.status import OPEN_DELIVERY, TERMINAL, transition
+from ..models.status import ENDED_FOR_GOOD, OPEN_DELIVERY, TERMINAL, transition
 from . import correlation, outbox, parameters, ports, recovery, services, timing, walker
 from .retry import RetryPolicy, resend_after
 from .state import WorkflowState
@@ -630,7 +630,7 @@ def _eligibility(state: WorkflowState, node: Node) -> str:
     if node.status == S.NOT_STARTED:
         if config.get("allow_skip_to") and wf_status == S.EXECUTING:
             return "skip_to"
-        if wf_status in TERMINAL and wf_status != S.FAILURE:
+        if wf_status in ENDED_FOR_GOOD:
             return "ignore:workflow_finished"
         return "buffer"
     if node.status == S.EXECUTING:
@@ -1056,7 +1056,7 @@ def _chain_before(state: WorkflowState, node: Node) -> list[Node]:
 
 def _skip_subtree(state: WorkflowState, top: Node) -> None:
     for n in [top, *state.descendants(top)]:
-        if n.status in (S.NOT_STARTED, S.SUBMITTED, S.EXECUTING):
+        if n.status not in TERMINAL:
             state.set_status(n, S.SKIPPED, reason="skipped_by_skip_to")
 
 

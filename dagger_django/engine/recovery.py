@@ -43,6 +43,7 @@ from django.db.models import Exists, OuterRef, Q
 
 from ..conf import dagger_settings
 from ..models import Delivery, DeliveryStatus, Node, NodeKind, NodeType, Status, StopHook, Timer, TimerStatus
+from ..models.status import ACTIVE
 from . import ports
 from .retry import resend_after
 from .state import WorkflowState, load_locked
@@ -90,7 +91,7 @@ def stranded_nodes(*, lease_seconds: float | None = None, limit: int | None = No
         .values_list("id", "workflow_id")[:cap]
     )
     rows = (
-        Node.objects.filter(status__in=[S.SUBMITTED, S.EXECUTING], updated_at__lt=cutoff)
+        Node.objects.filter(status__in=ACTIVE, updated_at__lt=cutoff)
         .filter(node_type=NodeType.LEAF, redispatch_at__isnull=True)
         .exclude(status=S.EXECUTING, kind=NodeKind.LISTENER)
         .exclude(Exists(waiting_on_time))

@@ -51,7 +51,7 @@ from ..models import (
     WorkflowTemplate,
 )
 from ..models.history import history_event
-from ..models.status import TIMER_TRANSITIONS, sole_source, transition
+from ..models.status import ENDED_FOR_GOOD, HOOK_KINDS, TIMER_TRANSITIONS, sole_source, transition
 from . import correlation, heartbeat, messages, outbox, parameters, ports, recovery, timing, walker
 from .hooks import call_hook
 from .outbox import outbox_send  # noqa: F401 - Topic.send's entry point (engine/outbox.py)
@@ -419,7 +419,7 @@ def workflow_update_parameters(*, workflow_id: Any, changes: Any) -> Workflow:
     parameters.validate(changes, what="runtime parameter changes")
     with locked(workflow_id) as state:
         wf = state.workflow
-        if wf.status in (S.COMPLETED, S.STOPPED, S.SKIPPED):
+        if wf.status in ENDED_FOR_GOOD:
             raise TaskInvalidState(
                 f"Workflow {wf.id} is {wf.status}; its runtime parameters can no longer change."
             )
@@ -928,7 +928,7 @@ def _execute(work: Work) -> Outcome:
     try:
         if work.kind == NodeKind.DECISION:
             value = call_hook(task.evaluate, **dict(work.params))
-        elif work.kind in timing.HOOK_KINDS:  # interval poll / monitor hook (engine/timing.py)
+        elif work.kind in HOOK_KINDS:  # interval poll / monitor hook (engine/timing.py)
             value = timing.run_worker_hooks(work)
         else:
             value = call_hook(task.execute, work.params, work.view)

@@ -33,7 +33,7 @@ from django.db.models import (
 from ..exceptions import TaskInvalidState
 from ..models import HistoryRecord, Node, Status, Timer, Workflow
 from ..models.history import history_event
-from ..models.status import TERMINAL, TIMER_TRANSITIONS, sole_source, transition
+from ..models.status import ACTIVE, TERMINAL, TIMER_TRANSITIONS, sole_source, transition
 from . import ports
 
 S = Status
@@ -408,7 +408,7 @@ class WorkflowState:
             self.ended.append(node)
             if node.time_completed is None:
                 node.time_completed = self.now
-        if to in (S.SUBMITTED, S.EXECUTING) and frm == S.FAILURE:
+        if to in ACTIVE and frm == S.FAILURE:
             node.time_completed = None
         if error is not None:
             node.error = error

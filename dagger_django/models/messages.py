@@ -26,6 +26,7 @@ from .status import (
     OUTBOX_TRANSITIONS,
     DeliveryStatus,
     InboxStatus,
+    OutboxKind,
     OutboxStatus,
     Table,
 )
@@ -186,12 +187,6 @@ class Delivery(models.Model):
         return f"message {self.message_id} -> node {self.node_id} ({self.status})"
 
 
-class OutboxKind(models.TextChoices):
-    COMMAND = "command", "Sent by a task"
-    UPDATE = "update", "Workflow update (task_update_topic)"
-    SEND = "send", "Sent outside a task"
-
-
 class OutboxMessage(models.Model):
     """A Kafka message to send, written in the transaction that decided to send it.
 
@@ -231,16 +226,20 @@ class OutboxMessage(models.Model):
     class Meta:
         ordering = ["id"]
         indexes = [
-            models.Index(fields=["id"], name="dagger_outbox_pending", condition=models.Q(status="pending")),
+            models.Index(
+                fields=["id"], name="dagger_outbox_pending", condition=models.Q(status=OutboxStatus.PENDING)
+            ),
             # "is an older row of this key still unsent?" for every claim (per-key order)
             models.Index(
                 fields=["topic", "key", "id"],
                 name="dagger_outbox_key_unsent",
-                condition=models.Q(status__in=["pending", "dead"]),
+                condition=models.Q(status__in=[OutboxStatus.PENDING, OutboxStatus.DEAD]),
             ),
             models.Index(fields=["workflow_id"], name="dagger_outbox_workflow"),
             # the retention sweep's oldest sent rows (engine/outbox.py outbox_prune)
-            models.Index(fields=["sent_at"], name="dagger_outbox_sent", condition=models.Q(status="sent")),
+            models.Index(
+                fields=["sent_at"], name="dagger_outbox_sent", condition=models.Q(status=OutboxStatus.SENT)
+            ),
         ]
 
     def __str__(self) -> str:

@@ -1,4 +1,5 @@
-"""Every status the package stores, in one place, with the transitions allowed between them.
+"""Every vocabulary the package stores (statuses, kinds, types), in one place, with the
+transitions allowed between statuses.
 
 * :class:`Status`: workflows and nodes. Their transitions are checked in memory by the engine's
   ``WorkflowState`` (``engine/state.py``: ``NODE_TRANSITIONS``, ``WORKFLOW_TRANSITIONS``).
@@ -33,14 +34,26 @@ class Status(models.TextChoices):
     STOPPED = "STOPPED", "Stopped"
 
 
+#: Statuses a workflow or node never leaves on its own (``definitions.enums.TERMINAL_STATUSES``
+#: is the same set for task objects, which cannot import the models: a test keeps them equal).
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILURE, Status.SKIPPED, Status.STOPPED})
+#: Statuses of work handed to a worker: a message is on its way, or a worker holds it.
 ACTIVE = frozenset({Status.SUBMITTED, Status.EXECUTING})
+#: Terminal with no way back: FAILURE excepted (a failed workflow is retried from its failed nodes).
+ENDED_FOR_GOOD = TERMINAL - {Status.FAILURE}
+#: A monitor stays quiet when the node it watches has one of these statuses (the original's rule:
+#: STOPPED, NOT_STARTED and EXECUTING all call the monitor's hook).
+QUIET_FOR_MONITOR = frozenset({Status.COMPLETED, Status.SKIPPED, Status.FAILURE})
 
 
 class NodeType(models.TextChoices):
     SUB_DAG = "SUB_DAG", "Process"
     PARALLEL_COMPOSITE = "PARALLEL_COMPOSITE", "Parallel group"
     LEAF = "LEAF", "Task"
+
+
+#: Node types whose ``stop`` hook runs when they are stopped while EXECUTING.
+STOP_HOOK_TYPES = frozenset({NodeType.LEAF, NodeType.SUB_DAG})
 
 
 class NodeKind(models.TextChoices):
@@ -57,6 +70,8 @@ class NodeKind(models.TextChoices):
 
 #: Kinds whose work is user code run by a worker (claimed, executed outside the lock, applied).
 WORKER_KINDS = frozenset({NodeKind.EXECUTOR, NodeKind.COMMAND, NodeKind.DECISION})
+#: Kinds whose worker step is not a plain ``execute`` call (``engine.timing.run_worker_hooks``).
+HOOK_KINDS = frozenset({NodeKind.INTERVAL, NodeKind.MONITOR})
 
 
 class StopHook(models.TextChoices):
@@ -91,6 +106,11 @@ class InboxStatus(models.TextChoices):
     EXPIRED = "expired", "Expired in the buffer"
 
 
+#: What ``dagger_replay --status`` offers: messages nothing will route again on their own (a
+#: replay by id takes a message of any status).
+INBOX_REPLAYABLE = (InboxStatus.INVALID, InboxStatus.UNMATCHED, InboxStatus.EXPIRED)
+
+
 class DeliveryStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     BUFFERED = "buffered", "Buffered"
@@ -103,6 +123,12 @@ class DeliveryStatus(models.TextChoices):
 
 #: Deliveries a listener still has to handle (the partial index ``dagger_delivery_open``).
 OPEN_DELIVERY = (DeliveryStatus.PENDING, DeliveryStatus.BUFFERED, DeliveryStatus.CLAIMED)
+
+
+class OutboxKind(models.TextChoices):
+    COMMAND = "command", "Sent by a task"
+    UPDATE = "update", "Workflow update (task_update_topic)"
+    SEND = "send", "Sent outside a task"
 
 
 class OutboxStatus(models.TextChoices):
