@@ -240,3 +240,144 @@ def test_the_page_rule_catches_a_query_and_a_model_import(tmp_path: Path) -> Non
     assert [n.attr for n in _runtime_nodes(tree) if isinstance(n, ast.Attribute) and n.attr in MANAGERS] == [
         "objects"
     ]
+
+
+# -- one status vocabulary ---------------------------------------------------------------------------
+#: Where the stored vocabularies live (``models/status.py``), and the one other place allowed to
+#: spell some of them: the pure definitions, which task objects use and which cannot import the
+#: models (``definitions/enums.py``: ``TaskStatusEnum``, ``NodeKind``, ``TERMINAL_STATUSES``; the
+#: test below keeps them equal to the stored ones).
+VOCABULARY = PACKAGE / "models" / "status.py"
+PURE_VOCABULARY = PACKAGE / "definitions" / "enums.py"
+CHOICES_BASES = frozenset({"TextChoices", "IntegerChoices", "Choices"})
+ENUM_BASES = frozenset({"Enum", "StrEnum", "IntEnum", "Flag", "IntFlag"})
+#: Vocabularies whose stored values are upper case: the original's names (``TaskStatusEnum``,
+#: ``TaskType``), which the API and task objects show. Every other stored value is lower case.
+#: TimerStatus is upper case too; making it lower case takes a data migration, a rebuild of the
+#: partial index on PENDING timers and care with workers of the previous release (they would
+#: write PENDING timers the new sweep never sees), so it is left for a release that can stop them.
+UPPER_CASE_VOCABULARIES = frozenset({"Status", "NodeType", "TimerStatus"})
+
+
+def _base_names(node: ast.ClassDef) -> set[str]:
+    return {b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "") for b in node.bases}
+
+
+def _vocabulary(path: Path = VOCABULARY) -> dict[str, dict[str, str]]:
+    """``{class name: {member name: stored value}}`` of the choices declared in ``path``."""
+    found: dict[str, dict[str, str]] = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ClassDef) and _base_names(node) & CHOICES_BASES:
+            members = {}
+            for item in node.body:
+                if isinstance(item, ast.Assign) and isinstance(item.value, ast.Tuple):
+                    first = item.value.elts[0]
+                    if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                        members[item.targets[0].id] = first.value  # type: ignore[attr-defined]
+            found[node.name] = members
+    return found
+
+
+def vocabulary_offenders(root: Path) -> list[str]:
+    """Redefinitions of the status vocabulary in the package at ``root``: a choices class or an
+    enum outside ``models/status.py`` (enums: and ``definitions/enums.py``), a module-level name
+    ``TERMINAL``/``ACTIVE``/..., or a module-level collection of vocabulary members or values."""
+    vocabulary = _vocabulary(root / "models" / "status.py")
+    classes = set(vocabulary)
+    values_of = {name: set(members.values()) for name, members in vocabulary.items()}
+    reserved = {"TERMINAL", "TERMINAL_STATUSES", "ACTIVE", "ENDED_FOR_GOOD", "OPEN_DELIVERY"}
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if "migrations" in path.parts or path == root / "models" / "status.py":
+            continue
+        where = path.relative_to(root)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        aliases = set(classes)
+        for node in tree.body:  # S = Status, D = DeliveryStatus, ...
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and node.value.id in classes:
+                aliases.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        pure = path == root / "definitions" / "enums.py"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                bases = _base_names(node)
+                if bases & CHOICES_BASES or (bases & ENUM_BASES and not pure):
+                    offenders.append(f"{where}:{node.lineno} declares the vocabulary {node.name}")
+        for node in tree.body:
+            if not isinstance(node, (ast.Assign, ast.AnnAssign)) or node.value is None:
+                continue
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names = [t.id for t in targets if isinstance(t, ast.Name)]
+            if any(n in reserved for n in names) and not pure:
+                offenders.append(f"{where}:{node.lineno} redefines {names[0]}")
+                continue
+            value = node.value
+            if isinstance(value, ast.Call) and getattr(value.func, "id", "") in {"frozenset", "set", "tuple"}:
+                value = value.args[0] if value.args else value
+            if not isinstance(value, (ast.Set, ast.Tuple, ast.List)) or len(value.elts) < 2:
+                continue
+            elts = value.elts
+            if all(isinstance(e, ast.Attribute) and getattr(e.value, "id", "") in aliases for e in elts):
+                offenders.append(f"{where}:{node.lineno} lists vocabulary members in {names[0]}")
+            elif all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in elts) and any(
+                {e.value for e in elts} <= values
+                for values in values_of.values()  # type: ignore[union-attr]
+            ):
+                if not pure:
+                    offenders.append(f"{where}:{node.lineno} lists stored values in {names[0]}")
+    return offenders
+
+
+def test_one_status_vocabulary_in_models_status() -> None:
+    assert vocabulary_offenders(PACKAGE) == []
+
+
+def test_the_vocabulary_rule_catches_a_redefinition(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "status.py").write_text(VOCABULARY.read_text())
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "views.py").write_text(
+        "from enum import StrEnum\n"
+        "from django.db import models\n"
+        "from ..models import Status\n"
+        "S = Status\n"
+        "class NodeKind(StrEnum):\n    PROCESS = 'process'\n"
+        "class Mine(models.TextChoices):\n    A = 'a', 'A'\n"
+        "TERMINAL = frozenset()\n"
+        "DONE = frozenset({S.COMPLETED, S.STOPPED})\n"
+        "REPLAYABLE = ('invalid', 'unmatched')\n"
+        "CHECKPOINTS = ('task', 'process')\n"
+        "def f(node):\n    return node.status in (S.SUBMITTED, S.EXECUTING)\n"
+    )
+    assert vocabulary_offenders(tmp_path) == [
+        "api/views.py:5 declares the vocabulary NodeKind",
+        "api/views.py:7 declares the vocabulary Mine",
+        "api/views.py:9 redefines TERMINAL",
+        "api/views.py:10 lists vocabulary members in DONE",
+        "api/views.py:11 lists stored values in REPLAYABLE",
+    ]
+
+
+def test_the_pure_vocabulary_is_the_stored_one() -> None:
+    """``definitions/enums.py`` spells for task objects what ``models/status.py`` stores."""
+    from dagger_django.definitions import enums
+    from dagger_django.models import status
+
+    assert {m.name: m.value for m in enums.TaskStatusEnum} == {m.name: m.value for m in status.Status}
+    assert {m.name: m.value for m in enums.NodeKind} == {m.name: m.value for m in status.NodeKind}
+    assert {m.value for m in status.NodeType} <= {m.value for m in enums.TaskType}
+    assert enums.TERMINAL_STATUSES == {str(s) for s in status.TERMINAL}
+
+
+def test_stored_values_have_one_casing() -> None:
+    """Lower case, but for the original's names (and TimerStatus, see UPPER_CASE_VOCABULARIES);
+    never mixed within one vocabulary."""
+    vocabulary = _vocabulary()
+    assert UPPER_CASE_VOCABULARIES <= set(vocabulary)
+    for name, members in vocabulary.items():
+        values = [v for v in members.values() if v]  # StopHook.NONE is ""
+        expected = [v.upper() if name in UPPER_CASE_VOCABULARIES else v.lower() for v in values]
+        assert values == expected, name
+
+
+def test_the_pages_status_vocabulary_is_models_status() -> None:
+    assert set(_vocabulary()) == STATUS_VOCABULARY

@@ -37,13 +37,11 @@ from ..definitions.templates import template_children, template_class, template_
 from ..definitions.views import import_class
 from ..exceptions import TaskClassNotFound
 from ..models import Delivery, DeliveryStatus, Node, NodeKind, Status, Subscription
+from ..models.status import ENDED_FOR_GOOD, transition
 from .hooks import call_hook
 from .state import WorkflowState
 
 S = Status
-
-#: Workflow statuses with no way back (FAILURE can still be retried).
-ENDED_FOR_GOOD = frozenset({S.COMPLETED, S.STOPPED, S.SKIPPED})
 
 #: Normalised values longer than this are stored as a digest (the index keeps short keys).
 MAX_KEY_CHARS = 200
@@ -271,7 +269,7 @@ def _short(value: Any) -> str:
 # ==================================================================================================
 def keeps_subscription(node: Node) -> bool:
     """Whether a listener in this state can still receive messages."""
-    if node.status in (S.NOT_STARTED, S.SUBMITTED, S.EXECUTING, S.FAILURE):
+    if node.status not in ENDED_FOR_GOOD:
         return True
     if node.status == S.COMPLETED:
         return bool(node.config.get("reprocess_on_message"))
@@ -314,10 +312,11 @@ def listener_started(state: WorkflowState, node: Node) -> None:
     if node.config.get("_buffered"):
         node.config = {k: v for k, v in node.config.items() if k != "_buffered"}
         state.touch(node)
-        Delivery.objects.filter(node_id=node.id, status=DeliveryStatus.BUFFERED).filter(
-            Q(expires_at__isnull=True) | Q(expires_at__gt=state.now)
-        ).update(
-            status=DeliveryStatus.PENDING,
+        transition(
+            Delivery.objects.filter(node_id=node.id, status=DeliveryStatus.BUFFERED).filter(
+                Q(expires_at__isnull=True) | Q(expires_at__gt=state.now)
+            ),
+            DeliveryStatus.PENDING,
             expires_at=None,
             updated_at=state.now,
             redispatch_at=None,

@@ -64,9 +64,9 @@ from ..models import (
     Status,
     Subscription,
 )
-from ..models.messages import OPEN_DELIVERY
-from ..models.status import TERMINAL
+from ..models.status import ENDED_FOR_GOOD, OPEN_DELIVERY, TERMINAL, transition
 from . import correlation, outbox, parameters, ports, recovery, services, timing, walker
+from .retry import RetryPolicy, resend_after
 from .state import WorkflowState
 
 if TYPE_CHECKING:
@@ -585,12 +585,18 @@ def message_replay(*, inbox_id: int) -> Routed:
         _match_safely([plan])
     now = ports.now()
     with transaction.atomic():
-        fields = {"status": plan.status, "reason": plan.reason, "detail": _text(plan.detail, 4000) or ""}
+        fields = {"reason": plan.reason, "detail": _text(plan.detail, 4000) or ""}
         if plan.status != InboxStatus.INVALID:
             fields["payload"] = payload
-        InboxMessage.objects.filter(pk=row.pk).update(
-            matched=F("matched") + len(plan.targets), updated_at=now, **fields
+        replayed = transition(
+            InboxMessage.objects.filter(pk=row.pk),
+            plan.status,
+            matched=F("matched") + len(plan.targets),
+            updated_at=now,
+            **fields,
         )
+        if not replayed:  # pruned meanwhile (a replay may leave any status: see INBOX_TRANSITIONS)
+            raise InboxMessage.DoesNotExist(f"inbox message {row.pk} is gone")
         if plan.targets:
             Delivery.objects.bulk_create(
                 Delivery(message_id=row.pk, workflow_id=w, node_id=n, created_at=now, updated_at=now)
@@ -624,7 +630,7 @@ def _eligibility(state: WorkflowState, node: Node) -> str:
     if node.status == S.NOT_STARTED:
         if config.get("allow_skip_to") and wf_status == S.EXECUTING:
             return "skip_to"
-        if wf_status in TERMINAL and wf_status != S.FAILURE:
+        if wf_status in ENDED_FOR_GOOD:
             return "ignore:workflow_finished"
         return "buffer"
     if node.status == S.EXECUTING:
@@ -743,8 +749,12 @@ def delivery_claim(state: WorkflowState, node: Node, lease: str) -> Work | None:
         return None
     if decision.startswith("ignore:"):
         reason = decision.split(":", 1)[1]
-        Delivery.objects.filter(pk__in=[r["id"] for r in rows]).update(
-            status=D.IGNORED, outcome=reason, lease="", updated_at=now
+        transition(
+            Delivery.objects.filter(pk__in=[r["id"] for r in rows]),
+            D.IGNORED,
+            outcome=reason,
+            lease="",
+            updated_at=now,
         )
         return None
     chosen = mine or next(
@@ -765,8 +775,12 @@ def delivery_claim(state: WorkflowState, node: Node, lease: str) -> Work | None:
     try:
         task = build_task(node, strict=True)
     except TaskClassNotFound as exc:
-        Delivery.objects.filter(pk=chosen["id"]).update(
-            status=D.FAILED, outcome="class_not_found", error=str(exc), updated_at=now
+        transition(
+            Delivery.objects.filter(pk=chosen["id"]),
+            D.FAILED,
+            outcome="class_not_found",
+            error=str(exc),
+            updated_at=now,
         )
         if node.status == S.EXECUTING:
             walker.finish(state, node, S.FAILURE, reason="class_not_found", error=str(exc))
@@ -774,8 +788,9 @@ def delivery_claim(state: WorkflowState, node: Node, lease: str) -> Work | None:
     if decision == "skip_to":
         skip_to(state, node)
     attempt = chosen["attempts"] + 1
-    Delivery.objects.filter(pk=chosen["id"]).update(
-        status=D.CLAIMED,
+    transition(
+        Delivery.objects.filter(pk=chosen["id"]),
+        D.CLAIMED,
         lease=lease,
         attempts=attempt,
         available_at=None,
@@ -784,7 +799,11 @@ def delivery_claim(state: WorkflowState, node: Node, lease: str) -> Work | None:
         redispatches=0,
     )
     if message["status"] == InboxStatus.BUFFERED:
-        InboxMessage.objects.filter(pk=message["id"]).update(status=InboxStatus.ROUTED, updated_at=now)
+        transition(
+            InboxMessage.objects.filter(pk=message["id"], status=InboxStatus.BUFFERED),
+            InboxStatus.ROUTED,
+            updated_at=now,
+        )
     task.status = node.status
     task.attempt = attempt
     task.idempotency_key = f"{node.id}:message-{chosen['id']}:{attempt}"
@@ -809,12 +828,18 @@ def _buffer(state: WorkflowState, node: Node, rows: list[dict[str, Any]]) -> Non
     waiting = [r for r in rows if r["status"] != D.BUFFERED]
     if waiting:
         expires = now + dt.timedelta(seconds=_buffer_ttl(node))
-        Delivery.objects.filter(pk__in=[r["id"] for r in waiting]).update(
-            status=D.BUFFERED, expires_at=expires, lease="", updated_at=now
+        transition(
+            Delivery.objects.filter(pk__in=[r["id"] for r in waiting]),
+            D.BUFFERED,
+            expires_at=expires,
+            lease="",
+            updated_at=now,
         )
-        InboxMessage.objects.filter(
-            pk__in={r["message_id"] for r in waiting}, status=InboxStatus.ROUTED
-        ).update(status=InboxStatus.BUFFERED, updated_at=now)
+        transition(
+            InboxMessage.objects.filter(pk__in={r["message_id"] for r in waiting}, status=InboxStatus.ROUTED),
+            InboxStatus.BUFFERED,
+            updated_at=now,
+        )
     if not node.config.get("_buffered"):
         node.config = {**node.config, "_buffered": True}
         state.touch(node)
@@ -879,81 +904,90 @@ def _apply_delivery(state: WorkflowState, node: Node, work: Work, outcome: Outco
     assert delivery is not None
     now = state.now
     eligible = _eligibility(state, node) == "deliver"
+    to: str
     fields: dict[str, Any] = {"lease": "", "updated_at": now}
     finish: tuple[str, str, str] | None = None  # (status, reason, error) for the node
     value: Any = None
+    merged: _Merged | None = None
     if not eligible:
         # Stopped, skipped or failed while on_message ran: the result is not wanted.
-        fields.update(status=D.IGNORED, outcome=f"listener_{str(node.status).lower()}")
+        to = D.IGNORED
+        fields["outcome"] = f"listener_{str(node.status).lower()}"
     elif outcome.error is not None:
-        if _retry_due(node, work, outcome, fields):
-            pass
+        retry_at = _retry_due(work, outcome, now)
+        if retry_at is not None:
+            to = D.PENDING
+            fields.update(outcome="retry_scheduled", error=outcome.error_text[:4000], available_at=retry_at)
         else:
-            fields.update(status=D.FAILED, outcome="raised", error=outcome.error_text[:4000])
+            to = D.FAILED
+            fields.update(outcome="raised", error=outcome.error_text[:4000])
             finish = (S.FAILURE, "message_failed", outcome.error_text)
     elif not isinstance(outcome.value, bool):
         text = f"InvalidTaskResult: on_message returned {outcome.value!r}, not True or False"
-        fields.update(status=D.FAILED, outcome="invalid_result", error=text[:4000])
+        to = D.FAILED
+        fields.update(outcome="invalid_result", error=text[:4000])
         finish = (S.FAILURE, "invalid_result", text)
     else:
         value = outcome.value
-        done = value and node.status in (S.EXECUTING, S.SKIPPED)
-        label = "completed" if done else "reprocessed" if node.status == S.COMPLETED else "waiting"
-        fields.update(status=D.DELIVERED, outcome=label)
-    updated = Delivery.objects.filter(
-        pk=delivery.id, status=D.CLAIMED, lease=lease, attempts=work.attempt
-    ).update(**fields)
-    if not updated:
-        raise Stale
-    if fields["status"] == D.DELIVERED:
         try:
-            _merge_parameters(state, node, work)
+            # Checked before the row is written, so the row moves once: DELIVERED, or FAILED.
+            merged = _parameters_merged(state, work)
         except DaggerError as exc:
             text = f"{type(exc).__name__}: {exc}"
-            Delivery.objects.filter(pk=delivery.id).update(
-                status=D.FAILED, outcome="invalid_result", error=text
-            )
+            to = D.FAILED
+            fields.update(outcome="invalid_result", error=text[:4000])
             finish = (S.FAILURE, "invalid_result", text)
         else:
-            outbox.stage(state, node, outcome.sends)
-            state.record(
-                reason="message_received",
-                detail={"message": delivery.message_id, "topic": delivery.topic, "result": value},
-                node=node,
+            done = value and node.status in (S.EXECUTING, S.SKIPPED)
+            to = D.DELIVERED
+            fields["outcome"] = (
+                "completed" if done else "reprocessed" if node.status == S.COMPLETED else "waiting"
             )
-            if value and node.status in (S.EXECUTING, S.SKIPPED):
-                walker.finish(state, node, S.COMPLETED, reason="message")
+    mine = Delivery.objects.filter(pk=delivery.id, status=D.CLAIMED, lease=lease, attempts=work.attempt)
+    if not transition(mine, to, **fields):
+        raise Stale
+    if to == D.DELIVERED:
+        if merged is not None:
+            services._set_parameters(
+                state, merged.parameters, changed=merged.changed, removed=merged.removed, node=node
+            )
+        outbox.stage(state, node, outcome.sends)
+        state.record(
+            reason="message_received",
+            detail={"message": delivery.message_id, "topic": delivery.topic, "result": value},
+            node=node,
+        )
+        if value and node.status in (S.EXECUTING, S.SKIPPED):
+            walker.finish(state, node, S.COMPLETED, reason="message")
     if finish is not None and node.status == S.EXECUTING:
         walker.finish(state, node, finish[0], reason=finish[1], error=finish[2])
     if correlation.keeps_subscription(node) and _more_waiting(node, now):
         state.to_dispatch.append(node.id)
 
 
-def _retry_due(node: Node, work: Work, outcome: Outcome, fields: dict[str, Any]) -> bool:
-    """Apply the listener class's retry policy to a raising on_message; True when retried."""
-    cls = type(work.task)
-    retryable = not isinstance(outcome.error, DaggerError) and isinstance(
-        outcome.error, getattr(cls, "retry_on", (Exception,))
-    )
-    if not retryable or work.attempt > int(getattr(cls, "max_retries", 0) or 0):
-        return False
-    backoff = float(getattr(cls, "retry_backoff", 1.0))
-    delay = min(backoff * (2 ** (work.attempt - 1)), float(getattr(cls, "retry_backoff_max", 300.0)))
-    fields.update(
-        status=D.PENDING,
-        outcome="retry_scheduled",
-        error=outcome.error_text[:4000],
-        available_at=fields["updated_at"] + dt.timedelta(seconds=delay),
-    )
-    return True
+def _retry_due(work: Work, outcome: Outcome, now: dt.datetime) -> dt.datetime | None:
+    """Apply the listener class's retry policy to a raising on_message: when to try it again,
+    or None (no retry)."""
+    delay = RetryPolicy.for_task(type(work.task)).retry_delay(outcome.error, work.attempt)
+    return None if delay is None else now + dt.timedelta(seconds=delay)
 
 
-def _merge_parameters(state: WorkflowState, node: Node, work: Work) -> None:
+@dataclass
+class _Merged:
+    parameters: dict[str, Any]
+    changed: list[str]
+    removed: list[str]
+
+
+def _parameters_merged(state: WorkflowState, work: Work) -> _Merged | None:
+    """The runtime parameters once ``on_message``'s changes are merged (None: no change).
+    Reads only; raises a ``DaggerError`` when the result cannot be stored."""
     changed, removed = parameters.diff(work.params_json, work.params)
-    if changed or removed:
-        merged = parameters.merge(state.workflow.runtime_parameters, changed, removed)
-        parameters.validate(merged)
-        services._set_parameters(state, merged, changed=sorted(changed), removed=removed, node=node)
+    if not (changed or removed):
+        return None
+    merged = parameters.merge(state.workflow.runtime_parameters, changed, removed)
+    parameters.validate(merged)
+    return _Merged(merged, sorted(changed), removed)
 
 
 def _more_waiting(node: Node, now: dt.datetime) -> bool:
@@ -1022,7 +1056,7 @@ def _chain_before(state: WorkflowState, node: Node) -> list[Node]:
 
 def _skip_subtree(state: WorkflowState, top: Node) -> None:
     for n in [top, *state.descendants(top)]:
-        if n.status in (S.NOT_STARTED, S.SUBMITTED, S.EXECUTING):
+        if n.status not in TERMINAL:
             state.set_status(n, S.SKIPPED, reason="skipped_by_skip_to")
 
 
@@ -1040,21 +1074,20 @@ def deliveries_expire(*, limit: int = 5000) -> int:
     if not rows:
         return 0
     with transaction.atomic():
-        count = Delivery.objects.filter(pk__in=[r[0] for r in rows], status=D.BUFFERED).update(
-            status=D.EXPIRED, outcome="buffer_ttl", updated_at=now
+        count = transition(
+            Delivery.objects.filter(pk__in=[r[0] for r in rows], status=D.BUFFERED),
+            D.EXPIRED,
+            outcome="buffer_ttl",
+            updated_at=now,
         )
-        InboxMessage.objects.filter(pk__in={r[1] for r in rows}, status=InboxStatus.BUFFERED).exclude(
-            deliveries__status__in=OPEN_DELIVERY
-        ).update(status=InboxStatus.EXPIRED, updated_at=now)
+        transition(
+            InboxMessage.objects.filter(pk__in={r[1] for r in rows}, status=InboxStatus.BUFFERED).exclude(
+                deliveries__status__in=OPEN_DELIVERY
+            ),
+            InboxStatus.EXPIRED,
+            updated_at=now,
+        )
     return count
-
-
-#: A waiting delivery is re-sent after 1, 2, 4 then 8 lease periods at most (as SUBMITTED nodes are).
-MAX_BACKOFF_EXPONENT = 3
-
-
-def _backoff(redispatches: int, lease: float) -> dt.timedelta:
-    return dt.timedelta(seconds=lease * 2 ** min(max(redispatches - 1, 0), MAX_BACKOFF_EXPONENT))
 
 
 def deliveries_redispatch(*, limit: int = 1000) -> int:
@@ -1092,8 +1125,9 @@ def deliveries_redispatch(*, limit: int = 1000) -> int:
         # A due retry or a dead worker's claim: a fresh start, waiting one lease before a re-send.
         fresh = [r[0] for r in rows if r[3] == D.CLAIMED or r[4] is not None]
         if fresh:
-            Delivery.objects.filter(pk__in=fresh).update(
-                status=D.PENDING,
+            transition(
+                Delivery.objects.filter(pk__in=fresh),
+                D.PENDING,
                 lease="",
                 available_at=None,
                 updated_at=now,
@@ -1107,7 +1141,7 @@ def deliveries_redispatch(*, limit: int = 1000) -> int:
                 by_count[r[5]].append(r[0])
         for count, ids in by_count.items():
             Delivery.objects.filter(pk__in=ids).update(
-                redispatches=count + 1, redispatch_at=now + _backoff(count + 1, lease)
+                redispatches=count + 1, redispatch_at=now + resend_after(count + 1, lease)
             )
         transaction.on_commit(partial(_dispatch, list(dict.fromkeys((r[1], r[2]) for r in rows))))
     return len(rows)

@@ -40,7 +40,9 @@ from django.db.models import Exists, F, OuterRef, Q
 
 from ..conf import dagger_settings
 from ..models import Node, OutboxKind, OutboxMessage, OutboxStatus
+from ..models.status import transition
 from . import ports
+from .retry import RetryPolicy
 from .state import WorkflowState
 
 logger = logging.getLogger("dagger_django.outbox")
@@ -382,7 +384,7 @@ def retry_delay(attempts: int) -> dt.timedelta:
     """Back-off before the next try of a row that failed ``attempts`` times (doubling, capped)."""
     base = max(0.0, float(dagger_settings.OUTBOX_RETRY_DELAY))
     cap = max(base, float(dagger_settings.OUTBOX_RETRY_MAX_DELAY))
-    return dt.timedelta(seconds=min(cap, base * 2 ** max(0, min(attempts - 1, 30))))
+    return dt.timedelta(seconds=RetryPolicy(max_retries=None, backoff=base, backoff_max=cap).delay(attempts))
 
 
 def _claimable(now: dt.datetime, ids: list[int] | None, older_than: dt.datetime | None) -> Q:
@@ -522,14 +524,22 @@ def _record(rows: list[OutboxMessage], outcome: _Outcome) -> None:
     mine = OutboxMessage.objects.filter(status=OutboxStatus.PENDING)
     with transaction.atomic():
         if outcome.sent:
-            mine.filter(pk__in=outcome.sent).update(
-                status=OutboxStatus.SENT, sent_at=now, claimed_until=None, attempts=F("attempts") + 1
+            transition(
+                mine.filter(pk__in=outcome.sent),
+                OutboxStatus.SENT,
+                sent_at=now,
+                claimed_until=None,
+                attempts=F("attempts") + 1,
             )
         for pk, error in outcome.failed.items():
             attempts = by_id[pk].attempts + 1
             if attempts >= cap:
-                mine.filter(pk=pk).update(
-                    status=OutboxStatus.DEAD, attempts=attempts, claimed_until=None, last_error=error[:2000]
+                transition(
+                    mine.filter(pk=pk),
+                    OutboxStatus.DEAD,
+                    attempts=attempts,
+                    claimed_until=None,
+                    last_error=error[:2000],
                 )
                 logger.error(
                     "outbox: message %s to %s is DEAD after %s attempts: %s (requeue it in the admin)",
@@ -605,7 +615,7 @@ def outbox_requeue(*, ids: list[int] | None = None) -> int:
     qs = OutboxMessage.objects.filter(status=OutboxStatus.DEAD)
     if ids is not None:
         qs = qs.filter(pk__in=ids)
-    return qs.update(status=OutboxStatus.PENDING, attempts=0, available_at=None, claimed_until=None)
+    return transition(qs, OutboxStatus.PENDING, attempts=0, available_at=None, claimed_until=None)
 
 
 def outbox_held_by(row: OutboxMessage) -> int | None:

@@ -43,23 +43,17 @@ from django.db.models import Exists, OuterRef, Q
 
 from ..conf import dagger_settings
 from ..models import Delivery, DeliveryStatus, Node, NodeKind, NodeType, Status, StopHook, Timer, TimerStatus
+from ..models.status import ACTIVE
 from . import ports
+from .retry import resend_after
 from .state import WorkflowState, load_locked
 
 logger = logging.getLogger("dagger_django.engine")
 S = Status
 
 
-#: The backoff of re-sends doubles up to this many leases.
-MAX_BACKOFF_EXPONENT = 3
-
-
 def _lease(lease_seconds: float | None) -> float:
     return float(dagger_settings.LEASE_SECONDS if lease_seconds is None else lease_seconds)
-
-
-def _backoff(redispatches: int, lease: float) -> dt.timedelta:
-    return dt.timedelta(seconds=lease * 2 ** min(max(redispatches - 1, 0), MAX_BACKOFF_EXPONENT))
 
 
 def dispatch_owed(*, node_ids: list[Any]) -> int:
@@ -97,7 +91,7 @@ def stranded_nodes(*, lease_seconds: float | None = None, limit: int | None = No
         .values_list("id", "workflow_id")[:cap]
     )
     rows = (
-        Node.objects.filter(status__in=[S.SUBMITTED, S.EXECUTING], updated_at__lt=cutoff)
+        Node.objects.filter(status__in=ACTIVE, updated_at__lt=cutoff)
         .filter(node_type=NodeType.LEAF, redispatch_at__isnull=True)
         .exclude(status=S.EXECUTING, kind=NodeKind.LISTENER)
         .exclude(Exists(waiting_on_time))
@@ -212,7 +206,7 @@ def stop_hooks_recover(*, lease_seconds: float | None = None, limit: int | None 
     for node_id, workflow_id, redispatch_at, redispatches in rows:
         taken = Node.objects.filter(
             pk=node_id, stop_hook=StopHook.PENDING, redispatch_at=redispatch_at
-        ).update(redispatches=redispatches + 1, redispatch_at=now + _backoff(redispatches + 1, lease))
+        ).update(redispatches=redispatches + 1, redispatch_at=now + resend_after(redispatches + 1, lease))
         if taken:
             by_workflow.setdefault(workflow_id, []).append(node_id)
     sent = 0
@@ -254,7 +248,7 @@ def node_recover(*, workflow_id: Any, node_id: Any, lease_seconds: float | None 
             state.record(reason="redispatched", detail=detail, node=node)
         # Not sent again before the backoff has passed, unless this send fails (then it is owed).
         node.redispatches += 1
-        node.redispatch_at = state.now + _backoff(node.redispatches, lease)
+        node.redispatch_at = state.now + resend_after(node.redispatches, lease)
         state.touch(node)
         state.to_dispatch.append(node.id)
         _commit(state)

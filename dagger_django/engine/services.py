@@ -32,7 +32,6 @@ from ..definitions.graph import materialize
 from ..definitions.ids import new_id
 from ..definitions.views import build_task, build_workflow_view
 from ..exceptions import (
-    DaggerError,
     InvalidRuntimeParameters,
     InvalidTaskResult,
     TaskClassNotFound,
@@ -52,9 +51,11 @@ from ..models import (
     WorkflowTemplate,
 )
 from ..models.history import history_event
+from ..models.status import ENDED_FOR_GOOD, HOOK_KINDS, TIMER_TRANSITIONS, sole_source, transition
 from . import correlation, heartbeat, messages, outbox, parameters, ports, recovery, timing, walker
 from .hooks import call_hook
 from .outbox import outbox_send  # noqa: F401 - Topic.send's entry point (engine/outbox.py)
+from .retry import RetryPolicy
 from .state import WorkflowState, load_locked, load_locked_many
 
 logger = logging.getLogger("dagger_django.engine")
@@ -418,7 +419,7 @@ def workflow_update_parameters(*, workflow_id: Any, changes: Any) -> Workflow:
     parameters.validate(changes, what="runtime parameter changes")
     with locked(workflow_id) as state:
         wf = state.workflow
-        if wf.status in (S.COMPLETED, S.STOPPED, S.SKIPPED):
+        if wf.status in ENDED_FOR_GOOD:
             raise TaskInvalidState(
                 f"Workflow {wf.id} is {wf.status}; its runtime parameters can no longer change."
             )
@@ -927,7 +928,7 @@ def _execute(work: Work) -> Outcome:
     try:
         if work.kind == NodeKind.DECISION:
             value = call_hook(task.evaluate, **dict(work.params))
-        elif work.kind in timing.HOOK_KINDS:  # interval poll / monitor hook (engine/timing.py)
+        elif work.kind in HOOK_KINDS:  # interval poll / monitor hook (engine/timing.py)
             value = timing.run_worker_hooks(work)
         else:
             value = call_hook(task.execute, work.params, work.view)
@@ -1011,15 +1012,10 @@ def _complete(state: WorkflowState, node: Node, work: Work, outcome: Outcome) ->
 
 
 def _fail_or_retry(state: WorkflowState, node: Node, outcome: Outcome) -> None:
-    task_cls = type(build_task(node, strict=False))
-    max_retries = int(getattr(task_cls, "max_retries", 0) or 0)
-    retry_on = getattr(task_cls, "retry_on", (Exception,))
-    error = outcome.error
-    retryable = not isinstance(error, DaggerError) and isinstance(error, retry_on)
+    policy = RetryPolicy.for_task(type(build_task(node, strict=False)))
     used = node.attempts - int(node.config.get("retry_base", 0))
-    if retryable and used <= max_retries:
-        backoff = float(getattr(task_cls, "retry_backoff", 1.0))
-        delay = min(backoff * (2 ** (used - 1)), float(getattr(task_cls, "retry_backoff_max", 300.0)))
+    delay = policy.retry_delay(outcome.error, used)
+    if delay is not None:
         from .timing import add_timer
 
         due = state.now + dt.timedelta(seconds=delay)
@@ -1089,8 +1085,10 @@ def _timer_fire_locked(
     """Inside the workflow's transaction: mark the timer FIRED (compare-and-set; ``marked``: the
     claim did it already) and act on it."""
     if not marked:
-        claimed = Timer.objects.filter(pk=timer_id, status=TimerStatus.PENDING).update(
-            status=TimerStatus.FIRED, fired_at=state.now
+        claimed = transition(
+            Timer.objects.filter(pk=timer_id, status=TimerStatus.PENDING),
+            TimerStatus.FIRED,
+            fired_at=state.now,
         )
         if not claimed:
             return False
@@ -1208,8 +1206,10 @@ def _timers_fire_batch(*, limit: int, exclude: list[int], savepoints: bool) -> t
                 logger.exception("timer %s failed to fire; it stays pending for the next sweep", due.id)
                 failed.append(due.id)
                 if marked:  # the claim's mark is outside the savepoint: take it back
-                    Timer.objects.filter(pk=due.id, status=TimerStatus.FIRED).update(
-                        status=TimerStatus.PENDING, fired_at=None
+                    transition(
+                        Timer.objects.filter(pk=due.id, status=TimerStatus.FIRED),
+                        TimerStatus.PENDING,
+                        fired_at=None,
                     )
                 continue
             fired += 1
@@ -1283,7 +1283,8 @@ def _timers_claim_due(
             " m.attempt, m.due_at FROM (SELECT 1) AS one LEFT JOIN marked m ON true"
         )
         _CLAIM_SQL[conn.alias] = sql
-    pending = TimerStatus.PENDING.value
+    # The due timers are the PENDING ones, the only status a timer is FIRED from (the UPDATE's guard).
+    pending = sole_source(TIMER_TRANSITIONS, TimerStatus.FIRED)
     params = [pending, now, list(exclude), limit, TimerStatus.FIRED.value, now, pending]
     with conn.cursor() as cursor:
         cursor.execute(sql, params)

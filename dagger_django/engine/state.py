@@ -33,7 +33,7 @@ from django.db.models import (
 from ..exceptions import TaskInvalidState
 from ..models import HistoryRecord, Node, Status, Timer, Workflow
 from ..models.history import history_event
-from ..models.status import TERMINAL
+from ..models.status import ACTIVE, TERMINAL, TIMER_TRANSITIONS, sole_source, transition
 from . import ports
 
 S = Status
@@ -408,7 +408,7 @@ class WorkflowState:
             self.ended.append(node)
             if node.time_completed is None:
                 node.time_completed = self.now
-        if to in (S.SUBMITTED, S.EXECUTING) and frm == S.FAILURE:
+        if to in ACTIVE and frm == S.FAILURE:
             node.time_completed = None
         if error is not None:
             node.error = error
@@ -552,14 +552,15 @@ class WorkflowState:
         """
         from ..models import TimerStatus
 
+        cancelled_from = sole_source(TIMER_TRANSITIONS, TimerStatus.CANCELLED)
         conn = connections[router.db_for_write(Timer)]
         whole = None in self.cancel_timers_for
         node_ids = [] if whole else list(self.cancel_timers_for)
         if conn.vendor != "postgresql":
-            qs = Timer.objects.filter(workflow_id=self.workflow.id, status=TimerStatus.PENDING)
+            qs = Timer.objects.filter(workflow_id=self.workflow.id)
             if not whole:
                 qs = qs.filter(node_id__in=node_ids)
-            qs.update(status=TimerStatus.CANCELLED)
+            transition(qs, TimerStatus.CANCELLED)
             return
         sql = _CANCEL_SQL.get(conn.alias)
         if sql is None:
@@ -568,7 +569,7 @@ class WorkflowState:
                 f"UPDATE {qn(Timer._meta.db_table)} SET status = %s"
                 " WHERE workflow_id = %s AND status = %s AND (%s OR node_id = ANY(%s))"
             )
-        params = [TimerStatus.CANCELLED.value, self.workflow.id, TimerStatus.PENDING.value, whole, node_ids]
+        params = [TimerStatus.CANCELLED.value, self.workflow.id, cancelled_from, whole, node_ids]
         with conn.cursor() as cursor:
             cursor.execute(sql, params)
 

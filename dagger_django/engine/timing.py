@@ -25,7 +25,7 @@ from ..definitions.ids import new_id
 from ..definitions.tasks import resolve_hook_result
 from ..exceptions import InvalidTaskResult, InvalidTriggerTimeForTask, TaskInvalidState
 from ..models import Node, NodeKind, NodeType, Status, Timer, TimerPurpose
-from ..models.status import TERMINAL
+from ..models.status import QUIET_FOR_MONITOR, TERMINAL
 from . import ports
 from .hooks import call_hook
 from .state import WorkflowState
@@ -33,11 +33,6 @@ from .state import WorkflowState
 logger = logging.getLogger("dagger_django.engine")
 S = Status
 
-#: Kinds whose worker step is not a plain ``execute`` call (see :func:`run_worker_hooks`).
-HOOK_KINDS = frozenset({NodeKind.INTERVAL, NodeKind.MONITOR})
-#: A monitor stays quiet when the node it watches has one of these statuses (the original's rule:
-#: STOPPED, NOT_STARTED and EXECUTING all call the monitor's hook).
-QUIET_FOR_MONITOR = frozenset({S.COMPLETED, S.SKIPPED, S.FAILURE})
 #: node.config key the retry policy subtracts from ``attempts`` (``services._fail_or_retry``): an
 #: interval task sets it at each poll, so a poll's failures are counted, not every poll's attempt.
 RETRY_BASE = "retry_base"

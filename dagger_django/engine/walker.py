@@ -16,7 +16,7 @@ from typing import Any
 from ..conf import dagger_settings
 from ..exceptions import InvalidTaskResult, TaskInvalidState
 from ..models import Node, NodeKind, NodeType, Status
-from ..models.status import TERMINAL, WORKER_KINDS
+from ..models.status import ACTIVE, ENDED_FOR_GOOD, STOP_HOOK_TYPES, TERMINAL, WORKER_KINDS
 from . import correlation, timing
 from .state import WorkflowState
 
@@ -41,7 +41,7 @@ def start(state: WorkflowState, node: Node) -> None:
         # Already finished (a retry walking through work done before): pass through it.
         advance(state, node)
         return
-    if node.status in (S.SUBMITTED, S.EXECUTING):
+    if node.status in ACTIVE:
         return
     kind = node.kind
     if kind in (NodeKind.PROCESS, NodeKind.PARALLEL):
@@ -256,10 +256,6 @@ def skip_branch(state: WorkflowState, start_id: str, *, keep: set[str]) -> None:
         stack.extend(str(i) for i in node.next_ids)
 
 
-#: Node types whose ``stop`` hook runs when they are stopped while EXECUTING.
-STOP_HOOK_TYPES = frozenset({NodeType.LEAF, NodeType.SUB_DAG})
-
-
 def stop_subtree(state: WorkflowState, container: Node, *, reason: str) -> None:
     for node in state.descendants(container):
         stop_node(state, node, reason=reason)
@@ -278,7 +274,7 @@ def stop_node(state: WorkflowState, node: Node, *, reason: str) -> None:
 
 def stop_workflow(state: WorkflowState) -> None:
     wf = state.workflow
-    if wf.status in TERMINAL and wf.status != S.FAILURE:
+    if wf.status in ENDED_FOR_GOOD:
         raise TaskInvalidState(f"Workflow {wf.id} is {wf.status} and cannot be stopped.")
     for node in sorted(state.nodes.values(), key=lambda n: n.position):
         stop_node(state, node, reason="workflow_stopped")
@@ -294,7 +290,7 @@ def inside_ended_container(state: WorkflowState, node: Node) -> bool:
     was already ridden out, and running it again would run a node inside a finished container."""
     parent = state.get(node.parent_id)
     while parent is not None:
-        if parent.status in TERMINAL and parent.status != S.FAILURE:
+        if parent.status in ENDED_FOR_GOOD:
             return True
         parent = state.get(parent.parent_id)
     return False

@@ -33,6 +33,7 @@ from django.utils.module_loading import import_string
 
 from ..conf import dagger_settings
 from ..engine import correlation, messages
+from ..models.status import InboxStatus
 from .codec import from_kafka, undecodable
 from .config import client_config
 from .identity import TopicIdentity
@@ -77,9 +78,9 @@ class BridgeStats:
         for result in results:
             if result.status == messages.DUPLICATE:
                 self.duplicates += 1
-            elif result.status == "routed":
+            elif result.status == InboxStatus.ROUTED:
                 self.routed += 1
-            elif result.status == "unmatched":
+            elif result.status == InboxStatus.UNMATCHED:
                 self.unmatched += 1
             else:
                 self.invalid += 1

@@ -1,6 +1,8 @@
 """The ORM side of dagger_django: templates, workflows, their nodes, timers and history.
 
 Status changes go through :mod:`dagger_django.engine` only; nothing else writes ``status``.
+Workflow and node statuses through ``engine.state.WorkflowState``; the statuses of deliveries,
+inbox rows, timers and outbox rows through :func:`dagger_django.models.status.transition`.
 """
 
 from .history import HistoryRecord

@@ -15,10 +15,34 @@ See ``docs/correlation.md``.
 from __future__ import annotations
 
 import uuid
+from typing import ClassVar
 
 from django.db import models
 
+from .status import (
+    DELIVERY_TRANSITIONS,
+    INBOX_TRANSITIONS,
+    OPEN_DELIVERY,
+    OUTBOX_TRANSITIONS,
+    DeliveryStatus,
+    InboxStatus,
+    OutboxKind,
+    OutboxStatus,
+    Table,
+)
 from .workflows import Workflow
+
+__all__ = [
+    "OPEN_DELIVERY",
+    "Delivery",
+    "DeliveryStatus",
+    "InboxMessage",
+    "InboxStatus",
+    "OutboxKind",
+    "OutboxMessage",
+    "OutboxStatus",
+    "Subscription",
+]
 
 
 class Subscription(models.Model):
@@ -54,14 +78,6 @@ class Subscription(models.Model):
         return f"{self.topic}: {self.key_name}={self.key_value}"
 
 
-class InboxStatus(models.TextChoices):
-    ROUTED = "routed", "Routed"
-    BUFFERED = "buffered", "Buffered (listener not started)"
-    UNMATCHED = "unmatched", "Unmatched"
-    INVALID = "invalid", "Invalid (dead letter)"
-    EXPIRED = "expired", "Expired in the buffer"
-
-
 class InboxMessage(models.Model):
     """A message received from Kafka or over HTTP, with its outcome.
 
@@ -72,6 +88,9 @@ class InboxMessage(models.Model):
     raw bytes (``raw``, and ``raw_key`` when the key is not text) and the reason, so they can be
     fixed and replayed.
     """
+
+    #: Allowed status changes (``models.status.transition`` writes them).
+    STATUS_TRANSITIONS: ClassVar[Table] = INBOX_TRANSITIONS
 
     id = models.BigAutoField(primary_key=True)
     source = models.CharField(max_length=16)
@@ -116,21 +135,11 @@ class InboxMessage(models.Model):
         return f"{self.topic} {where} ({self.status})"
 
 
-class DeliveryStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    BUFFERED = "buffered", "Buffered"
-    CLAIMED = "claimed", "Being handled"
-    DELIVERED = "delivered", "Delivered"
-    IGNORED = "ignored", "Ignored"
-    FAILED = "failed", "Failed"
-    EXPIRED = "expired", "Expired"
-
-
-OPEN_DELIVERY = (DeliveryStatus.PENDING, DeliveryStatus.BUFFERED, DeliveryStatus.CLAIMED)
-
-
 class Delivery(models.Model):
     """One message for one listener node, handled in order per node by a worker."""
+
+    #: Allowed status changes (``models.status.transition`` writes them).
+    STATUS_TRANSITIONS: ClassVar[Table] = DELIVERY_TRANSITIONS
 
     id = models.BigAutoField(primary_key=True)
     message = models.ForeignKey(InboxMessage, on_delete=models.CASCADE, related_name="deliveries")
@@ -178,18 +187,6 @@ class Delivery(models.Model):
         return f"message {self.message_id} -> node {self.node_id} ({self.status})"
 
 
-class OutboxKind(models.TextChoices):
-    COMMAND = "command", "Sent by a task"
-    UPDATE = "update", "Workflow update (task_update_topic)"
-    SEND = "send", "Sent outside a task"
-
-
-class OutboxStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    SENT = "sent", "Sent"
-    DEAD = "dead", "Dead (attempts exhausted)"
-
-
 class OutboxMessage(models.Model):
     """A Kafka message to send, written in the transaction that decided to send it.
 
@@ -200,6 +197,9 @@ class OutboxMessage(models.Model):
     must tolerate a duplicate: every message carries ``message_id`` in its ``dagger-message-id``
     header (our own inbox dedupes by it). Rows of one ``(topic, key)`` are sent in id order.
     """
+
+    #: Allowed status changes (``models.status.transition`` writes them).
+    STATUS_TRANSITIONS: ClassVar[Table] = OUTBOX_TRANSITIONS
 
     id = models.BigAutoField(primary_key=True)
     message_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
@@ -226,16 +226,20 @@ class OutboxMessage(models.Model):
     class Meta:
         ordering = ["id"]
         indexes = [
-            models.Index(fields=["id"], name="dagger_outbox_pending", condition=models.Q(status="pending")),
+            models.Index(
+                fields=["id"], name="dagger_outbox_pending", condition=models.Q(status=OutboxStatus.PENDING)
+            ),
             # "is an older row of this key still unsent?" for every claim (per-key order)
             models.Index(
                 fields=["topic", "key", "id"],
                 name="dagger_outbox_key_unsent",
-                condition=models.Q(status__in=["pending", "dead"]),
+                condition=models.Q(status__in=[OutboxStatus.PENDING, OutboxStatus.DEAD]),
             ),
             models.Index(fields=["workflow_id"], name="dagger_outbox_workflow"),
             # the retention sweep's oldest sent rows (engine/outbox.py outbox_prune)
-            models.Index(fields=["sent_at"], name="dagger_outbox_sent", condition=models.Q(status="sent")),
+            models.Index(
+                fields=["sent_at"], name="dagger_outbox_sent", condition=models.Q(status=OutboxStatus.SENT)
+            ),
         ]
 
     def __str__(self) -> str:

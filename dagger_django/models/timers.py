@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django.db import models
 
-from .status import TimerPurpose, TimerStatus
+from .status import TIMER_TRANSITIONS, Table, TimerPurpose, TimerStatus
 from .workflows import Workflow
 
 
@@ -13,6 +15,9 @@ class Timer(models.Model):
     with a countdown may fire a timer early for precision, and the compare-and-set on ``status``
     makes the second firing a no-op.
     """
+
+    #: Allowed status changes (``models.status.transition`` writes them).
+    STATUS_TRANSITIONS: ClassVar[Table] = TIMER_TRANSITIONS
 
     id = models.BigAutoField(primary_key=True)
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="timers")

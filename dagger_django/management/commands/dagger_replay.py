@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-REPLAYABLE = ("invalid", "unmatched", "expired")
+from dagger_django.models.status import INBOX_REPLAYABLE
 
 
 class Command(BaseCommand):
@@ -18,7 +18,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("ids", nargs="*", type=int, help="inbox message ids")
-        parser.add_argument("--status", choices=REPLAYABLE, help="replay every message of this status")
+        parser.add_argument(
+            "--status", choices=[str(s) for s in INBOX_REPLAYABLE], help="replay every message of this status"
+        )
         parser.add_argument("--topic", help="only messages of this topic (with --status)")
         parser.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
         parser.add_argument("--dry-run", action="store_true", help="list the messages, replay nothing")
