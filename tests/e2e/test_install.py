@@ -401,7 +401,10 @@ def test_the_install_page_makes_a_fresh_project_run_workflows(
             executors = [t["name"].rsplit(".", 1)[-1] for t in workflow["tasks"] if t["kind"] == "executor"]
             assert executors == ["charge_executor_task", "ship_executor_task"]
         shop.assert_running()
-        assert "beat: Starting" in (shop.logs / "beat.log").read_text(errors="replace"), shop.log("beat")
+        beat_log = (shop.logs / "beat.log").read_text(errors="replace")
+        assert "beat: Starting" in beat_log, beat_log
+        assert "django_celery_beat.schedulers.DatabaseScheduler" in beat_log, beat_log  # from the settings
         print(f"install stages (seconds): {shop.timings}")
     finally:
         shop.stop_all()
+        shutil.rmtree(shop.venv, ignore_errors=True)  # the logs and the project stay for a look
