@@ -39,6 +39,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     if float(dagger_settings.TRIGGER_INTERVAL) <= 0:
         problems.append(Error("DAGGER['TRIGGER_INTERVAL'] must be positive.", id="dagger_django.E004"))
     problems.extend(_time_problems(dagger_settings))
+    problems.extend(_celery_app_problems(dagger_settings))
     for cb in dagger_settings.TASK_UPDATE_CALLBACKS:
         if isinstance(cb, str):
             try:
@@ -190,6 +191,69 @@ def _visibility_timeout() -> float | None:
         return None
     options = conf.broker_transport_options or {}
     return float(options.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT))
+
+
+# -- the project's Celery app (ids E050-E059, W050-W059) -------------------------------------------
+#: Where Celery sends when no broker is configured (kombu's default transport and host).
+CELERY_DEFAULT_BROKER = "amqp://guest@localhost//"
+_CELERY_APP_HINT = (
+    'Create <project>/celery.py with app = Celery("<project>"), '
+    'app.config_from_object("django.conf:settings", namespace="CELERY") and app.autodiscover_tasks(), '
+    "import it in <project>/__init__.py (from .celery import app as celery_app), and set "
+    "CELERY_BROKER_URL in settings (docs/install.md)."
+)
+
+
+def _celery_app_problems(dagger_settings: Any) -> list[CheckMessage]:
+    """E050/W050: the Celery app dagger sends through is not the project's, or has no broker.
+
+    A project that never made a Celery app of its own (``celery.py`` and its import in the
+    package's ``__init__.py``) sends through Celery's fallback app, which reads no ``CELERY_*``
+    setting; with no broker URL either, every send goes to ``amqp://guest@localhost//`` and the
+    first dispatch fails after its commit. Eager mode and other dispatchers need no broker.
+    """
+    try:
+        from celery import _state, current_app
+
+        from .adapters.celery import CeleryDispatcher
+
+        dispatcher = import_string(dagger_settings.DISPATCHER)
+        if not (isinstance(dispatcher, type) and issubclass(dispatcher, CeleryDispatcher)):
+            return []
+        app = current_app._get_current_object()
+        conf = app.conf
+        if conf.task_always_eager:
+            return []
+        url = conf.broker_write_url
+    except Exception:  # noqa: BLE001 - E001 reports a dispatcher that cannot be imported
+        return []
+    fallback = app is _state.default_app and app.main == "default"
+    if not url:
+        return [
+            Error(
+                "No Celery broker is configured"
+                + (" and no Celery app of the project is loaded" if fallback else "")
+                + f": dagger's sends go to Celery's default broker {CELERY_DEFAULT_BROKER} and "
+                "workflows never start.",
+                hint=_CELERY_APP_HINT
+                if fallback
+                else "Set CELERY_BROKER_URL in settings (your Celery app reads the CELERY_ namespace "
+                'of Django\'s settings: config_from_object("django.conf:settings", namespace="CELERY")); '
+                "docs/install.md.",
+                id="dagger_django.E050",
+            )
+        ]
+    if fallback:
+        return [
+            Warning(
+                "No Celery app of the project is loaded: dagger sends through Celery's fallback app, "
+                "which reads none of the CELERY_ settings (only the CELERY_BROKER_URL environment "
+                "variable).",
+                hint=_CELERY_APP_HINT,
+                id="dagger_django.W050",
+            )
+        ]
+    return []
 
 
 # -- Kafka issue: messages in and out (ids E020-E029) ------------------------------------------------
