@@ -92,14 +92,27 @@ def locked(workflow_id: Any) -> Iterator[WorkflowState]:
         _commit(state)
 
 
-def _commit(state: WorkflowState) -> None:
+def _commit(state: WorkflowState, *, deferred: bool = False) -> None:
+    """Write the transition and schedule its sends. ``deferred``: its writes to deliveries and
+    subscriptions are left to the caller, which makes those of a whole batch at once
+    (:func:`_deferred_write`) once every workflow of the batch has been written."""
     timing.before_flush(state)
     correlation.before_flush(state)
     _stop_hooks_record(state)
     state.flush()
+    if not deferred:
+        _deferred_write([state])
     outbox.after_flush(state)  # task_update_topic (engine/outbox.py)
     # robust: whatever an after-commit callback raises, the request that committed succeeds.
     transaction.on_commit(partial(_after_commit, state), robust=True)
+
+
+def _deferred_write(states: list[WorkflowState]) -> None:
+    """The writes of ``states`` to the subscriptions and the deliveries: one statement per table
+    (per shape of delivery write) for all of them. Raises :class:`messages.StaleDeliveries` when a
+    delivery was taken over meanwhile: the caller rolls back."""
+    correlation.subscriptions_write(states)
+    messages.deliveries_write(states)
 
 
 def _stop_hooks_record(state: WorkflowState) -> None:
@@ -748,6 +761,7 @@ def _claim_each(
 ) -> list[tuple[Work, str]]:
     """Claim each target's node in its locked workflow (a savepoint each if ``savepoints``)."""
     works: list[tuple[Work, str]] = []
+    states: list[WorkflowState] = []
     for workflow_id, node_id, lease in items:
         row = loaded.get(workflow_id)
         if row is None:
@@ -756,7 +770,7 @@ def _claim_each(
             with _in_savepoint(savepoints):
                 state = WorkflowState(*row)
                 work = _claim_in(state, node_id, lease)
-                _commit(state)
+                _commit(state, deferred=not savepoints)
         except (OperationalError, InterfaceError):
             raise
         except Exception as exc:
@@ -767,9 +781,26 @@ def _claim_each(
             else:
                 logger.exception("claiming node %s of workflow %s failed", node_id, workflow_id)
             continue
+        states.append(state)
         if work is not None:
             works.append((work, lease))
+    if not savepoints:
+        _batch_write(states)
     return works
+
+
+def _batch_write(states: list[WorkflowState]) -> None:
+    """The deferred writes of a batch attempt taken without savepoints (:func:`_deferred_write`).
+    If they fail (a delivery was taken over, a value the database refuses), the attempt is
+    rolled back as a whole and done again with a savepoint per workflow, where each workflow's
+    writes are made in its own savepoint and a failure leaves out that workflow alone."""
+    try:
+        _deferred_write(states)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:
+        logger.info("the batch's writes failed (%r); again with a savepoint per workflow", exc)
+        raise _StepRaised from exc
 
 
 def _apply_batch(
@@ -787,6 +818,7 @@ def _apply_batch_in(
     done: list[tuple[list[tuple[Work, Outcome]], str]], *, claim_next: bool, savepoints: bool
 ) -> list[tuple[Work, str]]:
     works: list[tuple[Work, str]] = []
+    states: list[WorkflowState] = []
     with transaction.atomic():
         loaded = load_locked_many(chain[0][0].workflow_id for chain, _ in done)
         for chain, lease in done:
@@ -801,7 +833,7 @@ def _apply_batch_in(
                         following = _apply_in(state, work, outcome, lease=lease, claim_next=claim_next)
                     else:
                         following = _apply_chain_in(state, chain, lease=lease, claim_next=claim_next)
-                    _commit(state)
+                    _commit(state, deferred=not savepoints)
             except (OperationalError, InterfaceError):
                 raise
             except Exception as exc:
@@ -812,8 +844,11 @@ def _apply_batch_in(
                 else:
                     logger.exception("applying the result of %s attempt %s failed", work.name, work.attempt)
                 continue
+            states.append(state)
             if following is not None:
                 works.append((following, lease))
+        if not savepoints:
+            _batch_write(states)
     return works
 
 

@@ -346,6 +346,13 @@ class WorkflowState:
         self.ended: list[Node] = []
         self.delete_after = False
         self.parameters_changed = False
+        #: Writes to other tables that a batch makes with one statement for all its workflows
+        #: (``services._deferred_write``): deliveries by id (``messages._DeliveryWrite``), and
+        #: the subscriptions to delete, of listeners that are done (``correlation.before_flush``)
+        #: and of a workflow that ended (``subscriptions_kept``: all but these; None: it did not).
+        self.delivery_writes: dict[int, Any] = {}
+        self.subscriptions_done: list[uuid.UUID] = []
+        self.subscriptions_kept: list[uuid.UUID] | None = None
         self._children: dict[uuid.UUID | None, list[Node]] | None = None
 
     # -- lookups --------------------------------------------------------------------------------
