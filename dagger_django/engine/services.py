@@ -55,7 +55,7 @@ from ..models.history import history_event
 from . import correlation, heartbeat, messages, outbox, parameters, ports, recovery, timing, walker
 from .hooks import call_hook
 from .outbox import outbox_send  # noqa: F401 - Topic.send's entry point (engine/outbox.py)
-from .state import WorkflowState, load_locked, load_locked_many
+from .state import WorkflowState, flush_many, load_locked, load_locked_many
 
 logger = logging.getLogger("dagger_django.engine")
 S = Status
@@ -93,14 +93,14 @@ def locked(workflow_id: Any) -> Iterator[WorkflowState]:
 
 
 def _commit(state: WorkflowState, *, deferred: bool = False) -> None:
-    """Write the transition and schedule its sends. ``deferred``: its writes to deliveries and
-    subscriptions are left to the caller, which makes those of a whole batch at once
-    (:func:`_deferred_write`) once every workflow of the batch has been written."""
+    """Write the transition and schedule its sends. ``deferred``: the writes are settled but left
+    to the caller, which makes those of a whole batch at once (:func:`_deferred_write`)."""
     timing.before_flush(state)
     correlation.before_flush(state)
     _stop_hooks_record(state)
-    state.flush()
-    if not deferred:
+    if deferred:
+        state.flush(write=False)
+    else:
         _deferred_write([state])
     outbox.after_flush(state)  # task_update_topic (engine/outbox.py)
     # robust: whatever an after-commit callback raises, the request that committed succeeds.
@@ -108,11 +108,14 @@ def _commit(state: WorkflowState, *, deferred: bool = False) -> None:
 
 
 def _deferred_write(states: list[WorkflowState]) -> None:
-    """The writes of ``states`` to the subscriptions and the deliveries: one statement per table
-    (per shape of delivery write) for all of them. Raises :class:`messages.StaleDeliveries` when a
-    delivery was taken over meanwhile: the caller rolls back."""
-    correlation.subscriptions_write(states)
+    """Write the transitions of ``states`` (one or a batch's): one statement per table (per shape
+    of delivery write, per set of workflow fields) for all of them. Raises
+    :class:`messages.StaleDeliveries` when a delivery was taken over meanwhile: the caller rolls
+    back. The deliveries and subscriptions go first: a workflow deleted on completion
+    (``DELETE_WORKFLOW_ON_COMPLETE``) takes them along."""
     messages.deliveries_write(states)
+    correlation.subscriptions_write(states)
+    flush_many(states)
 
 
 def _stop_hooks_record(state: WorkflowState) -> None:
