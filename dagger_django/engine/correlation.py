@@ -340,7 +340,8 @@ def parameters_changed(state: WorkflowState, *, changed: list[str], removed: lis
 
 
 def before_flush(state: WorkflowState) -> None:
-    """Write the subscriptions of a new workflow; remove those of listeners that are done."""
+    """Write the subscriptions of a new workflow; note those of listeners that are done, which
+    :func:`subscriptions_write` deletes (for a batch of workflows at once)."""
     if state.is_new:
         if state.delete_after:
             return  # finished at creation and never stored
@@ -361,18 +362,32 @@ def before_flush(state: WorkflowState) -> None:
         # their own status (one that failed under failure_policy="continue" would otherwise keep
         # its row for ever), except a completed one with reprocess_on_message, which still
         # refreshes its state from later messages, as in the original.
-        keep = [
+        state.subscriptions_kept = [
             node.id
             for node in state.nodes.values()
             if node.kind == NodeKind.LISTENER and node.status == S.COMPLETED and keeps_subscription(node)
         ]
-        Subscription.objects.filter(workflow_id=state.workflow.id).exclude(node_id__in=keep).delete()
         return
-    done = [
+    state.subscriptions_done = [
         node.id for node in state.ended if node.kind == NodeKind.LISTENER and not keeps_subscription(node)
     ]
-    if done:
-        Subscription.objects.filter(node_id__in=done).delete()
+
+
+def subscriptions_write(states: Sequence[WorkflowState]) -> None:
+    """Delete the subscriptions :func:`before_flush` noted, of all ``states`` in one statement:
+    those of listeners that are done, and every one of an ended workflow but those it keeps."""
+    done = [node_id for state in states for node_id in state.subscriptions_done]
+    ended = [state for state in states if state.subscriptions_kept is not None]
+    if not done and not ended:
+        return
+    where = Q(node_id__in=done) if done else Q()
+    if ended:
+        gone = Q(workflow_id__in=[state.workflow.id for state in ended])
+        kept = [node_id for state in ended for node_id in state.subscriptions_kept or ()]
+        if kept:  # node ids are unique: one list serves every ended workflow
+            gone &= ~Q(node_id__in=kept)
+        where = where | gone if done else gone
+    Subscription.objects.filter(where).delete()
 
 
 __all__ = [
@@ -387,5 +402,6 @@ __all__ = [
     "listener_started",
     "listener_topics",
     "parameters_changed",
+    "subscriptions_write",
     "topic_listeners",
 ]

@@ -64,7 +64,14 @@ from ..models import (
     Status,
     Subscription,
 )
-from ..models.status import ENDED_FOR_GOOD, OPEN_DELIVERY, TERMINAL, transition
+from ..models.status import (
+    DELIVERY_TRANSITIONS,
+    ENDED_FOR_GOOD,
+    OPEN_DELIVERY,
+    TERMINAL,
+    allowed_from,
+    transition,
+)
 from . import correlation, outbox, parameters, ports, recovery, services, timing, walker
 from .retry import RetryPolicy, resend_after
 from .state import WorkflowState
@@ -713,15 +720,154 @@ def deliveries_prefetched(node_ids: list[uuid.UUID]) -> Iterator[None]:
         _prefetched.reset(token)
 
 
-def _open_deliveries(node: Node) -> list[dict[str, Any]]:
+def _open_deliveries(state: WorkflowState, node: Node) -> list[dict[str, Any]]:
+    """The listener's open deliveries, oldest first, as this transaction left them (its own
+    writes are only noted so far: :func:`_note_write`)."""
     prefetched = _prefetched.get()
     if prefetched is not None and node.id in prefetched.deliveries:
-        return prefetched.deliveries.pop(node.id)  # once: a second claim reads afresh
-    return list(
-        Delivery.objects.filter(node_id=node.id, status__in=OPEN_DELIVERY)
-        .order_by("id")
-        .values(*_DELIVERY_FIELDS)[:_CLAIM_WINDOW]
-    )
+        rows = prefetched.deliveries.pop(node.id)  # once: a second claim reads afresh
+    else:
+        rows = list(
+            Delivery.objects.filter(node_id=node.id, status__in=OPEN_DELIVERY)
+            .order_by("id")
+            .values(*_DELIVERY_FIELDS)[:_CLAIM_WINDOW]
+        )
+    writes = state.delivery_writes
+    if not writes:
+        return rows
+    out = []
+    for row in rows:
+        noted = writes.get(row["id"])
+        if noted is not None:
+            row = {**row, **{k: v for k, v in noted.fields.items() if k in row}}
+            if row["status"] not in OPEN_DELIVERY:
+                continue
+        out.append(row)
+    return out
+
+
+# -- the writes of a transition to its deliveries ------------------------------------------------------
+@dataclass
+class _DeliveryWrite:
+    """What a transition writes to one delivery row: ``fields``, and with ``guard`` only if the
+    row is still CLAIMED with that ``(lease, attempts)`` (else it was taken over: :class:`Stale`)."""
+
+    node_id: uuid.UUID
+    fields: dict[str, Any]
+    guard: tuple[str, int] | None = None
+
+
+def _note_write(
+    state: WorkflowState,
+    node: Node,
+    delivery_ids: Iterable[int],
+    *,
+    status: str,
+    guard: tuple[str, int] | None = None,
+    **fields: Any,
+) -> None:
+    """Note a write to deliveries of ``node``; :func:`deliveries_write` makes it, with those of
+    the other workflows of a batch. A second write to a row in the same transition adds to the
+    first (its guard was checked against the row as the transaction found it)."""
+    writes = state.delivery_writes
+    fields = {"status": status, **fields}
+    for pk in delivery_ids:
+        noted = writes.get(pk)
+        if noted is None:
+            writes[pk] = _DeliveryWrite(node.id, fields, guard)
+            continue
+        if guard is not None and noted.guard is None:
+            # The row was written by this transition: the guard holds if that write made it so.
+            now = noted.fields
+            if (now.get("status"), now.get("lease"), now.get("attempts")) != (D.CLAIMED, *guard):
+                raise Stale
+        noted.fields |= fields
+
+
+def deliveries_write(states: Iterable[WorkflowState]) -> None:
+    """Make the delivery writes the transitions of ``states`` noted: one statement per shape of
+    write (the set of fields, guarded or not), whatever the number of workflows. Raises
+    :class:`StaleDeliveries` when a guarded row no longer matched (the caller rolls back)."""
+    groups: dict[tuple[tuple[str, ...], bool, str], list[tuple[int, _DeliveryWrite]]] = defaultdict(list)
+    for state in states:
+        for pk, noted in state.delivery_writes.items():
+            key = (tuple(sorted(noted.fields)), noted.guard is not None, str(noted.fields["status"]))
+            groups[key].append((pk, noted))
+    stale: list[int] = []
+    for (names, guarded, to), rows in groups.items():
+        written = _update_deliveries(names, guarded, to, rows)
+        if guarded:
+            stale.extend(pk for pk, _ in rows if pk not in written)
+    if stale:
+        raise StaleDeliveries(sorted(stale))
+
+
+_UPDATE_SQL: dict[tuple[Any, ...], tuple[str, list[tuple[str, Any]]]] = {}
+
+
+def _update_deliveries(
+    names: tuple[str, ...], guarded: bool, to: str, rows: list[tuple[int, _DeliveryWrite]]
+) -> set[int]:
+    """One ``UPDATE ... FROM unnest(...)`` for ``rows`` (same fields, same new status); the ids
+    it updated. As :func:`~dagger_django.models.status.transition` does, the statuses the
+    delivery table allows to move to ``to`` are part of the ``WHERE``."""
+    conn = transaction.get_connection()
+    if conn.vendor != "postgresql":
+        written: set[int] = set()
+        for pk, noted in rows:
+            query = Delivery.objects.filter(pk=pk)
+            if noted.guard is not None:
+                query = query.filter(status=D.CLAIMED, lease=noted.guard[0], attempts=noted.guard[1])
+            rest = {k: v for k, v in noted.fields.items() if k != "status"}
+            if transition(query, to, **rest):
+                written.add(pk)
+        return written
+    key = (conn.alias, names, guarded, to)
+    cached = _UPDATE_SQL.get(key)
+    if cached is None:
+        from .state import _preparers
+
+        qn = conn.ops.quote_name
+        meta = Delivery._meta
+        pk_field = meta.pk
+        assert pk_field is not None
+        fields = [meta.get_field(name) for name in names]
+        columns = [(pk_field.column, pk_field.rel_db_type(conn))]
+        columns += [(f.column, f.db_type(conn)) for f in fields]  # type: ignore[attr-defined]
+        # The table's own status names (lower-case words), never data: safe as literals.
+        allowed = allowed_from(DELIVERY_TRANSITIONS, to)
+        assert all(source.isidentifier() for source in allowed), allowed
+        sources = ", ".join(f"'{source}'" for source in allowed)
+        guard = f" AND d.{qn(meta.get_field('status').column)} IN ({sources})"
+        if guarded:
+            columns += [("guard_lease", "text"), ("guard_attempts", "integer")]
+            guard = (
+                f" AND d.{qn(meta.get_field('status').column)} = %s"
+                f" AND d.{qn(meta.get_field('lease').column)} = v.guard_lease"
+                f" AND d.{qn(meta.get_field('attempts').column)} = v.guard_attempts"
+            )
+        sql = "UPDATE {} AS d SET {} FROM unnest({}) AS v({}) WHERE d.{} = v.{}{} RETURNING d.{}".format(
+            qn(meta.db_table),
+            ", ".join(f"{qn(f.column)} = v.{qn(f.column)}" for f in fields),
+            ", ".join(f"%s::{db_type}[]" for _, db_type in columns),
+            ", ".join(qn(column) for column, _ in columns),
+            qn(pk_field.column),
+            qn(pk_field.column),
+            guard,
+            qn(pk_field.column),
+        )
+        cached = _UPDATE_SQL[key] = (sql, _preparers(conn, fields))
+    sql, preparers = cached
+    params: list[Any] = [[pk for pk, _ in rows]]
+    for attname, prep in preparers:
+        params.append([prep(noted.fields[attname], conn) for _, noted in rows])
+    if guarded:
+        params.append([noted.guard[0] for _, noted in rows])  # type: ignore[index]
+        params.append([noted.guard[1] for _, noted in rows])  # type: ignore[index]
+        params.append(D.CLAIMED.value)
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {row[0] for row in cursor.fetchall()}
 
 
 def _inbox_message(message_id: int) -> dict[str, Any] | None:
@@ -736,7 +882,7 @@ def _inbox_message(message_id: int) -> dict[str, Any] | None:
 def delivery_claim(state: WorkflowState, node: Node, lease: str) -> Work | None:
     """Take the listener's next message (or buffer/ignore what it cannot take). Lock held."""
     now = state.now
-    rows = _open_deliveries(node)
+    rows = _open_deliveries(state, node)
     if not rows:
         return None
     stale_before = now - dt.timedelta(seconds=float(dagger_settings.DELIVERY_LEASE_SECONDS))
@@ -749,12 +895,8 @@ def delivery_claim(state: WorkflowState, node: Node, lease: str) -> Work | None:
         return None
     if decision.startswith("ignore:"):
         reason = decision.split(":", 1)[1]
-        transition(
-            Delivery.objects.filter(pk__in=[r["id"] for r in rows]),
-            D.IGNORED,
-            outcome=reason,
-            lease="",
-            updated_at=now,
+        _note_write(
+            state, node, [r["id"] for r in rows], status=D.IGNORED, outcome=reason, lease="", updated_at=now
         )
         return None
     chosen = mine or next(
@@ -775,9 +917,11 @@ def delivery_claim(state: WorkflowState, node: Node, lease: str) -> Work | None:
     try:
         task = build_task(node, strict=True)
     except TaskClassNotFound as exc:
-        transition(
-            Delivery.objects.filter(pk=chosen["id"]),
-            D.FAILED,
+        _note_write(
+            state,
+            node,
+            [chosen["id"]],
+            status=D.FAILED,
             outcome="class_not_found",
             error=str(exc),
             updated_at=now,
@@ -788,9 +932,11 @@ def delivery_claim(state: WorkflowState, node: Node, lease: str) -> Work | None:
     if decision == "skip_to":
         skip_to(state, node)
     attempt = chosen["attempts"] + 1
-    transition(
-        Delivery.objects.filter(pk=chosen["id"]),
-        D.CLAIMED,
+    _note_write(
+        state,
+        node,
+        [chosen["id"]],
+        status=D.CLAIMED,
         lease=lease,
         attempts=attempt,
         available_at=None,
@@ -828,9 +974,11 @@ def _buffer(state: WorkflowState, node: Node, rows: list[dict[str, Any]]) -> Non
     waiting = [r for r in rows if r["status"] != D.BUFFERED]
     if waiting:
         expires = now + dt.timedelta(seconds=_buffer_ttl(node))
-        transition(
-            Delivery.objects.filter(pk__in=[r["id"] for r in waiting]),
-            D.BUFFERED,
+        _note_write(
+            state,
+            node,
+            [r["id"] for r in waiting],
+            status=D.BUFFERED,
             expires_at=expires,
             lease="",
             updated_at=now,
@@ -870,6 +1018,15 @@ def delivery_execute(work: Work) -> Outcome:
 
 class Stale(Exception):
     """The delivery was taken over while on_message ran: roll back and drop the result."""
+
+
+class StaleDeliveries(Stale):
+    """Guarded delivery writes that found their row taken over (``ids``): the transaction (or
+    the workflow's savepoint) must be rolled back, and their results dropped."""
+
+    def __init__(self, ids: list[int]) -> None:
+        super().__init__(f"deliveries {ids} were taken over")
+        self.ids = ids
 
 
 def delivery_apply(work: Work, outcome: Outcome, *, lease: str, claim_next: bool) -> Work | None:
@@ -930,7 +1087,7 @@ def _apply_delivery(state: WorkflowState, node: Node, work: Work, outcome: Outco
     else:
         value = outcome.value
         try:
-            # Checked before the row is written, so the row moves once: DELIVERED, or FAILED.
+            # Checked before the row's write is noted, so the row moves once: DELIVERED, or FAILED.
             merged = _parameters_merged(state, work)
         except DaggerError as exc:
             text = f"{type(exc).__name__}: {exc}"
@@ -939,13 +1096,12 @@ def _apply_delivery(state: WorkflowState, node: Node, work: Work, outcome: Outco
             finish = (S.FAILURE, "invalid_result", text)
         else:
             done = value and node.status in (S.EXECUTING, S.SKIPPED)
+            label = "completed" if done else "reprocessed" if node.status == S.COMPLETED else "waiting"
             to = D.DELIVERED
-            fields["outcome"] = (
-                "completed" if done else "reprocessed" if node.status == S.COMPLETED else "waiting"
-            )
-    mine = Delivery.objects.filter(pk=delivery.id, status=D.CLAIMED, lease=lease, attempts=work.attempt)
-    if not transition(mine, to, **fields):
-        raise Stale
+            fields["outcome"] = label
+    # Made when the transition is written (deliveries_write), or rolled back with it if the
+    # delivery was taken over meanwhile (Stale).
+    _note_write(state, node, [delivery.id], status=to, guard=(lease, work.attempt), **fields)
     if to == D.DELIVERED:
         if merged is not None:
             services._set_parameters(
@@ -961,7 +1117,7 @@ def _apply_delivery(state: WorkflowState, node: Node, work: Work, outcome: Outco
             walker.finish(state, node, S.COMPLETED, reason="message")
     if finish is not None and node.status == S.EXECUTING:
         walker.finish(state, node, finish[0], reason=finish[1], error=finish[2])
-    if correlation.keeps_subscription(node) and _more_waiting(node, now):
+    if correlation.keeps_subscription(node) and _more_waiting(state, node, now):
         state.to_dispatch.append(node.id)
 
 
@@ -990,12 +1146,20 @@ def _parameters_merged(state: WorkflowState, work: Work) -> _Merged | None:
     return _Merged(merged, sorted(changed), removed)
 
 
-def _more_waiting(node: Node, now: dt.datetime) -> bool:
-    return (
-        Delivery.objects.filter(node_id=node.id, status=D.PENDING)
-        .filter(Q(available_at__isnull=True) | Q(available_at__lte=now))
-        .exists()
+def _more_waiting(state: WorkflowState, node: Node, now: dt.datetime) -> bool:
+    """Whether a delivery of ``node`` is ready to be taken, as this transaction left them."""
+    noted = [(pk, w) for pk, w in state.delivery_writes.items() if w.node_id == node.id]
+    for _, write in noted:
+        if write.fields.get("status") == D.PENDING:
+            available = write.fields.get("available_at")
+            if available is None or available <= now:
+                return True
+    query = Delivery.objects.filter(node_id=node.id, status=D.PENDING).filter(
+        Q(available_at__isnull=True) | Q(available_at__lte=now)
     )
+    if noted:
+        query = query.exclude(pk__in=[pk for pk, _ in noted])
+    return query.exists()
 
 
 # -- allow_skip_to ------------------------------------------------------------------------------------
@@ -1227,6 +1391,7 @@ __all__ = [
     "delivery_apply",
     "delivery_claim",
     "delivery_execute",
+    "deliveries_write",
     "inbox_prune",
     "message_receive",
     "message_replay",

@@ -56,7 +56,7 @@ from . import correlation, heartbeat, messages, outbox, parameters, ports, recov
 from .hooks import call_hook
 from .outbox import outbox_send  # noqa: F401 - Topic.send's entry point (engine/outbox.py)
 from .retry import RetryPolicy
-from .state import WorkflowState, load_locked, load_locked_many
+from .state import WorkflowState, flush_many, load_locked, load_locked_many
 
 logger = logging.getLogger("dagger_django.engine")
 S = Status
@@ -93,14 +93,30 @@ def locked(workflow_id: Any) -> Iterator[WorkflowState]:
         _commit(state)
 
 
-def _commit(state: WorkflowState) -> None:
+def _commit(state: WorkflowState, *, deferred: bool = False) -> None:
+    """Write the transition and schedule its sends. ``deferred``: the writes are settled but left
+    to the caller, which makes those of a whole batch at once (:func:`_deferred_write`)."""
     timing.before_flush(state)
     correlation.before_flush(state)
     _stop_hooks_record(state)
-    state.flush()
+    if deferred:
+        state.flush(write=False)
+    else:
+        _deferred_write([state])
     outbox.after_flush(state)  # task_update_topic (engine/outbox.py)
     # robust: whatever an after-commit callback raises, the request that committed succeeds.
     transaction.on_commit(partial(_after_commit, state), robust=True)
+
+
+def _deferred_write(states: list[WorkflowState]) -> None:
+    """Write the transitions of ``states`` (one or a batch's): one statement per table (per shape
+    of delivery write, per set of workflow fields) for all of them. Raises
+    :class:`messages.StaleDeliveries` when a delivery was taken over meanwhile: the caller rolls
+    back. The deliveries and subscriptions go first: a workflow deleted on completion
+    (``DELETE_WORKFLOW_ON_COMPLETE``) takes them along."""
+    messages.deliveries_write(states)
+    correlation.subscriptions_write(states)
+    flush_many(states)
 
 
 def _stop_hooks_record(state: WorkflowState) -> None:
@@ -749,6 +765,7 @@ def _claim_each(
 ) -> list[tuple[Work, str]]:
     """Claim each target's node in its locked workflow (a savepoint each if ``savepoints``)."""
     works: list[tuple[Work, str]] = []
+    states: list[WorkflowState] = []
     for workflow_id, node_id, lease in items:
         row = loaded.get(workflow_id)
         if row is None:
@@ -757,7 +774,7 @@ def _claim_each(
             with _in_savepoint(savepoints):
                 state = WorkflowState(*row)
                 work = _claim_in(state, node_id, lease)
-                _commit(state)
+                _commit(state, deferred=not savepoints)
         except (OperationalError, InterfaceError):
             raise
         except Exception as exc:
@@ -768,9 +785,26 @@ def _claim_each(
             else:
                 logger.exception("claiming node %s of workflow %s failed", node_id, workflow_id)
             continue
+        states.append(state)
         if work is not None:
             works.append((work, lease))
+    if not savepoints:
+        _batch_write(states)
     return works
+
+
+def _batch_write(states: list[WorkflowState]) -> None:
+    """The deferred writes of a batch attempt taken without savepoints (:func:`_deferred_write`).
+    If they fail (a delivery was taken over, a value the database refuses), the attempt is
+    rolled back as a whole and done again with a savepoint per workflow, where each workflow's
+    writes are made in its own savepoint and a failure leaves out that workflow alone."""
+    try:
+        _deferred_write(states)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:
+        logger.info("the batch's writes failed (%r); again with a savepoint per workflow", exc)
+        raise _StepRaised from exc
 
 
 def _apply_batch(
@@ -788,6 +822,7 @@ def _apply_batch_in(
     done: list[tuple[list[tuple[Work, Outcome]], str]], *, claim_next: bool, savepoints: bool
 ) -> list[tuple[Work, str]]:
     works: list[tuple[Work, str]] = []
+    states: list[WorkflowState] = []
     with transaction.atomic():
         loaded = load_locked_many(chain[0][0].workflow_id for chain, _ in done)
         for chain, lease in done:
@@ -802,7 +837,7 @@ def _apply_batch_in(
                         following = _apply_in(state, work, outcome, lease=lease, claim_next=claim_next)
                     else:
                         following = _apply_chain_in(state, chain, lease=lease, claim_next=claim_next)
-                    _commit(state)
+                    _commit(state, deferred=not savepoints)
             except (OperationalError, InterfaceError):
                 raise
             except Exception as exc:
@@ -813,8 +848,11 @@ def _apply_batch_in(
                 else:
                     logger.exception("applying the result of %s attempt %s failed", work.name, work.attempt)
                 continue
+            states.append(state)
             if following is not None:
                 works.append((following, lease))
+        if not savepoints:
+            _batch_write(states)
     return works
 
 

@@ -346,6 +346,14 @@ class WorkflowState:
         self.ended: list[Node] = []
         self.delete_after = False
         self.parameters_changed = False
+        #: Writes to other tables that a batch makes with one statement for all its workflows
+        #: (``services._deferred_write``): deliveries by id (``messages._DeliveryWrite``), and
+        #: the subscriptions to delete, of listeners that are done (``correlation.before_flush``)
+        #: and of a workflow that ended (``subscriptions_kept``: all but these; None: it did not).
+        self.delivery_writes: dict[int, Any] = {}
+        self.subscriptions_done: list[uuid.UUID] = []
+        self.subscriptions_kept: list[uuid.UUID] | None = None
+        self._settled: bool | None = None
         self._children: dict[uuid.UUID | None, list[Node]] | None = None
 
     # -- lookups --------------------------------------------------------------------------------
@@ -494,23 +502,30 @@ class WorkflowState:
         )
 
     # -- writing ------------------------------------------------------------------------------------
-    def flush(self) -> None:
+    def flush(self, *, write: bool = True) -> None:
         """Write the transition: one statement per table touched. Call inside the transaction.
 
         On PostgreSQL the statements go out in one pipeline (one network round trip instead of
-        one per statement); they still run in order inside the same transaction.
+        one per statement); they still run in order inside the same transaction. ``write=False``
+        settles what will be written (the workflow's ``update_count``, ...) and leaves the
+        writing to :func:`flush_many`, which writes the transitions of a batch together.
         """
+        if write:
+            flush_many([self])
+        else:
+            self._settle()
+
+    def _settle(self) -> bool:
+        """Settle the fields the flush writes (once); False when there is nothing to write."""
+        if self._settled is not None:
+            return self._settled
         wf = self.workflow
         if self.timers and not wf.has_timers:
             wf.has_timers = True
             self._workflow_fields.add("has_timers")
-        if self.is_new and self.delete_after:
-            return
-        with _pipeline():
-            self._write()
-
-    def _write(self) -> None:
-        wf = self.workflow
+        self._settled = not (self.is_new and self.delete_after)
+        if not self._settled:
+            return False
         # The workflow row is written when a field of its own changed (status, parameters, ...);
         # update_count counts those writes. A node-only step (a claim) leaves the row alone.
         if self.is_new or self._workflow_fields:
@@ -518,30 +533,7 @@ class WorkflowState:
             wf.updated_at = self.now
         if None in self.cancel_timers_for:
             self.timers = []  # the workflow's waits end here, including any created just now
-        if self.is_new:
-            insert_rows(Workflow, [wf])
-            insert_rows(Node, list(self.nodes.values()))
-        else:
-            if self.delete_after:
-                wf.delete()
-                return
-            if self._workflow_fields:
-                fields = sorted(self._workflow_fields | {"update_count", "updated_at"})
-                update_rows(Workflow, fields, [wf])
-            if self._added:
-                insert_rows(Node, self._added)
-            added = {n.id for n in self._added}
-            dirty = [self.nodes[i] for i in self._dirty if i not in added]
-            if dirty:
-                update_rows(Node, NODE_UPDATE_FIELDS, dirty)
-        if self.cancel_timers_for and wf.has_timers:
-            self._cancel_timers()
-        if self.timers:
-            Timer.objects.bulk_create(self.timers)
-        if self.events:
-            # One row for the whole transition, however many events it holds.
-            record = HistoryRecord(workflow_id=wf.id, created_at=self.now, events=self.events)
-            insert_rows(HistoryRecord, [record])
+        return True
 
     def _cancel_timers(self) -> None:
         """Cancel the PENDING timers of the ended nodes (of the whole workflow: ``None``).
@@ -572,6 +564,60 @@ class WorkflowState:
         params = [TimerStatus.CANCELLED.value, self.workflow.id, cancelled_from, whole, node_ids]
         with conn.cursor() as cursor:
             cursor.execute(sql, params)
+
+
+def flush_many(states: Iterable[WorkflowState]) -> None:
+    """Write the transitions of ``states``, each of another workflow locked by this transaction,
+    with one statement per table (and per set of workflow fields) for all of them, in one
+    pipeline: a batch of K workflows writes its nodes in one ``executemany``, not K."""
+    todo = [state for state in states if state._settle()]
+    if todo:
+        with _pipeline():
+            _write_many(todo)
+
+
+def _write_many(states: list[WorkflowState]) -> None:
+    updates: dict[tuple[str, ...], list[Workflow]] = {}
+    added: list[Node] = []
+    dirty: list[Node] = []
+    written: list[WorkflowState] = []
+    for state in states:
+        wf = state.workflow
+        if state.is_new:
+            insert_rows(Workflow, [wf])
+            insert_rows(Node, list(state.nodes.values()))
+        elif state.delete_after:
+            wf.delete()
+            continue
+        else:
+            if state._workflow_fields:
+                fields = tuple(sorted(state._workflow_fields | {"update_count", "updated_at"}))
+                updates.setdefault(fields, []).append(wf)
+            added.extend(state._added)
+            new = {n.id for n in state._added}
+            dirty.extend(state.nodes[i] for i in state._dirty if i not in new)
+        written.append(state)
+    for fields, workflows in updates.items():
+        update_rows(Workflow, list(fields), workflows)
+    if added:
+        insert_rows(Node, added)
+    if dirty:
+        update_rows(Node, NODE_UPDATE_FIELDS, dirty)
+    timers: list[Timer] = []
+    for state in written:
+        if state.cancel_timers_for and state.workflow.has_timers:
+            state._cancel_timers()
+        timers.extend(state.timers)
+    if timers:
+        Timer.objects.bulk_create(timers)
+    # One history row per transition, however many events it holds.
+    records = [
+        HistoryRecord(workflow_id=state.workflow.id, created_at=state.now, events=state.events)
+        for state in written
+        if state.events
+    ]
+    if records:
+        insert_rows(HistoryRecord, records)
 
 
 _CANCEL_SQL: dict[str, str] = {}
