@@ -381,3 +381,115 @@ def test_stored_values_have_one_casing() -> None:
 
 def test_the_pages_status_vocabulary_is_models_status() -> None:
     assert set(_vocabulary()) == STATUS_VOCABULARY
+
+
+# -- private names stay in their module ---------------------------------------------------------------
+#: A ``_name`` is its module's own business: no other module of the package imports it or reaches
+#: it through the module (``services._commit``). What other modules need is public, in the room
+#: that owns it (a workflow's transaction: ``engine/txn.py``). Exceptions, each with its reason:
+#: ``(importing module, reached module, name)``.
+PRIVATE_ALLOWED: frozenset[tuple[str, str, str]] = frozenset()
+
+
+def _module_of(dotted: str, root: Path) -> bool:
+    """Whether ``dotted`` (``dagger_django.x.y``) is a module or package of the package at ``root``."""
+    parts = dotted.split(".")[1:]
+    if not parts:
+        return True
+    path = root.joinpath(*parts)
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _absolute(node: ast.ImportFrom, package: str) -> str:
+    if not node.level:
+        return node.module or ""
+    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_offenders(root: Path) -> list[str]:
+    """Imports of another module's ``_name`` (``from .services import _commit``) and uses of one
+    through a module (``services._commit``, ``dagger_django.engine.services._commit``)."""
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        parts = rel.with_suffix("").parts
+        own = ".".join(("dagger_django", *(parts[:-1] if parts[-1] == "__init__" else parts)))
+        package = ".".join(("dagger_django", *parts[:-1]))
+        tree = ast.parse(path.read_text(), filename=str(path))
+        modules: dict[str, str] = {}  # local name -> module of the package it is bound to
+        found: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                source = _absolute(node, package)
+                if not _names(source, ("dagger_django",)):
+                    continue
+                for alias in node.names:
+                    full = f"{source}.{alias.name}"
+                    if _module_of(full, root):
+                        modules[alias.asname or alias.name] = full
+                    if _private(alias.name) and source != own:
+                        found.add(f"{rel} imports {alias.name} from {source}")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if _names(alias.name, ("dagger_django",)):
+                        if alias.asname:
+                            modules[alias.asname] = alias.name
+                        else:
+                            modules[alias.name.split(".")[0]] = alias.name.split(".")[0]
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute):
+                continue
+            chain: list[str] = []
+            base: ast.AST = node
+            while isinstance(base, ast.Attribute):
+                chain.insert(0, base.attr)
+                base = base.value
+            if not isinstance(base, ast.Name) or base.id not in modules:
+                continue
+            module = modules[base.id]
+            for attr in chain:
+                if _private(attr) and module != own:
+                    found.add(f"{rel} uses {module}.{attr}")
+                    break
+                if not _module_of(f"{module}.{attr}", root):
+                    break
+                module = f"{module}.{attr}"
+        offenders += sorted(found)
+    return offenders
+
+
+def test_no_module_reaches_the_private_names_of_another() -> None:
+    allowed = {f"{where} imports {name} from {source}" for where, source, name in PRIVATE_ALLOWED}
+    allowed |= {f"{where} uses {source}.{name}" for where, source, name in PRIVATE_ALLOWED}
+    assert [o for o in private_offenders(PACKAGE) if o not in allowed] == []
+
+
+def test_the_private_rule_catches_imports_and_uses_through_a_module(tmp_path: Path) -> None:
+    (tmp_path / "engine").mkdir()
+    (tmp_path / "engine" / "__init__.py").write_text("")
+    (tmp_path / "engine" / "services.py").write_text("def _commit(): ...\n\ndef run():\n    _commit()\n")
+    (tmp_path / "engine" / "messages.py").write_text(
+        "from . import services\n"
+        "from .services import _commit\n\n"
+        "def apply(state):\n"
+        "    services._commit(state)\n"
+        "    state._settle()\n"  # an object's own method, not a module's name
+        "    return services.run, services.__name__\n"
+    )
+    (tmp_path / "tasks.py").write_text(
+        "import dagger_django.engine.services\n"
+        "from .engine import services as s\n\n"
+        "def run():\n"
+        "    s._commit()\n"
+        "    return dagger_django.engine.services._commit\n"
+    )
+    assert private_offenders(tmp_path) == [
+        "engine/messages.py imports _commit from dagger_django.engine.services",
+        "engine/messages.py uses dagger_django.engine.services._commit",
+        "tasks.py uses dagger_django.engine.services._commit",
+    ]

@@ -72,12 +72,12 @@ from ..models.status import (
     allowed_from,
     transition,
 )
-from . import correlation, outbox, parameters, ports, recovery, services, timing, walker
+from . import correlation, outbox, parameters, ports, recovery, timing, txn, walker
 from .retry import RetryPolicy, resend_after
-from .state import WorkflowState
+from .state import WorkflowState, field_preparers
 
 if TYPE_CHECKING:
-    from .services import Outcome, Work
+    from .txn import Outcome, Work
 
 logger = logging.getLogger("dagger_django.messages")
 S = Status
@@ -825,8 +825,6 @@ def _update_deliveries(
     key = (conn.alias, names, guarded, to)
     cached = _UPDATE_SQL.get(key)
     if cached is None:
-        from .state import _preparers
-
         qn = conn.ops.quote_name
         meta = Delivery._meta
         pk_field = meta.pk
@@ -856,7 +854,7 @@ def _update_deliveries(
             guard,
             qn(pk_field.column),
         )
-        cached = _UPDATE_SQL[key] = (sql, _preparers(conn, fields))
+        cached = _UPDATE_SQL[key] = (sql, field_preparers(conn, fields))
     sql, preparers = cached
     params: list[Any] = [[pk for pk, _ in rows]]
     for attname, prep in preparers:
@@ -953,7 +951,7 @@ def delivery_claim(state: WorkflowState, node: Node, lease: str) -> Work | None:
     task.status = node.status
     task.attempt = attempt
     task.idempotency_key = f"{node.id}:message-{chosen['id']}:{attempt}"
-    return services.work_build(
+    return txn.work_build(
         state,
         node,
         task,
@@ -1008,12 +1006,12 @@ def delivery_execute(work: Work) -> Outcome:
         import traceback
 
         logger.warning("on_message of %s (message %s) raised %r", work.name, work.delivery.message_id, exc)
-        return services.Outcome(
+        return txn.Outcome(
             error=exc,
             error_text=f"{type(exc).__name__}: {exc}",
             details={"traceback": traceback.format_exc(limit=20)},
         )
-    return services.Outcome(value=resolve_hook_result(value))
+    return txn.Outcome(value=resolve_hook_result(value))
 
 
 class Stale(Exception):
@@ -1032,7 +1030,7 @@ class StaleDeliveries(Stale):
 def delivery_apply(work: Work, outcome: Outcome, *, lease: str, claim_next: bool) -> Work | None:
     """Apply what ``on_message`` returned, in a short locked transaction (called by services)."""
     try:
-        with services.locked(work.workflow_id) as state:
+        with txn.locked(work.workflow_id) as state:
             return delivery_apply_in(state, work, outcome, lease=lease, claim_next=claim_next)
     except Stale:
         logger.info("discarding the stale result of %s for message %s", work.name, work.delivery)
@@ -1053,7 +1051,7 @@ def delivery_apply_in(
     if not (claim_next and state.to_dispatch):
         return None
     next_id = state.to_dispatch.pop(0)
-    return services._claim_node(state, state.node(next_id), lease)
+    return txn.claim_node(state, state.node(next_id), lease)
 
 
 def _apply_delivery(state: WorkflowState, node: Node, work: Work, outcome: Outcome, lease: str) -> None:
@@ -1104,7 +1102,7 @@ def _apply_delivery(state: WorkflowState, node: Node, work: Work, outcome: Outco
     _note_write(state, node, [delivery.id], status=to, guard=(lease, work.attempt), **fields)
     if to == D.DELIVERED:
         if merged is not None:
-            services._set_parameters(
+            txn.set_parameters(
                 state, merged.parameters, changed=merged.changed, removed=merged.removed, node=node
             )
         outbox.stage(state, node, outcome.sends)

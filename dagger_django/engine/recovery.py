@@ -46,7 +46,6 @@ from ..models import Delivery, DeliveryStatus, Node, NodeKind, NodeType, Status,
 from ..models.status import ACTIVE
 from . import ports
 from .retry import resend_after
-from .state import WorkflowState, load_locked
 
 logger = logging.getLogger("dagger_django.engine")
 S = Status
@@ -223,14 +222,14 @@ def stop_hooks_recover(*, lease_seconds: float | None = None, limit: int | None 
 
 def node_recover(*, workflow_id: Any, node_id: Any, lease_seconds: float | None = None) -> bool:
     """Hand one stranded node out again, if it still is stranded once its workflow is locked."""
-    from .services import _commit
+    from .txn import commit, lock
 
     lease = _lease(lease_seconds)
     with transaction.atomic():
-        wf, nodes = load_locked(workflow_id)
-        if wf is None:
+        state = lock(workflow_id)
+        if state is None:
             return False
-        state = WorkflowState(wf, nodes)
+        wf = state.workflow
         node = state.get(node_id if isinstance(node_id, uuid.UUID) else uuid.UUID(str(node_id)))
         if node is None or not _looks_stranded(node, state.now, lease):
             return False
@@ -251,7 +250,7 @@ def node_recover(*, workflow_id: Any, node_id: Any, lease_seconds: float | None 
         node.redispatch_at = state.now + resend_after(node.redispatches, lease)
         state.touch(node)
         state.to_dispatch.append(node.id)
-        _commit(state)
+        commit(state)
         return True
 
 

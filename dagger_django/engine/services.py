@@ -16,16 +16,13 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass, field
-from functools import partial
+from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import Count
 
-from .. import signals
 from ..conf import dagger_settings
 from ..definitions.enums import TaskStatus
 from ..definitions.graph import materialize
@@ -34,7 +31,6 @@ from ..definitions.views import build_task, build_workflow_view
 from ..exceptions import (
     InvalidRuntimeParameters,
     InvalidTaskResult,
-    TaskClassNotFound,
     TaskInvalidState,
     WorkflowDoesNotExist,
 )
@@ -52,163 +48,29 @@ from ..models import (
 )
 from ..models.history import history_event
 from ..models.status import ENDED_FOR_GOOD, HOOK_KINDS, TIMER_TRANSITIONS, sole_source, transition
-from . import correlation, heartbeat, messages, outbox, parameters, ports, recovery, timing, walker
+from . import heartbeat, messages, outbox, parameters, ports, recovery, timing, walker
 from .hooks import call_hook
 from .outbox import outbox_send  # noqa: F401 - Topic.send's entry point (engine/outbox.py)
 from .retry import RetryPolicy
-from .state import WorkflowState, flush_many, load_locked, load_locked_many
+from .state import WorkflowState
+from .txn import (
+    Outcome,
+    Work,
+    claim_node,
+    commit,
+    deferred_write,
+    in_savepoint,
+    lock,
+    lock_many,
+    locked,
+    locked_many,
+    set_parameters,
+    work_build,
+    workflow_uuid,
+)
 
 logger = logging.getLogger("dagger_django.engine")
 S = Status
-
-
-# ==================================================================================================
-# transactions
-# ==================================================================================================
-def _uuid(value: Any) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(getattr(value, "id", value)))
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise WorkflowDoesNotExist(f"No workflow with id {value!r}.") from exc
-
-
-def _lock(workflow_id: Any) -> Workflow:
-    try:
-        return Workflow.objects.select_for_update().get(pk=_uuid(workflow_id))
-    except Workflow.DoesNotExist as exc:
-        raise WorkflowDoesNotExist(f"No workflow with id {workflow_id}.") from exc
-
-
-@contextmanager
-def locked(workflow_id: Any) -> Iterator[WorkflowState]:
-    """Lock a workflow, load its nodes, yield the state; on success write it and schedule sends."""
-    with transaction.atomic():
-        wf, nodes = load_locked(_uuid(workflow_id))
-        if wf is None:
-            raise WorkflowDoesNotExist(f"No workflow with id {workflow_id}.")
-        state = WorkflowState(wf, nodes)
-        yield state
-        _commit(state)
-
-
-def _commit(state: WorkflowState, *, deferred: bool = False) -> None:
-    """Write the transition and schedule its sends. ``deferred``: the writes are settled but left
-    to the caller, which makes those of a whole batch at once (:func:`_deferred_write`)."""
-    timing.before_flush(state)
-    correlation.before_flush(state)
-    _stop_hooks_record(state)
-    if deferred:
-        state.flush(write=False)
-    else:
-        _deferred_write([state])
-    outbox.after_flush(state)  # task_update_topic (engine/outbox.py)
-    # robust: whatever an after-commit callback raises, the request that committed succeeds.
-    transaction.on_commit(partial(_after_commit, state), robust=True)
-
-
-def _deferred_write(states: list[WorkflowState]) -> None:
-    """Write the transitions of ``states`` (one or a batch's): one statement per table (per shape
-    of delivery write, per set of workflow fields) for all of them. Raises
-    :class:`messages.StaleDeliveries` when a delivery was taken over meanwhile: the caller rolls
-    back. The deliveries and subscriptions go first: a workflow deleted on completion
-    (``DELETE_WORKFLOW_ON_COMPLETE``) takes them along."""
-    messages.deliveries_write(states)
-    correlation.subscriptions_write(states)
-    flush_many(states)
-
-
-def _stop_hooks_record(state: WorkflowState) -> None:
-    """The ``stop`` hooks this transition owes are written on their nodes, in the same statement
-    as the status change (the nodes are being written anyway): a lost message cannot lose them."""
-    for node_id in state.to_stop_hooks:
-        node = state.get(node_id)
-        if node is not None:
-            node.stop_hook = StopHook.PENDING
-            node.stop_hook_at = None
-            state.touch(node)
-
-
-def _after_commit(state: WorkflowState) -> None:
-    """Hand work to workers, then announce. Nothing here can undo what was committed.
-
-    A dispatch that fails (the broker is down: the dispatcher has already retried briefly) is
-    logged and recorded as owed on its nodes (:func:`recovery.dispatch_owed`); the next recovery
-    sweep sends it. The first failure ends this commit's sends, so a request waits for at most one
-    failed publish. Signals and callbacks are announced whatever happened to the sends.
-    """
-    try:
-        _dispatch_after_commit(state)
-    except Exception:  # noqa: BLE001 - the transition is committed; recovery covers the rest
-        logger.exception("after-commit dispatch of workflow %s failed", state.workflow.id)
-    _announce(state)
-
-
-def _dispatch_after_commit(state: WorkflowState) -> None:
-    dispatcher = ports.get_dispatcher()
-    wf = state.workflow
-    pending = list(state.to_dispatch)
-    hooks = list(state.to_stop_hooks)
-    try:
-        # One message per node: the branches of a parallel group run on as many workers as are free.
-        while pending:
-            dispatcher.run_node(workflow_id=wf.id, node_id=pending[0])
-            pending.pop(0)
-        if hooks:
-            dispatcher.run_stop_hooks(workflow_id=wf.id, node_ids=hooks)
-            hooks = []
-    except Exception as exc:  # noqa: BLE001 - owed, not lost
-        logger.error(
-            "could not dispatch %d node(s) and %d stop hook(s) of workflow %s (%s: %s); "
-            "the next recovery sweep sends them",
-            len(pending),
-            len(hooks),
-            wf.id,
-            type(exc).__name__,
-            exc,
-        )
-        recovery.dispatch_owed(node_ids=[*pending, *hooks])
-        return  # the broker is down: the timers below are the sweep's (the table is the truth)
-    try:
-        for timer in state.timers:
-            if timer.pk is not None:
-                dispatcher.fire_timer(timer_id=timer.pk, eta=timer.due_at)
-    except Exception as exc:  # noqa: BLE001 - a countdown is precision only
-        logger.warning("could not send a timer countdown of workflow %s (%r); the sweep fires it", wf.id, exc)
-
-
-def _announce(state: WorkflowState) -> None:
-    wf = state.workflow
-    for node, frm, to in state.changes:
-        if node is None:
-            _send(signals.workflow_status_changed, workflow=wf, from_status=frm, to_status=to)
-            specific = {
-                S.COMPLETED: signals.workflow_completed,
-                S.FAILURE: signals.workflow_failed,
-                S.STOPPED: signals.workflow_stopped,
-            }.get(to)
-        else:
-            _send(signals.task_status_changed, workflow=wf, node=node, from_status=frm, to_status=to)
-            specific = {S.COMPLETED: signals.task_completed, S.FAILURE: signals.task_failed}.get(to)
-        if specific is not None:
-            _send(specific, workflow=wf, node=node, from_status=frm, to_status=to)
-    callbacks = dagger_settings.callbacks()
-    if callbacks and (state.changes or state.parameters_changed):
-        view = build_workflow_view(wf, list(state.nodes.values()), strict=False)
-        for callback in callbacks:
-            try:
-                call_hook(callback, view)
-            except Exception:
-                logger.exception("task update callback %r failed for workflow %s", callback, wf.id)
-
-
-def _send(signal: Any, **kwargs: Any) -> None:
-    if not signal.has_listeners():
-        return
-    for receiver, result in signal.send_robust(sender=Workflow, **kwargs):
-        if isinstance(result, Exception):
-            logger.error("signal receiver %r failed", receiver, exc_info=result)
 
 
 # ==================================================================================================
@@ -288,7 +150,7 @@ def workflow_create(
     """
     params = {} if runtime_parameters is None else runtime_parameters
     parameters.validate(params)
-    wid = _uuid(workflow_id) if workflow_id is not None else new_id()
+    wid = workflow_uuid(workflow_id) if workflow_id is not None else new_id()
     materialized = materialize(
         template,
         workflow_id=wid,
@@ -340,7 +202,7 @@ def workflow_create(
             state.record(reason="created", detail={"template": template.name, "version": version.version})
             if submit:
                 walker.start_workflow(state)
-            _commit(state)
+            commit(state)
             wf._dagger_nodes = nodes  # type: ignore[attr-defined]  # for instance_create
     except IntegrityError as exc:
         if Workflow.objects.filter(pk=wid).exists():
@@ -379,7 +241,7 @@ def workflow_submit(*, workflow_id: Any) -> Workflow:
 
 def workflow_get(*, workflow_id: Any) -> Workflow:
     try:
-        return Workflow.objects.get(pk=_uuid(workflow_id))
+        return Workflow.objects.get(pk=workflow_uuid(workflow_id))
     except Workflow.DoesNotExist as exc:
         raise WorkflowDoesNotExist(f"No workflow with id {workflow_id}.") from exc
 
@@ -441,58 +303,13 @@ def workflow_update_parameters(*, workflow_id: Any, changes: Any) -> Workflow:
             )
         merged = parameters.merge(wf.runtime_parameters, changes, [])
         parameters.validate(merged)
-        _set_parameters(state, merged, changed=sorted(changes), removed=[], node=None)
+        set_parameters(state, merged, changed=sorted(changes), removed=[], node=None)
     return state.workflow
-
-
-def _set_parameters(
-    state: WorkflowState, merged: dict[str, Any], *, changed: list[str], removed: list[str], node: Node | None
-) -> None:
-    wf = state.workflow
-    wf.runtime_parameters = merged
-    fields = ["runtime_parameters"]
-    if wf.partition_key_lookup and (wf.partition_key_lookup in changed or wf.partition_key_lookup in removed):
-        wf.business_key = parameters.business_key(merged.get(wf.partition_key_lookup))
-        fields.append("business_key")
-    state.touch_workflow(*fields)
-    state.parameters_changed = True
-    state.record(reason="parameters_changed", detail={"changed": changed, "removed": removed}, node=node)
-    correlation.parameters_changed(state, changed=changed, removed=removed)
 
 
 # ==================================================================================================
 # running user code
 # ==================================================================================================
-@dataclass
-class Work:
-    """A node claimed by a worker: everything needed to run its hook with no lock held."""
-
-    workflow_id: uuid.UUID
-    node_id: uuid.UUID
-    name: str
-    kind: str
-    attempt: int
-    task: Any
-    view: Any
-    params: dict[str, Any]
-    params_json: str
-    #: A listener's message to hand to ``on_message`` (engine/messages.py).
-    delivery: Any = None
-    #: The workflow and its nodes as claimed (read-only): where ``checkpoint="process"`` finds
-    #: the next step to run before anything is committed (:func:`_chained`).
-    workflow: Any = None
-    nodes: dict[uuid.UUID, Node] | None = None
-
-
-@dataclass
-class Outcome:
-    value: Any = None
-    status: str = S.COMPLETED
-    error: BaseException | None = None
-    error_text: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
-    #: Messages the hook sent with ``Topic.send``, written when its result is applied.
-    sends: list[Any] = field(default_factory=list)
 
 
 def node_run(*, workflow_id: Any, node_id: Any, lease: str) -> int:
@@ -502,7 +319,7 @@ def node_run(*, workflow_id: Any, node_id: Any, lease: str) -> int:
     except that nodes this very message (``lease``) had claimed and not finished (the worker died)
     are run again with a new attempt number - never silently marked complete.
     """
-    work = _claim(_uuid(workflow_id), _uuid(node_id), lease)
+    work = _claim(workflow_uuid(workflow_id), workflow_uuid(node_id), lease)
     steps = 0
     deadline = time.monotonic() + float(dagger_settings.INLINE_SECONDS)
     max_steps = int(dagger_settings.INLINE_STEPS)
@@ -665,7 +482,7 @@ def nodes_run(*, targets: list[tuple[Any, Any]], lease: str) -> BatchRun:
     seen: set[uuid.UUID] = set()
     for position, (workflow_id, node_id) in enumerate(targets):
         try:
-            item = (_uuid(workflow_id), _uuid(node_id), f"{lease}:{position}")
+            item = (workflow_uuid(workflow_id), workflow_uuid(node_id), f"{lease}:{position}")
         except WorkflowDoesNotExist:
             logger.warning("run_nodes: ignoring a malformed target %r", (workflow_id, node_id))
             continue
@@ -713,10 +530,6 @@ class _StepRaised(Exception):
     is rolled back as a whole (the cause is ``__cause__``)."""
 
 
-def _in_savepoint(savepoint: bool) -> AbstractContextManager[Any]:
-    return transaction.atomic() if savepoint else nullcontext()
-
-
 def _claim_batch(items: list[tuple[uuid.UUID, uuid.UUID, str]], result: BatchRun) -> list[tuple[Work, str]]:
     """One transaction: lock every workflow of the batch and claim its node.
 
@@ -736,8 +549,7 @@ def _claim_batch(items: list[tuple[uuid.UUID, uuid.UUID, str]], result: BatchRun
 def _claim_batch_in(
     items: list[tuple[uuid.UUID, uuid.UUID, str]], result: BatchRun, *, savepoints: bool
 ) -> list[tuple[Work, str]]:
-    with transaction.atomic():
-        loaded = load_locked_many(workflow_id for workflow_id, _, _ in items)
+    with locked_many(workflow_id for workflow_id, _, _ in items) as loaded:
         with messages.deliveries_prefetched(_listener_ids(loaded, items)):
             return _claim_each(items, loaded, result, savepoints=savepoints)
 
@@ -771,10 +583,10 @@ def _claim_each(
         if row is None:
             continue
         try:
-            with _in_savepoint(savepoints):
+            with in_savepoint(savepoints):
                 state = WorkflowState(*row)
                 work = _claim_in(state, node_id, lease)
-                _commit(state, deferred=not savepoints)
+                commit(state, deferred=not savepoints)
         except (OperationalError, InterfaceError):
             raise
         except Exception as exc:
@@ -794,12 +606,12 @@ def _claim_each(
 
 
 def _batch_write(states: list[WorkflowState]) -> None:
-    """The deferred writes of a batch attempt taken without savepoints (:func:`_deferred_write`).
+    """The deferred writes of a batch attempt taken without savepoints (:func:`deferred_write`).
     If they fail (a delivery was taken over, a value the database refuses), the attempt is
     rolled back as a whole and done again with a savepoint per workflow, where each workflow's
     writes are made in its own savepoint and a failure leaves out that workflow alone."""
     try:
-        _deferred_write(states)
+        deferred_write(states)
     except (OperationalError, InterfaceError):
         raise
     except Exception as exc:
@@ -823,21 +635,20 @@ def _apply_batch_in(
 ) -> list[tuple[Work, str]]:
     works: list[tuple[Work, str]] = []
     states: list[WorkflowState] = []
-    with transaction.atomic():
-        loaded = load_locked_many(chain[0][0].workflow_id for chain, _ in done)
+    with locked_many(chain[0][0].workflow_id for chain, _ in done) as loaded:
         for chain, lease in done:
             work, outcome = chain[0]
             row = loaded.get(work.workflow_id)
             if row is None:
                 continue
             try:
-                with _in_savepoint(savepoints):
+                with in_savepoint(savepoints):
                     state = WorkflowState(*row)
                     if len(chain) == 1:
                         following = _apply_in(state, work, outcome, lease=lease, claim_next=claim_next)
                     else:
                         following = _apply_chain_in(state, chain, lease=lease, claim_next=claim_next)
-                    _commit(state, deferred=not savepoints)
+                    commit(state, deferred=not savepoints)
             except (OperationalError, InterfaceError):
                 raise
             except Exception as exc:
@@ -881,7 +692,7 @@ def _claim_in(state: WorkflowState, node_id: uuid.UUID, lease: str) -> Work | No
             return None
     if node.status == S.EXECUTING:
         _lease_check(state, node)
-    return _claim_node(state, node, lease)
+    return claim_node(state, node, lease)
 
 
 class LeaseHeld(Exception):
@@ -904,59 +715,6 @@ def _lease_check(state: WorkflowState, node: Node) -> None:
     age = (state.now - node.updated_at).total_seconds()
     if age < window:
         raise LeaseHeld(node.id, retry_in=window - age + heartbeat.interval())
-
-
-def _claim_node(state: WorkflowState, node: Node, lease: str, *, build: bool = True) -> Work | None:
-    """Mark ``node`` EXECUTING for this worker; None if its class cannot be loaded (it FAILS).
-
-    ``build=False``: the Work carries no view and no parameters (the caller has them)."""
-    if node.kind == NodeKind.LISTENER:  # its next message (engine/messages.py)
-        return messages.delivery_claim(state, node, lease)
-    try:
-        task = build_task(node, strict=True)
-    except TaskClassNotFound as exc:
-        walker.finish(state, node, S.FAILURE, reason="class_not_found", error=str(exc))
-        return None
-    node.attempts += 1
-    node.lease = lease
-    if node.status == S.EXECUTING:
-        state.touch(node)
-        state.record(reason="reclaimed", detail={"lease": lease}, node=node)
-    else:
-        state.set_status(node, S.EXECUTING, reason="claimed")
-    _refresh_task(task, node)
-    if not build:
-        return Work(state.workflow.id, node.id, node.name, node.kind, node.attempts, task, None, {}, "")
-    return work_build(state, node, task, attempt=node.attempts)
-
-
-def work_build(state: WorkflowState, node: Node, task: Any, *, attempt: int, delivery: Any = None) -> Work:
-    """What a claimed node's hook needs outside the lock: a private copy of the runtime
-    parameters and the workflow as user code sees it (holding that same copy)."""
-    params_json = parameters.dumps(state.workflow.runtime_parameters)
-    params = json.loads(params_json)
-    view = build_workflow_view(state.workflow, list(state.nodes.values()), strict=False)
-    view.runtime_parameters = params
-    return Work(
-        workflow_id=state.workflow.id,
-        node_id=node.id,
-        name=node.name,
-        kind=node.kind,
-        attempt=attempt,
-        task=task,
-        view=view,
-        params=params,
-        params_json=params_json,
-        delivery=delivery,
-        workflow=state.workflow,
-        nodes=state.nodes,
-    )
-
-
-def _refresh_task(task: Any, node: Node) -> None:
-    task.status = TaskStatus.of(node.status)
-    task.attempt = node.attempts
-    task.idempotency_key = f"{node.id}:{node.attempts}"
 
 
 def _execute(work: Work) -> Outcome:
@@ -1023,7 +781,7 @@ def _apply_in(
     if not (claim_next and state.to_dispatch):
         return None
     next_id = state.to_dispatch.pop(0)
-    return _claim_node(state, state.node(next_id), lease, build=build_next)
+    return claim_node(state, state.node(next_id), lease, build=build_next)
 
 
 def _complete(state: WorkflowState, node: Node, work: Work, outcome: Outcome) -> None:
@@ -1032,7 +790,7 @@ def _complete(state: WorkflowState, node: Node, work: Work, outcome: Outcome) ->
         if changed or removed:
             merged = parameters.merge(state.workflow.runtime_parameters, changed, removed)
             parameters.validate(merged)
-            _set_parameters(state, merged, changed=sorted(changed), removed=removed, node=node)
+            set_parameters(state, merged, changed=sorted(changed), removed=removed, node=node)
         outbox.stage(state, node, outcome.sends)  # commands sent by the hook (engine/outbox.py)
         if node.kind == NodeKind.DECISION:
             walker.decide(state, node, outcome.value)
@@ -1099,11 +857,11 @@ def timer_fire(*, timer_id: int) -> bool:
             logger.warning("could not send timer %s again (%r); the sweep fires it", timer_id, exc)
         return False
     with transaction.atomic():
-        wf, nodes = load_locked(row["workflow_id"])
-        if wf is None:
+        state = lock(row["workflow_id"])
+        if state is None:
             return False
         return _timer_fire_locked(
-            WorkflowState(wf, nodes),
+            state,
             timer_id=timer_id,
             node_id=row["node_id"],
             purpose=row["purpose"],
@@ -1131,7 +889,7 @@ def _timer_fire_locked(
         if not claimed:
             return False
     timing.fire(state, state.get(node_id), purpose=purpose, attempt=attempt, timer_id=timer_id)
-    _commit(state)
+    commit(state)
     return True
 
 
@@ -1152,7 +910,7 @@ def timers_fire_due(*, limit: int | None = None) -> int:
     transaction: it claims up to ``TIMER_BATCH`` due timers of different workflows, locking their
     workflows with ``FOR UPDATE SKIP LOCKED`` (a timer whose workflow another sweep or transaction
     holds right now is passed over, so concurrent sweeps share the work and never wait or
-    deadlock), loads those workflows (:func:`load_locked_many`, in id order, already ours), fires
+    deadlock), loads those workflows (:func:`txn.lock_many`, in id order, already ours), fires
     each timer and commits once; the tasks the batch handed to workers are sent after that
     commit, ``DISPATCH_BATCH`` to a message.
 
@@ -1220,14 +978,14 @@ def _timers_fire_batch(*, limit: int, exclude: list[int], savepoints: bool) -> t
             claimed, marked, seen = _timers_claim_due(now=ports.now(), limit=limit, exclude=exclude)
         if not claimed:
             return None
-        loaded = load_locked_many(due.workflow_id for due in claimed)  # locked by the claim: no wait
+        loaded = lock_many(due.workflow_id for due in claimed)  # locked by the claim: no wait
         for due in claimed:
             row = loaded.get(due.workflow_id)
             if row is None:  # cannot happen (the claim locked it); the timer is spent
                 fired += 1
                 continue
             try:
-                with _in_savepoint(savepoints):
+                with in_savepoint(savepoints):
                     _timer_fire_locked(
                         WorkflowState(*row),
                         timer_id=due.id,

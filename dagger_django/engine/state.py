@@ -84,7 +84,7 @@ def update_rows(model: type[Model], fields: list[str], objs: list[Any]) -> None:
     The engine's hot path writes a handful of rows per transition. Django's ``bulk_update``
     builds a ``CASE WHEN`` expression per field and object, which costs milliseconds of Python
     per call; a prepared statement sent once per row (psycopg pipelines ``executemany``) costs
-    microseconds. Values are prepared as the ORM would (:func:`_preparers`).
+    microseconds. Values are prepared as the ORM would (:func:`field_preparers`).
     """
     meta = model._meta
     conn = connections[router.db_for_write(model)]
@@ -98,7 +98,7 @@ def update_rows(model: type[Model], fields: list[str], objs: list[Any]) -> None:
         sql = "UPDATE {} SET {} WHERE {} = %s".format(
             qn(meta.db_table), ", ".join(f"{qn(f.column)} = %s" for f in model_fields), qn(pk.column)
         )
-        cached = _STATEMENTS[key] = (sql, _preparers(conn, [*model_fields, pk]))
+        cached = _STATEMENTS[key] = (sql, field_preparers(conn, [*model_fields, pk]))
     sql, preparers = cached
     params = [[prep(getattr(obj, attname), conn) for attname, prep in preparers] for obj in objs]
     with conn.cursor() as cursor:
@@ -128,7 +128,7 @@ def insert_rows(model: type[Model], objs: list[Any]) -> None:
             ", ".join(qn(f.column) for f in model_fields),
             ", ".join(["%s"] * len(model_fields)),
         )
-        cached = _STATEMENTS[key] = (sql, _preparers(conn, model_fields))
+        cached = _STATEMENTS[key] = (sql, field_preparers(conn, model_fields))
     sql, preparers = cached
     params = [[prep(getattr(obj, attname), conn) for attname, prep in preparers] for obj in objs]
     with conn.cursor() as cursor:
@@ -158,7 +158,7 @@ def _plain_types(f: Any) -> tuple[type, ...]:
     return ()
 
 
-def _preparers(conn: Any, fields: list[Any]) -> list[tuple[str, Any]]:
+def field_preparers(conn: Any, fields: list[Any]) -> list[tuple[str, Any]]:
     """For each field, ``(attname, (value, connection) -> database value)``, as
     ``get_db_prep_save`` would do.
 
@@ -337,7 +337,7 @@ class WorkflowState:
         #: Nodes to hand to a worker after commit (``Dispatcher.run_node``).
         self.to_dispatch: list[uuid.UUID] = []
         #: EXECUTING nodes that were stopped: their ``stop`` hooks are recorded PENDING on the
-        #: node in this transaction (``services._commit``) and run by a worker after commit.
+        #: node in this transaction (``txn.commit``) and run by a worker after commit.
         self.to_stop_hooks: list[uuid.UUID] = []
         #: (node or None, from, to) for signals after commit.
         self.changes: list[tuple[Node | None, str, str]] = []
@@ -347,7 +347,7 @@ class WorkflowState:
         self.delete_after = False
         self.parameters_changed = False
         #: Writes to other tables that a batch makes with one statement for all its workflows
-        #: (``services._deferred_write``): deliveries by id (``messages._DeliveryWrite``), and
+        #: (``txn.deferred_write``): deliveries by id (``messages._DeliveryWrite``), and
         #: the subscriptions to delete, of listeners that are done (``correlation.before_flush``)
         #: and of a workflow that ended (``subscriptions_kept``: all but these; None: it did not).
         self.delivery_writes: dict[int, Any] = {}

@@ -148,7 +148,7 @@ def test_a_claim_that_raises_leaves_out_only_its_workflow(
     tmpl = b.linear("BatchBadClaim", (t.Record, "a"))
     workflows = [tmpl.create_instance(submit_task=True) for _ in range(4)]
     poisoned = workflows[2].id
-    real_claim_node = services._claim_node
+    real_claim_node = services.claim_node
 
     def claim_node(state: Any, node: Any, lease: str, **kwargs: Any) -> Any:
         work = real_claim_node(state, node, lease, **kwargs)  # its writes are rolled back with it
@@ -156,7 +156,7 @@ def test_a_claim_that_raises_leaves_out_only_its_workflow(
             raise RuntimeError("poison")
         return work
 
-    monkeypatch.setattr(services, "_claim_node", claim_node)
+    monkeypatch.setattr(services, "claim_node", claim_node)
     with CaptureQueriesContext(connection) as ctx:
         done = services.nodes_run(targets=queued(dispatcher), lease="badclaim")
     assert done.steps == 3

@@ -14,7 +14,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from dagger_django.engine import messages, services
+from dagger_django.engine import messages, services, txn
 from dagger_django.models import Delivery, DeliveryStatus, Status, Subscription, Workflow
 
 from ..helpers import history
@@ -121,14 +121,14 @@ def test_a_listener_claim_that_raises_in_a_batch_leaves_its_delivery_pending(
 ) -> None:
     workflows, targets = waiting("ListenerClaimRaises", 3, "claim", dispatcher)
     poisoned = workflows[0].id
-    real_build = services.work_build
+    real_build = txn.work_build
 
     def work_build(state: Any, *args: Any, **kwargs: Any) -> Any:
         if state.workflow.id == poisoned:
             raise RuntimeError("poison")  # after the claim's write was noted
         return real_build(state, *args, **kwargs)
 
-    monkeypatch.setattr(services, "work_build", work_build)
+    monkeypatch.setattr(txn, "work_build", work_build)
     services.nodes_run(targets=targets, lease="claims")
     assert [reload(wf.id).status for wf in workflows] == [S.EXECUTING, S.COMPLETED, S.COMPLETED]
     delivery = Delivery.objects.get(workflow_id=poisoned)

@@ -10,7 +10,7 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from dagger_django.engine.state import _preparers, insert_rows, load_locked, update_rows
+from dagger_django.engine.state import field_preparers, insert_rows, load_locked, update_rows
 from dagger_django.models import HistoryRecord, Node, Status, Workflow, WorkflowTemplate
 
 pytestmark = pytest.mark.django_db
@@ -46,7 +46,7 @@ def _adapted(value: Any) -> Any:
 @pytest.mark.parametrize("model", [Workflow, Node, HistoryRecord])
 def test_fast_preparers_give_what_the_fields_would(model: Any) -> None:
     fields = [f for f in model._meta.concrete_fields if not f.auto_created]
-    for (attname, prep), field in zip(_preparers(connection, fields), fields, strict=True):
+    for (attname, prep), field in zip(field_preparers(connection, fields), fields, strict=True):
         assert attname == field.attname
         values = _values(field)
         assert values, f"no sample values for {field!r}: add its type to _values"
