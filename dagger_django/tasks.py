@@ -19,7 +19,7 @@ from celery.signals import task_postrun, worker_ready
 from django.db import InterfaceError, OperationalError, connections
 
 from .conf import dagger_settings
-from .engine import recovery, services
+from .engine import recovery, services, timers
 
 logger = logging.getLogger("dagger_django.tasks")
 
@@ -78,7 +78,7 @@ def run_nodes(self: Any, targets: list[list[str]]) -> int:
 
 @shared_task(name="dagger_django.fire_timer", **_COMMON)
 def fire_timer(timer_id: int) -> bool:
-    return services.timer_fire(timer_id=timer_id)
+    return timers.timer_fire(timer_id=timer_id)
 
 
 @shared_task(name="dagger_django.run_stop_hooks", **_COMMON)
@@ -91,9 +91,9 @@ def run_stop_hooks(workflow_id: str, node_ids: list[str]) -> int:
 @shared_task(name="dagger_django.sweep_timers", ignore_result=True)
 def sweep_timers(upcoming: bool = True) -> int:
     """Fire the due timers; then (the beat's sweep) schedule sweeps for those due before the next."""
-    fired = services.timers_fire_due()
+    fired = timers.timers_fire_due()
     if upcoming:
-        services.timers_dispatch_upcoming()
+        timers.timers_dispatch_upcoming()
     return fired
 
 

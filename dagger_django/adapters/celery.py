@@ -68,7 +68,7 @@ class CeleryDispatcher:
         countdown = max(0.0, (eta - ports.now()).total_seconds())
         # Only near timers are sent with a countdown: brokers hold far ones badly (Redis
         # re-delivers countdown messages after its visibility timeout). The sweep fires the rest,
-        # and sends those due before the next sweep (services.timers_dispatch_upcoming).
+        # and sends those due before the next sweep (timers.timers_dispatch_upcoming).
         if countdown <= max(float(dagger_settings.TRIGGER_INTERVAL), 1.0) * 2:
             fire_timer.apply_async(args=[timer_id], countdown=countdown, **timer_options())
 

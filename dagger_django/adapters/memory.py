@@ -17,7 +17,7 @@ from typing import Any
 class InMemoryDispatcher:
     runs: deque[tuple[str, str, str]] = field(default_factory=deque)
     timers: list[tuple[int, dt.datetime]] = field(default_factory=list)
-    #: Timer sweeps asked for, with their due time (engine: ``services.timers_dispatch_upcoming``).
+    #: Timer sweeps asked for, with their due time (engine: ``timers.timers_dispatch_upcoming``).
     sweeps: list[dt.datetime] = field(default_factory=list)
     stop_hooks: deque[tuple[str, list[str]]] = field(default_factory=deque)
     sent: list[tuple[str, Any]] = field(default_factory=list)
@@ -79,7 +79,7 @@ class InMemoryDispatcher:
 
     def drain(self, *, max_rounds: int = 1000, fire_due_timers: bool = True) -> int:
         """Run queued work (and timers already due by the engine's clock) until nothing is left."""
-        from ..engine import ports, services
+        from ..engine import ports, services, timers
 
         done = 0
         for _ in range(max_rounds):
@@ -96,10 +96,10 @@ class InMemoryDispatcher:
                 due = [t for t in self.timers if t[1] <= ports.now()]
                 self.timers = [t for t in self.timers if t[1] > ports.now()]
                 for timer_id, _ in due:
-                    services.timer_fire(timer_id=timer_id)
+                    timers.timer_fire(timer_id=timer_id)
             elif fire_due_timers and any(eta <= ports.now() for eta in self.sweeps):
                 self.sweeps = [eta for eta in self.sweeps if eta > ports.now()]
-                services.timers_fire_due()
+                timers.timers_fire_due()
             else:
                 return done
             done += 1

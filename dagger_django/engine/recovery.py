@@ -72,6 +72,12 @@ def dispatch_owed(*, node_ids: list[Any]) -> int:
         return 0
 
 
+def dispatch_owed_targets(targets: list[tuple[Any, Any]]) -> None:
+    """:func:`dispatch_owed` for the ``(workflow id, node id)`` pairs of a batch that could not be
+    sent (``ports.dispatch_in_batches``'s ``on_failure``)."""
+    dispatch_owed(node_ids=[node_id for _, node_id in targets])
+
+
 def stranded_nodes(*, lease_seconds: float | None = None, limit: int | None = None) -> list[tuple[Any, Any]]:
     """``(node id, workflow id)`` of nodes that look stranded, oldest first (no lock taken).
 
@@ -270,6 +276,7 @@ __all__ = [
     "backoffs_forget",
     "broker_loss_check",
     "dispatch_owed",
+    "dispatch_owed_targets",
     "node_recover",
     "nodes_recover",
     "stop_hooks_recover",

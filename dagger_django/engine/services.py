@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import Count
 
 from ..conf import dagger_settings
 from ..definitions.enums import TaskStatus
@@ -40,19 +39,22 @@ from ..models import (
     NodeKind,
     Status,
     StopHook,
-    Timer,
     TimerPurpose,
-    TimerStatus,
     Workflow,
     WorkflowTemplate,
 )
 from ..models.history import history_event
-from ..models.status import ENDED_FOR_GOOD, HOOK_KINDS, TIMER_TRANSITIONS, sole_source, transition
+from ..models.status import ENDED_FOR_GOOD, HOOK_KINDS
 from . import heartbeat, messages, outbox, parameters, ports, recovery, timing, walker
 from .hooks import call_hook
 from .outbox import outbox_send  # noqa: F401 - Topic.send's entry point (engine/outbox.py)
 from .retry import RetryPolicy
 from .state import WorkflowState
+from .timers import (  # noqa: F401 - names of old; their home is engine/timers.py (docs/testing.md)
+    timer_fire,
+    timers_dispatch_upcoming,
+    timers_fire_due,
+)
 from .txn import (
     Outcome,
     Work,
@@ -60,8 +62,6 @@ from .txn import (
     commit,
     deferred_write,
     in_savepoint,
-    lock,
-    lock_many,
     locked,
     locked_many,
     set_parameters,
@@ -489,7 +489,7 @@ def nodes_run(*, targets: list[tuple[Any, Any]], lease: str) -> BatchRun:
         (alone if item[0] in seen else batch).append(item)
         seen.add(item[0])
     # Next steps that do not run inline go to workers DISPATCH_BATCH to a message.
-    with ports.dispatch_in_batches(on_failure=_owe_targets):
+    with ports.dispatch_in_batches(on_failure=recovery.dispatch_owed_targets):
         _run_batch(batch, alone, result)
     return result
 
@@ -835,320 +835,8 @@ def _fail_or_retry(state: WorkflowState, node: Node, outcome: Outcome) -> None:
 
 
 # ==================================================================================================
-# timers and stop hooks
+# stop hooks
 # ==================================================================================================
-def timer_fire(*, timer_id: int) -> bool:
-    """Fire one timer if it is still pending; a second firing is a no-op. Returns whether it fired.
-
-    The path of a timer's Celery countdown message (``dagger_django.fire_timer``).
-    """
-    row = (
-        Timer.objects.filter(pk=timer_id)
-        .values("workflow_id", "node_id", "purpose", "due_at", "status", "attempt")
-        .first()
-    )
-    if row is None or row["status"] != TimerStatus.PENDING:
-        return False
-    if row["due_at"] > ports.now():
-        # A broker's countdown can run a few milliseconds early: the table decides, so wait on.
-        try:
-            ports.get_dispatcher().fire_timer(timer_id=timer_id, eta=row["due_at"])
-        except Exception as exc:  # noqa: BLE001 - the timer stays PENDING: the sweep fires it
-            logger.warning("could not send timer %s again (%r); the sweep fires it", timer_id, exc)
-        return False
-    with transaction.atomic():
-        state = lock(row["workflow_id"])
-        if state is None:
-            return False
-        return _timer_fire_locked(
-            state,
-            timer_id=timer_id,
-            node_id=row["node_id"],
-            purpose=row["purpose"],
-            attempt=row["attempt"],
-        )
-
-
-def _timer_fire_locked(
-    state: WorkflowState,
-    *,
-    timer_id: int,
-    node_id: Any,
-    purpose: str,
-    attempt: int | None,
-    marked: bool = False,
-) -> bool:
-    """Inside the workflow's transaction: mark the timer FIRED (compare-and-set; ``marked``: the
-    claim did it already) and act on it."""
-    if not marked:
-        claimed = transition(
-            Timer.objects.filter(pk=timer_id, status=TimerStatus.PENDING),
-            TimerStatus.FIRED,
-            fired_at=state.now,
-        )
-        if not claimed:
-            return False
-    timing.fire(state, state.get(node_id), purpose=purpose, attempt=attempt, timer_id=timer_id)
-    commit(state)
-    return True
-
-
-# -- the sweep (celery-beat's ``dagger_django.sweep_timers``, ``manage.py dagger_fire_timers``) --------
-@dataclass(frozen=True)
-class _DueTimer:
-    id: int
-    workflow_id: uuid.UUID
-    node_id: uuid.UUID | None
-    purpose: str
-    attempt: int | None
-
-
-def timers_fire_due(*, limit: int | None = None) -> int:
-    """One sweep: fire due timers, earliest first, in batches. Returns how many fired.
-
-    At most ``limit`` (default ``MAX_TASKS_PER_TRIGGER``) timers are tried. Each batch is one
-    transaction: it claims up to ``TIMER_BATCH`` due timers of different workflows, locking their
-    workflows with ``FOR UPDATE SKIP LOCKED`` (a timer whose workflow another sweep or transaction
-    holds right now is passed over, so concurrent sweeps share the work and never wait or
-    deadlock), loads those workflows (:func:`txn.lock_many`, in id order, already ours), fires
-    each timer and commits once; the tasks the batch handed to workers are sent after that
-    commit, ``DISPATCH_BATCH`` to a message.
-
-    A timer whose firing raises never rolls back the others. A batch is fired first without
-    savepoints (nothing fails, as a rule, and two savepoint statements per timer cost a quarter
-    of a sweep's CPU); when a timer raises, that attempt is rolled back as a whole and the batch
-    is fired again without it, each timer in a savepoint of its own, as is every later batch of
-    the sweep. A timer that raised is logged, stays PENDING (the table is the truth; fix the cause and
-    the next sweep fires it) and is not tried again in this sweep; the rest of its batch commits.
-    A database outage ends the sweep with its error.
-    """
-    cap = int(dagger_settings.MAX_TASKS_PER_TRIGGER if limit is None else limit)
-    size = max(1, int(dagger_settings.TIMER_BATCH))
-    fired = 0
-    failed: list[int] = []
-    careful = False
-    # The tasks of fired timers go to workers DISPATCH_BATCH at a time; a batch that cannot be
-    # sent is owed, and the recovery sweep sends it.
-    with ports.dispatch_in_batches(on_failure=_owe_targets):
-        while fired + len(failed) < cap:
-            batch = min(size, cap - fired - len(failed))
-            try:
-                result = _timers_fire_batch(limit=batch, exclude=failed, savepoints=careful)
-            except _TimerRaised as raised:  # rolled back as a whole: again, a savepoint per timer
-                logger.error(
-                    "timer %s failed to fire; it stays pending for the next sweep",
-                    raised.timer_id,
-                    exc_info=raised.__cause__,
-                )
-                failed.append(raised.timer_id)
-                careful = True
-                if batch == 1:
-                    continue
-                result = _timers_fire_batch(limit=batch - 1, exclude=failed, savepoints=True)
-            if result is None:
-                break
-            done, bad = result
-            fired += done
-            failed.extend(bad)
-    return fired
-
-
-class _TimerRaised(Exception):
-    """Firing a timer raised in a batch without savepoints (the cause is ``__cause__``)."""
-
-    def __init__(self, timer_id: int) -> None:
-        super().__init__(f"timer {timer_id} failed to fire")
-        self.timer_id = timer_id
-
-
-def _timers_fire_batch(*, limit: int, exclude: list[int], savepoints: bool) -> tuple[int, list[int]] | None:
-    """One transaction: claim up to ``limit`` due timers (one per workflow) and fire them. Returns
-    ``(fired, [ids of the timers that failed])``, or None when nothing is due.
-
-    ``savepoints``: each timer fires in a savepoint, and one that raises is rolled back alone;
-    otherwise the first one that raises rolls the whole transaction back (:class:`_TimerRaised`).
-    """
-    fired = 0
-    failed: list[int] = []
-    with transaction.atomic():
-        claimed, marked, seen = _timers_claim_due(now=ports.now(), limit=limit, exclude=exclude)
-        while not claimed and seen:
-            # Every timer it locked had been fired meanwhile (a concurrent sweep committed them
-            # after this statement's snapshot): look again, with a fresh snapshot.
-            claimed, marked, seen = _timers_claim_due(now=ports.now(), limit=limit, exclude=exclude)
-        if not claimed:
-            return None
-        loaded = lock_many(due.workflow_id for due in claimed)  # locked by the claim: no wait
-        for due in claimed:
-            row = loaded.get(due.workflow_id)
-            if row is None:  # cannot happen (the claim locked it); the timer is spent
-                fired += 1
-                continue
-            try:
-                with in_savepoint(savepoints):
-                    _timer_fire_locked(
-                        WorkflowState(*row),
-                        timer_id=due.id,
-                        node_id=due.node_id,
-                        purpose=due.purpose,
-                        attempt=due.attempt,
-                        marked=marked,
-                    )
-            except (OperationalError, InterfaceError):
-                raise
-            except Exception as exc:
-                if not savepoints:
-                    raise _TimerRaised(due.id) from exc
-                logger.exception("timer %s failed to fire; it stays pending for the next sweep", due.id)
-                failed.append(due.id)
-                if marked:  # the claim's mark is outside the savepoint: take it back
-                    transition(
-                        Timer.objects.filter(pk=due.id, status=TimerStatus.FIRED),
-                        TimerStatus.PENDING,
-                        fired_at=None,
-                    )
-                continue
-            fired += 1
-    return fired, failed
-
-
-def _owe_targets(targets: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
-    recovery.dispatch_owed(node_ids=[node_id for _, node_id in targets])
-
-
-_CLAIM_SQL: dict[str, str] = {}
-
-
-def _timers_claim_due(
-    *, now: dt.datetime, limit: int, exclude: list[int]
-) -> tuple[list[_DueTimer], bool, int]:
-    """Lock the workflows of up to ``limit`` of the earliest due timers, skipping locked rows, and
-    keep the earliest timer of each workflow. Returns ``(timers, marked, seen)``: the timers,
-    earliest first, and how many due timers the statement locked, stale ones included (none
-    returned while some were seen: look again).
-
-    One timer per workflow: each fires in its own savepoint on its workflow's state, so a failure
-    rolls back that timer alone. A second timer of the same workflow stays PENDING (locked until
-    this transaction ends, then the next batch takes it, with the first one's effect loaded).
-
-    On PostgreSQL one statement, compiled once per process, locks, keeps one per workflow, and
-    marks the kept timers FIRED (``marked``); elsewhere the ORM (SQLite has no row locks: its
-    writers are serialised), and each timer is marked when it fires.
-    """
-    conn = transaction.get_connection()
-    if conn.vendor != "postgresql":
-        rows = (
-            Timer.objects.select_for_update(skip_locked=True, of=("workflow",))
-            .select_related("workflow")
-            .filter(status=TimerStatus.PENDING, due_at__lte=now)
-            .exclude(pk__in=exclude)
-            .order_by("due_at", "id")
-            .values_list("id", "workflow_id", "node_id", "purpose", "attempt")[:limit]
-        )
-        kept: dict[Any, _DueTimer] = {}
-        for row in rows:
-            kept.setdefault(row[1], _DueTimer(*row))
-        return list(kept.values()), False, len(kept)
-    sql = _CLAIM_SQL.get(conn.alias)
-    if sql is None:
-        qn = conn.ops.quote_name
-        timer, workflow = qn(Timer._meta.db_table), qn(Workflow._meta.db_table)
-        # The locking query cannot keep one row per workflow itself (DISTINCT ON and FOR UPDATE
-        # do not mix): a materialised CTE locks, the next one picks, the UPDATE marks. Only the
-        # workflow rows are locked: a timer row changes only under its workflow's lock, and a
-        # lock taken on a timer whose workflow is then skipped would stay held to the end of the
-        # transaction, where the sweep that does hold that workflow could wait for it. The
-        # UPDATE checks the status again: a timer fired and committed by the workflow's previous
-        # holder after this statement's snapshot is re-read there and left out (it still took a
-        # place under the LIMIT: the count of locked rows tells "all stale" from "none due",
-        # and the row of NULLs joined on keeps that count when nothing is marked). ORDER BY due_at
-        # alone, the order of the partial index on PENDING timers: the claim reads K rows of it
-        # (2 ms with 10,000 due); a tie-breaker would sort every due timer each time (45 ms).
-        sql = (
-            "WITH locked AS MATERIALIZED ("
-            f"SELECT t.id, t.workflow_id, t.due_at FROM {timer} t JOIN {workflow} w ON w.id = t.workflow_id"
-            " WHERE t.status = %s AND t.due_at <= %s AND NOT (t.id = ANY(%s))"
-            " ORDER BY t.due_at LIMIT %s FOR UPDATE OF w SKIP LOCKED"
-            "), kept AS (SELECT DISTINCT ON (workflow_id) id, due_at FROM locked"
-            " ORDER BY workflow_id, due_at, id"
-            f"), marked AS (UPDATE {timer} SET status = %s, fired_at = %s FROM kept"
-            f" WHERE {timer}.id = kept.id AND {timer}.status = %s"
-            f" RETURNING {timer}.id, {timer}.workflow_id, {timer}.node_id, {timer}.purpose,"
-            f" {timer}.attempt, kept.due_at"
-            ") SELECT (SELECT count(*) FROM locked), m.id, m.workflow_id, m.node_id, m.purpose,"
-            " m.attempt, m.due_at FROM (SELECT 1) AS one LEFT JOIN marked m ON true"
-        )
-        _CLAIM_SQL[conn.alias] = sql
-    # The due timers are the PENDING ones, the only status a timer is FIRED from (the UPDATE's guard).
-    pending = sole_source(TIMER_TRANSITIONS, TimerStatus.FIRED)
-    params = [pending, now, list(exclude), limit, TimerStatus.FIRED.value, now, pending]
-    with conn.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    seen = int(rows[0][0])
-    rows = sorted((row[1:] for row in rows if row[1] is not None), key=lambda r: (r[5], r[0]))
-    return [_DueTimer(*row[:5]) for row in rows], True, seen  # earliest first, as they were due
-
-
-#: Timers due within this many seconds of the first of them share one precision sweep.
-SWEEP_BUCKET_SECONDS = 0.05
-#: A bucket gets one precision sweep per this many timers, at most SWEEPS_PER_BUCKET (they run
-#: in parallel on several worker processes and share the work through SKIP LOCKED), and always
-#: enough of them to fire the whole bucket (each fires at most MAX_TASKS_PER_TRIGGER).
-TIMERS_PER_SWEEP = 500
-SWEEPS_PER_BUCKET = 4
-
-
-def timers_dispatch_upcoming(*, horizon: float | None = None, limit: int | None = None) -> int:
-    """Schedule sweeps (Celery countdowns) at the due times of the timers due before the next
-    regular sweep. Returns the number of sweeps scheduled.
-
-    This is what makes a timer fire on time rather than at the next sweep, for timers created
-    too far ahead to be sent with a countdown at creation. It sends sweeps, not one message per
-    timer: a burst of timers due in the same instant costs a few messages, and a sweep fires
-    timers several times faster than one message each (measured: docs/time.md). Timers due
-    within ``SWEEP_BUCKET_SECONDS`` of each other share a sweep, scheduled at the last of them.
-
-    Each regular sweep looks at the timers due between half an interval and one and a half
-    intervals from now (``horizon``, default ``TRIGGER_INTERVAL``, is the window's length), so
-    sweeps one interval apart tile the time line. A sweep scheduled twice is harmless, one that is
-    missed or lost leaves its timers to the next regular sweep. ``limit`` (default
-    ``MAX_TASKS_PER_TRIGGER``) caps the distinct due times read.
-    """
-    now = ports.now()
-    interval = float(dagger_settings.TRIGGER_INTERVAL)
-    start = now + dt.timedelta(seconds=interval / 2)
-    end = start + dt.timedelta(seconds=interval if horizon is None else horizon)
-    cap = int(dagger_settings.MAX_TASKS_PER_TRIGGER if limit is None else limit)
-    rows = list(
-        Timer.objects.filter(status=TimerStatus.PENDING, due_at__gt=start, due_at__lte=end)
-        .values("due_at")
-        .annotate(n=Count("id"))
-        .order_by("due_at")
-        .values_list("due_at", "n")[:cap]
-    )
-    buckets: list[tuple[dt.datetime, dt.datetime, int]] = []  # (first due, last due, timers)
-    for due_at, n in rows:
-        if buckets and (due_at - buckets[-1][0]).total_seconds() <= SWEEP_BUCKET_SECONDS:
-            first, _, count = buckets[-1]
-            buckets[-1] = (first, due_at, count + n)
-        else:
-            buckets.append((due_at, due_at, n))
-    dispatcher = ports.get_dispatcher()
-    sent = 0
-    per_sweep = max(1, int(dagger_settings.MAX_TASKS_PER_TRIGGER))
-    for _, last, count in buckets:
-        # Enough sweeps to fire the whole bucket, and a few in parallel for a large one.
-        sweeps = max(-(-count // per_sweep), min(SWEEPS_PER_BUCKET, -(-count // TIMERS_PER_SWEEP)))
-        try:
-            dispatcher.sweep_timers(eta=last, count=sweeps)
-        except Exception as exc:  # noqa: BLE001 - precision only: the regular sweeps fire them
-            logger.warning("could not schedule timer sweeps (%r); the regular sweep fires the timers", exc)
-            break
-        sent += sweeps
-    return sent
-
-
 def stop_hooks_run(*, workflow_id: Any, node_ids: list[Any]) -> int:
     """Call the ``stop`` hook of nodes that were EXECUTING when stopped; returns how many ran.
 

@@ -2,7 +2,7 @@
 
 Every wait is a :class:`~dagger_django.models.Timer` row written in the same transaction as the
 node's status; the row is the truth. After commit the dispatcher is asked to fire timers that are
-due soon with a countdown (precision), and the periodic sweep (``services.timers_fire_due``)
+due soon with a countdown (precision), and the periodic sweep (``timers.timers_fire_due``)
 fires whatever is due and was not fired yet (safety). Either way a timer fires through
 :func:`fire`, inside the transaction that holds the workflow's lock, and firing twice is a no-op
 (the compare-and-set on the timer's status).

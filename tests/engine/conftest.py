@@ -45,7 +45,7 @@ def concurrent_sweeps(count: int, *, timeout: float = 60) -> list[int]:
 
     from django.db import connections
 
-    from dagger_django.engine import services
+    from dagger_django.engine.timers import timers_fire_due
 
     start = threading.Barrier(count)
     counts: list[int] = []
@@ -54,7 +54,7 @@ def concurrent_sweeps(count: int, *, timeout: float = 60) -> list[int]:
     def sweep() -> None:
         try:
             start.wait(timeout=10)
-            counts.append(services.timers_fire_due())
+            counts.append(timers_fire_due())
         except BaseException as exc:  # reported below
             errors.append(exc)
         finally:

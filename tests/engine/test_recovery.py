@@ -14,6 +14,7 @@ from django.core.management import call_command
 from dagger_django import Dagger, IntervalTaskTemplateBuilder, TriggerTaskTemplateBuilder
 from dagger_django import tasks as celery_tasks
 from dagger_django.engine import recovery, services
+from dagger_django.engine.timers import timers_fire_due
 from dagger_django.models import Node, Status
 
 from ..helpers import history
@@ -133,7 +134,7 @@ def test_a_running_trigger_of_a_dead_worker_runs_again(dispatcher: Any, clock: A
     tmpl = b.template(name("DeadTrigger"), b.process("main", b.helper.build_and_link_tasks([trigger])))
     wf = tmpl.create_instance(submit_task=True, run_at=clock.now().timestamp() + 10)
     clock.advance(seconds=10)
-    assert services.timers_fire_due() == 1
+    assert timers_fire_due() == 1
     crashed_worker(dispatcher, wf.id)
     clock.advance(seconds=LEASE + 1)
     assert recovery.nodes_recover() == 1

@@ -1,4 +1,4 @@
-"""Timer sweeps fire a batch of due timers per transaction (``services.timers_fire_due``).
+"""Timer sweeps fire a batch of due timers per transaction (``timers.timers_fire_due``).
 
 Each batch claims the due timers of different workflows (``SKIP LOCKED``), locks and loads those
 workflows with two statements, fires each timer in a savepoint of its own and commits once. On the
@@ -15,7 +15,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from dagger_django import Dagger, TriggerTaskTemplateBuilder
-from dagger_django.engine import services, timing
+from dagger_django.engine import services, timers, timing
 from dagger_django.models import Node, Status, Timer, TimerStatus
 
 from ..helpers import history
@@ -57,7 +57,7 @@ def sweep_counted(n_timers: int, clock: Any, settings: Any) -> CaptureQueriesCon
     make_triggers(clock, *([5] * n_timers))
     clock.advance(seconds=10)
     with CaptureQueriesContext(connection) as ctx:
-        assert services.timers_fire_due() == n_timers
+        assert timers.timers_fire_due() == n_timers
     return ctx
 
 
@@ -96,7 +96,7 @@ def test_a_sweep_commits_once_per_batch(dispatcher: Any, clock: Any, settings: A
         real_commit()
 
     monkeypatch.setattr(connection, "commit", commit)
-    assert services.timers_fire_due() == 10
+    assert timers.timers_fire_due() == 10
     # Batches of 4, 4 and 2, then the claim that finds nothing: 4 transactions, not 11.
     assert len(commits) == 4
     runs = [wf for wf, _, _ in dispatcher.runs]
@@ -129,7 +129,7 @@ def test_a_timer_whose_firing_raises_fails_alone_and_stays_pending(
     calls = break_timers(monkeypatch, ids[2])
     clock.advance(seconds=10)
     with CaptureQueriesContext(connection) as ctx:
-        assert services.timers_fire_due() == 4
+        assert timers.timers_fire_due() == 4
     assert calls.count(bad) == 1  # not tried again in the same sweep
     if connection.vendor == "postgresql":  # the batch again, a savepoint per timer
         assert statements(ctx, "RELEASE SAVEPOINT") == 4
@@ -142,7 +142,7 @@ def test_a_timer_whose_firing_raises_fails_alone_and_stays_pending(
     assert [len(history(i, "trigger_due")) for i in ids] == [1, 1, 0, 1, 1]
     assert sorted(wf for wf, _, _ in dispatcher.runs) == sorted(str(i) for i in ids if i != ids[2])
     monkeypatch.setattr(timing, "fire", real_fire)
-    assert services.timers_fire_due() == 1  # the next sweep takes it
+    assert timers.timers_fire_due() == 1  # the next sweep takes it
     dispatcher.drain(fire_due_timers=False)
     assert [reload(i).status for i in ids] == [S.COMPLETED] * 5
 
@@ -155,7 +155,7 @@ def test_a_second_failing_timer_is_rolled_back_to_its_savepoint(
     bad = {ids[1], ids[3], ids[6]}  # in the first batch, in its second try, in a later batch
     calls = break_timers(monkeypatch, *bad)
     clock.advance(seconds=10)
-    assert services.timers_fire_due() == 5
+    assert timers.timers_fire_due() == 5
     trigger = {n.workflow_id: n.id for n in Node.objects.filter(kind="trigger")}
     assert [calls.count(trigger[i]) for i in sorted(bad, key=ids.index)] == [1, 1, 1]
     assert sum("failed to fire" in r.getMessage() for r in caplog.records) == 3
@@ -172,7 +172,7 @@ def test_a_stopped_workflows_timer_in_the_batch_is_not_fired(dispatcher: Any, cl
     # A leftover PENDING timer of a stopped workflow (as an older release could leave) in the batch.
     Timer.objects.filter(workflow_id=ids[1]).update(status=T.PENDING)
     clock.advance(seconds=10)
-    assert services.timers_fire_due() == 3  # spent, as a no-op
+    assert timers.timers_fire_due() == 3  # spent, as a no-op
     assert reload(ids[1]).status == S.STOPPED
     assert history(ids[1], "trigger_due") == []
     assert sorted(wf for wf, _, _ in dispatcher.runs) == sorted([str(ids[0]), str(ids[2])])
@@ -192,7 +192,7 @@ def test_two_timers_of_one_workflow_fire_in_turn_in_one_sweep(dispatcher: Any, c
     )  # fmt: skip
     clock.advance(seconds=10)
     with CaptureQueriesContext(connection) as ctx:
-        assert services.timers_fire_due() == 4
+        assert timers.timers_fire_due() == 4
     if connection.vendor == "postgresql":
         assert statements(ctx, "SKIP LOCKED") == 3  # the second one waits for the next batch
     assert list(Timer.objects.filter(workflow_id=wf_id).values_list("status", flat=True)) == [T.FIRED] * 2
@@ -207,15 +207,15 @@ def test_a_claim_whose_locked_timers_were_all_fired_meanwhile_does_not_end_the_s
     # snapshot and before the lock: the claim then marks none of the rows it locked. That is not
     # "nothing due", or a sweep of a burst would end at the first such race.
     ids = make_triggers(clock, 1, 2, 3)
-    real_claim = services._timers_claim_due
+    real_claim = timers._timers_claim_due
     stale = [([], True, 2)]
 
     def claim(**kwargs: Any) -> Any:
         return stale.pop() if stale else real_claim(**kwargs)
 
-    monkeypatch.setattr(services, "_timers_claim_due", claim)
+    monkeypatch.setattr(timers, "_timers_claim_due", claim)
     clock.advance(seconds=10)
-    assert services.timers_fire_due() == 3
+    assert timers.timers_fire_due() == 3
     assert not stale
     assert [timer_of(i).status for i in ids] == [T.FIRED] * 3
 
@@ -244,6 +244,6 @@ def test_a_database_outage_ends_the_sweep_with_its_error(
     monkeypatch.setattr(timing, "fire", down)
     clock.advance(seconds=10)
     with pytest.raises(OperationalError):
-        services.timers_fire_due()
+        timers.timers_fire_due()
     assert [timer_of(i).status for i in ids] == [T.PENDING] * 3  # the whole batch rolled back
     assert not dispatcher.runs

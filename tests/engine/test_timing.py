@@ -25,6 +25,7 @@ from dagger_django import (
 )
 from dagger_django import tasks as celery_tasks
 from dagger_django.engine import services, timing
+from dagger_django.engine.timers import timer_fire, timers_dispatch_upcoming, timers_fire_due
 from dagger_django.exceptions import InvalidTemplate, InvalidTriggerTimeForTask
 from dagger_django.models import Node, Status, Timer, TimerPurpose, TimerStatus, Workflow
 
@@ -105,13 +106,13 @@ def test_trigger_waits_until_its_time_and_fires_when_due_exactly_now(dispatcher:
     assert timer.due_at == clock.now() + dt.timedelta(seconds=60)
 
     clock.advance(seconds=59.999)
-    assert services.timers_fire_due() == 0
+    assert timers_fire_due() == 0
     dispatcher.drain()
     assert statuses(wf.id)["remind"] == S.EXECUTING
 
     clock.advance(seconds=0.001)  # due exactly now
     assert clock.now() == timer.due_at
-    assert services.timers_fire_due() == 1
+    assert timers_fire_due() == 1
     dispatcher.drain()
     wf = reload(wf.id)
     assert wf.status == S.COMPLETED
@@ -174,8 +175,8 @@ def test_timer_of_a_stopped_workflow_is_cancelled_and_never_fires(dispatcher: An
     services.workflow_stop(workflow_id=wf.id)
     assert Timer.objects.get(pk=timer.pk).status == T.CANCELLED
     clock.advance(seconds=60)
-    assert services.timers_fire_due() == 0
-    assert services.timer_fire(timer_id=timer.pk) is False  # its countdown message arrives anyway
+    assert timers_fire_due() == 0
+    assert timer_fire(timer_id=timer.pk) is False  # its countdown message arrives anyway
     dispatcher.drain()
     assert reload(wf.id).status == S.STOPPED
     assert statuses(wf.id)["remind"] == S.STOPPED
@@ -190,7 +191,7 @@ def test_leftover_pending_timer_of_a_finished_workflow_fires_as_a_noop(dispatche
     Timer.objects.filter(pk=timer.pk).update(status=T.PENDING)  # as if the cancel had been lost
     events_before = len(history(wf.id))
     clock.advance(seconds=30)
-    assert services.timers_fire_due() == 1
+    assert timers_fire_due() == 1
     dispatcher.drain()
     assert Timer.objects.get(pk=timer.pk).status == T.FIRED
     assert len(history(wf.id)) == events_before
@@ -209,7 +210,7 @@ def make_triggers(clock: Any, *offsets: float) -> list[Any]:
 def test_sweep_fires_due_timers_earliest_first_and_leaves_the_others(dispatcher: Any, clock: Any) -> None:
     ids = make_triggers(clock, 30, 10, 20, 90)
     clock.advance(seconds=30)
-    assert services.timers_fire_due() == 3
+    assert timers_fire_due() == 3
     runs = [wf for wf, _, _ in dispatcher.runs]
     assert runs == [str(ids[1]), str(ids[2]), str(ids[0])]
     dispatcher.drain(fire_due_timers=False)
@@ -221,11 +222,11 @@ def test_sweep_fires_at_most_max_tasks_per_trigger(dispatcher: Any, clock: Any, 
     settings.DAGGER = {**settings.DAGGER, "MAX_TASKS_PER_TRIGGER": 2}
     make_triggers(clock, 1, 2, 3, 4, 5)
     clock.advance(seconds=10)
-    assert services.timers_fire_due() == 2
-    assert services.timers_fire_due() == 2
-    assert services.timers_fire_due() == 1
-    assert services.timers_fire_due() == 0
-    assert services.timers_fire_due(limit=10) == 0
+    assert timers_fire_due() == 2
+    assert timers_fire_due() == 2
+    assert timers_fire_due() == 1
+    assert timers_fire_due() == 0
+    assert timers_fire_due(limit=10) == 0
     assert Timer.objects.filter(status=T.FIRED).count() == 5
 
 
@@ -243,12 +244,12 @@ def test_failing_timer_is_logged_stays_pending_and_never_blocks_the_others(
 
     monkeypatch.setattr(timing, "fire", fire)
     clock.advance(seconds=10)
-    assert services.timers_fire_due() == 2
+    assert timers_fire_due() == 2
     assert "broken timer" in caplog.text
     assert [timers(i)[0].status for i in ids] == [T.PENDING, T.FIRED, T.FIRED]
     assert statuses(ids[0])["remind"] == S.EXECUTING
     monkeypatch.setattr(timing, "fire", real_fire)
-    assert services.timers_fire_due() == 1  # the next sweep takes it
+    assert timers_fire_due() == 1  # the next sweep takes it
     dispatcher.drain(fire_due_timers=False)
     assert [reload(i).status for i in ids] == [S.COMPLETED] * 3
 
@@ -271,12 +272,12 @@ def test_sweep_passes_over_a_timer_whose_workflow_is_locked_elsewhere(dispatcher
     holder.start()
     try:
         assert locked.wait(timeout=10)
-        assert services.timers_fire_due() == 2  # SKIP LOCKED: no wait, no deadlock
+        assert timers_fire_due() == 2  # SKIP LOCKED: no wait, no deadlock
         assert [timers(i)[0].status for i in ids] == [T.PENDING, T.FIRED, T.FIRED]
     finally:
         release.set()
         holder.join(timeout=30)
-    assert services.timers_fire_due() == 1
+    assert timers_fire_due() == 1
 
 
 def test_two_concurrent_sweeps_never_fire_one_timer_twice(dispatcher: Any, clock: Any) -> None:
@@ -296,7 +297,7 @@ def test_sweep_fires_retry_backoff_timers(dispatcher: Any, clock: Any) -> None:
     (timer,) = timers(wf.id, TimerPurpose.RETRY)
     assert statuses(wf.id)["flaky_executor_task"] == S.SUBMITTED
     clock.advance(seconds=10)
-    assert services.timers_fire_due() == 1
+    assert timers_fire_due() == 1
     dispatcher.drain(fire_due_timers=False)
     assert reload(wf.id).status == S.COMPLETED
     assert Timer.objects.get(pk=timer.pk).status == T.FIRED
@@ -307,7 +308,7 @@ def test_countdown_arriving_early_waits_for_the_table(dispatcher: Any, clock: An
     (timer,) = timers(wf_id)
     dispatcher.timers.clear()
     clock.advance(seconds=29.5)
-    assert services.timer_fire(timer_id=timer.pk) is False
+    assert timer_fire(timer_id=timer.pk) is False
     assert dispatcher.timers == [(timer.pk, timer.due_at)]  # sent again for its due time
     assert Timer.objects.get(pk=timer.pk).status == T.PENDING
 
@@ -320,7 +321,7 @@ def test_sweeps_are_scheduled_at_the_due_times_of_upcoming_timers(
     burst = make_triggers(clock, *([70] * 501))  # a burst: several sweeps, in parallel
     make_triggers(clock, 10, 200)  # before the window (sent at creation) and after it
     clock.advance(seconds=10)
-    assert services.timers_dispatch_upcoming() == 4
+    assert timers_dispatch_upcoming() == 4
     due = {wf: timers(wf)[0].due_at for wf in (near[1], near[2], burst[0])}
     assert dispatcher.sweeps == [due[burst[0]]] * 2 + [due[near[1]], due[near[2]]]
     clock.advance(seconds=80)
@@ -337,12 +338,12 @@ def test_queries_per_timer_firing_stay_small(
     # read the timer; BEGIN, lock + load the workflow (2), compare-and-set, workflow, node,
     # history, COMMIT
     with django_assert_max_num_queries(9):
-        assert services.timer_fire(timer_id=timer.pk) is True
+        assert timer_fire(timer_id=timer.pk) is True
     # BEGIN, claim and mark (one statement, SKIP LOCKED), lock + load (2), workflow, node,
     # history, COMMIT; then BEGIN, the claim that finds nothing, COMMIT. A batch of many timers
     # costs the same per transaction (tests/engine/test_timer_batch.py).
     with django_assert_max_num_queries(11):
-        assert services.timers_fire_due() == 1
+        assert timers_fire_due() == 1
 
 
 # -- intervals ------------------------------------------------------------------------------------------
@@ -515,7 +516,7 @@ def test_monitor_closes_without_callback_when_the_process_finishes_first(dispatc
     assert Timer.objects.get(pk=monitor_timer.pk).status == T.CANCELLED
     assert reasons(wf.id, "Watcher")[-1] == "monitored_task_finished"
     clock.advance(seconds=60)
-    assert services.timers_fire_due() == 0
+    assert timers_fire_due() == 0
     dispatcher.drain()
     wf = reload(wf.id)
     assert wf.status == S.COMPLETED
@@ -528,7 +529,7 @@ def test_monitor_that_fired_but_ran_after_the_process_finished_does_not_call_bac
     tmpl = monitored("MonitorRace", trigger("quick"))
     wf = tmpl.create_instance(submit_task=True, run_at=at(clock, 30), complete_by_time=at(clock, 20))
     clock.advance(seconds=20)
-    assert services.timers_fire_due() == 1  # the monitor is handed to a worker ...
+    assert timers_fire_due() == 1  # the monitor is handed to a worker ...
     held = dispatcher.runs.popleft()  # ... whose message is slow to arrive
     assert monitor_of(wf.id).status == S.SUBMITTED
     clock.advance(seconds=10)
@@ -660,7 +661,7 @@ def test_max_run_duration_drops_a_late_result_of_a_running_task(dispatcher: Any,
     work = services._claim(wf.id, node(wf.id, "a_executor_task").id, lease)  # a worker runs it ...
     assert work is not None
     clock.advance(seconds=5)
-    assert services.timers_fire_due() == 1  # ... while the deadline passes
+    assert timers_fire_due() == 1  # ... while the deadline passes
     outcome = services._execute(work)
     assert services._apply(work, outcome, lease=lease, claim_next=False) is None
     dispatcher.drain()

@@ -102,7 +102,7 @@ def test_raw_sql_status_writes_take_their_source_from_the_table() -> None:
         if "migrations" not in path.parts
         for where in raw_status_writes(path)
     }
-    assert raw == {"engine/services.py", "engine/state.py"}
+    assert raw == {"engine/timers.py", "engine/state.py"}
     for name in raw:
         assert "sole_source(TIMER_TRANSITIONS" in (PACKAGE / name).read_text()
 

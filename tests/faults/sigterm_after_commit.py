@@ -14,5 +14,5 @@ def _terminate(**kwargs: Any) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-# Signals are sent after the commit (engine/services.py, ``_announce``).
+# Signals are sent after the commit (engine/txn.py, ``_announce``).
 signals.workflow_status_changed.connect(_terminate, dispatch_uid="faults.sigterm_after_commit")

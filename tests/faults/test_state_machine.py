@@ -48,6 +48,7 @@ from dagger_django.conf import dagger_settings
 from dagger_django.engine import correlation, messages, outbox, recovery, services
 from dagger_django.engine.selectors import Event, workflow_events
 from dagger_django.engine.state import NODE_TRANSITIONS, WORKFLOW_TRANSITIONS
+from dagger_django.engine.timers import timer_fire, timers_fire_due
 from dagger_django.exceptions import TaskInvalidState
 from dagger_django.models import (
     Node,
@@ -341,13 +342,13 @@ class WorkflowCampaign(RuleBasedStateMachine):
         """Due timers fire: through beat's sweep, or through their own countdown messages."""
         self._step("fire_timers")
         if by_sweep:
-            FIGURES["timers_fired"] += services.timers_fire_due()
+            FIGURES["timers_fired"] += timers_fire_due()
             return
         now = self.clock.now()
         due = [t for t in self.dispatcher.timers if t[1] <= now]
         self.dispatcher.timers = [t for t in self.dispatcher.timers if t[1] > now]
         for timer_id, _ in due:
-            FIGURES["timers_fired"] += int(services.timer_fire(timer_id=timer_id))
+            FIGURES["timers_fired"] += int(timer_fire(timer_id=timer_id))
 
     @rule()
     def recover(self) -> None:
@@ -413,7 +414,7 @@ class WorkflowCampaign(RuleBasedStateMachine):
                 services.stop_hooks_run(workflow_id=wf, node_ids=nodes)
             self.dispatcher.timers.clear()  # the sweep below fires them all
             self.clock.advance(seconds=float(dagger_settings.LEASE_SECONDS) + 1)
-            moved += services.timers_fire_due()
+            moved += timers_fire_due()
             moved += recovery.nodes_recover()
             moved += messages.deliveries_redispatch()
             waiting_on_time = Timer.objects.filter(workflow_id__in=self.ids, status=TimerStatus.PENDING)

@@ -23,11 +23,11 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, limit: int | None = None, no_upcoming: bool = False, **options: Any) -> None:
-        from dagger_django.engine import services
+        from dagger_django.engine import timers
 
         if limit is not None and limit < 1:
             self.stderr.write("--limit must be at least 1")
             raise SystemExit(2)
-        fired = services.timers_fire_due(limit=limit)
-        upcoming = 0 if no_upcoming else services.timers_dispatch_upcoming()
+        fired = timers.timers_fire_due(limit=limit)
+        upcoming = 0 if no_upcoming else timers.timers_dispatch_upcoming()
         self.stdout.write(f"fired {fired} timer(s); sent {upcoming} upcoming timer(s) with a countdown")
