@@ -57,11 +57,12 @@ from .timers import (  # noqa: F401 - names of old; their home is engine/timers.
 )
 from .txn import (
     Outcome,
+    StepRaised,
     Work,
+    batch_step,
     claim_node,
     commit,
     deferred_write,
-    in_savepoint,
     locked,
     locked_many,
     set_parameters,
@@ -525,11 +526,6 @@ def _run_batch(
             result.retry_in = max(result.retry_in, held.retry_in)
 
 
-class _StepRaised(Exception):
-    """A workflow's step raised in a batch's first attempt, taken without savepoints: the attempt
-    is rolled back as a whole (the cause is ``__cause__``)."""
-
-
 def _claim_batch(items: list[tuple[uuid.UUID, uuid.UUID, str]], result: BatchRun) -> list[tuple[Work, str]]:
     """One transaction: lock every workflow of the batch and claim its node.
 
@@ -542,7 +538,7 @@ def _claim_batch(items: list[tuple[uuid.UUID, uuid.UUID, str]], result: BatchRun
         return []
     try:
         return _claim_batch_in(items, result, savepoints=False)
-    except _StepRaised:
+    except StepRaised:
         return _claim_batch_in(items, result, savepoints=True)
 
 
@@ -582,20 +578,15 @@ def _claim_each(
         row = loaded.get(workflow_id)
         if row is None:
             continue
-        try:
-            with in_savepoint(savepoints):
-                state = WorkflowState(*row)
-                work = _claim_in(state, node_id, lease)
-                commit(state, deferred=not savepoints)
-        except (OperationalError, InterfaceError):
-            raise
-        except Exception as exc:
-            if not savepoints:
-                raise _StepRaised from exc
-            if isinstance(exc, LeaseHeld):
-                result.retry_in = max(result.retry_in, exc.retry_in)
-            else:
-                logger.exception("claiming node %s of workflow %s failed", node_id, workflow_id)
+        with batch_step(savepoints=savepoints) as step:
+            state = WorkflowState(*row)
+            work = _claim_in(state, node_id, lease)
+            commit(state, deferred=not savepoints)
+        if isinstance(step.error, LeaseHeld):
+            result.retry_in = max(result.retry_in, step.error.retry_in)
+            continue
+        if step.error is not None:
+            logger.error("claiming node %s of workflow %s failed", node_id, workflow_id, exc_info=step.error)
             continue
         states.append(state)
         if work is not None:
@@ -616,7 +607,7 @@ def _batch_write(states: list[WorkflowState]) -> None:
         raise
     except Exception as exc:
         logger.info("the batch's writes failed (%r); again with a savepoint per workflow", exc)
-        raise _StepRaised from exc
+        raise StepRaised from exc
 
 
 def _apply_batch(
@@ -626,7 +617,7 @@ def _apply_batch(
     savepoints, and if a workflow's apply raises, again with a savepoint each (:func:`_claim_batch`)."""
     try:
         return _apply_batch_in(done, claim_next=claim_next, savepoints=False)
-    except _StepRaised:
+    except StepRaised:
         return _apply_batch_in(done, claim_next=claim_next, savepoints=True)
 
 
@@ -641,23 +632,23 @@ def _apply_batch_in(
             row = loaded.get(work.workflow_id)
             if row is None:
                 continue
-            try:
-                with in_savepoint(savepoints):
-                    state = WorkflowState(*row)
-                    if len(chain) == 1:
-                        following = _apply_in(state, work, outcome, lease=lease, claim_next=claim_next)
-                    else:
-                        following = _apply_chain_in(state, chain, lease=lease, claim_next=claim_next)
-                    commit(state, deferred=not savepoints)
-            except (OperationalError, InterfaceError):
-                raise
-            except Exception as exc:
-                if not savepoints:
-                    raise _StepRaised from exc
-                if isinstance(exc, messages.Stale):
-                    logger.info("discarding the stale result of %s for message %s", work.name, work.delivery)
+            with batch_step(savepoints=savepoints) as step:
+                state = WorkflowState(*row)
+                if len(chain) == 1:
+                    following = _apply_in(state, work, outcome, lease=lease, claim_next=claim_next)
                 else:
-                    logger.exception("applying the result of %s attempt %s failed", work.name, work.attempt)
+                    following = _apply_chain_in(state, chain, lease=lease, claim_next=claim_next)
+                commit(state, deferred=not savepoints)
+            if isinstance(step.error, messages.Stale):
+                logger.info("discarding the stale result of %s for message %s", work.name, work.delivery)
+                continue
+            if step.error is not None:
+                logger.error(
+                    "applying the result of %s attempt %s failed",
+                    work.name,
+                    work.attempt,
+                    exc_info=step.error,
+                )
                 continue
             states.append(state)
             if following is not None:

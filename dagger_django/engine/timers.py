@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import transaction
 from django.db.models import Count
 
 from ..conf import dagger_settings
@@ -31,7 +31,7 @@ from ..models import Timer, TimerStatus, Workflow
 from ..models.status import TIMER_TRANSITIONS, sole_source, transition
 from . import ports, recovery, timing
 from .state import WorkflowState
-from .txn import commit, in_savepoint, lock, lock_many
+from .txn import StepRaised, batch_step, commit, lock, lock_many
 
 logger = logging.getLogger("dagger_django.engine")
 
@@ -134,13 +134,13 @@ def timers_fire_due(*, limit: int | None = None) -> int:
             batch = min(size, cap - fired - len(failed))
             try:
                 result = _timers_fire_batch(limit=batch, exclude=failed, savepoints=careful)
-            except _TimerRaised as raised:  # rolled back as a whole: again, a savepoint per timer
+            except StepRaised as raised:  # rolled back as a whole: again, a savepoint per timer
                 logger.error(
                     "timer %s failed to fire; it stays pending for the next sweep",
-                    raised.timer_id,
+                    raised.key,
                     exc_info=raised.__cause__,
                 )
-                failed.append(raised.timer_id)
+                failed.append(raised.key)
                 careful = True
                 if batch == 1:
                     continue
@@ -153,20 +153,13 @@ def timers_fire_due(*, limit: int | None = None) -> int:
     return fired
 
 
-class _TimerRaised(Exception):
-    """Firing a timer raised in a batch without savepoints (the cause is ``__cause__``)."""
-
-    def __init__(self, timer_id: int) -> None:
-        super().__init__(f"timer {timer_id} failed to fire")
-        self.timer_id = timer_id
-
-
 def _timers_fire_batch(*, limit: int, exclude: list[int], savepoints: bool) -> tuple[int, list[int]] | None:
     """One transaction: claim up to ``limit`` due timers (one per workflow) and fire them. Returns
     ``(fired, [ids of the timers that failed])``, or None when nothing is due.
 
     ``savepoints``: each timer fires in a savepoint, and one that raises is rolled back alone;
-    otherwise the first one that raises rolls the whole transaction back (:class:`_TimerRaised`).
+    otherwise the first one that raises rolls the whole transaction back (``txn.StepRaised``, its
+    ``key`` the timer's id).
     """
     fired = 0
     failed: list[int] = []
@@ -184,22 +177,21 @@ def _timers_fire_batch(*, limit: int, exclude: list[int], savepoints: bool) -> t
             if row is None:  # cannot happen (the claim locked it); the timer is spent
                 fired += 1
                 continue
-            try:
-                with in_savepoint(savepoints):
-                    _timer_fire_locked(
-                        WorkflowState(*row),
-                        timer_id=due.id,
-                        node_id=due.node_id,
-                        purpose=due.purpose,
-                        attempt=due.attempt,
-                        marked=marked,
-                    )
-            except (OperationalError, InterfaceError):
-                raise
-            except Exception as exc:
-                if not savepoints:
-                    raise _TimerRaised(due.id) from exc
-                logger.exception("timer %s failed to fire; it stays pending for the next sweep", due.id)
+            with batch_step(savepoints=savepoints, key=due.id) as step:
+                _timer_fire_locked(
+                    WorkflowState(*row),
+                    timer_id=due.id,
+                    node_id=due.node_id,
+                    purpose=due.purpose,
+                    attempt=due.attempt,
+                    marked=marked,
+                )
+            if step.error is not None:
+                logger.error(
+                    "timer %s failed to fire; it stays pending for the next sweep",
+                    due.id,
+                    exc_info=step.error,
+                )
                 failed.append(due.id)
                 if marked:  # the claim's mark is outside the savepoint: take it back
                     transition(
