@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db.models import F, OuterRef, Q, QuerySet, Subquery
-from django.db.models.lookups import IsNull, LessThan
+from django.db.models.functions import Coalesce
+from django.db.models.lookups import LessThan
 from django.utils import timezone
 
 from ..conf import dagger_settings
@@ -248,8 +249,9 @@ def workflow_filter(
         last_change = Subquery(
             HistoryRecord.objects.filter(workflow_id=OuterRef("pk")).order_by("-id").values("created_at")[:1]
         )
+        # The row's own time stands in for a history that has no record (one subplan, not two).
         workflows = workflows.filter(status=Status.EXECUTING, updated_at__lt=cutoff).filter(
-            Q(IsNull(last_change, True)) | Q(LessThan(last_change, cutoff))
+            LessThan(Coalesce(last_change, F("updated_at")), cutoff)
         )
     return workflows
 
