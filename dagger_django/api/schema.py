@@ -16,6 +16,7 @@ dagger permission: the description holds no workflow data), errors in the API's 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from drf_spectacular.authentication import BasicScheme
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.renderers import OpenApiJsonRenderer, OpenApiYamlRenderer
+from drf_spectacular.settings import spectacular_settings
 from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.permissions import BasePermission
@@ -140,7 +142,10 @@ class SwaggerView(_DaggerRules, SpectacularSwaggerView):
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         response: Response = super().get(request, *args, **kwargs)
         # Swagger UI asks validator.swagger.io about the schema unless told not to.
-        response.data["settings"] = '{"deepLinking": true, "validatorUrl": null}'
+        configured = spectacular_settings.SWAGGER_UI_SETTINGS
+        if isinstance(configured, str):  # a JavaScript object literal: cannot be merged
+            configured = {"deepLinking": True}
+        response.data["settings"] = json.dumps({**configured, "validatorUrl": None}, indent=2)
         response["Cache-Control"] = "no-store"
         return response
 
