@@ -207,6 +207,10 @@ def test_the_pages_need_a_dagger_permission_and_load_nothing_from_the_internet(
     assert f"{BASE}/schema/" in html
     if page == "docs/":
         assert '"validatorUrl": null' in html  # no call to validator.swagger.io
+    # What the page's scripts draw from elsewhere (Redoc's logo) the browser must not fetch.
+    policy = response["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "img-src 'self' data:" in policy
+    assert "http" not in policy
 
 
 # --------------------------------------------------------------------------------------------------
