@@ -71,6 +71,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    # The API's Swagger UI and Redoc pages (/api/dagger/docs/): templates, and scripts served locally.
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "dagger_django",
     "config.demo",

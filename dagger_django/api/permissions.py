@@ -57,6 +57,21 @@ class CanPostEvents(DaggerPermission):
     required = (POST_EVENT,)
 
 
+class CanUseTheAPI(DaggerPermission):
+    """Any one of dagger's permissions: for what describes the API and holds no workflow data
+    (the root, the schema and its pages)."""
+
+    required = (VIEW_WORKFLOW, OPERATE_WORKFLOW, POST_EVENT)
+
+    @property
+    def message(self) -> str:  # type: ignore[override]
+        return "This needs one of the permissions " + ", ".join(self.required) + "."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        return bool(user and user.is_authenticated and any(user.has_perm(name) for name in self.required))
+
+
 class WorkflowAccess(BasePermission):
     """Reading (GET, HEAD, OPTIONS) as :class:`CanViewWorkflows`, anything else as
     :class:`CanOperateWorkflows`."""
@@ -76,6 +91,7 @@ __all__ = [
     "VIEW_WORKFLOW",
     "CanOperateWorkflows",
     "CanPostEvents",
+    "CanUseTheAPI",
     "CanViewWorkflows",
     "DaggerPermission",
     "WorkflowAccess",

@@ -6,11 +6,18 @@ template needs) is the engine's, which raises a :class:`~dagger_django.exception
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ..models import Status
+
+#: Ten years: a larger ``stuck_for`` would only overflow the date arithmetic.
+MAX_STUCK_SECONDS = 10 * 366 * 24 * 3600
 
 
 class JSONObjectField(serializers.JSONField):
@@ -42,7 +49,7 @@ def _json_type(value: Any) -> str:
 # input
 # --------------------------------------------------------------------------------------------------
 class WorkflowCreateSerializer(serializers.Serializer):
-    """Body of ``POST workflows/``."""
+    """Body of `POST workflows/`."""
 
     template = serializers.CharField(max_length=200)
     runtime_parameters = JSONObjectField(required=False, default=dict)
@@ -53,7 +60,7 @@ class WorkflowCreateSerializer(serializers.Serializer):
 
 
 class EventSerializer(serializers.Serializer):
-    """Body of ``POST events/``: a message for the listeners of ``topic`` (the Kafka issue)."""
+    """Body of `POST events/`: a message for the listeners of `topic` (the Kafka issue)."""
 
     topic = serializers.CharField(max_length=255)
     payload = serializers.JSONField()
@@ -61,23 +68,74 @@ class EventSerializer(serializers.Serializer):
 
 
 class WorkflowFilterSerializer(serializers.Serializer):
-    """Query string of ``GET workflows/``. An empty value means no filter."""
+    """Query string of `GET workflows/`. An empty value means no filter."""
 
-    status = serializers.ChoiceField(choices=Status.choices, required=False)
-    template = serializers.CharField(max_length=200, required=False)
-    key = serializers.CharField(max_length=255, required=False)
+    status = serializers.ChoiceField(choices=Status.choices, required=False, help_text="Exact status.")
+    template = serializers.CharField(max_length=200, required=False, help_text="Exact template name.")
+    version = serializers.IntegerField(
+        min_value=1,
+        max_value=2**31 - 1,
+        required=False,
+        help_text="Version of the template the workflows were created from (with `template`: of that one).",
+    )
+    key = serializers.CharField(
+        max_length=255, required=False, help_text="Exact, case-sensitive business key."
+    )
+    id = serializers.UUIDField(required=False, help_text="Exact workflow id.")
+    created_after = serializers.DateTimeField(
+        required=False, help_text="Created at or after this time (ISO 8601; without an offset: UTC)."
+    )
+    created_before = serializers.DateTimeField(
+        required=False, help_text="Created before this time (ISO 8601; without an offset: UTC)."
+    )
+    stuck_for = serializers.IntegerField(
+        min_value=0,
+        max_value=MAX_STUCK_SECONDS,
+        required=False,
+        help_text="Seconds: `EXECUTING` workflows in which nothing happened (no transition, no write "
+        "of the workflow) for at least that long.",
+    )
 
     def to_internal_value(self, data: Any) -> Any:
         # A query string gives lists; keep the last value of each known key and drop empty ones.
         values = {name: data.get(name) for name in self.fields if data.get(name) not in (None, "")}
-        return super().to_internal_value(values)
+        validated = super().to_internal_value(values)
+        if "id" in validated:
+            validated["workflow_id"] = validated.pop("id")
+        return validated
 
 
 # --------------------------------------------------------------------------------------------------
 # output
 # --------------------------------------------------------------------------------------------------
+@extend_schema_field(OpenApiTypes.URI)
+class WorkflowLinkField(serializers.Field):
+    """The absolute URL of a route of a workflow (`route`: a name in `dagger_api`), built from
+    its id without a query; relative when the serializer has no request in its context."""
+
+    def __init__(self, route: str = "workflow-detail", **kwargs: Any) -> None:
+        self.route = route
+        kwargs.setdefault("source", "id")
+        kwargs["read_only"] = True
+        super().__init__(**kwargs)
+
+    def to_representation(self, value: Any) -> str:
+        url = reverse(f"dagger_api:{self.route}", args=[value])
+        request = self.context.get("request")
+        return request.build_absolute_uri(url) if request is not None else url
+
+
+class MillisecondDateTimeField(serializers.DateTimeField):
+    """ISO 8601 in UTC to the millisecond: `2026-11-27T12:10:53.618Z`."""
+
+    def to_representation(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        return str(value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+
+
 class TemplateSerializer(serializers.Serializer):
-    """A registered template; ``version`` is null until a workflow was created from this graph."""
+    """A registered template; `version` is null until a workflow was created from this graph."""
 
     name = serializers.CharField()
     version = serializers.IntegerField(allow_null=True)
@@ -108,9 +166,10 @@ class TaskSerializer(serializers.Serializer):
 
 
 class WorkflowListSerializer(serializers.Serializer):
-    """A row of the workflow list (no nodes, no parameters): :func:`~dagger_django.engine.selectors.workflow_list`."""
+    """A row of the workflow list (no nodes, no parameters; read by `selectors.workflow_list`)."""
 
     id = serializers.UUIDField()
+    url = WorkflowLinkField()
     template = serializers.CharField(source="template_name")
     version = serializers.IntegerField()
     status = serializers.CharField()
@@ -121,10 +180,11 @@ class WorkflowListSerializer(serializers.Serializer):
 
 
 class WorkflowDetailSerializer(serializers.Serializer):
-    """A workflow with every node, in position order: a
-    :class:`~dagger_django.engine.selectors.WorkflowDetail`."""
+    """A workflow with every node, in position order (a `selectors.WorkflowDetail`)."""
 
     id = serializers.UUIDField()
+    url = WorkflowLinkField()
+    history = WorkflowLinkField("workflow-history")
     template = serializers.CharField(source="template_name")
     version = serializers.IntegerField()
     status = serializers.CharField()
@@ -140,8 +200,26 @@ class WorkflowDetailSerializer(serializers.Serializer):
     tasks = TaskSerializer(many=True)
 
 
+class EventOutSerializer(serializers.Serializer):
+    """One transition of a workflow's history (a `selectors.Event`):
+    of a node, or of the workflow itself (`node` null, `node_name` empty). `from_status`
+    equal to `to_status` records something other than a status change (a parameter edit, a
+    stop hook's outcome)."""
+
+    time = MillisecondDateTimeField(source="created_at")
+    node = serializers.UUIDField(source="node_id", allow_null=True)
+    node_name = serializers.CharField()
+    from_status = serializers.CharField()
+    to_status = serializers.CharField()
+    attempt = serializers.IntegerField()
+    reason = serializers.CharField()
+    detail = serializers.DictField(child=serializers.JSONField())
+
+
 __all__ = [
+    "EventOutSerializer",
     "EventSerializer",
+    "MillisecondDateTimeField",
     "JSONObjectField",
     "TaskSerializer",
     "TemplateDetailSerializer",
@@ -149,5 +227,6 @@ __all__ = [
     "WorkflowCreateSerializer",
     "WorkflowDetailSerializer",
     "WorkflowFilterSerializer",
+    "WorkflowLinkField",
     "WorkflowListSerializer",
 ]

@@ -1,22 +1,27 @@
 """Routes of the HTTP API. The demo project mounts them at ``/api/dagger/``.
 
 Workflow ids are matched as plain strings so that an id that is not a UUID gets the API's JSON
-404 from the view rather than Django's HTML page from the resolver.
+404 from the view rather than Django's HTML page from the resolver. The Swagger UI and Redoc
+pages are routed only when the project installed their apps (``dagger_django.api.schema``).
 """
 
 from __future__ import annotations
 
 from django.urls import path
 
-from . import views
+from . import schema, views
 
 app_name = "dagger_api"
 
 urlpatterns = [
+    path("", views.ApiRootView.as_view(), name="api-root"),
     path("templates/", views.TemplateListView.as_view(), name="template-list"),
     path("templates/<str:name>/", views.TemplateDetailView.as_view(), name="template-detail"),
     path("workflows/", views.WorkflowListCreateView.as_view(), name="workflow-list"),
     path("workflows/<str:workflow_id>/", views.WorkflowDetailView.as_view(), name="workflow-detail"),
+    path(
+        "workflows/<str:workflow_id>/history/", views.WorkflowHistoryView.as_view(), name="workflow-history"
+    ),
     path("workflows/<str:workflow_id>/stop/", views.WorkflowStopView.as_view(), name="workflow-stop"),
     path("workflows/<str:workflow_id>/retry/", views.WorkflowRetryView.as_view(), name="workflow-retry"),
     path(
@@ -26,4 +31,11 @@ urlpatterns = [
     ),
     path("events/", views.EventView.as_view(), name="events"),
     path("health/", views.HealthView.as_view(), name="health"),
+    path("schema/", schema.SchemaView.as_view(), name="schema"),
 ]
+
+if schema.pages_installed():
+    urlpatterns += [
+        path("docs/", schema.SwaggerView.as_view(), name="docs"),
+        path("docs/redoc/", schema.RedocView.as_view(), name="redoc"),
+    ]

@@ -16,8 +16,10 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, connection
-from django.urls import reverse
-from rest_framework import status
+from django.urls import NoReverseMatch, reverse
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import inline_serializer
+from rest_framework import serializers, status
 from rest_framework.exceptions import ParseError
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import JSONParser
@@ -32,8 +34,18 @@ from ..definitions.registry import Dagger
 from ..engine import selectors, services
 from ..exceptions import WorkflowDoesNotExist
 from . import errors
-from .permissions import CanOperateWorkflows, CanPostEvents, CanViewWorkflows, WorkflowAccess
+from .permissions import (
+    POST_EVENT,
+    VIEW_WORKFLOW,
+    CanOperateWorkflows,
+    CanPostEvents,
+    CanUseTheAPI,
+    CanViewWorkflows,
+    WorkflowAccess,
+)
+from .schema import describe
 from .serializers import (
+    EventOutSerializer,
     EventSerializer,
     TemplateDetailSerializer,
     TemplateSerializer,
@@ -91,6 +103,46 @@ class WorkflowPagination(LimitOffsetPagination):
             }
         )
 
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        return _page_schema(schema)
+
+
+class HistoryPagination(LimitOffsetPagination):
+    """``limit``/``offset`` pages of a workflow's history, in the list's shape (``count_exact`` is
+    always true: a workflow's history is read whole, in one query, and counted in memory)."""
+
+    default_limit = 50
+    max_limit = 500
+
+    def get_paginated_response(self, data: Any) -> Response:
+        return Response(
+            {
+                "count": self.count,
+                "count_exact": True,
+                "next": self.get_next_link(),
+                "previous": self.get_previous_link(),
+                "results": data,
+            }
+        )
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        return _page_schema(schema)
+
+
+def _page_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    uri = {"type": "string", "format": "uri", "nullable": True}
+    return {
+        "type": "object",
+        "required": ["count", "count_exact", "next", "previous", "results"],
+        "properties": {
+            "count": {"type": "integer"},
+            "count_exact": {"type": "boolean"},
+            "next": uri,
+            "previous": uri,
+            "results": schema,
+        },
+    }
+
 
 class DaggerAPIView(APIView):
     """Base view of the API: JSON in and out, every error in the API's error shape.
@@ -108,6 +160,8 @@ class DaggerAPIView(APIView):
 
     parser_classes = [DaggerJSONParser]
     renderer_classes = [JSONRenderer, BrowsableAPIRenderer]
+    #: drf-spectacular describes the views whatever the project's ``DEFAULT_SCHEMA_CLASS``.
+    schema = AutoSchema()
     #: Checked after the project's permission classes; the strictest is the default.
     dagger_permission_classes: Sequence[type[BasePermission]] = (CanOperateWorkflows,)
 
@@ -122,20 +176,67 @@ class DaggerAPIView(APIView):
 
 
 def _detail_response(
-    workflow: Workflow, *, workflow_id: Any, http_status: int = status.HTTP_200_OK, **kwargs: Any
+    request: Request,
+    workflow: Workflow,
+    *,
+    workflow_id: Any,
+    http_status: int = status.HTTP_200_OK,
+    **kwargs: Any,
 ) -> Response:
     """The detail of ``workflow`` (as a service returned it), read again with all its nodes."""
+    context = {"request": request}
     try:
         return Response(
-            WorkflowDetailSerializer(selectors.workflow_detail_get(workflow_id=workflow_id)).data,
+            WorkflowDetailSerializer(
+                selectors.workflow_detail_get(workflow_id=workflow_id), context=context
+            ).data,
             status=http_status,
             **kwargs,
         )
     except WorkflowDoesNotExist:
         # Deleted by the transition itself (DELETE_WORKFLOW_ON_COMPLETE): show what it became.
-        data = dict(WorkflowDetailSerializer(selectors.workflow_detail_of(workflow)).data)
+        data = dict(WorkflowDetailSerializer(selectors.workflow_detail_of(workflow), context=context).data)
         data["id"] = str(workflow_id)
         return Response(data, status=http_status, **kwargs)
+
+
+# ==================================================================================================
+# the root
+# ==================================================================================================
+#: What the root lists, in order: (key, route name, the permission that opens it; None: any).
+ROOT_ENTRIES: tuple[tuple[str, str, str | None], ...] = (
+    ("templates", "template-list", VIEW_WORKFLOW),
+    ("workflows", "workflow-list", VIEW_WORKFLOW),
+    ("events", "events", POST_EVENT),
+    ("health", "health", None),
+    ("schema", "schema", None),
+    ("docs", "docs", None),
+    ("redoc", "redoc", None),
+)
+
+
+class ApiRootView(DaggerAPIView):
+    """The endpoints of this API that you may use, by name, as absolute URLs. `docs` (Swagger
+    UI) and `redoc` appear when the project serves them (docs/api.md#schema-and-pages)."""
+
+    dagger_permission_classes = (CanUseTheAPI,)
+
+    @describe(
+        responses=inline_serializer(
+            "ApiRoot", {key: serializers.URLField(required=False) for key, _, _ in ROOT_ENTRIES}
+        )
+    )
+    def get(self, request: Request) -> Response:
+        links: dict[str, str] = {}
+        for key, route, permission in ROOT_ENTRIES:
+            if permission is not None and not request.user.has_perm(permission):
+                continue
+            try:
+                url = reverse(f"dagger_api:{route}")
+            except NoReverseMatch:  # docs/redoc: not served by this project
+                continue
+            links[key] = request.build_absolute_uri(url)
+        return Response(links)
 
 
 # ==================================================================================================
@@ -146,6 +247,7 @@ class TemplateListView(DaggerAPIView):
 
     dagger_permission_classes = (CanViewWorkflows,)
 
+    @describe(responses=TemplateSerializer(many=True))
     def get(self, request: Request) -> Response:
         templates: list[Any] = sorted(Dagger.template_dags.values(), key=lambda t: t.name)
         digests = {template.name: template.digest() for template in templates}
@@ -161,6 +263,7 @@ class TemplateDetailView(DaggerAPIView):
 
     dagger_permission_classes = (CanViewWorkflows,)
 
+    @describe(responses=TemplateDetailSerializer)
     def get(self, request: Request, name: str) -> Response:
         template: Any = Dagger.get_template(name)
         digest = template.digest()
@@ -177,20 +280,34 @@ class TemplateDetailView(DaggerAPIView):
 # workflows
 # ==================================================================================================
 class WorkflowListCreateView(DaggerAPIView):
-    """``GET``: workflows, newest first, paginated. ``POST``: create a workflow and submit it."""
+    """`GET`: workflows, newest first, paginated. `POST`: create a workflow and submit it."""
 
     dagger_permission_classes = (WorkflowAccess,)
 
     pagination_class = WorkflowPagination
 
+    @describe(
+        description="Workflows, newest first, without parameters or tasks, filtered by the query "
+        "parameters (empty values are ignored) and paginated with `limit` (default 50, at most 500) "
+        "and `offset`. `count` is exact up to `LIST_COUNT_LIMIT` rows (`count_exact`).",
+        parameters=[WorkflowFilterSerializer],
+        responses=WorkflowListSerializer(many=True),
+    )
     def get(self, request: Request) -> Response:
         filters = WorkflowFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         queryset = selectors.workflow_list(**filters.validated_data)
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(queryset, request, view=self)
-        return paginator.get_paginated_response(WorkflowListSerializer(page, many=True).data)
+        rows = WorkflowListSerializer(page, many=True, context={"request": request}).data
+        return paginator.get_paginated_response(rows)
 
+    @describe(
+        description="Create a workflow from a registered template and submit it: 201 with its detail "
+        "and a `Location` header.",
+        request=WorkflowCreateSerializer,
+        responses={201: WorkflowDetailSerializer},
+    )
     def post(self, request: Request) -> Response:
         body = WorkflowCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -204,6 +321,7 @@ class WorkflowListCreateView(DaggerAPIView):
         )
         location = request.build_absolute_uri(reverse("dagger_api:workflow-detail", args=[workflow.id]))
         return _detail_response(
+            request,
             workflow,
             workflow_id=workflow.id,
             http_status=status.HTTP_201_CREATED,
@@ -216,48 +334,86 @@ class WorkflowDetailView(DaggerAPIView):
 
     dagger_permission_classes = (WorkflowAccess,)
 
+    @describe(responses=WorkflowDetailSerializer)
     def get(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_detail_get(workflow_id=workflow_id)
-        return Response(WorkflowDetailSerializer(workflow).data)
+        return Response(WorkflowDetailSerializer(workflow, context={"request": request}).data)
+
+
+class WorkflowHistoryView(DaggerAPIView):
+    """The history of one workflow, oldest first: every transition of it and of its nodes, with
+    times in UTC to the millisecond. Paginated with `limit` (default 50, at most 500) and
+    `offset`."""
+
+    dagger_permission_classes = (CanViewWorkflows,)
+    pagination_class = HistoryPagination
+
+    @describe(responses=EventOutSerializer(many=True))
+    def get(self, request: Request, workflow_id: str) -> Response:
+        events = selectors.workflow_history_get(workflow_id=workflow_id)
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(events, request, view=self)
+        return paginator.get_paginated_response(EventOutSerializer(page, many=True).data)
 
 
 class WorkflowStopView(DaggerAPIView):
     """Stop a workflow; 409 when it already ended."""
 
+    @describe(request=None, responses=WorkflowDetailSerializer)
     def post(self, request: Request, workflow_id: str) -> Response:
         workflow = services.workflow_stop(workflow_id=workflow_id)
-        return _detail_response(workflow, workflow_id=workflow_id)
+        return _detail_response(request, workflow, workflow_id=workflow_id)
 
 
 class WorkflowRetryView(DaggerAPIView):
     """Resume a FAILURE workflow from its failed tasks; 409 for any other status."""
 
+    @describe(request=None, responses=WorkflowDetailSerializer)
     def post(self, request: Request, workflow_id: str) -> Response:
         workflow = services.workflow_retry(workflow_id=workflow_id)
-        return _detail_response(workflow, workflow_id=workflow_id)
+        return _detail_response(request, workflow, workflow_id=workflow_id)
 
 
 class WorkflowParametersView(DaggerAPIView):
     """Merge the body (a JSON object) into the workflow's runtime parameters."""
 
+    @describe(
+        request={"application/json": {"type": "object", "additionalProperties": True}},
+        responses=WorkflowDetailSerializer,
+    )
     def patch(self, request: Request, workflow_id: str) -> Response:
         workflow = services.workflow_update_parameters(workflow_id=workflow_id, changes=request.data)
-        return _detail_response(workflow, workflow_id=workflow_id)
+        return _detail_response(request, workflow, workflow_id=workflow_id)
 
 
 # ==================================================================================================
 # events (the Kafka issue: engine/messages.py)
 # ==================================================================================================
 class EventView(DaggerAPIView):
-    """Route a message exactly as if it came from Kafka: 202 ``{matched, status, message}``.
+    """Route a message exactly as if it came from Kafka: 202 `{matched, status, message}`.
 
-    ``status`` is ``routed``, ``unmatched``, ``invalid`` (a dead letter: ``reason`` and
-    ``detail`` say why) or ``duplicate`` (this ``message_id`` was received before; nothing was
-    done again). An unknown topic is a 404, a payload over ``MAX_MESSAGE_BYTES`` a 413.
+    `status` is `routed`, `unmatched`, `invalid` (a dead letter: `reason` and `detail` say why)
+    or `duplicate` (this `message_id` was received before; nothing was done again). An unknown
+    topic is a 404, a payload over `MAX_MESSAGE_BYTES` a 413.
     """
 
     dagger_permission_classes = (CanPostEvents,)
 
+    @describe(
+        request=EventSerializer,
+        responses={
+            202: inline_serializer(
+                "EventAnswer",
+                {
+                    "matched": serializers.IntegerField(),
+                    "status": serializers.ChoiceField(["routed", "unmatched", "invalid", "duplicate"]),
+                    "message": serializers.IntegerField(allow_null=True),
+                    "reason": serializers.CharField(required=False),
+                    "detail": serializers.CharField(required=False),
+                },
+            )
+        },
+    )
     def post(self, request: Request) -> Response:
         from ..engine import messages
 
@@ -365,10 +521,19 @@ def _bridge_ok() -> bool | None:
     return answer
 
 
+_HEALTH = inline_serializer(
+    "Health",
+    {
+        "status": serializers.ChoiceField(["ok", "degraded"]),
+        "checks": serializers.DictField(child=serializers.BooleanField(allow_null=True)),
+    },
+)
+
+
 class HealthView(DaggerAPIView):
     """Readiness: 200 when the database, the broker and (with Kafka configured) a bridge answer,
-    503 otherwise. Open, reveals no data. ``bridge`` is null when no Kafka is configured.
-    The broker and bridge answers are cached for ``HEALTH_CACHE_SECONDS``; the database is
+    503 otherwise. Open, reveals no data. `bridge` is null when no Kafka is configured.
+    The broker and bridge answers are cached for `HEALTH_CACHE_SECONDS`; the database is
     asked every time (a query on a connection the process already holds). Not throttled: a
     cached answer costs little, and a probe answered 429 would take the service out of rotation.
     """
@@ -379,6 +544,7 @@ class HealthView(DaggerAPIView):
     def get_permissions(self) -> list[BasePermission]:
         return [AllowAny()]  # open whatever the project's defaults
 
+    @describe(responses={200: _HEALTH, 503: _HEALTH}, auth=[])
     def get(self, request: Request) -> Response:
         checks: dict[str, bool | None] = {
             "database": _database_ok(),
@@ -394,12 +560,14 @@ class HealthView(DaggerAPIView):
 
 
 __all__ = [
+    "ApiRootView",
     "DaggerAPIView",
     "EventView",
     "HealthView",
     "TemplateDetailView",
     "TemplateListView",
     "WorkflowDetailView",
+    "WorkflowHistoryView",
     "WorkflowListCreateView",
     "WorkflowParametersView",
     "WorkflowRetryView",

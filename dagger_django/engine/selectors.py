@@ -21,7 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import F, Q, QuerySet
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.db.models.lookups import LessThan
+from django.utils import timezone
 
 from ..conf import dagger_settings
 from ..exceptions import WorkflowDoesNotExist
@@ -167,17 +170,36 @@ _LIST_FIELDS = (
 
 
 def workflow_list(
-    *, status: str | None = None, template: str | None = None, key: str | None = None
+    *,
+    status: str | None = None,
+    template: str | None = None,
+    key: str | None = None,
+    version: int | None = None,
+    workflow_id: Any = None,
+    created_after: dt.datetime | None = None,
+    created_before: dt.datetime | None = None,
+    stuck_for: float | None = None,
+    now: dt.datetime | None = None,
 ) -> QuerySet[Workflow]:
-    """Workflows newest first, optionally filtered; each carries its template's ``version``.
+    """Workflows newest first, optionally filtered (see :func:`workflow_filter`); each carries its
+    template's ``version``.
 
     Loads neither runtime parameters nor template graphs: one query per page (with the template
-    version joined), served by the status, template and business key indexes.
+    version joined), served by the status, template, creation time and business key indexes.
     """
     workflows = Workflow.objects.only(*_LIST_FIELDS).annotate(version=F("template__version"))
-    return workflow_filter(workflows=workflows, status=status, template=template, key=key).order_by(
-        "-time_created", "-id"
-    )
+    return workflow_filter(
+        workflows=workflows,
+        status=status,
+        template=template,
+        key=key,
+        version=version,
+        workflow_id=workflow_id,
+        created_after=created_after,
+        created_before=created_before,
+        stuck_for=stuck_for,
+        now=now,
+    ).order_by("-time_created", "-id")
 
 
 def workflow_filter(
@@ -186,15 +208,51 @@ def workflow_filter(
     status: str | None = None,
     template: str | None = None,
     key: str | None = None,
+    version: int | None = None,
+    workflow_id: Any = None,
+    created_after: dt.datetime | None = None,
+    created_before: dt.datetime | None = None,
+    stuck_for: float | None = None,
+    now: dt.datetime | None = None,
 ) -> QuerySet[Workflow]:
-    """``workflows`` narrowed to a status, a template name and a business key (exact, indexed);
-    an empty value is no filter."""
+    """``workflows`` narrowed by exact values; an empty value (None, "") is no filter.
+
+    - ``status``, ``template`` (name), ``key`` (business key), ``workflow_id`` (an id that is not
+      a UUID finds nothing): equalities on indexed columns.
+    - ``version``: of the template the workflow was created from (a join on the small template
+      table; with ``template``, one version of one template).
+    - ``created_after`` / ``created_before``: ``time_created >=`` / ``<`` (the creation index).
+    - ``stuck_for`` (seconds): ``EXECUTING`` workflows in which nothing happened for at least that
+      long: neither the row (``updated_at``) nor its history (the newest record's time, one
+      backward step of the history's ``(workflow, id)`` index per candidate) changed since
+      ``now - stuck_for``. The candidates come from the ``(status, time_created)`` index, so the
+      cost grows with the number of executing workflows, not with the table. A task that runs
+      (and heartbeats) for longer than ``stuck_for`` without a transition counts as stuck.
+    """
     if status:
         workflows = workflows.filter(status=status)
     if template:
         workflows = workflows.filter(template_name=template)
     if key:
         workflows = workflows.filter(business_key=key)
+    if version is not None:
+        workflows = workflows.filter(template__version=version)
+    if workflow_id not in (None, ""):
+        pk = _uuid(workflow_id)
+        workflows = workflows.filter(id=pk) if pk is not None else workflows.none()
+    if created_after is not None:
+        workflows = workflows.filter(time_created__gte=created_after)
+    if created_before is not None:
+        workflows = workflows.filter(time_created__lt=created_before)
+    if stuck_for is not None:
+        cutoff = (now or timezone.now()) - dt.timedelta(seconds=stuck_for)
+        last_change = Subquery(
+            HistoryRecord.objects.filter(workflow_id=OuterRef("pk")).order_by("-id").values("created_at")[:1]
+        )
+        # The row's own time stands in for a history that has no record (one subplan, not two).
+        workflows = workflows.filter(status=Status.EXECUTING, updated_at__lt=cutoff).filter(
+            LessThan(Coalesce(last_change, F("updated_at")), cutoff)
+        )
     return workflows
 
 
@@ -318,6 +376,19 @@ def workflow_events(*, workflow_id: Any) -> list[Event]:
     return [Event(*history_fields(event), created_at) for created_at, events in records for event in events]
 
 
+def workflow_history_get(*, workflow_id: Any) -> list[Event]:
+    """:func:`workflow_events` of a workflow that must exist: one query, two when it has no
+    history yet. Raises :class:`~dagger_django.exceptions.WorkflowDoesNotExist` for an unknown id
+    (or one that is not a UUID)."""
+    pk = _uuid(workflow_id)
+    if pk is None:
+        raise WorkflowDoesNotExist(f"No workflow with id {workflow_id!r}.")
+    events = workflow_events(workflow_id=pk)
+    if not events and not Workflow.objects.filter(pk=pk).exists():
+        raise WorkflowDoesNotExist(f"No workflow with id {pk}.")
+    return events
+
+
 def history_transitions_count(*, workflow_ids: list[Any] | None = None) -> int:
     """How many status changes the history of ``workflow_ids`` (of every workflow if None) holds:
     the events that are not records of something else. One query, read in chunks."""
@@ -374,6 +445,7 @@ __all__ = [
     "workflow_detail_of",
     "workflow_events",
     "workflow_filter",
+    "workflow_history_get",
     "workflow_list",
     "workflow_nodes",
     "workflow_search",

@@ -310,6 +310,7 @@ def test_list_is_newest_first_and_filters_by_status_template_and_business_key(ap
     assert [row["id"] for row in everything["results"]] == [str(c.id), str(b.id), str(a.id)]
     assert set(everything["results"][0]) == {
         "id",
+        "url",
         "template",
         "version",
         "status",
@@ -331,6 +332,7 @@ def test_list_is_newest_first_and_filters_by_status_template_and_business_key(ap
     assert ids(f"template={TEMPLATE}&status=EXECUTING&key=A") == [str(a.id)]
     assert ids("template=Other") == []
     assert ids("status=&template=&key=") == [str(c.id), str(b.id), str(a.id)]
+    assert everything["results"][0]["url"] == f"http://testserver{BASE}/workflows/{c.id}/"
 
 
 @pytest.mark.django_db

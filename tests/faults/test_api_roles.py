@@ -69,7 +69,7 @@ SAFE = {"GET", "HEAD", "OPTIONS"}
 class Route:
     pattern: str  # "{id}" / "{name}" are filled from generated values
     kind: str  # "read" (view perm, any method), "workflows" (read, or operate when unsafe),
-    # "operate", "events", "health"
+    # "operate", "events", "health", "describe" (any dagger permission: the root, the schema, its pages)
     methods: tuple[str, ...]  # what the view serves: three requests in four use one of these
 
 
@@ -83,6 +83,11 @@ ROUTES = (
     Route("workflows/{id}/runtime-parameters/", "operate", ("PATCH",)),
     Route("events/", "events", ("POST",)),
     Route("health/", "health", ("GET",)),
+    Route("", "describe", ("GET",)),
+    Route("workflows/{id}/history/", "read", ("GET",)),
+    Route("schema/", "describe", ("GET",)),
+    Route("docs/", "describe", ("GET",)),
+    Route("docs/redoc/", "describe", ("GET",)),
 )
 
 
@@ -95,7 +100,10 @@ def allowed(role: str, route: Route, method: str) -> bool:
         "operate": {"view_workflow", "operate_workflow"},
         "events": {"post_event"},
         "health": set(),
+        "describe": set(),
     }[route.kind]
+    if route.kind == "describe":
+        return role != "anonymous" and bool(held)
     return route.kind == "health" or (role != "anonymous" and need <= held)
 
 
@@ -165,8 +173,25 @@ def requests(draw: st.DrawFn, workflow_ids: list[str]) -> Request:
     path = route.pattern.replace("{id}", quote(workflow_id, safe="")).replace("{name}", quote(name, safe=""))
     query = draw(
         st.dictionaries(
-            st.sampled_from(["status", "template", "key", "limit", "offset"]) | segments,
-            st.sampled_from(["COMPLETED", "EXECUTING", TEMPLATE, SECRET, "0", "-1", "10"]) | segments,
+            st.sampled_from(
+                [
+                    "status",
+                    "template",
+                    "key",
+                    "limit",
+                    "offset",
+                    "version",
+                    "id",
+                    "created_after",
+                    "created_before",
+                    "stuck_for",
+                ]
+            )
+            | segments,
+            st.sampled_from(
+                ["COMPLETED", "EXECUTING", TEMPLATE, SECRET, "0", "-1", "10", "2026-01-01T00:00:00Z"]
+            )
+            | segments,
             max_size=3,
         )
     )
@@ -245,7 +270,9 @@ def check(role: str, request: Request, response: Any, world: World) -> None:
         assert status in (200, 503), where
     else:
         assert status < 500, where + f": {response.content[:500]!r}"
-    if request.method != "HEAD":
+    # The schema (YAML, or JSON) and its pages (HTML) answer in their own types; errors are JSON.
+    described = request.route.kind == "describe" and request.route.pattern != "" and status < 400
+    if request.method != "HEAD" and not described:
         assert response["Content-Type"].startswith("application/json"), where
         body = json.loads(response.content)
         if status >= 400 and not readiness:

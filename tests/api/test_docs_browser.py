@@ -1,0 +1,110 @@
+"""The API's Swagger UI and Redoc pages in a real browser (headless Chromium driven by Selenium):
+they draw the API from `schema/`, and nothing leaves this server: every request the page lets
+through goes to it, and what the page's Content-Security-Policy blocks (Redoc's menu draws a logo
+from cdn.redoc.ly) is never sent."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Permission
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+BASE = "/api/dagger"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Headless Chromium keeping DevTools' network log (tests/test_admin_browser.py's flags)."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("Chromium and chromedriver are not installed (make test installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _log_in(browser: Any, live_server: Any, django_user_model: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # A reader: staff to use the admin's login page, the view permission for the API.
+    user = django_user_model.objects.create_user("reader", password="pw", is_staff=True)
+    user.user_permissions.add(
+        Permission.objects.get(content_type__app_label="dagger_django", codename="view_workflow")
+    )
+    browser.get(f"{live_server.url}/admin/login/")
+    browser.find_element(By.NAME, "username").send_keys("reader")
+    browser.find_element(By.NAME, "password").send_keys("pw")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.ID, "user-tools"))
+
+
+def _network(browser: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """The requests the browser started since the last call ({request id: url}) and those that
+    never left it, with the reason ({request id: blocked reason})."""
+    started: dict[str, str] = {}
+    blocked: dict[str, str] = {}
+    for entry in browser.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        params = message.get("params", {})
+        if message["method"] == "Network.requestWillBeSent":
+            started[params["requestId"]] = params["request"]["url"]
+        elif message["method"] == "Network.loadingFailed" and params.get("blockedReason"):
+            blocked[params["requestId"]] = params["blockedReason"]
+    return started, blocked
+
+
+@pytest.mark.parametrize(
+    ("page", "drawn"),
+    [
+        # Swagger UI: one block per operation.
+        ("docs/", "return document.querySelectorAll('.opblock').length"),
+        # Redoc: the operations in its side menu.
+        ("docs/redoc/", "return document.querySelectorAll('li[role=menuitem]').length"),
+    ],
+)
+def test_the_api_pages_draw_every_operation_and_ask_nothing_of_the_internet(
+    browser: Any, live_server: Any, django_user_model: Any, page: str, drawn: str
+) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _log_in(browser, live_server, django_user_model)
+    _network(browser)  # forget the login's requests
+    browser.get(f"{live_server.url}{BASE}/{page}")
+
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script(drawn) >= 11)
+    assert "/history/" in browser.page_source
+    started, blocked = _network(browser)
+    assert f"{live_server.url}{BASE}/schema/" in started.values(), started
+    outside = {
+        rid: url for rid, url in started.items() if not url.startswith((live_server.url, "data:", "blob:"))
+    }
+    assert {rid: blocked.get(rid) for rid in outside} == {rid: "csp" for rid in outside}, outside
