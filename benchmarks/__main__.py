@@ -118,6 +118,11 @@ def _run(name: str, sizes: list[int], worker: Any) -> Any:
                 f" ratio {ratio:.2f}; checkpoint=process {process['workflows_per_s']}/s, ratio {ratio_process:.2f}",
                 flush=True,
             )
+            print(
+                f"    commits per workflow (all of the database's, polling included): dagger"
+                f" {dagger['commits_per_workflow']}, checkpoint=process {process['commits_per_workflow']}",
+                flush=True,
+            )
             for label, cpu in (
                 ("dagger", dagger["cpu_ms_per_workflow"]),
                 ("bare chain", bare["cpu_ms_per_chain"]),

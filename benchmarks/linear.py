@@ -41,6 +41,7 @@ def run_dagger(
     connection.close()
 
     meter = CpuMeter(worker_pid)
+    commits_before = _commits()
     meter.start()
     started = time.time()
     per_thread = [n // CLIENT_THREADS + (1 if i < n % CLIENT_THREADS else 0) for i in range(CLIENT_THREADS)]
@@ -55,6 +56,7 @@ def run_dagger(
             raise RuntimeError("a benchmark workflow failed")
         time.sleep(0.1)
     cpu = meter.stop()
+    commits = _commits() - commits_before
     agg = Workflow.objects.aggregate(first=Min("time_created"), last=Max("time_completed"))
     elapsed = (agg["last"] - agg["first"]).total_seconds()
     latencies = [
@@ -72,7 +74,22 @@ def run_dagger(
         "transitions_per_s": round(transitions / elapsed, 1),
         "latency_s": {k: round(v, 4) for k, v in summary(latencies).items()},
         "cpu_ms_per_workflow": per_item_ms(cpu, n),
+        # Every commit in the benchmark's database over the run (clients, workers, the polling
+        # reads' autocommits) per workflow: an upper bound of the engine's own.
+        "commits_per_workflow": round(commits / n, 2),
     }
+
+
+def _commits() -> int:
+    """Transactions committed in this database so far (PostgreSQL's statistics; 0 elsewhere)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+        return int(cursor.fetchone()[0])
 
 
 def run_bare_chain(n: int, *, timeout: float = 600, worker_pid: int | None = None) -> dict[str, Any]:
