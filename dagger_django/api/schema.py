@@ -115,6 +115,9 @@ class _DaggerRules:
     :class:`~dagger_django.api.views.DaggerAPIView` subclasses."""
 
     schema = AutoSchema()
+    # Read-only pages: OPTIONS would render the HTML pages' templates with DRF's metadata (a
+    # 500), and nothing else is meant to be sent here.
+    http_method_names = ["get", "head"]
 
     def get_authenticators(self) -> list[Any]:
         return [auth() for auth in api_settings.DEFAULT_AUTHENTICATION_CLASSES]

@@ -112,6 +112,15 @@ def test_the_schema_needs_a_dagger_permission(django_user_model: Any, role: str)
     assert f"{BASE}/schema/" not in schema["paths"]  # the description does not describe itself
 
 
+@pytest.mark.parametrize("path", ["schema/", "docs/", "docs/redoc/"])
+@pytest.mark.parametrize("method", ["options", "post", "delete"])
+def test_the_schema_and_its_pages_answer_only_get(django_user_model: Any, path: str, method: str) -> None:
+    """OPTIONS rendered the pages' HTML templates with DRF's metadata and failed (a 500)."""
+    response = getattr(client_for(django_user_model, "operator"), method)(f"{BASE}/{path}")
+
+    assert_error(response, 405, "method_not_allowed")
+
+
 def test_the_schema_is_yaml_by_default(django_user_model: Any) -> None:
     response = client_for(django_user_model, "reader").get(f"{BASE}/schema/")
 
