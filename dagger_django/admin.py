@@ -8,16 +8,20 @@ template choices, the searches) is read through :mod:`dagger_django.engine.selec
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.utils.html import format_html
 
 from .engine import selectors
 from .exceptions import DaggerError
-from .models import Delivery, InboxMessage, OutboxMessage, Timer, Workflow, WorkflowTemplate
+from .models import Delivery, InboxMessage, OutboxMessage, Status, Timer, Workflow, WorkflowTemplate
 
 
 class OperateActionsMixin:
@@ -54,10 +58,125 @@ class TemplateNameFilter(admin.SimpleListFilter):
         return selectors.workflow_filter(workflows=queryset, template=self.value())
 
 
+class TemplateVersionFilter(admin.SimpleListFilter):
+    """Filter by the version of the template a workflow was created from (with the template
+    filter: one version of one template)."""
+
+    title = "template version"
+    parameter_name = "template_version"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(str(version), f"v{version}") for version in selectors.template_version_numbers()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> QuerySet[Workflow]:
+        value = self.value()
+        if not value or not value.isdigit():
+            return queryset
+        return selectors.workflow_filter(workflows=queryset, version=int(value))
+
+
+#: (parameter value, label, seconds) of the age and stuck filters.
+AGES = (("1h", "Last hour", 3600), ("1d", "Last day", 86_400), ("1w", "Last week", 7 * 86_400))
+STUCK = (("5m", "5 min", 300), ("1h", "1 h", 3600), ("1d", "1 day", 86_400))
+
+
+class AgeFilter(admin.SimpleListFilter):
+    """Workflows created within the last hour, day or week (the creation time index)."""
+
+    title = "created"
+    parameter_name = "created"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(value, label) for value, label, _seconds in AGES]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> QuerySet[Workflow]:
+        seconds = {value: seconds for value, _label, seconds in AGES}.get(self.value() or "")
+        if seconds is None:
+            return queryset
+        after = timezone.now() - dt.timedelta(seconds=seconds)
+        return selectors.workflow_filter(workflows=queryset, created_after=after)
+
+
+class StuckFilter(admin.SimpleListFilter):
+    """EXECUTING workflows in which nothing changed for at least the threshold (the API's
+    ``stuck_for``: neither the row nor its history)."""
+
+    title = "stuck (nothing happened for)"
+    parameter_name = "stuck"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(value, label) for value, label, _seconds in STUCK]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> QuerySet[Workflow]:
+        seconds = {value: seconds for value, _label, seconds in STUCK}.get(self.value() or "")
+        if seconds is None:
+            return queryset
+        return selectors.workflow_filter(workflows=queryset, stuck_for=seconds)
+
+
+def human_duration(delta: dt.timedelta | None) -> str:
+    """``delta`` as a person says it, to two units: "45 s", "3 min", "2 h 5 min", "3 d 4 h"."""
+    if delta is None:
+        return "-"
+    seconds = max(int(delta.total_seconds()), 0)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86_400
+    if hours == 0:
+        return f"{minutes} min"
+    if days == 0:
+        rest = minutes % 60
+        return f"{hours} h {rest} min" if rest else f"{hours} h"
+    rest = hours % 24
+    return f"{days} d {rest} h" if rest else f"{days} d"
+
+
+#: Colours of the status badge (text on a light background, readable in both admin themes).
+BADGE_COLOURS = {
+    Status.NOT_STARTED: ("#555", "#eee"),
+    Status.SUBMITTED: ("#0d47a1", "#e3f2fd"),
+    Status.EXECUTING: ("#0d47a1", "#e3f2fd"),
+    Status.COMPLETED: ("#1b5e20", "#e8f5e9"),
+    Status.FAILURE: ("#b71c1c", "#fdecea"),
+    Status.SKIPPED: ("#555", "#eee"),
+    Status.STOPPED: ("#4e342e", "#efebe9"),
+}
+
+
+class WorkflowChangeList(ChangeList):
+    """Reads the current step(s) of the page's workflows in one query, once the page is known;
+    leaves the runtime parameters (which may be large) unread."""
+
+    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Workflow]:
+        return super().get_queryset(request, exclude_parameters).defer("runtime_parameters")
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        steps = selectors.workflows_current_steps(workflow_ids=[wf.pk for wf in self.result_list])
+        for wf in self.result_list:
+            wf._dagger_current_steps = steps.get(wf.pk, [])
+
+
 @admin.register(Workflow)
 class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
-    list_display = ["id", "template_name", "status", "business_key", "time_created", "time_completed"]
-    list_filter = ["status", TemplateNameFilter]
+    list_display = [
+        "id",
+        "template_name",
+        "status_badge",
+        "current_steps",
+        "business_key",
+        "error_summary",
+        "age",
+        "duration",
+        "time_created",
+    ]
+    list_filter = [
+        "status",
+        TemplateNameFilter,
+        TemplateVersionFilter,
+        AgeFilter,
+        StuckFilter,
+    ]
     # Searched exactly by id or business key through get_search_results (indexed lookups).
     search_fields = ["business_key"]
     search_help_text = "A workflow id, or a business key (exact)."
@@ -90,6 +209,44 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return request.method in ("GET", "HEAD") and super().has_view_permission(request, obj)
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return WorkflowChangeList
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: Workflow) -> str:
+        colour, background = BADGE_COLOURS.get(obj.status, ("#555", "#eee"))
+        return format_html(
+            '<span class="dagger-badge" data-status="{}" style="color:{};background:{};'
+            'padding:1px 6px;border-radius:8px;font-weight:600;white-space:nowrap">{}</span>',
+            obj.status,
+            colour,
+            background,
+            obj.get_status_display(),
+        )
+
+    @admin.display(description="current step(s)")
+    def current_steps(self, obj: Workflow) -> str:
+        return ", ".join(getattr(obj, "_dagger_current_steps", [])) or "-"
+
+    @admin.display(description="error")
+    def error_summary(self, obj: Workflow) -> str:
+        first = (obj.error or "").strip().splitlines()[:1]
+        if not first:
+            return "-"
+        line = first[0]
+        return line if len(line) <= 80 else line[:79] + "…"
+
+    @admin.display(description="age", ordering="-time_created")
+    def age(self, obj: Workflow) -> str:
+        return human_duration(timezone.now() - obj.time_created)
+
+    @admin.display(description="duration")
+    def duration(self, obj: Workflow) -> str:
+        """From submission to the end, or to now while it runs ("-" if never submitted)."""
+        if obj.time_submitted is None:
+            return "-"
+        return human_duration((obj.time_completed or timezone.now()) - obj.time_submitted)
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Workflow], search_term: str

@@ -155,6 +155,12 @@ def template_names() -> list[str]:
     return list(WorkflowTemplate.objects.order_by("name").values_list("name", flat=True).distinct())
 
 
+def template_version_numbers() -> list[int]:
+    """Every version number any template has (from the small template table), ascending. One
+    query."""
+    return list(WorkflowTemplate.objects.order_by("version").values_list("version", flat=True).distinct())
+
+
 # ==================================================================================================
 # workflows
 # ==================================================================================================
@@ -285,6 +291,28 @@ def workflows_count(*, workflows: QuerySet[Workflow], at_least: int = 0) -> tupl
     window = max(cap, at_least) + 1
     counted = workflows.order_by()[:window].count()
     return counted, counted < window
+
+
+def workflows_current_steps(*, workflow_ids: list[Any]) -> dict[uuid.UUID, list[str]]:
+    """What each of ``workflow_ids`` is doing now: the names of its SUBMITTED or EXECUTING tasks
+    (not the processes and groups around them), in position order; a workflow with none is
+    absent. For a page of workflows: one query for the whole page (the nodes' workflow index)."""
+    ids = [pk for pk in map(_uuid, workflow_ids) if pk is not None]
+    if not ids:
+        return {}
+    rows = (
+        Node.objects.filter(
+            workflow_id__in=ids,
+            node_type=NodeType.LEAF,
+            status__in=[Status.SUBMITTED, Status.EXECUTING],
+        )
+        .order_by("workflow_id", "position")
+        .values_list("workflow_id", "name")
+    )
+    steps: dict[uuid.UUID, list[str]] = {}
+    for workflow_id, name in rows:
+        steps.setdefault(workflow_id, []).append(name)
+    return steps
 
 
 _DETAIL_FIELDS = (
@@ -440,6 +468,7 @@ __all__ = [
     "inbox_search",
     "outbox_search",
     "template_names",
+    "template_version_numbers",
     "template_versions_get",
     "workflow_detail_get",
     "workflow_detail_of",
@@ -449,5 +478,6 @@ __all__ = [
     "workflow_list",
     "workflow_nodes",
     "workflow_search",
+    "workflows_current_steps",
     "workflows_count",
 ]
