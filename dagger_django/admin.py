@@ -1,4 +1,5 @@
-"""A read-mostly admin: workflows with their nodes and history, stop and retry as actions;
+"""A read-mostly admin: workflows with their nodes and history, stop and retry as actions and as
+buttons of a workflow's page (confirmed, recorded in its history with the user and a reason);
 the message inbox (dead letters, unmatched and expired messages) with replay as an action; the
 outbox (pending, sent and dead messages to Kafka) with requeue as an action. Every action needs
 ``dagger_django.operate_workflow`` (``OperateActionsMixin``), not only the model's view permission.
@@ -10,18 +11,32 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
 from .engine import selectors
 from .exceptions import DaggerError
-from .models import Delivery, InboxMessage, OutboxMessage, Status, Timer, Workflow, WorkflowTemplate
+from .models import (
+    Delivery,
+    InboxMessage,
+    OutboxMessage,
+    Status,
+    Timer,
+    Workflow,
+    WorkflowTemplate,
+)
 
 
 class OperateActionsMixin:
@@ -191,7 +206,7 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
         "failure_policy",
         "business_key",
         "partition_key_lookup",
-        "runtime_parameters",
+        "runtime_parameters_pretty",
         "error",
         "update_count",
         "time_created",
@@ -199,7 +214,7 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
         "time_completed",
         "updated_at",
     ]
-    exclude = ["template_class", "root_node_id", "deferred_node_ids", "has_timers"]
+    exclude = ["template_class", "root_node_id", "deferred_node_ids", "has_timers", "runtime_parameters"]
     # The nodes, their graph and the history are shown below the fields (change_form.html),
     # read through the selectors rather than as inlines of their tables.
     actions = ["stop_workflows", "retry_workflows"]
@@ -209,6 +224,13 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return request.method in ("GET", "HEAD") and super().has_view_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Only an ended workflow (completed, failed, skipped or stopped) may be deleted: one that
+        runs or waits would lose the work in flight. The bulk action asks this of every selected
+        workflow and deletes nothing while one of them has not ended."""
+        allowed = super().has_delete_permission(request, obj)
+        return allowed and (obj is None or selectors.workflow_has_ended(status=obj.status))
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return WorkflowChangeList
@@ -272,16 +294,78 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
             nodes = selectors.workflow_nodes(workflow_id=obj.pk)
             context["dagger_graph"] = graph_of(nodes)
             context["dagger_nodes"] = nodes
-            context["dagger_events"] = [
-                (event, json.dumps(event.detail)) for event in selectors.workflow_events(workflow_id=obj.pk)
-            ]
+            context["dagger_events"] = timeline(selectors.workflow_events(workflow_id=obj.pk))
+            operate = self.has_operate_permission(request)
+            context["dagger_can_stop"] = operate and not selectors.workflow_ended_for_good(status=obj.status)
+            context["dagger_can_retry"] = operate and obj.status == Status.FAILURE
+        # Nothing on this page can be saved: no save buttons (a POST would only be refused).
+        context.update(show_save=False, show_save_and_continue=False, show_save_and_add_another=False)
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    @admin.display(description="runtime parameters")
+    def runtime_parameters_pretty(self, obj: Workflow) -> str:
+        return format_html('<pre class="dagger-json">{}</pre>', pretty_json(obj.runtime_parameters))
+
+    # -- stop and retry on the workflow's own page: a confirmation, then a POST ------------------------
+    OPERATIONS = {
+        "stop": ("Stop", "Stopped", "Every unfinished task is stopped; the workflow ends STOPPED."),
+        "retry": ("Retry", "Retried", "The failed task(s) run again; the workflow is EXECUTING again."),
+    }
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        own = [
+            path(
+                f"<path:object_id>/{operation}/",
+                self.admin_site.admin_view(self.operate_view),
+                {"operation": operation},
+                name="{}_{}_{}".format(*info, operation),
+            )
+            for operation in self.OPERATIONS
+        ]
+        return own + super().get_urls()
+
+    def operate_view(self, request: HttpRequest, object_id: str, operation: str) -> HttpResponse:
+        """``GET``: what the operation does and a field for the reason; ``POST`` (with the CSRF
+        token): do it through the engine, record the user and the reason in the workflow's
+        history, report with ``message_user`` and go back to the workflow's page."""
+        from .engine.services import workflow_retry, workflow_stop
+
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not (self.has_view_permission(request, obj) and self.has_operate_permission(request)):
+            raise PermissionDenied
+        label, done, effect = self.OPERATIONS[operation]
+        page = reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk])
+        if request.method == "POST":
+            service = workflow_stop if operation == "stop" else workflow_retry
+            reason = request.POST.get("reason", "").strip()[:1000]
+            try:
+                service(workflow_id=obj.pk, actor=request.user.get_username(), reason=reason)
+            except DaggerError as exc:
+                self.message_user(request, f"{label} refused: {exc}", messages.WARNING)
+            else:
+                said = f" ({reason})" if reason else ""
+                self.message_user(request, f"{done} workflow {obj.pk}{said}.", messages.SUCCESS)
+            return HttpResponseRedirect(page)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{label} workflow {obj.pk}?",
+            "opts": self.opts,
+            "object": obj,
+            "operation": operation,
+            "label": label,
+            "effect": effect,
+            "cancel_url": page,
+        }
+        return TemplateResponse(request, "admin/dagger_django/workflow/operate_confirmation.html", context)
 
     def _apply(self, request: HttpRequest, queryset: QuerySet[Workflow], service: Any, verb: str) -> None:
         done, failed = 0, []
         for wf_id in queryset.values_list("id", flat=True):
             try:
-                service(workflow_id=wf_id)
+                service(workflow_id=wf_id, actor=request.user.get_username())
                 done += 1
             except DaggerError as exc:
                 failed.append(f"{wf_id}: {exc}")
@@ -482,6 +566,59 @@ class OutboxMessageAdmin(OperateActionsMixin, admin.ModelAdmin):
                 f"{skipped} selected message(s) were not dead and were left as they are.",
                 messages.WARNING,
             )
+
+
+#: A ``\\n`` escape in JSON text that is not itself an escaped backslash.
+_ESCAPED_NEWLINE = re.compile(r"(?<!\\)((?:\\\\)*)\\n")
+
+
+def pretty_json(value: Any) -> str:
+    """``value`` as indented JSON for a ``<pre>``, whole, with the newlines inside strings (a
+    traceback) shown as line breaks rather than ``\\n``."""
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    return _ESCAPED_NEWLINE.sub(lambda m: m.group(1) + "\n", text)
+
+
+def since(delta: dt.timedelta) -> str:
+    """The time between two events: milliseconds below a second, seconds below a minute."""
+    ms = int(delta.total_seconds() * 1000)
+    if ms < 1000:
+        return f"+{max(ms, 0)} ms"
+    if ms < 60_000:
+        return f"+{ms / 1000:.3f} s"
+    return "+" + human_duration(delta)
+
+
+@dataclass(frozen=True)
+class TimelineRow:
+    """An event of the history as the workflow page shows it."""
+
+    event: selectors.Event
+    #: Local time to the millisecond, e.g. "2026-12-02 08:07:56.042".
+    time: str
+    #: The time since the event before ("+0 ms" for events of one transaction; "-" for the first).
+    gap: str
+    #: The detail as indented JSON, "" if none.
+    detail: str
+
+
+def timeline(events: list[selectors.Event]) -> list[TimelineRow]:
+    """The workflow page's history: each event with its time to the millisecond, the time since
+    the event before and its detail as pretty JSON."""
+    rows = []
+    previous = None
+    for event in events:
+        local = timezone.localtime(event.created_at)
+        rows.append(
+            TimelineRow(
+                event=event,
+                time=f"{local:%Y-%m-%d %H:%M:%S}.{local.microsecond // 1000:03d}",
+                gap="-" if previous is None else since(event.created_at - previous),
+                detail=pretty_json(event.detail) if event.detail else "",
+            )
+        )
+        previous = event.created_at
+    return rows
 
 
 def _text(data: bytes | memoryview | None, limit: int = 200) -> str:
