@@ -76,7 +76,7 @@ def test_list_shows_current_step_badge_error_age_and_duration(staff: Client, dis
 
     html = staff.get(LIST).content.decode()
     by_id = {wf.id: next(row for row in rows(html) if str(wf.id) in row) for wf in (running, failed, done)}
-    assert "wait_for_payment" in by_id[running.id] and "2 h 5 min" in by_id[running.id]
+    assert ">wait_for_payment_listener_task</span>" in by_id[running.id] and "2 h 5 min" in by_id[running.id]
     assert 'class="dagger-badge" data-status="EXECUTING"' in by_id[running.id]
     assert 'data-status="FAILURE"' in by_id[failed.id] and "boom" in by_id[failed.id]
     assert "Traceback" not in by_id[failed.id]  # the first line only
@@ -140,6 +140,7 @@ def test_list_page_reads_in_a_constant_number_of_queries(
     # The page's current steps come from one query over its nodes, not one per row.
     node_reads = [q["sql"] for q in many.captured_queries if '"dagger_django_node"' in q["sql"]]
     assert len(node_reads) == 1
+    assert "_facets" not in html  # no facet counts offered
     # No full count of the table beside the filtered one (show_full_result_count = False).
     assert sum("COUNT(*)" in q["sql"] for q in many.captured_queries) <= 1
 
