@@ -311,6 +311,30 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
         context.update(show_save=False, show_save_and_continue=False, show_save_and_add_another=False)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """The HISTORY button: the workflow's own history (every transition of it and its nodes,
+        who acted and why), not Django's change log, which this read-only admin never writes."""
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_view_permission(request, obj):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"History: {obj}",
+            "subtitle": None,
+            "module_name": str(self.opts.verbose_name_plural).capitalize(),
+            "object": obj,
+            "opts": self.opts,
+            "preserved_filters": self.get_preserved_filters(request),
+            "dagger_events": timeline(selectors.workflow_events(workflow_id=obj.pk)),
+            **(extra_context or {}),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/dagger_django/workflow/object_history.html", context)
+
     @admin.display(description="runtime parameters")
     def runtime_parameters_pretty(self, obj: Workflow) -> str:
         return format_html('<pre class="dagger-json">{}</pre>', pretty_json(obj.runtime_parameters))
@@ -609,6 +633,13 @@ class TimelineRow:
     gap: str
     #: The detail as indented JSON, "" if none.
     detail: str
+    #: Who did it, when a person did (the user name an admin action or API call recorded).
+    actor: str = ""
+
+    @property
+    def node(self) -> str:
+        """The node's own name (the last part of its dotted name); "" for the workflow."""
+        return self.event.node_name.rsplit(".", 1)[-1]
 
 
 def timeline(events: list[selectors.Event]) -> list[TimelineRow]:
@@ -624,6 +655,7 @@ def timeline(events: list[selectors.Event]) -> list[TimelineRow]:
                 time=f"{local:%Y-%m-%d %H:%M:%S}.{local.microsecond // 1000:03d}",
                 gap="-" if previous is None else since(event.created_at - previous),
                 detail=pretty_json(event.detail) if event.detail else "",
+                actor=str(event.detail.get("actor", "")) if isinstance(event.detail, dict) else "",
             )
         )
         previous = event.created_at

@@ -156,3 +156,10 @@ def test_an_operator_finds_a_stuck_workflow_and_stops_it_with_a_reason(
     browser.save_screenshot(str(tmp_path / "stopped-page.png"))
     assert (tmp_path / "stopped-graph.png").stat().st_size > 5_000
     assert (tmp_path / "stopped-page.png").stat().st_size > 20_000
+
+    # The HISTORY button: the workflow's own history, with who stopped it.
+    browser.find_element(By.CSS_SELECTOR, "a.historylink").click()
+    history = WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "dagger-history"))
+    entry = history.find_element(By.CSS_SELECTOR, 'tr[data-event-reason="stopped"]')
+    assert entry.find_element(By.CSS_SELECTOR, "td.actor").text == "olga"
+    browser.save_screenshot(str(tmp_path / "history.png"))

@@ -313,3 +313,26 @@ def test_the_list_actions_record_the_user_too(staff: Client, dispatcher: Any) ->
     dispatcher.drain()
     staff.post(LIST, {"action": "stop_workflows", "_selected_action": [str(wf.id)]})
     assert workflow_event(wf.id, "stopped").detail == {"actor": "boss"}
+
+
+def test_history_button_shows_the_workflows_own_history(
+    staff: Client, dispatcher: Any, django_user_model: Any
+) -> None:
+    from dagger_django.engine import selectors
+
+    from .test_admin import admin_client
+
+    wf = waiting().create_instance(submit_task=True)
+    dispatcher.drain()
+    staff.post(page(wf.id, "stop"), {"reason": "wrong address"})
+    response = staff.get(page(wf.id, "history"))
+    html = response.content.decode()
+    assert response.status_code == 200 and 'id="dagger-history"' in html
+    assert html.count("data-event-reason=") == len(selectors.workflow_events(workflow_id=wf.id)) > 3
+    stopped = html[html.index('data-event-reason="stopped"') :]
+    assert '<td class="actor">boss</td>' in stopped and "wrong address" in stopped
+    assert "doesn’t have a change history" not in html
+
+    for role, status in (("read_only_staff", 200), ("staff_without_permissions", 403)):
+        assert admin_client(django_user_model, role).get(page(wf.id, "history")).status_code == status
+    assert staff.get(page("0b1e4e3e-0000-4000-8000-000000000000", "history")).status_code == 302
