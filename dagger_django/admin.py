@@ -233,6 +233,18 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
         allowed = super().has_delete_permission(request, obj)
         return allowed and (obj is None or selectors.workflow_has_ended(status=obj.status))
 
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        # Nothing here is edited (has_change_permission only lets the page be read): say so.
+        return super().change_view(
+            request, object_id, form_url, {"title": "View workflow", **(extra_context or {})}
+        )
+
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return WorkflowChangeList
 

@@ -271,6 +271,7 @@ def test_no_save_buttons_and_delete_only_once_ended(staff: Client, dispatcher: A
     done = b.linear("AdminDelete", (t.Record, "a")).create_instance(submit_task=True)
     dispatcher.drain()
     html = staff.get(page(running.id)).content.decode()
+    assert "<h1>View workflow</h1>" in html
     assert 'name="_save"' not in html and 'name="_continue"' not in html and 'name="_addanother"' not in html
     assert page(running.id, "delete") not in html
     assert staff.get(page(running.id, "delete")).status_code == 403
