@@ -1,4 +1,5 @@
-"""A read-mostly admin: workflows with their nodes and history, stop and retry as actions;
+"""A read-mostly admin: workflows with their nodes and history, stop and retry as actions and as
+buttons of a workflow's page (confirmed, recorded in its history with the user and a reason);
 the message inbox (dead letters, unmatched and expired messages) with replay as an action; the
 outbox (pending, sent and dead messages to Kafka) with requeue as an action. Every action needs
 ``dagger_django.operate_workflow`` (``OperateActionsMixin``), not only the model's view permission.
@@ -8,16 +9,34 @@ template choices, the searches) is read through :mod:`dagger_django.engine.selec
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
 
 from .engine import selectors
 from .exceptions import DaggerError
-from .models import Delivery, InboxMessage, OutboxMessage, Timer, Workflow, WorkflowTemplate
+from .models import (
+    Delivery,
+    InboxMessage,
+    OutboxMessage,
+    Status,
+    Timer,
+    Workflow,
+    WorkflowTemplate,
+)
 
 
 class OperateActionsMixin:
@@ -54,14 +73,130 @@ class TemplateNameFilter(admin.SimpleListFilter):
         return selectors.workflow_filter(workflows=queryset, template=self.value())
 
 
+class TemplateVersionFilter(admin.SimpleListFilter):
+    """Filter by the version of the template a workflow was created from (with the template
+    filter: one version of one template)."""
+
+    title = "template version"
+    parameter_name = "template_version"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(str(version), f"v{version}") for version in selectors.template_version_numbers()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> QuerySet[Workflow]:
+        value = self.value()
+        if not value or not value.isdigit():
+            return queryset
+        return selectors.workflow_filter(workflows=queryset, version=int(value))
+
+
+#: (parameter value, label, seconds) of the age and stuck filters.
+AGES = (("1h", "Last hour", 3600), ("1d", "Last day", 86_400), ("1w", "Last week", 7 * 86_400))
+STUCK = (("5m", "5 min", 300), ("1h", "1 h", 3600), ("1d", "1 day", 86_400))
+
+
+class AgeFilter(admin.SimpleListFilter):
+    """Workflows created within the last hour, day or week (the creation time index)."""
+
+    title = "created"
+    parameter_name = "created"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(value, label) for value, label, _seconds in AGES]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> QuerySet[Workflow]:
+        seconds = {value: seconds for value, _label, seconds in AGES}.get(self.value() or "")
+        if seconds is None:
+            return queryset
+        after = timezone.now() - dt.timedelta(seconds=seconds)
+        return selectors.workflow_filter(workflows=queryset, created_after=after)
+
+
+class StuckFilter(admin.SimpleListFilter):
+    """EXECUTING workflows in which nothing changed for at least the threshold (the API's
+    ``stuck_for``: neither the row nor its history)."""
+
+    title = "stuck (nothing happened for)"
+    parameter_name = "stuck"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(value, label) for value, label, _seconds in STUCK]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> QuerySet[Workflow]:
+        seconds = {value: seconds for value, _label, seconds in STUCK}.get(self.value() or "")
+        if seconds is None:
+            return queryset
+        return selectors.workflow_filter(workflows=queryset, stuck_for=seconds)
+
+
+def human_duration(delta: dt.timedelta | None) -> str:
+    """``delta`` as a person says it, to two units: "45 s", "3 min", "2 h 5 min", "3 d 4 h"."""
+    if delta is None:
+        return "-"
+    seconds = max(int(delta.total_seconds()), 0)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86_400
+    if hours == 0:
+        return f"{minutes} min"
+    if days == 0:
+        rest = minutes % 60
+        return f"{hours} h {rest} min" if rest else f"{hours} h"
+    rest = hours % 24
+    return f"{days} d {rest} h" if rest else f"{days} d"
+
+
+#: Colours of the status badge (text on a light background, readable in both admin themes).
+BADGE_COLOURS = {
+    Status.NOT_STARTED: ("#555", "#eee"),
+    Status.SUBMITTED: ("#0d47a1", "#e3f2fd"),
+    Status.EXECUTING: ("#0d47a1", "#e3f2fd"),
+    Status.COMPLETED: ("#1b5e20", "#e8f5e9"),
+    Status.FAILURE: ("#b71c1c", "#fdecea"),
+    Status.SKIPPED: ("#555", "#eee"),
+    Status.STOPPED: ("#4e342e", "#efebe9"),
+}
+
+
+class WorkflowChangeList(ChangeList):
+    """Reads the current step(s) of the page's workflows in one query, once the page is known;
+    leaves the runtime parameters (which may be large) unread."""
+
+    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Workflow]:
+        return super().get_queryset(request, exclude_parameters).defer("runtime_parameters")
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        steps = selectors.workflows_current_steps(workflow_ids=[wf.pk for wf in self.result_list])
+        for wf in self.result_list:
+            wf._dagger_current_steps = steps.get(wf.pk, [])
+
+
 @admin.register(Workflow)
 class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
-    list_display = ["id", "template_name", "status", "business_key", "time_created", "time_completed"]
-    list_filter = ["status", TemplateNameFilter]
+    list_display = [
+        "id",
+        "template_name",
+        "status_badge",
+        "current_steps",
+        "business_key",
+        "error_summary",
+        "age",
+        "duration",
+    ]
+    list_filter = [
+        "status",
+        TemplateNameFilter,
+        TemplateVersionFilter,
+        AgeFilter,
+        StuckFilter,
+    ]
     # Searched exactly by id or business key through get_search_results (indexed lookups).
     search_fields = ["business_key"]
     search_help_text = "A workflow id, or a business key (exact)."
     show_full_result_count = False
+    # Facet counts are a COUNT per filter choice over the whole table: never on this page.
+    show_facets = admin.ShowFacets.NEVER
     list_select_related = False
     date_hierarchy = None
     readonly_fields = [
@@ -72,7 +207,7 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
         "failure_policy",
         "business_key",
         "partition_key_lookup",
-        "runtime_parameters",
+        "runtime_parameters_pretty",
         "error",
         "update_count",
         "time_created",
@@ -80,7 +215,7 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
         "time_completed",
         "updated_at",
     ]
-    exclude = ["template_class", "root_node_id", "deferred_node_ids", "has_timers"]
+    exclude = ["template_class", "root_node_id", "deferred_node_ids", "has_timers", "runtime_parameters"]
     # The nodes, their graph and the history are shown below the fields (change_form.html),
     # read through the selectors rather than as inlines of their tables.
     actions = ["stop_workflows", "retry_workflows"]
@@ -90,6 +225,71 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return request.method in ("GET", "HEAD") and super().has_view_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Only an ended workflow (completed, failed, skipped or stopped) may be deleted: one that
+        runs or waits would lose the work in flight. The bulk action asks this of every selected
+        workflow and deletes nothing while one of them has not ended."""
+        allowed = super().has_delete_permission(request, obj)
+        return allowed and (obj is None or selectors.workflow_has_ended(status=obj.status))
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        # Nothing here is edited (has_change_permission only lets the page be read): say so.
+        return super().change_view(
+            request, object_id, form_url, {"title": "View workflow", **(extra_context or {})}
+        )
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return WorkflowChangeList
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: Workflow) -> str:
+        colour, background = BADGE_COLOURS.get(obj.status, ("#555", "#eee"))
+        return format_html(
+            '<span class="dagger-badge" data-status="{}" style="color:{};background:{};'
+            'padding:1px 6px;border-radius:8px;font-weight:600;white-space:nowrap">{}</span>',
+            obj.status,
+            colour,
+            background,
+            obj.get_status_display(),
+        )
+
+    @admin.display(description="current step(s)")
+    def current_steps(self, obj: Workflow) -> str:
+        """The running or waiting tasks by their own name (the full dotted name on hover)."""
+        names = getattr(obj, "_dagger_current_steps", [])
+        if not names:
+            return "-"
+        return format_html(
+            '<span title="{}">{}</span>',
+            ", ".join(names),
+            ", ".join(name.rsplit(".", 1)[-1] for name in names),
+        )
+
+    @admin.display(description="error")
+    def error_summary(self, obj: Workflow) -> str:
+        first = (obj.error or "").strip().splitlines()[:1]
+        if not first:
+            return "-"
+        line = first[0]
+        return line if len(line) <= 80 else line[:79] + "…"
+
+    @admin.display(description="age", ordering="-time_created")
+    def age(self, obj: Workflow) -> str:
+        return human_duration(timezone.now() - obj.time_created)
+
+    @admin.display(description="duration")
+    def duration(self, obj: Workflow) -> str:
+        """From submission to the end, or to now while it runs ("-" if never submitted)."""
+        if obj.time_submitted is None:
+            return "-"
+        return human_duration((obj.time_completed or timezone.now()) - obj.time_submitted)
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Workflow], search_term: str
@@ -115,16 +315,102 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
             nodes = selectors.workflow_nodes(workflow_id=obj.pk)
             context["dagger_graph"] = graph_of(nodes)
             context["dagger_nodes"] = nodes
-            context["dagger_events"] = [
-                (event, json.dumps(event.detail)) for event in selectors.workflow_events(workflow_id=obj.pk)
-            ]
+            context["dagger_events"] = timeline(selectors.workflow_events(workflow_id=obj.pk))
+            operate = self.has_operate_permission(request)
+            context["dagger_can_stop"] = operate and not selectors.workflow_ended_for_good(status=obj.status)
+            context["dagger_can_retry"] = operate and obj.status == Status.FAILURE
+        # Nothing on this page can be saved: no save buttons (a POST would only be refused).
+        context.update(show_save=False, show_save_and_continue=False, show_save_and_add_another=False)
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """The HISTORY button: the workflow's own history (every transition of it and its nodes,
+        who acted and why), not Django's change log, which this read-only admin never writes."""
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_view_permission(request, obj):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"History: {obj}",
+            "subtitle": None,
+            "module_name": str(self.opts.verbose_name_plural).capitalize(),
+            "object": obj,
+            "opts": self.opts,
+            "preserved_filters": self.get_preserved_filters(request),
+            "dagger_events": timeline(selectors.workflow_events(workflow_id=obj.pk)),
+            **(extra_context or {}),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/dagger_django/workflow/object_history.html", context)
+
+    @admin.display(description="runtime parameters")
+    def runtime_parameters_pretty(self, obj: Workflow) -> str:
+        return format_html('<pre class="dagger-json">{}</pre>', pretty_json(obj.runtime_parameters))
+
+    # -- stop and retry on the workflow's own page: a confirmation, then a POST ------------------------
+    OPERATIONS = {
+        "stop": ("Stop", "Stopped", "Every unfinished task is stopped; the workflow ends STOPPED."),
+        "retry": ("Retry", "Retried", "The failed task(s) run again; the workflow is EXECUTING again."),
+    }
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        own = [
+            path(
+                f"<path:object_id>/{operation}/",
+                self.admin_site.admin_view(self.operate_view),
+                {"operation": operation},
+                name="{}_{}_{}".format(*info, operation),
+            )
+            for operation in self.OPERATIONS
+        ]
+        return own + super().get_urls()
+
+    def operate_view(self, request: HttpRequest, object_id: str, operation: str) -> HttpResponse:
+        """``GET``: what the operation does and a field for the reason; ``POST`` (with the CSRF
+        token): do it through the engine, record the user and the reason in the workflow's
+        history, report with ``message_user`` and go back to the workflow's page."""
+        from .engine.services import workflow_retry, workflow_stop
+
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not (self.has_view_permission(request, obj) and self.has_operate_permission(request)):
+            raise PermissionDenied
+        label, done, effect = self.OPERATIONS[operation]
+        page = reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk])
+        if request.method == "POST":
+            service = workflow_stop if operation == "stop" else workflow_retry
+            reason = request.POST.get("reason", "").strip()[:1000]
+            try:
+                service(workflow_id=obj.pk, actor=request.user.get_username(), reason=reason)
+            except DaggerError as exc:
+                self.message_user(request, f"{label} refused: {exc}", messages.WARNING)
+            else:
+                said = f" ({reason})" if reason else ""
+                self.message_user(request, f"{done} workflow {obj.pk}{said}.", messages.SUCCESS)
+            return HttpResponseRedirect(page)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{label} workflow {obj.pk}?",
+            "opts": self.opts,
+            "object": obj,
+            "operation": operation,
+            "label": label,
+            "effect": effect,
+            "cancel_url": page,
+        }
+        return TemplateResponse(request, "admin/dagger_django/workflow/operate_confirmation.html", context)
 
     def _apply(self, request: HttpRequest, queryset: QuerySet[Workflow], service: Any, verb: str) -> None:
         done, failed = 0, []
         for wf_id in queryset.values_list("id", flat=True):
             try:
-                service(workflow_id=wf_id)
+                service(workflow_id=wf_id, actor=request.user.get_username())
                 done += 1
             except DaggerError as exc:
                 failed.append(f"{wf_id}: {exc}")
@@ -325,6 +611,67 @@ class OutboxMessageAdmin(OperateActionsMixin, admin.ModelAdmin):
                 f"{skipped} selected message(s) were not dead and were left as they are.",
                 messages.WARNING,
             )
+
+
+#: A ``\\n`` escape in JSON text that is not itself an escaped backslash.
+_ESCAPED_NEWLINE = re.compile(r"(?<!\\)((?:\\\\)*)\\n")
+
+
+def pretty_json(value: Any) -> str:
+    """``value`` as indented JSON for a ``<pre>``, whole, with the newlines inside strings (a
+    traceback) shown as line breaks rather than ``\\n``."""
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    return _ESCAPED_NEWLINE.sub(lambda m: m.group(1) + "\n", text)
+
+
+def since(delta: dt.timedelta) -> str:
+    """The time between two events: milliseconds below a second, seconds below a minute."""
+    ms = int(delta.total_seconds() * 1000)
+    if ms < 1000:
+        return f"+{max(ms, 0)} ms"
+    if ms < 60_000:
+        return f"+{ms / 1000:.3f} s"
+    return "+" + human_duration(delta)
+
+
+@dataclass(frozen=True)
+class TimelineRow:
+    """An event of the history as the workflow page shows it."""
+
+    event: selectors.Event
+    #: Local time to the millisecond, e.g. "2026-12-02 08:07:56.042".
+    time: str
+    #: The time since the event before ("+0 ms" for events of one transaction; "-" for the first).
+    gap: str
+    #: The detail as indented JSON, "" if none.
+    detail: str
+    #: Who did it, when a person did (the user name an admin action or API call recorded).
+    actor: str = ""
+
+    @property
+    def node(self) -> str:
+        """The node's own name (the last part of its dotted name); "" for the workflow."""
+        return self.event.node_name.rsplit(".", 1)[-1]
+
+
+def timeline(events: list[selectors.Event]) -> list[TimelineRow]:
+    """The workflow page's history: each event with its time to the millisecond, the time since
+    the event before and its detail as pretty JSON."""
+    rows = []
+    previous = None
+    for event in events:
+        local = timezone.localtime(event.created_at)
+        rows.append(
+            TimelineRow(
+                event=event,
+                time=f"{local:%Y-%m-%d %H:%M:%S}.{local.microsecond // 1000:03d}",
+                gap="-" if previous is None else since(event.created_at - previous),
+                detail=pretty_json(event.detail) if event.detail else "",
+                actor=str(event.detail.get("actor", "")) if isinstance(event.detail, dict) else "",
+            )
+        )
+        previous = event.created_at
+    return rows
 
 
 def _text(data: bytes | memoryview | None, limit: int = 200) -> str:

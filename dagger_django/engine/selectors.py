@@ -40,6 +40,7 @@ from ..models import (
     WorkflowTemplate,
 )
 from ..models.history import history_fields, history_is_transition
+from ..models.status import ENDED_FOR_GOOD, TERMINAL
 
 
 # ==================================================================================================
@@ -155,6 +156,12 @@ def template_names() -> list[str]:
     return list(WorkflowTemplate.objects.order_by("name").values_list("name", flat=True).distinct())
 
 
+def template_version_numbers() -> list[int]:
+    """Every version number any template has (from the small template table), ascending. One
+    query."""
+    return list(WorkflowTemplate.objects.order_by("version").values_list("version", flat=True).distinct())
+
+
 # ==================================================================================================
 # workflows
 # ==================================================================================================
@@ -214,9 +221,11 @@ def workflow_filter(
     created_before: dt.datetime | None = None,
     stuck_for: float | None = None,
     now: dt.datetime | None = None,
+    statuses: list[str] | None = None,
 ) -> QuerySet[Workflow]:
     """``workflows`` narrowed by exact values; an empty value (None, "") is no filter.
 
+    - ``statuses``: any of these statuses (an empty list finds nothing).
     - ``status``, ``template`` (name), ``key`` (business key), ``workflow_id`` (an id that is not
       a UUID finds nothing): equalities on indexed columns.
     - ``version``: of the template the workflow was created from (a join on the small template
@@ -231,6 +240,8 @@ def workflow_filter(
     """
     if status:
         workflows = workflows.filter(status=status)
+    if statuses is not None:
+        workflows = workflows.filter(status__in=statuses)
     if template:
         workflows = workflows.filter(template_name=template)
     if key:
@@ -285,6 +296,39 @@ def workflows_count(*, workflows: QuerySet[Workflow], at_least: int = 0) -> tupl
     window = max(cap, at_least) + 1
     counted = workflows.order_by()[:window].count()
     return counted, counted < window
+
+
+def workflow_has_ended(*, status: str) -> bool:
+    """Whether a workflow in ``status`` has ended: completed, failed, skipped or stopped (a
+    FAILURE workflow may still be retried). No query."""
+    return status in TERMINAL
+
+
+def workflow_ended_for_good(*, status: str) -> bool:
+    """Whether a workflow in ``status`` never changes again (nothing to stop). No query."""
+    return status in ENDED_FOR_GOOD
+
+
+def workflows_current_steps(*, workflow_ids: list[Any]) -> dict[uuid.UUID, list[str]]:
+    """What each of ``workflow_ids`` is doing now: the names of its SUBMITTED or EXECUTING tasks
+    (not the processes and groups around them), in position order; a workflow with none is
+    absent. For a page of workflows: one query for the whole page (the nodes' workflow index)."""
+    ids = [pk for pk in map(_uuid, workflow_ids) if pk is not None]
+    if not ids:
+        return {}
+    rows = (
+        Node.objects.filter(
+            workflow_id__in=ids,
+            node_type=NodeType.LEAF,
+            status__in=[Status.SUBMITTED, Status.EXECUTING],
+        )
+        .order_by("workflow_id", "position")
+        .values_list("workflow_id", "name")
+    )
+    steps: dict[uuid.UUID, list[str]] = {}
+    for workflow_id, name in rows:
+        steps.setdefault(workflow_id, []).append(name)
+    return steps
 
 
 _DETAIL_FIELDS = (
@@ -440,14 +484,18 @@ __all__ = [
     "inbox_search",
     "outbox_search",
     "template_names",
+    "template_version_numbers",
     "template_versions_get",
     "workflow_detail_get",
     "workflow_detail_of",
     "workflow_events",
+    "workflow_ended_for_good",
     "workflow_filter",
+    "workflow_has_ended",
     "workflow_history_get",
     "workflow_list",
     "workflow_nodes",
     "workflow_search",
+    "workflows_current_steps",
     "workflows_count",
 ]

@@ -278,18 +278,28 @@ def _as_instance(wf: Workflow, nodes: list[Node] | None) -> Any:
     return view
 
 
-def workflow_stop(*, workflow_id: Any) -> Workflow:
-    """Stop a workflow: every unfinished node STOPPED, their ``stop`` hooks run after commit."""
+def _operator_detail(actor: str | None, reason: str | None) -> dict[str, Any] | None:
+    """What the history keeps of an operator's action: who (``actor``) and why (``reason``)."""
+    detail = {"actor": actor or "", "reason": (reason or "").strip()}
+    return {name: value for name, value in detail.items() if value} or None
+
+
+def workflow_stop(*, workflow_id: Any, actor: str | None = None, reason: str | None = None) -> Workflow:
+    """Stop a workflow: every unfinished node STOPPED, their ``stop`` hooks run after commit.
+
+    ``actor`` (who, e.g. a user name) and ``reason`` (why), when given, are recorded in the
+    detail of the workflow's STOPPED event in its history."""
     with locked(workflow_id) as state:
-        walker.stop_workflow(state)
+        walker.stop_workflow(state, detail=_operator_detail(actor, reason))
     state.workflow._dagger_nodes = list(state.nodes.values())  # type: ignore[attr-defined]
     return state.workflow
 
 
-def workflow_retry(*, workflow_id: Any) -> Workflow:
-    """Resume a FAILURE workflow from the task(s) that failed."""
+def workflow_retry(*, workflow_id: Any, actor: str | None = None, reason: str | None = None) -> Workflow:
+    """Resume a FAILURE workflow from the task(s) that failed. ``actor`` and ``reason``, when
+    given, are recorded in the detail of the workflow's ``retried`` event in its history."""
     with locked(workflow_id) as state:
-        walker.retry_workflow(state)
+        walker.retry_workflow(state, detail=_operator_detail(actor, reason))
     return state.workflow
 
 

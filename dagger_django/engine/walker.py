@@ -272,13 +272,15 @@ def stop_node(state: WorkflowState, node: Node, *, reason: str) -> None:
     state.cancel_timers_for.add(node.id)
 
 
-def stop_workflow(state: WorkflowState) -> None:
+def stop_workflow(state: WorkflowState, *, detail: dict[str, Any] | None = None) -> None:
+    """Stop every unfinished node, then the workflow; ``detail`` goes into the workflow's STOPPED
+    event (who stopped it and why, when a person did)."""
     wf = state.workflow
     if wf.status in ENDED_FOR_GOOD:
         raise TaskInvalidState(f"Workflow {wf.id} is {wf.status} and cannot be stopped.")
     for node in sorted(state.nodes.values(), key=lambda n: n.position):
         stop_node(state, node, reason="workflow_stopped")
-    state.set_workflow_status(S.STOPPED, reason="stopped")
+    state.set_workflow_status(S.STOPPED, reason="stopped", detail=detail)
     state.cancel_timers_for.add(None)
     if dagger_settings.DELETE_WORKFLOW_ON_COMPLETE:
         state.delete_after = True
@@ -296,8 +298,9 @@ def inside_ended_container(state: WorkflowState, node: Node) -> bool:
     return False
 
 
-def retry_workflow(state: WorkflowState) -> list[Node]:
-    """Resume a FAILURE workflow from its failed tasks. Returns the tasks started again."""
+def retry_workflow(state: WorkflowState, *, detail: dict[str, Any] | None = None) -> list[Node]:
+    """Resume a FAILURE workflow from its failed tasks. Returns the tasks started again.
+    ``detail`` goes into the workflow's event (who retried it and why, when a person did)."""
     wf = state.workflow
     if wf.status != S.FAILURE:
         raise TaskInvalidState(f"Only a FAILURE workflow can be retried; {wf.id} is {wf.status}.")
@@ -311,7 +314,7 @@ def retry_workflow(state: WorkflowState) -> list[Node]:
     ]
     if not failed:
         raise TaskInvalidState(f"Workflow {wf.id} has no failed task to retry.")
-    state.set_workflow_status(S.EXECUTING, reason="retried")
+    state.set_workflow_status(S.EXECUTING, reason="retried", detail=detail)
     for leaf in failed:
         parent = state.get(leaf.parent_id)
         while parent is not None:
