@@ -105,6 +105,8 @@ _EXPORTS: dict[str, str] = {
     "Topic": "dagger_django.definitions.registry",
     "AerospikeConfig": "dagger_django.definitions.registry",
     "DAGBuilderHelper": "dagger_django.definitions.helper",
+    "Param": "dagger_django.definitions.params",
+    "ParameterDeclaration": "dagger_django.definitions.params",
 }
 
 __all__ = ["__version__", *_EXPORTS]

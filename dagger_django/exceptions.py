@@ -7,6 +7,9 @@ message as is. The first five names come from the original Dagger and keep their
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class DaggerError(Exception):
     """Base class of every error raised on purpose by dagger_django."""
@@ -48,9 +51,19 @@ class InvalidTemplate(DaggerError):
 
 
 class InvalidRuntimeParameters(DaggerError):
-    """Runtime parameters are not a JSON object, cannot be stored as JSON, or are too large."""
+    """Runtime parameters are not a JSON object, cannot be stored as JSON, are too large, do not
+    match the template's declared parameters, or lack the ``partition_key_lookup`` parameter.
+
+    ``fields``, when set, names what is wrong in the API's shape, e.g.
+    ``{"runtime_parameters": {"order_id": ["This parameter is required (str)."]}}`` or
+    ``{"partition_key_lookup": ["..."]}``; the API adds it to its 400 body.
+    """
 
     code = "invalid_runtime_parameters"
+
+    def __init__(self, *args: object, fields: Mapping[str, Any] | None = None) -> None:
+        super().__init__(*args)
+        self.fields: Mapping[str, Any] | None = fields
 
 
 class RuntimeParametersTooLarge(InvalidRuntimeParameters):

@@ -58,6 +58,9 @@ def exception_handler(exc: Exception, context: Mapping[str, Any] | None = None) 
     if isinstance(exc, DaggerError):
         set_rollback()
         detail = str(exc) or (type(exc).__doc__ or type(exc).__name__).strip().splitlines()[0]
+        fields = getattr(exc, "fields", None)
+        if fields:
+            return error_response(exc.code, detail, exc.http_status, fields=dict(fields))
         return error_response(exc.code, detail, exc.http_status)
 
     if isinstance(exc, RequestDataTooBig):

@@ -7,6 +7,7 @@ template needs) is the engine's, which raises a :class:`~dagger_django.exception
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 from django.urls import reverse
@@ -48,14 +49,49 @@ def _json_type(value: Any) -> str:
 # --------------------------------------------------------------------------------------------------
 # input
 # --------------------------------------------------------------------------------------------------
-class WorkflowCreateSerializer(serializers.Serializer):
-    """Body of `POST workflows/`."""
+class ClosedSerializer(serializers.Serializer):
+    """A body with only the declared fields: an unknown one (a typo such as
+    `runtim_parameters`) is 400 `invalid` naming it, not silently dropped."""
+
+    default_error_messages = {"unknown_field": "Unknown field; the fields are: {fields}."}
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            unknown = [name for name in data if name not in self.fields]
+            if unknown:
+                message = self.error_messages["unknown_field"].format(fields=", ".join(self.fields))
+                raise serializers.ValidationError(
+                    {_printable(name): [message] for name in unknown}, code="unknown_field"
+                )
+        return super().to_internal_value(data)
+
+
+def _printable(name: str) -> str:
+    """``name`` as it can be written back in UTF-8: a lone surrogate becomes its escape."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return name
+
+
+class WorkflowCreateSerializer(ClosedSerializer):
+    """Body of `POST workflows/`. Any other field is refused (400 `invalid` naming it)."""
 
     template = serializers.CharField(max_length=200)
-    runtime_parameters = JSONObjectField(required=False, default=dict)
+    runtime_parameters = JSONObjectField(
+        required=False,
+        default=dict,
+        help_text="A JSON object; checked against the template's declared parameters, if it has any.",
+    )
     id = serializers.UUIDField(required=False, allow_null=True, default=None)
     partition_key_lookup = serializers.CharField(
-        max_length=200, required=False, allow_null=True, allow_blank=False, default=None
+        max_length=200,
+        required=False,
+        allow_null=True,
+        allow_blank=False,
+        default=None,
+        help_text="The runtime parameter whose value becomes the business key; it must be given.",
     )
 
 
@@ -143,6 +179,10 @@ class TemplateSerializer(serializers.Serializer):
 
 
 class TemplateDetailSerializer(TemplateSerializer):
+    parameters = serializers.JSONField(
+        allow_null=True,
+        help_text="The declared runtime parameters (`params`, `allow_extra`); null: any JSON object.",
+    )
     graph = serializers.JSONField()
 
 

@@ -267,11 +267,13 @@ class TemplateDetailView(DaggerAPIView):
     def get(self, request: Request, name: str) -> Response:
         template: Any = Dagger.get_template(name)
         digest = template.digest()
+        graph = template.to_graph()
         row = {
             "name": template.name,
             "version": selectors.template_versions_get(digests={template.name: digest})[template.name],
             "digest": digest,
-            "graph": template.to_graph(),
+            "parameters": graph.get("parameters"),
+            "graph": graph,
         }
         return Response(TemplateDetailSerializer(row).data)
 

@@ -7,10 +7,11 @@ Task builders are named ``"<name>_executor_task"``, ``"<process_name>_command_ta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..exceptions import InvalidTemplate
+from .params import Param
 from .registry import Dagger
 from .tasks import DefaultProcessTemplateDAGInstance, DefaultTemplateDAGInstance, ITask
 from .templates import (
@@ -149,9 +150,12 @@ class DAGBuilderHelper:
         template_type: type[ITask[Any, Any]] = DefaultTemplateDAGInstance,
         failure_policy: str | None = None,
         checkpoint: str = "task",
+        parameters: Sequence[Param] | Mapping[str, Any] | None = None,
+        allow_extra_parameters: bool = False,
     ) -> ITemplateDAG:
-        """A built workflow template; ``failure_policy`` (``"halt"``/``"continue"``) and
-        ``checkpoint`` (``"task"``/``"process"``, docs/execution-model.md) are new."""
+        """A built workflow template; ``failure_policy`` (``"halt"``/``"continue"``),
+        ``checkpoint`` (``"task"``/``"process"``, docs/execution-model.md) and ``parameters``
+        (declared runtime parameters, :meth:`DefaultTemplateBuilder.set_parameters`) are new."""
         builder = (
             DefaultTemplateBuilder(self.app)
             .set_name(template_name)
@@ -160,6 +164,10 @@ class DAGBuilderHelper:
         )
         if failure_policy is not None:
             builder.set_failure_policy(failure_policy)
+        if parameters is not None:
+            builder.set_parameters(parameters, allow_extra=allow_extra_parameters)
+        elif allow_extra_parameters:
+            raise InvalidTemplate("allow_extra_parameters needs declared parameters")
         return builder.set_checkpoint(checkpoint).build()
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from ..exceptions import InvalidTaskType, InvalidTemplate
 from . import engine_door
 from .enums import NodeKind, TaskOperator, TaskType
+from .params import Param, ParameterDeclaration, declaration
 from .sync import sync_only
 from .tasks import (
     DecisionTask,
@@ -427,6 +428,8 @@ class TemplateDAG(ITemplateDAG):
     """A workflow template: ``root_process_dag`` and everything after it.
 
     ``failure_policy`` is ``"halt"`` or ``"continue"``; unset, it is ``template_type.failure_policy``.
+    ``parameters``, when given, declares the runtime parameters every creation is checked against
+    (:mod:`dagger_django.definitions.params`); None (the default) accepts any JSON object.
     """
 
     def __init__(
@@ -438,9 +441,15 @@ class TemplateDAG(ITemplateDAG):
         *,
         failure_policy: str | None = None,
         checkpoint: str = "task",
+        parameters: ParameterDeclaration | Sequence[Param] | Mapping[str, Any] | None = None,
+        allow_extra_parameters: bool = False,
     ) -> None:
         super().__init__(dag, name, app, template_type)
         self._failure_policy = failure_policy
+        #: The declared runtime parameters, or None: any JSON object is accepted.
+        self.parameters: ParameterDeclaration | None = declaration(
+            parameters, allow_extra=allow_extra_parameters
+        )
         #: The processes' default (``ProcessTemplateDagBuilder.set_checkpoint`` overrides it).
         self.checkpoint = _checkpoint(checkpoint)
 
@@ -526,13 +535,19 @@ class TemplateDAG(ITemplateDAG):
         check_template_header(self)
         walk = _GraphWalk()
         root = walk.visit(self.root_process_dag, (self.name,), frozenset(), None)
-        return {
+        described: dict[str, Any] = {
             "name": self.name,
             "template_type": class_path(self.template_type),
             "failure_policy": self.failure_policy,
             "root": root,
             "nodes": walk.nodes,
         }
+        declared = getattr(self, "parameters", None)
+        if declared is not None:
+            # Only when declared: the graph (and digest) of a template without a declaration
+            # stays what it was, so its stored version does not change.
+            described["parameters"] = declared.to_json()
+        return described
 
     def validate(self) -> None:
         """Raise ``InvalidTemplate`` (naming the path) for a cycle or a dangling reference."""
@@ -582,7 +597,10 @@ class TemplateDAG(ITemplateDAG):
         is shared by every worker, so there is no partition owner to hand the workflow to.
         ``dynamic_process_builders`` maps a dynamic process name to its process builders, and
         ``parallel_process_templates`` maps a parallel group name to its process templates (or to
-        ``(n, builder)`` for n copies), for this workflow only. Returns the workflow as an
+        ``(n, builder)`` for n copies), for this workflow only. With declared ``parameters``
+        the runtime parameters are checked (and defaults filled in) first; a mismatch, or a
+        ``partition_key_lookup`` naming no given parameter, raises ``InvalidRuntimeParameters``
+        and stores nothing. Returns the workflow as an
         instance of ``template_type`` (``id``, ``status``, ``runtime_parameters``, ``tasks``), as
         the original did; ``instance.model`` is the stored :class:`~dagger_django.models.Workflow`.
         """
@@ -1339,6 +1357,17 @@ class DefaultTemplateBuilder(ITemplateDAGBuilder):
         self._template_type: type[ITask[Any, Any]] = DefaultTemplateDAGInstance
         self._failure_policy: str | None = None
         self._checkpoint = "task"
+        self._parameters: ParameterDeclaration | None = None
+
+    def set_parameters(
+        self, parameters: Sequence[Param] | Mapping[str, Any], *, allow_extra: bool = False
+    ) -> DefaultTemplateBuilder:
+        """Declare the runtime parameters: a list of :class:`Param` (``Param("order_id", str)``,
+        ``Param("amount", float, default=0.0)``) or a dict (``{"order_id": str, "amount":
+        {"type": float, "default": 0.0}}``). Creations are then checked against it; names not
+        declared are refused unless ``allow_extra``. Without a call, anything is accepted."""
+        self._parameters = ParameterDeclaration.of(parameters, allow_extra=allow_extra)
+        return self
 
     def set_checkpoint(self, checkpoint: str) -> DefaultTemplateBuilder:
         """The default of every process of the workflow: ``"task"`` (commit after every task, the
@@ -1374,6 +1403,7 @@ class DefaultTemplateBuilder(ITemplateDAGBuilder):
             template_type=self._template_type,
             failure_policy=self._failure_policy,
             checkpoint=self._checkpoint,
+            parameters=self._parameters,
         )
 
 

@@ -39,6 +39,30 @@ def validate(value: Any, *, what: str = "runtime_parameters") -> str:
     return text
 
 
+def declared(template: Any, params: dict[str, Any], *, partition_key_lookup: str | None) -> dict[str, Any]:
+    """The runtime parameters of a new workflow of ``template``, checked against its declared
+    parameters (if it declares them) with their defaults filled in; ``params`` is valid JSON
+    already (:func:`validate`).
+
+    ``partition_key_lookup`` must name one of them: the original's default (``repartition=True``)
+    raised ``KeyError`` there, and a workflow without the business key it was created for cannot
+    be found by it.
+    """
+    declaration = getattr(template, "parameters", None)
+    if declaration is not None:
+        checked = declaration.apply(params)
+        if len(checked) != len(params):  # defaults were added: check the size again
+            validate(checked)
+        params = checked
+    if partition_key_lookup and partition_key_lookup not in params:
+        raise InvalidRuntimeParameters(
+            f"partition_key_lookup names {partition_key_lookup!r}, which is not a runtime parameter "
+            "of this workflow: give it a value, or leave partition_key_lookup out.",
+            fields={"partition_key_lookup": [f"No runtime parameter named {partition_key_lookup!r}."]},
+        )
+    return params
+
+
 def _encode(value: dict[str, Any], *, what: str) -> str:
     """The JSON text of ``value``. UUID, datetime, date, time, timedelta and Decimal values are
     accepted as Django's ``DjangoJSONEncoder`` writes them (text); ``value`` is then rewritten in

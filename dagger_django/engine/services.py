@@ -146,11 +146,13 @@ def workflow_create(
 ) -> Workflow:
     """Create a workflow from ``template`` (all its nodes in one insert) and optionally start it.
 
-    Everything is validated before anything is written: bad parameters, a bad template or a
-    missing trigger time raise a :class:`DaggerError` and store nothing.
+    Everything is validated before anything is written: bad parameters (or parameters that do
+    not match the template's declaration, or lack the ``partition_key_lookup`` one), a bad
+    template or a missing trigger time raise a :class:`DaggerError` and store nothing.
     """
     params = {} if runtime_parameters is None else runtime_parameters
     parameters.validate(params)
+    params = parameters.declared(template, params, partition_key_lookup=partition_key_lookup)
     wid = workflow_uuid(workflow_id) if workflow_id is not None else new_id()
     materialized = materialize(
         template,

@@ -140,6 +140,11 @@ STRING_FIELDS = {
     "workflows.partition_key_lookup": lambda v: (
         f'{{"template": "{TEMPLATE}", "partition_key_lookup": {v}, "runtime_parameters": {{"order_id": 1}}}}'
     ),
+    "workflows.unknown_field": lambda v: (
+        f'{{"template": "{TEMPLATE}", "x": 1, {v}: 2}}'
+        if v.startswith('"')
+        else f'{{"template": "{TEMPLATE}", "runtim_parameters": {v}}}'
+    ),
     "events.topic": lambda v: f'{{"topic": {v}, "payload": {{"order_id": "x"}}}}',
     "events.message_id": lambda v: (
         f'{{"topic": "counted", "message_id": {v}, "payload": {{"order_id": "x"}}}}'

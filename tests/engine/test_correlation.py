@@ -136,7 +136,8 @@ def route(topic: str, payload: Any, **kwargs: Any) -> messages.Routed:
 
 
 def start(tmpl: Any, dispatcher: Any, **params: Any) -> Any:
-    wf = tmpl.create_instance(submit_task=True, partition_key_lookup="order_id", **params)
+    lookup = "order_id" if "order_id" in params else None  # naming a missing parameter is an error
+    wf = tmpl.create_instance(submit_task=True, partition_key_lookup=lookup, **params)
     dispatcher.drain()
     return wf
 
