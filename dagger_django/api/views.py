@@ -359,20 +359,21 @@ class WorkflowHistoryView(DaggerAPIView):
 
 
 class WorkflowStopView(DaggerAPIView):
-    """Stop a workflow; 409 when it already ended."""
+    """Stop a workflow; 409 when it already ended. The history records who stopped it."""
 
     @describe(request=None, responses=WorkflowDetailSerializer)
     def post(self, request: Request, workflow_id: str) -> Response:
-        workflow = services.workflow_stop(workflow_id=workflow_id)
+        workflow = services.workflow_stop(workflow_id=workflow_id, actor=request.user.get_username())
         return _detail_response(request, workflow, workflow_id=workflow_id)
 
 
 class WorkflowRetryView(DaggerAPIView):
-    """Resume a FAILURE workflow from its failed tasks; 409 for any other status."""
+    """Resume a FAILURE workflow from its failed tasks; 409 for any other status. The history
+    records who retried it."""
 
     @describe(request=None, responses=WorkflowDetailSerializer)
     def post(self, request: Request, workflow_id: str) -> Response:
-        workflow = services.workflow_retry(workflow_id=workflow_id)
+        workflow = services.workflow_retry(workflow_id=workflow_id, actor=request.user.get_username())
         return _detail_response(request, workflow, workflow_id=workflow_id)
 
 

@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 
 from dagger_django import DAGBuilderHelper, Dagger, ExecutorTask
 from dagger_django.adapters.memory import InMemoryDispatcher
-from dagger_django.engine import ports, services
+from dagger_django.engine import ports, selectors, services
 from dagger_django.models import Status, Workflow, WorkflowTemplate
 
 TEMPLATE = "ApiTestWorkflow"
@@ -422,6 +422,10 @@ def test_stop_is_200_with_the_detail_and_stopping_again_is_409(api: APIClient) -
     assert response.json()["status"] == Status.STOPPED
     assert {t["status"] for t in response.json()["tasks"]} == {Status.STOPPED}
     assert_error(api.post(f"{BASE}/workflows/{workflow.id}/stop/"), 409, "invalid_state")
+    # The workflow's history says who stopped it.
+    stopped = [e for e in selectors.workflow_events(workflow_id=workflow.id) if e.node_id is None]
+    assert stopped[-1].to_status == Status.STOPPED
+    assert stopped[-1].detail["actor"] == "api-user"
 
 
 @pytest.mark.django_db
