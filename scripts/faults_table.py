@@ -26,6 +26,7 @@ ORDER = [
     "service_restart",
     "hostile_messages",
     "api_roles",
+    "api_schema",
     "state_machine",
 ]
 

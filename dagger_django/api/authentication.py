@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import DataError
 from rest_framework.authentication import BasicAuthentication, get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.request import Request
@@ -68,9 +69,27 @@ class ThrottledBasicAuthentication(BasicAuthentication):
             raise Throttled(wait, detail="Too many failed logins from this address.")
         try:
             return super().authenticate(request)
+        except DataError as exc:
+            # A user name PostgreSQL cannot hold (a NUL character) belongs to no one: a wrong login.
+            throttle.record_failure(request)
+            raise AuthenticationFailed("Invalid username/password.") from exc
         except AuthenticationFailed:
             throttle.record_failure(request)
             raise
 
 
-__all__ = ["LoginFailureThrottle", "ThrottledBasicAuthentication"]
+def perform_authentication(request: Request) -> None:
+    """DRF's ``APIView.perform_authentication``, where a credential the database cannot hold
+    (a NUL character in a session cookie, a token or a basic-auth user name: PostgreSQL refuses
+    it in a query) is a wrong credential, answered like one (401/403), not a 400 about the
+    request's data. The request goes on as anonymous (DRF's own "no credentials" state), so that
+    nothing that renders the error (the browsable API's page authenticates again) asks the
+    database about that credential again: that was a 500."""
+    try:
+        request.user  # noqa: B018 (authenticates)
+    except DataError as exc:
+        request._not_authenticated()
+        raise AuthenticationFailed("Invalid credentials.") from exc
+
+
+__all__ = ["LoginFailureThrottle", "ThrottledBasicAuthentication", "perform_authentication"]

@@ -35,7 +35,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
-from . import errors
+from . import authentication, errors
 from .permissions import CanUseTheAPI
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -124,6 +124,9 @@ class _DaggerRules:
 
     def get_permissions(self) -> list[BasePermission]:
         return [permission() for permission in (*api_settings.DEFAULT_PERMISSION_CLASSES, CanUseTheAPI)]
+
+    def perform_authentication(self, request: Request) -> None:
+        authentication.perform_authentication(request)
 
     def get_exception_handler(self) -> Callable[..., Response | None]:
         return errors.exception_handler

@@ -33,7 +33,7 @@ from rest_framework.views import APIView
 from ..definitions.registry import Dagger
 from ..engine import selectors, services
 from ..exceptions import WorkflowDoesNotExist
-from . import errors
+from . import authentication, errors
 from .permissions import (
     POST_EVENT,
     VIEW_WORKFLOW,
@@ -170,6 +170,9 @@ class DaggerAPIView(APIView):
         # ``APIView.permission_classes`` once, when rest_framework.views is imported.
         project = api_settings.DEFAULT_PERMISSION_CLASSES
         return [permission() for permission in (*project, *self.dagger_permission_classes)]
+
+    def perform_authentication(self, request: Request) -> None:
+        authentication.perform_authentication(request)
 
     def get_exception_handler(self) -> Callable[..., Response | None]:
         return errors.exception_handler

@@ -73,3 +73,40 @@ def test_health_is_not_throttled() -> None:
     client = APIClient()
     for _ in range(ANON_REQUESTS_ALLOWED + 5):
         assert client.get(f"{BASE}/health/").status_code in (200, 503)
+
+
+# A finding of the schema campaign (tests/faults/test_api_schema.py): a NUL character in a
+# credential made PostgreSQL refuse the lookup, and the API answered 400 invalid_data.
+@pytest.mark.parametrize(
+    ("where", "credential"),
+    [
+        ("session cookie", "abcdefgh\x00ijk"),
+        ("token", "Token abc\x00def"),
+        ("basic user name", basic("rea\x00der", "right-pw")),
+    ],
+)
+@pytest.mark.parametrize("path", ["workflows/", "schema/"])
+def test_a_credential_the_database_cannot_hold_is_a_wrong_credential(
+    reader: Any, where: str, credential: str, path: str
+) -> None:
+    client = APIClient()
+    if where == "session cookie":
+        client.cookies["sessionid"] = credential
+    else:
+        client.credentials(HTTP_AUTHORIZATION=credential)
+
+    response = client.get(f"{BASE}/{path}")
+
+    assert_error(response, response.status_code, "not_authenticated")
+    assert response.status_code in (401, 403)
+    # The browsable API's page authenticates again to draw its forms: that was a 500.
+    assert client.get(f"{BASE}/{path}", HTTP_ACCEPT="text/html").status_code in (401, 403, 406)
+
+
+def test_a_basic_user_name_the_database_cannot_hold_counts_as_a_failed_login(reader: Any) -> None:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=basic("rea\x00der", "guess"))
+    for _ in range(LOGIN_FAILURES_ALLOWED):
+        assert client.get(f"{BASE}/workflows/").status_code in (401, 403)
+
+    assert_error(client.get(f"{BASE}/workflows/"), 429, "throttled")
