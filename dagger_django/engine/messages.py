@@ -774,7 +774,7 @@ def _note_write(
     for pk in delivery_ids:
         noted = writes.get(pk)
         if noted is None:
-            writes[pk] = _DeliveryWrite(node.id, fields, guard)
+            writes[pk] = _DeliveryWrite(node.id, dict(fields), guard)  # a row of its own each
             continue
         if guard is not None and noted.guard is None:
             # The row was written by this transition: the guard holds if that write made it so.

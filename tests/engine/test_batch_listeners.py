@@ -182,3 +182,17 @@ def test_workflows_deleted_on_completion_by_their_listener_are_deleted_in_a_batc
     services.node_run(workflow_id=targets[2][0], node_id=targets[2][1], lease="deleted-alone")
     assert not Workflow.objects.filter(pk__in=[wf.id for wf in workflows]).exists()
     assert not Delivery.objects.exists() and not Subscription.objects.exists()
+
+
+def test_a_later_write_to_one_noted_delivery_leaves_the_others_of_its_first_write_alone() -> None:
+    """Rows noted together get a record each: a second write to one of them is that row's only."""
+    import uuid
+    from types import SimpleNamespace
+
+    state = SimpleNamespace(delivery_writes={})
+    node = SimpleNamespace(id=uuid.uuid4())
+    messages._note_write(state, node, [1, 2], status=D.BUFFERED, lease="", expires_at=None)  # type: ignore[arg-type]
+    messages._note_write(state, node, [1], status=D.CLAIMED, lease="mine", attempts=1)  # type: ignore[arg-type]
+
+    assert state.delivery_writes[1].fields["status"] == D.CLAIMED
+    assert state.delivery_writes[2].fields == {"status": D.BUFFERED, "lease": "", "expires_at": None}
