@@ -148,6 +148,11 @@ class SchemaView(_DaggerRules, SpectacularAPIView):
         response: Response = super().get(request, *args, **kwargs)
         return response
 
+    def _get_version_parameter(self, request: Request) -> None:
+        # The API has no versions: `?version=` names nothing here. drf-spectacular would put it
+        # in the download's file name (a header: a newline in it was a 500).
+        return None
+
     generator_class = DaggerSchemaGenerator
     renderer_classes = [OpenApiYamlRenderer, OpenApiJsonRenderer]
     serve_public = True  # every endpoint, whatever the reader may call (it shows no data)

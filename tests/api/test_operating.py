@@ -121,6 +121,15 @@ def test_the_schema_and_its_pages_answer_only_get(django_user_model: Any, path: 
     assert_error(response, 405, "method_not_allowed")
 
 
+@pytest.mark.parametrize("version", ["%0D", "1%0A2", "v2"])
+def test_a_version_in_the_query_is_ignored_by_the_schema(django_user_model: Any, version: str) -> None:
+    """drf-spectacular put `?version=` into the Content-Disposition file name: a newline was a 500."""
+    response = client_for(django_user_model, "reader").get(f"{BASE}/schema/?version={version}")
+
+    assert response.status_code == 200, response.content
+    assert response["Content-Disposition"] == 'inline; filename="dagger_django API.yaml"'
+
+
 def test_the_schema_is_yaml_by_default(django_user_model: Any) -> None:
     response = client_for(django_user_model, "reader").get(f"{BASE}/schema/")
 
