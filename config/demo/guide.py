@@ -64,21 +64,47 @@ def first_free_order_number() -> int:
 
 @dataclass(frozen=True)
 class Step:
-    """One operator action, as an HTTP request to the API (printed as curl, done by --check)."""
+    """One operator action: ``patch`` runtime parameters, ``retry``, or post an ``event``. Shown
+    as the API request (a curl command); ``make run --check`` makes that request, or calls the
+    same service in-process when it has no login (:meth:`apply`)."""
 
-    method: str
-    path: str  # below /api/dagger/
-    body: dict[str, Any] | None = None
+    action: str
+    body: dict[str, Any]
+    workflow_id: Any = None
     say: str = ""
 
+    @property
+    def method(self) -> str:
+        return "PATCH" if self.action == "patch" else "POST"
+
+    @property
+    def path(self) -> str:
+        """Below /api/dagger/."""
+        if self.action == "event":
+            return "events/"
+        return f"workflows/{self.workflow_id}/" + (
+            "runtime-parameters/" if self.action == "patch" else "retry/"
+        )
+
     def curl(self, base_url: str, credentials: str) -> str:
-        words = ["curl", "-u", credentials]
-        if self.method != "GET":
-            words += ["-X", self.method]
-        if self.body is not None:
+        words = ["curl", "-u", credentials, "-X", self.method]
+        if self.body:
             words += ["-H", "Content-Type: application/json", "-d", json.dumps(self.body)]
         words.append(f"{base_url}/api/dagger/{self.path}")
         return " ".join(shlex.quote(word) for word in words)
+
+    def apply(self, *, actor: str) -> None:
+        """What the API does for this request, in-process."""
+        from dagger_django.engine import messages, services
+
+        if self.action == "patch":
+            services.workflow_update_parameters(workflow_id=self.workflow_id, changes=self.body)
+        elif self.action == "retry":
+            services.workflow_retry(workflow_id=self.workflow_id, actor=actor)
+        else:
+            messages.message_receive(
+                topic=self.body["topic"], payload=self.body["payload"], message_id=self.body.get("message_id")
+            )
 
 
 @dataclass(frozen=True)
@@ -151,20 +177,10 @@ def _completed_detail(workflow: Any, status: str) -> str:
 def _fix_steps(detail: Any) -> list[Step]:
     """A demo order whose card was declined: clear the flag, then retry."""
     if detail.template_name != TEMPLATE or not detail.runtime_parameters.get("card_declined"):
-        return [Step("POST", f"workflows/{detail.id}/retry/", None, "after fixing the cause, retry:")]
+        return [Step("retry", {}, detail.id, "after fixing the cause, retry:")]
     return [
-        Step(
-            "PATCH",
-            f"workflows/{detail.id}/runtime-parameters/",
-            {"card_declined": False},
-            "fix: clear the flag that makes the card payment fail",
-        ),
-        Step(
-            "POST",
-            f"workflows/{detail.id}/retry/",
-            None,
-            "then press Retry on its admin page, or:",
-        ),
+        Step("patch", {"card_declined": False}, detail.id, "fix: clear the flag that makes the card fail:"),
+        Step("retry", {}, detail.id, "then press Retry on its admin page, or:"),
     ]
 
 
@@ -176,9 +192,9 @@ def _event_steps(detail: Any) -> list[Step]:
     payload = {"order_id": order_id, "reference": f"bank-{order_id}"}
     return [
         Step(
-            "POST",
-            "events/",
+            "event",
             {"topic": TRANSFER_TOPIC, "payload": payload, "message_id": f"transfer-{order_id}"},
-            "send the bank's event (or let the Kafka bridge deliver one):",
+            detail.id,
+            "send the bank's event (or, logged in to the admin, POST its JSON in the form at /api/dagger/events/):",
         )
     ]
