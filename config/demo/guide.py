@@ -1,6 +1,6 @@
 """What the demo starts and what it tells the person watching: ``manage.py dagger_demo`` starts
 :data:`ORDERS`; ``make run`` prints one line per workflow as it settles (:func:`outcome_of`) and,
-for the two that wait for an operator, the exact commands that move them on (:func:`next_steps`),
+for the two that wait for an operator, the exact commands that move them on (:attr:`Outcome.steps`),
 which ``make run --check`` then carries out itself.
 
 Reads go through ``dagger_django.engine.selectors``, as every page's do.
@@ -25,15 +25,17 @@ FIRST_ORDER = 4711
 
 @dataclass(frozen=True)
 class DemoOrder:
-    """One order the demo starts: what it shows and its runtime parameters (besides order_id)."""
+    """One order the demo starts: what it shows, its runtime parameters (besides order_id and
+    deliver_at), and in how many seconds it is delivered (None: at once, the default)."""
 
     shows: str
     parameters: dict[str, Any]
+    deliver_in: float | None = None
 
 
 ORDERS = (
     DemoOrder(
-        "paid by card, shipped: a parallel group, then a timer", {"amount": 42.0, "deliver_after": True}
+        "paid by card, shipped: a parallel group, then a timer", {"amount": 42.0}, deliver_in=DELIVERY_DELAY
     ),
     DemoOrder(
         "out of stock: the decision refunds instead of shipping", {"amount": 17.5, "out_of_stock": True}
@@ -45,10 +47,10 @@ ORDERS = (
 
 def order_parameters(order: DemoOrder, *, order_id: str, now: float | None = None) -> dict[str, Any]:
     """The runtime parameters ``create_instance`` gets for ``order``."""
-    parameters = {key: value for key, value in order.parameters.items() if key != "deliver_after"}
-    if order.parameters.get("deliver_after"):
-        parameters["deliver_at"] = (time.time() if now is None else now) + DELIVERY_DELAY
-    return {"order_id": order_id, **parameters}
+    parameters = {"order_id": order_id, **order.parameters}
+    if order.deliver_in is not None:
+        parameters["deliver_at"] = (time.time() if now is None else now) + order.deliver_in
+    return parameters
 
 
 def first_free_order_number() -> int:

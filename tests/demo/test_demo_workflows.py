@@ -194,3 +194,21 @@ def test_delivery_waits_for_its_timer_on_the_real_worker(celery_worker_process: 
     deliver = next(t for t in workflow_detail_get(workflow_id=wf.id).tasks if t.name.endswith("deliver"))
     assert deliver.time_completed is not None and deliver.time_completed.timestamp() >= deliver_at
     assert _outcome(wf.id).state == "COMPLETED"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_a_login_the_check_moves_the_waiting_orders_on_in_process() -> None:
+    """``make run --check`` with DATABASE_URL set has no demo login: it calls the services the API
+    would (``Step.apply``), with the same effect."""
+    with engine_under_test() as (dispatcher, _clock):
+        declined = _create(DECLINED, "order-in-process-1")
+        transfer = _create(TRANSFER, "order-in-process-2")
+        dispatcher.drain()
+        for workflow_id, state in ((declined.id, "FAILURE"), (transfer.id, "WAITING")):
+            outcome = _outcome(workflow_id)
+            assert outcome.state == state
+            for step in outcome.steps:
+                step.apply(actor="make run --check")
+            dispatcher.drain()
+    assert _status(declined.id) == _status(transfer.id) == "COMPLETED"
+    assert history(declined.id, "retried")[0].detail.get("actor") == "make run --check"
