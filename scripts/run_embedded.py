@@ -396,7 +396,14 @@ class Watcher:
 
         base_url = self.launcher.base_url
         credentials = f"{ADMIN_USER}:{ADMIN_PASSWORD}" if self.launcher.demo_user else "USER:PASSWORD"
-        self.current = [guide.outcome_of(w) for w in guide.recent_workflows(created_after=self.since)]
+        try:
+            self.current = [guide.outcome_of(w) for w in guide.recent_workflows(created_after=self.since)]
+        except Exception as exc:  # a busy SQLite file, a restarting database: ask again next time
+            say(f"(could not read the workflows this time: {exc})")
+            from django.db import connection
+
+            connection.close()
+            return self.current
         for outcome in self.current:
             if not outcome.settled:
                 self.printed.pop(outcome.workflow_id, None)  # retried: say it again when it settles
