@@ -122,6 +122,11 @@ def _do(client: APIClient, step: guide.Step) -> Any:
     return response
 
 
+def _workflow_retries(workflow_id: Any) -> list[Any]:
+    """The workflow's own ``retried`` events (its retried nodes have theirs too)."""
+    return [e for e in history(workflow_id, "retried") if e.node_id is None]
+
+
 def _status(workflow_id: Any) -> str:
     return workflow_detail_get(workflow_id=workflow_id).status
 
@@ -149,8 +154,8 @@ def test_declined_card_fails_then_completes_after_the_fix_and_a_retry(
     assert (
         detail.runtime_parameters["delivered"] is True and detail.runtime_parameters["card_declined"] is False
     )
-    retried = history(wf.id, "retried")
-    assert retried and retried[0].detail.get("actor") == "demo-operator"
+    (retried,) = _workflow_retries(wf.id)
+    assert retried.detail.get("actor") == "demo-operator"
     charge = [e for e in history(wf.id) if e.node_name.endswith("charge_card_executor_task")]
     assert [e.to_status for e in charge].count("FAILURE") == 1
     assert charge[-1].to_status == "COMPLETED"
@@ -211,4 +216,38 @@ def test_without_a_login_the_check_moves_the_waiting_orders_on_in_process() -> N
                 step.apply(actor="make run --check")
             dispatcher.drain()
     assert _status(declined.id) == _status(transfer.id) == "COMPLETED"
-    assert history(declined.id, "retried")[0].detail.get("actor") == "make run --check"
+    (retried,) = _workflow_retries(declined.id)
+    assert retried.detail.get("actor") == "make run --check"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_declined_order_is_fixed_and_retried_as_the_readme_says_with_the_admins_retry_button(
+    browser: Any, live_server: Any, django_user_model: Any
+) -> None:
+    """README, "Fix and retry": PATCH the runtime parameters, then press Retry on the admin page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    django_user_model.objects.create_superuser("admin", "admin@example.com", "admin")
+    api = APIClient()
+    api.login(username="admin", password="admin")
+    with engine_under_test() as (dispatcher, _clock):
+        wf = _create(DECLINED, "order-button")
+        dispatcher.drain()
+        patch, retry = _outcome(wf.id).steps
+        assert retry.action == "retry"
+        _do(api, patch)
+
+        browser.get(f"{live_server.url}{_outcome(wf.id).admin_url('')}")
+        browser.find_element(By.NAME, "username").send_keys("admin")
+        browser.find_element(By.NAME, "password").send_keys("admin")
+        browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+        WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.ID, "dagger-retry")).pop().click()
+        WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "id_reason")).send_keys("card fixed")
+        browser.find_element(By.ID, "dagger-confirm").click()
+        WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".messagelist .success"))
+        dispatcher.drain()
+
+    assert _status(wf.id) == "COMPLETED"
+    (retried,) = _workflow_retries(wf.id)
+    assert retried.detail.get("actor") == "admin" and retried.detail.get("reason") == "card fixed"
