@@ -1,9 +1,11 @@
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import RedirectView
+
+from config.demo.views import index
 
 urlpatterns = [
-    path("", RedirectView.as_view(url="/admin/dagger_django/workflow/", permanent=False)),
+    # The demo's own page (templates/demo/index.html): links to the admin, the API and its docs.
+    path("", index, name="demo-index"),
     path("admin/", admin.site.urls),
     path("api/dagger/", include("dagger_django.api.urls")),
 ]

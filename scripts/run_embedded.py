@@ -12,15 +12,23 @@ createsuperuser``) and ``--check`` asks the API without credentials (expecting a
 Ctrl-C or SIGTERM stops every child (SIGTERM, a grace period, then SIGKILL). If one child exits on
 its own, the others are stopped too and the launcher exits non-zero.
 
-``--check`` does all of the above, waits until the demo workflows are COMPLETED, asks the API for
-the workflow list, stops everything and exits 0 (or 1 on any failure or timeout). The test suite
-and CI use it.
+Once the demo runs, one line is printed per workflow as it settles (COMPLETED, FAILURE, STOPPED,
+or WAITING for an event), with its admin page; for the ones waiting for an operator (a declined
+card to fix and retry, a bank transfer's event to send) the exact curl commands follow
+(config/demo/guide.py).
+
+``--check`` does all of the above, then carries out those commands itself (through the API with the
+demo login, or the same services in-process without one), waits until every demo workflow is
+COMPLETED, asks the API for the workflow list, stops everything and exits 0 (or 1 on any failure or
+timeout). The test suite and CI use it.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import datetime as dt
+import json
 import os
 import re
 import signal
@@ -152,7 +160,6 @@ class Launcher:
             return 1
         self.demo_user = self.ensure_superuser()
         has_demo = DEMO_COMMAND in _django_commands()
-        baseline = _workflow_ids() if has_demo and self.check else set()
 
         python = sys.executable
         celery = [python, "-m", "celery", "-A", "config"]
@@ -174,6 +181,7 @@ class Launcher:
         if not self.wait(lambda: self.services[0].matched.is_set(), timeout=90):
             say("the worker has not reported ready after 90s; continuing, tasks will wait in the broker")
 
+        watcher = Watcher(self)
         if has_demo:
             if not self.step("demo", [MANAGE, DEMO_COMMAND], timeout=120):
                 say(f"manage.py {DEMO_COMMAND} failed")
@@ -187,9 +195,9 @@ class Launcher:
 
         self.banner()
         if self.check:
-            return self.check_demo(baseline)
-        while True:  # until Ctrl-C, SIGTERM or a child's death
-            self.wait(lambda: False, timeout=3600)
+            return self.check_demo(watcher)
+        while True:  # until Ctrl-C, SIGTERM or a child's death; report workflows as they settle
+            self.wait(lambda: watcher.poll() is None, timeout=3600, interval=1.0)
 
     def describe_settings(self) -> None:
         database = os.environ.get("DATABASE_URL") or f"SQLite file {_var_dir() / 'dagger.sqlite3'}"
@@ -229,39 +237,77 @@ class Launcher:
                 if self.demo_user
                 else "(your own login)"
             ),
-            f"  API:   {self.base_url}/api/dagger/workflows/",
-            "  stop:  Ctrl-C" if not self.check else "  --check: waiting for the demo workflows to complete",
+            f"  API:   {self.base_url}/api/dagger/   (docs: {self.base_url}/api/dagger/docs/)",
+            f'  demo:  {self.base_url}/   (the orders below; README: "The demo")',
+            "  stop:  Ctrl-C"
+            if not self.check
+            else "  --check: moving the demo workflows on until they complete",
             "-" * 72,
         ):
             say(line)
 
-    def check_demo(self, baseline: set[Any]) -> int:
-        outcome: dict[str, Any] = {}
+    def check_demo(self, watcher: Watcher) -> int:
+        """Carry out what the demo asks of an operator, then wait until every demo workflow is
+        COMPLETED: the failure fixed and retried, the listener's event sent."""
+        expected = _demo_size()
+        done: set[tuple[Any, str]] = set()  # (workflow, state) whose steps were carried out
+        broken: list[str] = []
 
         def settled() -> bool:
-            outcome.update(_demo_outcome(baseline))
-            return outcome["state"] != "running"
+            outcomes = watcher.poll()
+            for outcome in outcomes:
+                if outcome.state in {"STOPPED", "SKIPPED"}:
+                    broken.append(outcome.line(self.base_url))
+                elif outcome.steps and (outcome.workflow_id, outcome.state) not in done:
+                    # Once per state: an event's effect shows a moment after the API's answer.
+                    done.add((outcome.workflow_id, outcome.state))
+                    broken.extend(
+                        f"{step.method} /api/dagger/{step.path} failed"
+                        for step in outcome.steps
+                        if not self.operate(step)
+                    )
+            return bool(broken) or (
+                len(outcomes) >= expected and all(o.state == "COMPLETED" for o in outcomes)
+            )
 
         finished = self.wait(settled, timeout=self.timeout, interval=0.5)
-        for wid, status in sorted(outcome.get("workflows", {}).items()):
-            say(f"workflow {wid}: {status}")
-        if not finished:
-            say(f"CHECK FAILED: the demo workflows did not finish within {self.timeout:.0f}s")
-            _print_nodes(outcome.get("workflows", {}))
+        if broken:
+            say(f"CHECK FAILED: {broken[0]}")
+            _print_nodes(watcher.unfinished())
             return 1
-        if outcome["state"] != "completed":
-            say("CHECK FAILED: a demo workflow ended without completing")
-            _print_nodes(outcome.get("workflows", {}))
+        if not finished:
+            say(f"CHECK FAILED: the demo workflows did not all complete within {self.timeout:.0f}s")
+            _print_nodes(watcher.unfinished())
             return 1
         # Without the demo user the API must refuse: that it answers so is the check.
         auth = (ADMIN_USER, ADMIN_PASSWORD) if self.demo_user else None
-        expected = {200} if self.demo_user else {401, 403}
+        statuses = {200} if self.demo_user else {401, 403}
         api = _http_status(f"{self.base_url}/api/dagger/workflows/", auth=auth)
-        if api not in expected:
+        if api not in statuses:
             say(f"CHECK FAILED: GET /api/dagger/workflows/ answered {api}")
             return 1
-        say("CHECK PASSED: the demo workflows completed and the admin and API answer")
+        index = _http_status(f"{self.base_url}/")
+        if index != 200:
+            say(f"CHECK FAILED: the demo's index page answered {index}")
+            return 1
+        say(f"CHECK PASSED: the {len(watcher.printed)} demo workflows completed and the admin and API answer")
         return 0
+
+    def operate(self, step: Any) -> bool:
+        """One operator step: through the API with the demo login (as the printed curl command
+        does), else through the same service in-process (no credentials to use)."""
+        if not self.demo_user:
+            say(f"--check: {step.action} in-process (no demo login to use the API with)")
+            step.apply(actor="make run --check")
+            return True
+        status = _http_send(
+            step.method,
+            f"{self.base_url}/api/dagger/{step.path}",
+            step.body,
+            auth=(ADMIN_USER, ADMIN_PASSWORD),
+        )
+        say(f"--check: {step.method} /api/dagger/{step.path} answered {status}")
+        return status in {200, 201, 202}
 
     # --- children -------------------------------------------------------------------------------
 
@@ -332,7 +378,50 @@ class Launcher:
         raise Shutdown(signal.Signals(signum).name)
 
 
-# --- Django, used in-process for the superuser, the demo's baseline and --check -----------------
+class Watcher:
+    """Prints one line per workflow started since its creation, each time it settles (and the
+    steps that move it on, for those that wait for an operator)."""
+
+    def __init__(self, launcher: Launcher):
+        self.launcher = launcher
+        _django_setup()
+        from django.utils import timezone
+
+        self.since: dt.datetime = timezone.now()
+        self.printed: dict[Any, str] = {}  # workflow id -> the settled state last printed
+        self.current: list[Any] = []
+
+    def poll(self) -> list[Any]:
+        from config.demo import guide
+
+        base_url = self.launcher.base_url
+        credentials = f"{ADMIN_USER}:{ADMIN_PASSWORD}" if self.launcher.demo_user else "USER:PASSWORD"
+        try:
+            self.current = [guide.outcome_of(w) for w in guide.recent_workflows(created_after=self.since)]
+        except Exception as exc:  # a busy SQLite file, a restarting database: ask again next time
+            say(f"(could not read the workflows this time: {exc})")
+            from django.db import connection
+
+            connection.close()
+            return self.current
+        for outcome in self.current:
+            if not outcome.settled:
+                self.printed.pop(outcome.workflow_id, None)  # retried: say it again when it settles
+                continue
+            if self.printed.get(outcome.workflow_id) == outcome.state:
+                continue
+            self.printed[outcome.workflow_id] = outcome.state
+            say(outcome.line(base_url))
+            for step in outcome.steps:
+                say(f"    {step.say}")
+                say(f"      {step.curl(base_url, credentials)}")
+        return self.current
+
+    def unfinished(self) -> dict[str, str]:
+        return {str(o.workflow_id): o.state for o in self.current if o.state != "COMPLETED"}
+
+
+# --- Django, used in-process for the superuser, the demo and --check ------------------------------
 
 
 def demo_user_allowed(environ: Mapping[str, str]) -> bool:
@@ -364,43 +453,24 @@ def _django_commands() -> set[str]:
     return set(get_commands())
 
 
-def _workflow_ids() -> set[Any]:
-    _django_setup()
-    from dagger_django.models import Workflow
+def _demo_size() -> int:
+    """How many workflows ``manage.py dagger_demo`` starts."""
+    from config.demo.guide import ORDERS
 
-    return set(Workflow.objects.values_list("pk", flat=True))
-
-
-def _demo_outcome(baseline: set[Any]) -> dict[str, Any]:
-    """The workflows created since ``baseline`` and whether they are all COMPLETED yet."""
-    _django_setup()
-    from dagger_django.models import Workflow
-
-    rows = {
-        str(pk): status for pk, status in Workflow.objects.values_list("pk", "status") if pk not in baseline
-    }
-    statuses = set(rows.values())
-    if not rows:
-        state = "running"  # the demo's commit is not visible yet
-    elif statuses == {"COMPLETED"}:
-        state = "completed"
-    elif statuses & {"FAILURE", "STOPPED", "SKIPPED"}:
-        state = "failed"
-    else:
-        state = "running"
-    return {"state": state, "workflows": rows}
+    return len(ORDERS)
 
 
 def _print_nodes(workflows: dict[str, str]) -> None:
     """Best effort: show where each unfinished workflow stands."""
     try:
-        from dagger_django.models import Node
+        from dagger_django.engine.selectors import workflow_nodes
 
         for wid, status in workflows.items():
-            if status == "COMPLETED":
-                continue
-            for name, node_status in Node.objects.filter(workflow_id=wid).values_list("name", "status"):
-                say(f"  {wid} {name}: {node_status}")
+            say(f"  {wid}: {status}")
+            for node in workflow_nodes(workflow_id=wid):
+                say(
+                    f"    {node.name}: {node.status} {node.error.strip().splitlines()[-1] if node.error.strip() else ''}"
+                )
     except Exception as exc:  # diagnostics only; never hide the real failure behind this one
         say(f"(could not list the nodes: {exc})")
 
@@ -416,6 +486,21 @@ def _http_status(url: str, *, auth: tuple[str, str] | None = None) -> int | None
         request.add_header("Authorization", f"Basic {token}")
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def _http_send(method: str, url: str, body: Any, *, auth: tuple[str, str]) -> int | None:
+    """The HTTP status of ``method url`` with ``body`` as JSON, or None when nothing answers."""
+    request = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method=method)
+    request.add_header("Content-Type", "application/json")
+    token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -443,7 +528,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="wait for the demo workflows to complete, then stop everything; exit 0 on success",
+        help="move the demo workflows on as an operator would, wait until they complete, then stop "
+        "everything; exit 0 on success",
     )
     parser.add_argument(
         "--timeout",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -64,7 +65,8 @@ def test_embedded_launcher_check(tmp_path: Path) -> None:
         k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CELERY_BROKER_URL", "CELERY_QUEUE"}
     }
     env["DAGGER_VAR_DIR"] = str(tmp_path / "var")
-    argv = [sys.executable, str(ROOT / "scripts" / "run_embedded.py"), "--check", "--port", str(_free_port())]
+    port = _free_port()
+    argv = [sys.executable, str(ROOT / "scripts" / "run_embedded.py"), "--check", "--port", str(port)]
     proc = subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -80,6 +82,31 @@ def test_embedded_launcher_check(tmp_path: Path) -> None:
             output, _ = proc.communicate()
         pytest.fail(f"the launcher's check took more than {LAUNCHER_TIMEOUT}s:\n{_tail(output)}")
     assert proc.returncode == 0, f"the launcher's check failed (exit {proc.returncode}):\n{_tail(output)}"
+
+    # One line per demo workflow as it settles, with its admin page; the two that wait for an
+    # operator come with the exact commands, which the check then carried out through the API.
+    admin = rf"http://127\.0\.0\.1:{port}/admin/dagger_django/workflow/(?P<id>[0-9a-f-]{{36}})/change/"
+    lines = [line.split(" | ", 1)[1] for line in output.splitlines() if line.startswith("launcher | ")]
+    outcomes = [
+        m for line in lines if (m := re.match(rf"(?P<key>order-\d+) (?P<state>[A-Z]+) {admin}", line))
+    ]
+    settled = [(m["key"], m["state"]) for m in outcomes]
+    assert settled.count(("order-4711", "COMPLETED")) == 1, _tail(output)  # shipped after its timer
+    assert settled.count(("order-4712", "COMPLETED")) == 1, _tail(output)  # refunded
+    assert settled.index(("order-4713", "FAILURE")) < settled.index(("order-4713", "COMPLETED"))
+    assert settled.index(("order-4714", "WAITING")) < settled.index(("order-4714", "COMPLETED"))
+    assert len({m["id"] for m in outcomes}) == 4
+    assert any("(refunded 17.5)" in line for line in lines if line.startswith("order-4712 COMPLETED"))
+    event = "curl -u admin:admin -X POST -H 'Content-Type: application/json' -d "
+    assert any(
+        line.strip().startswith(event) and line.endswith(f":{port}/api/dagger/events/") for line in lines
+    )
+    assert any(
+        re.search(r"--check: POST /api/dagger/workflows/[0-9a-f-]+/retry/ answered 200", line)
+        for line in lines
+    )
+    assert "--check: POST /api/dagger/events/ answered 202" in lines
+    assert lines[-1] == "exit 0" and any(line.startswith("CHECK PASSED") for line in lines)
 
 
 def _free_port() -> int:
