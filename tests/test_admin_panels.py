@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import html as htmllib
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,19 +14,12 @@ from django.test import Client
 
 from dagger_django.engine import messages, selectors
 from dagger_django.models import InboxMessage, Node, Subscription, Timer, Workflow, WorkflowTemplate
-from dagger_django.testing import FrozenClock, InMemoryDispatcher, engine_under_test
 
 from .engine import builders as b
 from .engine import tasks as t
 from .page_workflows import REMIND_IN, waiting_order
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def engine() -> Iterator[tuple[InMemoryDispatcher, FrozenClock]]:
-    with engine_under_test() as pair:
-        yield pair
 
 
 def _user(django_user_model: Any, name: str, *codenames: str) -> Any:
