@@ -273,3 +273,19 @@ def test_version_counts_stop_at_the_cap(engine: Any) -> None:
     assert (version.workflows, version.workflows_exact, more) == (3, False, False)
     (version,), _more = selectors.template_versions_list(name="PanelsCap", cap=4)
     assert (version.workflows, version.workflows_exact) == (4, True)
+
+
+def test_the_timers_note_links_to_the_timer_list_of_the_workflow(
+    client: Client, django_user_model: Any, engine: Any
+) -> None:
+    dispatcher, clock = engine
+    wf = waiting_order("PanelsTimerLink", dispatcher, clock)
+    other = waiting_order("PanelsTimerLinkOther", dispatcher, clock, order_id="o-2")
+    client.force_login(django_user_model.objects.create_superuser("boss", "boss@example.com", "pw"))
+    response = client.get(f"/admin/dagger_django/timer/?workflow__id__exact={wf.id}&status__exact=PENDING")
+    assert response.status_code == 200
+    listed = response.content.decode()
+    (mine,) = Timer.objects.filter(workflow_id=wf.id)
+    (theirs,) = Timer.objects.filter(workflow_id=other.id)
+    assert f"/admin/dagger_django/timer/{mine.pk}/change/" in listed
+    assert f"/admin/dagger_django/timer/{theirs.pk}/change/" not in listed
