@@ -289,3 +289,29 @@ def test_the_timers_note_links_to_the_timer_list_of_the_workflow(
     (theirs,) = Timer.objects.filter(workflow_id=other.id)
     assert f"/admin/dagger_django/timer/{mine.pk}/change/" in listed
     assert f"/admin/dagger_django/timer/{theirs.pk}/change/" not in listed
+
+
+def test_a_message_its_listener_failed_is_listed_with_the_error(reader: Client, engine: Any) -> None:
+    from dagger_django import Dagger
+
+    from .engine import listener_tasks as lt
+
+    dispatcher, _clock = engine
+    failing = b.helper.generic_listener_task_builder(
+        topic="panel_failing", task_type=lt.Raises, process_name="pay"
+    )
+    template = b.template("PanelsFailedDelivery", b.process("main", failing.build()))
+    wf = template.create_instance(partition_key_lookup="order_id", submit_task=True, order_id="f-1")
+    dispatcher.drain()
+    Dagger.template_dags[template.name] = template
+    try:
+        routed = messages.message_receive(topic="panel_failing", payload={"order_id": "f-1"})
+    finally:
+        del Dagger.template_dags[template.name]
+    dispatcher.drain()
+
+    html = reader.get(f"/admin/dagger_django/workflow/{wf.id}/change/").content.decode()
+    rows = _rows(_section(html, "dagger-messages"), "data-message")
+    text = rows[str(routed.inbox_id)]
+    assert "Routed, delivery failed panel_failing - pay_listener_task" in text
+    assert "cannot handle this message" in text
