@@ -353,7 +353,7 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
     def panels(self, request: HttpRequest, obj: Workflow) -> dict[str, Any]:
         """The read-only panels of a workflow's page: its runtime parameters (marked against the
         template's declaration), pending timers, waiting listeners and the messages that wait or
-        failed. Four queries."""
+        failed. Five queries (two for the messages)."""
         now = ports.now()
         declaration = selectors.template_declaration_get(template_id=obj.template_id)
         timers = selectors.workflow_timers_pending(workflow_id=obj.pk)
@@ -514,7 +514,6 @@ class WorkflowTemplateAdmin(admin.ModelAdmin):
                 dagger_versions_more=more,
                 dagger_workflows_url=_changelist("workflow", template_name=obj.name),
                 dagger_template_failure_policy=graph.get("failure_policy", ""),
-                dagger_template_type=graph.get("template_type", ""),
             )
         context.update(show_save=False, show_save_and_continue=False, show_save_and_add_another=False)
         return super().render_change_form(request, context, add, change, form_url, obj)
@@ -778,10 +777,15 @@ def exact_time(moment: dt.datetime) -> str:
 
 
 def due_in(due_at: dt.datetime, now: dt.datetime) -> str:
-    """When a timer is due, seen from ``now``: "in 3 min", or "late by 2 s" once it is due."""
-    if due_at > now:
-        return f"in {human_duration(due_at - now)}"
-    return f"late by {human_duration(now - due_at)}"
+    """When a timer is due, seen from ``now``: "in 3 min", "in 2 min 59 s", or "late by 2 s"
+    once it is due; to the second below an hour (a timer is often minutes away)."""
+    delta = due_at - now if due_at > now else now - due_at
+    seconds = int(delta.total_seconds())
+    if 60 <= seconds < 3600 and seconds % 60:
+        text = f"{seconds // 60} min {seconds % 60} s"
+    else:
+        text = human_duration(delta)
+    return f"in {text}" if due_at > now else f"late by {text}"
 
 
 @dataclass(frozen=True)

@@ -251,7 +251,10 @@ def test_workflow_page_panels_and_template_page_in_a_browser(
 
     (timer,) = Timer.objects.filter(workflow_id=wf.id, status="PENDING")
     timers = _rows(browser.find_element(By.ID, "dagger-timers"), "data-timer")
-    assert timers[str(timer.pk)].startswith("remind Trigger time ") and " in 2 min " in timers[str(timer.pk)]
+    assert (
+        timers[str(timer.pk)].startswith("remind Trigger time ")
+        and " in 2 min 59 s " in timers[str(timer.pk)]
+    )
 
     listeners = _rows(browser.find_element(By.ID, "dagger-listeners"), "data-listener")
     texts = sorted(listeners.values())
