@@ -365,7 +365,11 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
             "dagger_declaration": declaration,
             "dagger_parameters": parameter_rows(obj.runtime_parameters, declaration),
             "dagger_timers": selectors.Bounded([TimerRow(t, now) for t in timers.rows], timers.more),
-            "dagger_timers_url": _changelist("timer", workflow__id__exact=obj.pk, status__exact="PENDING"),
+            "dagger_timers_url": (
+                _changelist("timer", workflow__id__exact=obj.pk, status__exact="PENDING")
+                if request.user.has_perm("dagger_django.view_timer")
+                else ""
+            ),
             "dagger_listeners": selectors.Bounded(
                 [ListenerRow(x, now) for x in listeners.rows], listeners.more
             ),

@@ -316,3 +316,41 @@ def test_a_message_its_listener_failed_is_listed_with_the_error(reader: Client, 
     text = rows[str(routed.inbox_id)]
     assert "Routed, delivery failed panel_failing - pay_listener_task" in text
     assert "cannot handle this message" in text
+
+
+def test_more_timers_than_shown_are_noted_with_a_link_for_who_may_follow_it(
+    client: Client, django_user_model: Any, engine: Any
+) -> None:
+    from dagger_django import Dagger, ParallelCompositeTask, ParallelCompositeTaskTemplateBuilder
+    from dagger_django import TriggerTaskTemplateBuilder as Trigger
+
+    from .engine import time_tasks as tt
+
+    dispatcher, clock = engine
+    triggers = [
+        Trigger(Dagger.app)
+        .set_type(tt.Remind)
+        .set_name(f"r{i}")
+        .set_time_to_execute_lookup_key("run_at")
+        .build()
+        for i in range(selectors.PANEL_LIMIT + 1)
+    ]
+    group = ParallelCompositeTaskTemplateBuilder(Dagger.app, 1, triggers[0])
+    for trigger in triggers[1:]:
+        group.add_parallel_task(trigger)
+    group.set_type(ParallelCompositeTask).set_name("group").set_task_operator(b.JOIN_ALL)
+    template = b.template("PanelsManyTimers", b.process("main", group.build()))
+    wf = template.create_instance(submit_task=True, run_at=clock.now().timestamp() + 60)
+    dispatcher.drain()
+    assert Timer.objects.filter(workflow_id=wf.id, status="PENDING").count() == selectors.PANEL_LIMIT + 1
+    page = f"/admin/dagger_django/workflow/{wf.id}/change/"
+    link = f'href="/admin/dagger_django/timer/?workflow__id__exact={wf.id}&amp;status__exact=PENDING"'
+
+    client.force_login(_user(django_user_model, "viewer", "view_workflow"))
+    timers = _section(client.get(page).content.decode(), "dagger-timers")
+    assert len(_rows(timers, "data-timer")) == selectors.PANEL_LIMIT
+    assert f"Only the first {selectors.PANEL_LIMIT} are shown." in timers and link not in timers
+
+    client.force_login(_user(django_user_model, "timekeeper", "view_workflow", "view_timer"))
+    timers = _section(client.get(page).content.decode(), "dagger-timers")
+    assert link in timers
