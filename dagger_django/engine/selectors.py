@@ -522,7 +522,7 @@ def workflow_timers_pending(*, workflow_id: Any, limit: int = PANEL_LIMIT) -> Bo
     pk = _uuid(workflow_id)
     if pk is None:
         return Bounded([], False)
-    node_name = Subquery(Node.objects.filter(pk=OuterRef("node_id")).values("name")[:1])
+    node_name = Subquery(Node.objects.filter(pk=OuterRef("node_id")).order_by().values("name")[:1])
     rows = list(
         Timer.objects.filter(workflow_id=pk, status=TimerStatus.PENDING)
         .order_by("due_at", "id")
@@ -577,7 +577,7 @@ def workflow_listeners_waiting(*, workflow_id: Any, limit: int = PANEL_LIMIT) ->
     pk = _uuid(workflow_id)
     if pk is None:
         return Bounded([], False)
-    node = Node.objects.filter(pk=OuterRef("node_id"))
+    node = Node.objects.filter(pk=OuterRef("node_id")).order_by()
     rows = list(
         Subscription.objects.filter(workflow_id=pk)
         .order_by("id")
@@ -645,7 +645,7 @@ def workflow_messages(*, workflow_id: Any, business_key: str | None, limit: int 
     pk = _uuid(workflow_id)
     if pk is None:
         return Bounded([], False)
-    node_name = Subquery(Node.objects.filter(pk=OuterRef("node_id")).values("name")[:1])
+    node_name = Subquery(Node.objects.filter(pk=OuterRef("node_id")).order_by().values("name")[:1])
     delivered = list(
         Delivery.objects.filter(workflow_id=pk, status__in=[DeliveryStatus.BUFFERED, DeliveryStatus.FAILED])
         .order_by("-message__received_at", "-id")
@@ -667,7 +667,7 @@ def workflow_messages(*, workflow_id: Any, business_key: str | None, limit: int 
         keys |= Q(key=business_key)
     dead = list(
         InboxMessage.objects.filter(keys, status=InboxStatus.INVALID)
-        .order_by("-received_at", "-id")
+        .order_by("-received_at")  # the index's order alone: the scan stops at the limit
         .values_list("id", "topic", "key", "status", Value(""), Value(""), "received_at", "reason", "detail")[
             : limit + 1
         ]
