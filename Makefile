@@ -19,11 +19,12 @@ TEST_BROKER_URL := redis://127.0.0.1:6379/15
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: help venv services browser test run lint migrations-check
+.PHONY: help venv services browser test screenshot run lint migrations-check
 
 help:
 	@echo "make run               start the embedded stack (SQLite, file broker, worker, beat, web)"
 	@echo "make test              run the test suite on local PostgreSQL and Redis"
+	@echo "make screenshot        docs/images/workflow-page.png (the README's), from the browser test"
 	@echo "make lint              ruff check and ruff format --check"
 	@echo "make migrations-check  fail if models and migrations disagree"
 	@echo "make faults            every fault campaign at full size, figures into docs/reliability.md"
@@ -50,6 +51,11 @@ test: venv services browser
 	DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-test-only-insecure-secret-key}" \
 	CELERY_BROKER_URL="$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)}" \
 	$(VPY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+
+# The README's screenshot of a workflow's admin page, saved by the browser test that checks it.
+screenshot:
+	DAGGER_SCREENSHOT=docs/images/workflow-page.png $(MAKE) test \
+		PYTEST_ARGS="tests/test_admin_browser.py -k test_workflow_page_panels_and_template_page_in_a_browser"
 
 # No DATABASE_URL/CELERY_BROKER_URL here on purpose: the launcher runs on the embedded defaults
 # unless the user exported their own.

@@ -25,8 +25,9 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.http import urlencode
 
-from .engine import selectors
+from .engine import ports, selectors
 from .exceptions import DaggerError
 from .models import (
     Delivery,
@@ -207,7 +208,6 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
         "failure_policy",
         "business_key",
         "partition_key_lookup",
-        "runtime_parameters_pretty",
         "error",
         "update_count",
         "time_created",
@@ -216,8 +216,9 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
         "updated_at",
     ]
     exclude = ["template_class", "root_node_id", "deferred_node_ids", "has_timers", "runtime_parameters"]
-    # The nodes, their graph and the history are shown below the fields (change_form.html),
-    # read through the selectors rather than as inlines of their tables.
+    # The graph, the panels (runtime parameters, pending timers, waiting listeners, messages),
+    # the nodes and the history are shown around the fields (change_form.html), read through
+    # the selectors rather than as inlines of their tables.
     actions = ["stop_workflows", "retry_workflows"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -308,7 +309,8 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
         obj: Workflow | None = None,
     ) -> HttpResponse:
         # Called once the workflow is found and the user may see it: one query for the nodes
-        # (table and graph), one for the history.
+        # (table and graph), one for the history, and five for the panels, whatever the size
+        # of the workflow (each panel shows at most selectors.PANEL_LIMIT rows).
         if obj is not None:
             from .graph_view import graph_of
 
@@ -316,6 +318,7 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
             context["dagger_graph"] = graph_of(nodes)
             context["dagger_nodes"] = nodes
             context["dagger_events"] = timeline(selectors.workflow_events(workflow_id=obj.pk))
+            context.update(self.panels(request, obj))
             operate = self.has_operate_permission(request)
             context["dagger_can_stop"] = operate and not selectors.workflow_ended_for_good(status=obj.status)
             context["dagger_can_retry"] = operate and obj.status == Status.FAILURE
@@ -347,9 +350,34 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/dagger_django/workflow/object_history.html", context)
 
-    @admin.display(description="runtime parameters")
-    def runtime_parameters_pretty(self, obj: Workflow) -> str:
-        return format_html('<pre class="dagger-json">{}</pre>', pretty_json(obj.runtime_parameters))
+    def panels(self, request: HttpRequest, obj: Workflow) -> dict[str, Any]:
+        """The read-only panels of a workflow's page: its runtime parameters (marked against the
+        template's declaration), pending timers, waiting listeners and the messages that wait or
+        failed. Five queries (two for the messages)."""
+        now = ports.now()
+        declaration = selectors.template_declaration_get(template_id=obj.template_id)
+        timers = selectors.workflow_timers_pending(workflow_id=obj.pk)
+        listeners = selectors.workflow_listeners_waiting(workflow_id=obj.pk)
+        inbox = selectors.workflow_messages(workflow_id=obj.pk, business_key=obj.business_key)
+        may_see_inbox = request.user.has_perm("dagger_django.view_inboxmessage")
+        return {
+            "dagger_panel_limit": selectors.PANEL_LIMIT,
+            "dagger_declaration": declaration,
+            "dagger_parameters": parameter_rows(obj.runtime_parameters, declaration),
+            "dagger_timers": selectors.Bounded([TimerRow(t, now) for t in timers.rows], timers.more),
+            "dagger_timers_url": (
+                _changelist("timer", workflow__id__exact=obj.pk, status__exact="PENDING")
+                if request.user.has_perm("dagger_django.view_timer")
+                else ""
+            ),
+            "dagger_listeners": selectors.Bounded(
+                [ListenerRow(x, now) for x in listeners.rows], listeners.more
+            ),
+            "dagger_messages": selectors.Bounded(
+                [MessageRow(m, _inbox_url(m.inbox_id) if may_see_inbox else "") for m in inbox.rows],
+                inbox.more,
+            ),
+        }
 
     # -- stop and retry on the workflow's own page: a confirmation, then a POST ------------------------
     OPERATIONS = {
@@ -434,12 +462,65 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
 
 @admin.register(WorkflowTemplate)
 class WorkflowTemplateAdmin(admin.ModelAdmin):
+    """A stored version of a template: its graph drawn as a workflow's is (without statuses),
+    its declared runtime parameters, its sibling versions with their workflows, all read-only.
+    A version that workflows were created from cannot be deleted (they are pinned to it)."""
+
     list_display = ["name", "version", "digest", "created_at"]
     list_filter = ["name"]
-    readonly_fields = ["name", "version", "digest", "graph", "created_at"]
+    readonly_fields = ["name", "version", "digest", "created_at"]
+    fields = readonly_fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Readable with the view permission; nothing here can be saved (a POST is refused).
+        return request.method in ("GET", "HEAD") and super().has_view_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        allowed = super().has_delete_permission(request, obj)
+        return allowed and (obj is None or not selectors.template_in_use(template_id=obj.pk))
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        return super().change_view(
+            request, object_id, form_url, {"title": "View workflow template", **(extra_context or {})}
+        )
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: WorkflowTemplate | None = None,
+    ) -> HttpResponse:
+        # The graph and the declaration come from the row in hand; one query for the versions.
+        if obj is not None:
+            from .graph_view import graph_of
+
+            graph = obj.graph if isinstance(obj.graph, dict) else {}
+            versions, more = selectors.template_versions_list(name=obj.name)
+            context.update(
+                dagger_graph=graph_of(selectors.template_nodes(graph=graph, created_at=obj.created_at)),
+                dagger_declaration=selectors.declaration_of(graph.get("parameters")),
+                dagger_versions=[
+                    (v, _changelist("workflow", template_name=v.name, template_version=v.version))
+                    for v in versions
+                ],
+                dagger_versions_more=more,
+                dagger_workflows_url=_changelist("workflow", template_name=obj.name),
+                dagger_template_failure_policy=graph.get("failure_policy", ""),
+            )
+        context.update(show_save=False, show_save_and_continue=False, show_save_and_add_another=False)
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
 
 @admin.register(Timer)
@@ -660,11 +741,10 @@ def timeline(events: list[selectors.Event]) -> list[TimelineRow]:
     rows = []
     previous = None
     for event in events:
-        local = timezone.localtime(event.created_at)
         rows.append(
             TimelineRow(
                 event=event,
-                time=f"{local:%Y-%m-%d %H:%M:%S}.{local.microsecond // 1000:03d}",
+                time=exact_time(event.created_at),
                 gap="-" if previous is None else since(event.created_at - previous),
                 detail=pretty_json(event.detail) if event.detail else "",
                 actor=str(event.detail.get("actor", "")) if isinstance(event.detail, dict) else "",
@@ -683,3 +763,122 @@ def _text(data: bytes | memoryview | None, limit: int = 200) -> str:
     except UnicodeDecodeError:
         return f"({len(raw)} bytes, not UTF-8)"
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _changelist(model: str, **filters: Any) -> str:
+    """The admin list of ``model`` with ``filters`` applied (query string parameters)."""
+    return reverse(f"admin:dagger_django_{model}_changelist") + "?" + urlencode(filters)
+
+
+def _inbox_url(inbox_id: int) -> str:
+    return reverse("admin:dagger_django_inboxmessage_change", args=[inbox_id])
+
+
+def exact_time(moment: dt.datetime) -> str:
+    """Local time to the millisecond, e.g. "2026-12-02 08:07:56.042"."""
+    local = timezone.localtime(moment)
+    return f"{local:%Y-%m-%d %H:%M:%S}.{local.microsecond // 1000:03d}"
+
+
+def due_in(due_at: dt.datetime, now: dt.datetime) -> str:
+    """When a timer is due, seen from ``now``: "in 3 min", "in 2 min 59 s", or "late by 2 s"
+    once it is due; to the second below an hour (a timer is often minutes away)."""
+    delta = due_at - now if due_at > now else now - due_at
+    seconds = int(delta.total_seconds())
+    if 60 <= seconds < 3600 and seconds % 60:
+        text = f"{seconds // 60} min {seconds % 60} s"
+    else:
+        text = human_duration(delta)
+    return f"in {text}" if due_at > now else f"late by {text}"
+
+
+@dataclass(frozen=True)
+class ParameterRow:
+    """A runtime parameter on a workflow's page, with what its template declares of it."""
+
+    name: str
+    #: The value as indented JSON ("" when the parameter is declared but not set).
+    value: str
+    is_set: bool
+    #: The template's declaration of it; None when undeclared (or the template declares nothing).
+    declared: selectors.DeclaredParam | None
+    #: The template declares parameters, and not this one (it came later, or extras are allowed).
+    undeclared: bool
+
+
+def parameter_rows(values: Any, declaration: selectors.Declaration | None) -> list[ParameterRow]:
+    """The runtime parameters, declared ones first in their declared order (those not set
+    too), then the others by name. Values are indented JSON for a ``<pre>`` (escaped there)."""
+    given = values if isinstance(values, dict) else {}
+    rows = []
+    declared = declaration.params if declaration is not None else []
+    for param in declared:
+        is_set = param.name in given
+        value = pretty_json(given[param.name]) if is_set else ""
+        rows.append(ParameterRow(param.name, value, is_set, param, False))
+    names = {p.name for p in declared}
+    for name in sorted(set(given) - names, key=str):
+        rows.append(ParameterRow(str(name), pretty_json(given[name]), True, None, declaration is not None))
+    return rows
+
+
+@dataclass(frozen=True)
+class TimerRow:
+    timer: selectors.TimerInfo
+    now: dt.datetime
+
+    @property
+    def node(self) -> str:
+        return self.timer.node_name.rsplit(".", 1)[-1] if self.timer.node_name else "(workflow)"
+
+    @property
+    def due_at(self) -> str:
+        return exact_time(self.timer.due_at)
+
+    @property
+    def due(self) -> str:
+        return due_in(self.timer.due_at, self.now)
+
+    @property
+    def late(self) -> bool:
+        return self.timer.due_at <= self.now
+
+
+@dataclass(frozen=True)
+class ListenerRow:
+    listener: selectors.ListenerInfo
+    now: dt.datetime
+
+    @property
+    def node(self) -> str:
+        return self.listener.node_name.rsplit(".", 1)[-1] or str(self.listener.node_id)
+
+    @property
+    def since(self) -> str:
+        return exact_time(self.listener.since)
+
+    @property
+    def waiting_for(self) -> str:
+        return human_duration(self.now - self.listener.since)
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    message: selectors.MessageInfo
+    #: The message's inbox page ("" when the user may not view the inbox).
+    url: str
+
+    @property
+    def received_at(self) -> str:
+        return exact_time(self.message.received_at)
+
+    @property
+    def node(self) -> str:
+        return self.message.node_name.rsplit(".", 1)[-1]
+
+    @property
+    def why(self) -> str:
+        """The reason and the first line of the error or detail, e.g. "no_key: order_id missing"."""
+        lines = (self.message.error or "").strip().splitlines()
+        text = ": ".join(part for part in (self.message.reason, lines[0] if lines else "") if part)
+        return text if len(text) <= 300 else text[:299] + "…"

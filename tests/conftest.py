@@ -206,6 +206,16 @@ def celery_worker_process(
             _report(request, f"the Celery test worker did not stop cleanly; log tail:\n{worker.log_tail()}")
 
 
+@pytest.fixture
+def engine(transactional_db: Any) -> Iterator[Any]:
+    """The real engine with an in-memory dispatcher and a frozen clock: ``(dispatcher, clock)``
+    (the same as ``tests/engine``'s, for the page tests)."""
+    from dagger_django.testing import engine_under_test
+
+    with engine_under_test() as pair:
+        yield pair
+
+
 @pytest.fixture(autouse=True)
 def _worker_idle_before_flush(request: pytest.FixtureRequest) -> Iterator[None]:
     """After a test that used the worker, wait until the worker has nothing running or reserved.

@@ -47,3 +47,21 @@ def history(workflow_id: Any, reason: str | None = None) -> list[Event]:
 
     events = workflow_events(workflow_id=workflow_id)
     return events if reason is None else [e for e in events if e.reason == reason]
+
+
+def browser_requests(browser: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """The requests a Chromium started since the last call, ``{request id: url}``, and those
+    that never left it, ``{request id: blocked reason}``. The driver must keep DevTools'
+    network log (``goog:loggingPrefs`` ``{"performance": "ALL"}``); reading the log empties it."""
+    import json
+
+    started: dict[str, str] = {}
+    blocked: dict[str, str] = {}
+    for entry in browser.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        params = message.get("params", {})
+        if message["method"] == "Network.requestWillBeSent":
+            started[params["requestId"]] = params["request"]["url"]
+        elif message["method"] == "Network.loadingFailed" and params.get("blockedReason"):
+            blocked[params["requestId"]] = params["blockedReason"]
+    return started, blocked

@@ -1,18 +1,28 @@
-"""The admin's workflow graph in a real browser (headless Chromium driven by Selenium)."""
+"""The admin's workflow graph in a real browser (headless Chromium driven by Selenium).
+
+``DAGGER_SCREENSHOT=docs/images/workflow-page.png`` (a path, relative to the repository)
+makes ``test_workflow_page_panels_and_template_page_in_a_browser`` also save the workflow page
+there: the README's screenshot (docs/testing.md).
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Permission
 
-from dagger_django.models import Node
+from dagger_django.models import InboxMessage, Node, Timer, Workflow
 from dagger_django.testing import InMemoryDispatcher, engine_under_test
 
+from .conftest import ROOT
 from .engine import builders as b
+from .helpers import browser_requests
+from .page_workflows import waiting_order
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -41,6 +51,7 @@ def browser() -> Iterator[Any]:
         "--window-size=1400,1000",
     ):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # helpers.browser_requests
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
     try:
@@ -163,3 +174,149 @@ def test_an_operator_finds_a_stuck_workflow_and_stops_it_with_a_reason(
     entry = history.find_element(By.CSS_SELECTOR, 'tr[data-event-reason="stopped"]')
     assert entry.find_element(By.CSS_SELECTOR, "td.actor").text == "olga"
     browser.save_screenshot(str(tmp_path / "history.png"))
+
+
+def _log_in(browser: Any, live_server: Any, username: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{live_server.url}/admin/login/")
+    browser.find_element(By.NAME, "username").send_keys(username)
+    browser.find_element(By.NAME, "password").send_keys("pw")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.ID, "user-tools"))
+
+
+def _only_this_server(browser: Any, live_server: Any) -> None:
+    """Every request the page made went to the test server (nothing from the internet)."""
+    started, _blocked = browser_requests(browser)
+    assert started, "the network log is empty: is goog:loggingPrefs set?"
+    outside = [url for url in started.values() if not url.startswith((live_server.url, "data:", "blob:"))]
+    assert outside == []
+
+
+def _rows(panel: Any, attribute: str) -> dict[str, str]:
+    from selenium.webdriver.common.by import By
+
+    return {
+        row.get_attribute(attribute): " ".join(row.text.split())
+        for row in panel.find_elements(By.CSS_SELECTOR, f"tr[{attribute}]")
+    }
+
+
+def _graph_drawn(browser: Any, expected_boxes: int) -> Any:
+    """The graph, once every box is laid out on the page (visible, with a size)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    graph = WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "dagger-graph"))
+    boxes = graph.find_elements(By.CSS_SELECTOR, ".box")
+    assert len(boxes) == expected_boxes
+    assert all(box.is_displayed() and box.size["width"] > 40 and box.size["height"] > 20 for box in boxes)
+    return graph
+
+
+def test_workflow_page_panels_and_template_page_in_a_browser(
+    browser: Any, live_server: Any, django_user_model: Any, engine: Any, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    dispatcher, clock = engine
+    reader = django_user_model.objects.create_user("reader", password="pw", is_staff=True)
+    reader.user_permissions.add(
+        *Permission.objects.filter(
+            content_type__app_label="dagger_django",
+            codename__in=["view_workflow", "view_workflowtemplate", "view_inboxmessage"],
+        )
+    )
+    wf = waiting_order("ShopOrder", dispatcher, clock, order_id="o-1042")
+    clock.advance(seconds=1)
+    nodes = Node.objects.filter(workflow_id=wf.id)
+
+    _log_in(browser, live_server, "reader")
+    browser_requests(browser)  # forget the login's requests
+    browser.get(f"{live_server.url}/admin/dagger_django/workflow/{wf.id}/change/")
+    graph = _graph_drawn(browser, nodes.count())
+    shown = {
+        box.get_attribute("data-node"): box.get_attribute("data-status")
+        for box in graph.find_elements(By.CSS_SELECTOR, ".box")
+    }
+    assert shown == {str(n.id): n.status for n in nodes}
+    assert {"SKIPPED", "COMPLETED", "EXECUTING", "NOT_STARTED"} <= set(shown.values())
+
+    parameters = _rows(browser.find_element(By.ID, "dagger-parameters"), "data-parameter")
+    assert parameters["order_id"] == 'order_id str, required "o-1042"'
+    assert parameters["note"] == 'note str, optional "<b>\\"quoted\\"</b> & escaped"'  # shown as text
+    assert parameters["trace"].startswith("trace not declared [")
+
+    (timer,) = Timer.objects.filter(workflow_id=wf.id, status="PENDING")
+    timers = _rows(browser.find_element(By.ID, "dagger-timers"), "data-timer")
+    assert (
+        timers[str(timer.pk)].startswith("remind Trigger time ")
+        and " in 2 min 59 s " in timers[str(timer.pk)]
+    )
+
+    listeners = _rows(browser.find_element(By.ID, "dagger-listeners"), "data-listener")
+    texts = sorted(listeners.values())
+    assert texts[0].startswith("wait_for_payment_listener_task Executing orders order_id o-1042 ")
+    assert texts[0].endswith(" 0 0")
+    assert texts[1].startswith("wait_for_shipment_listener_task Not started shipments order_id o-1042 ")
+    assert texts[1].endswith(" 0 1")
+
+    panel = browser.find_element(By.ID, "dagger-messages")
+    dead = InboxMessage.objects.get(topic="orders", status="invalid")
+    messages = _rows(panel, "data-message")
+    assert messages[str(dead.pk)].startswith(f"{dead.pk} Invalid (dead letter) orders o-1042 ")
+    assert "no_key" in messages[str(dead.pk)]
+    assert any("delivery buffered shipments" in text for text in messages.values())
+    _only_this_server(browser, live_server)
+
+    browser.save_screenshot(str(tmp_path / "workflow-page.png"))
+    assert (tmp_path / "workflow-page.png").stat().st_size > 20_000
+    target = os.environ.get("DAGGER_SCREENSHOT")
+    if target:
+        _save_page_down_to(browser, ROOT / target, "dagger-messages")
+        assert (ROOT / target).stat().st_size > 50_000
+
+    # The dead letter's link opens its inbox row.
+    panel.find_element(By.LINK_TEXT, str(dead.pk)).click()
+    assert "/admin/dagger_django/inboxmessage/" in browser.current_url
+    assert "no_key" in browser.find_element(By.ID, "content").text
+
+    # The template page: the definition's graph, its parameters, its versions.
+    template = Workflow.objects.get(pk=wf.id).template
+    browser.get(f"{live_server.url}/admin/dagger_django/workflowtemplate/{template.pk}/change/")
+    graph = _graph_drawn(browser, nodes.count())
+    assert {box.get_attribute("data-status") for box in graph.find_elements(By.CSS_SELECTOR, ".box")} == {""}
+    assert "prepare" in graph.text and "decide" in graph.text
+    declared = _rows(browser.find_element(By.ID, "dagger-declared-parameters"), "data-parameter")
+    assert declared["branch"] == "branch required int - 0: express, 1: standard"
+    versions = _rows(browser.find_element(By.ID, "dagger-versions"), "data-version")
+    assert versions == {
+        "1": f"v1 (this one) {template.digest[:16]}… {template.created_at:%Y-%m-%d %H:%M:%S} 1 workflows of this version"
+    }
+    assert not browser.find_elements(By.NAME, "_save") and not browser.find_elements(
+        By.CSS_SELECTOR, ".deletelink"
+    )
+    _only_this_server(browser, live_server)
+    browser.save_screenshot(str(tmp_path / "template-page.png"))
+    assert (tmp_path / "template-page.png").stat().st_size > 20_000
+
+    browser.find_element(By.CSS_SELECTOR, "a.dagger-version-workflows").click()
+    table = browser.find_element(By.ID, "result_list")
+    assert str(wf.id) in table.text
+
+
+def _save_page_down_to(browser: Any, path: Path, element_id: str) -> None:
+    """A screenshot of the page from its top down to the end of ``element_id``, whole (the
+    window made as tall as that), as PNG at ``path``."""
+    bottom = browser.execute_script(
+        "const r = document.getElementById(arguments[0]).getBoundingClientRect();"
+        "return Math.ceil(r.bottom + window.scrollY + 48);",
+        element_id,
+    )
+    width = browser.get_window_size()["width"]
+    browser.set_window_size(width, bottom + 140)  # + the browser's own frame, headless or not
+    browser.execute_script("window.scrollTo(0, 0)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(path))

@@ -262,8 +262,8 @@ def test_timeline_has_millisecond_times_gaps_and_whole_pretty_detail(staff: Clie
     assert "RuntimeError: boom\n" in failure
     assert len(failure) > 300
 
-    fields = htmllib.unescape(html.split('id="dagger-events"')[0])
-    assert '"order": {\n    "id": "o-1",' in fields  # runtime parameters, indented
+    parameters = htmllib.unescape(html.split('id="dagger-parameters"')[1].split('id="dagger-events"')[0])
+    assert '{\n  "id": "o-1",\n  "lines": [\n    1,' in parameters  # runtime parameters, indented
 
 
 def test_no_save_buttons_and_delete_only_once_ended(staff: Client, dispatcher: Any) -> None:

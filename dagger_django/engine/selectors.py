@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, F, Func, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.db.models.lookups import LessThan
 from django.utils import timezone
@@ -29,13 +29,20 @@ from django.utils import timezone
 from ..conf import dagger_settings
 from ..exceptions import WorkflowDoesNotExist
 from ..models import (
+    Delivery,
+    DeliveryStatus,
     HistoryRecord,
     InboxMessage,
+    InboxStatus,
     Node,
     NodeKind,
     NodeType,
     OutboxMessage,
     Status,
+    Subscription,
+    Timer,
+    TimerPurpose,
+    TimerStatus,
     Workflow,
     WorkflowTemplate,
 )
@@ -476,16 +483,375 @@ def outbox_search(*, messages: QuerySet[OutboxMessage], term: str) -> QuerySet[O
     return messages.filter(found)
 
 
+# ==================================================================================================
+# a workflow's waits: the panels of its admin page (timers, listeners, messages, parameters)
+# ==================================================================================================
+#: How many rows each panel of a workflow's page shows at most (the rest: a "more" note).
+PANEL_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class Bounded:
+    """At most ``limit`` rows of something, and whether there were more (``more``)."""
+
+    rows: list[Any]
+    more: bool
+
+
+@dataclass(frozen=True)
+class TimerInfo:
+    """A PENDING timer of a workflow: what it waits for (``purpose``), of which node, until when."""
+
+    id: int
+    node_id: uuid.UUID | None
+    #: The dotted name of its node; "" for a timer of the workflow itself or of a node now gone.
+    node_name: str
+    purpose: str
+    due_at: dt.datetime
+    attempt: int
+    created_at: dt.datetime
+
+    @property
+    def purpose_label(self) -> str:
+        return _label(TimerPurpose, self.purpose)
+
+
+def workflow_timers_pending(*, workflow_id: Any, limit: int = PANEL_LIMIT) -> Bounded:
+    """The PENDING timers of a workflow (:class:`TimerInfo`), earliest due first, at most
+    ``limit``. One query (the timers' ``(workflow, status)`` index, the node's name by its key)."""
+    pk = _uuid(workflow_id)
+    if pk is None:
+        return Bounded([], False)
+    node_name = Subquery(Node.objects.filter(pk=OuterRef("node_id")).order_by().values("name")[:1])
+    rows = list(
+        Timer.objects.filter(workflow_id=pk, status=TimerStatus.PENDING)
+        .order_by("due_at", "id")
+        .annotate(node_name_=Coalesce(node_name, Value("")))
+        .values_list("id", "node_id", "node_name_", "purpose", "due_at", "attempt", "created_at")[: limit + 1]
+    )
+    return Bounded([TimerInfo(*row) for row in rows[:limit]], len(rows) > limit)
+
+
+@dataclass(frozen=True)
+class ListenerInfo:
+    """A listener node of a workflow with its subscription: the key it waits under, since when,
+    and the messages it has still to handle."""
+
+    node_id: uuid.UUID
+    node_name: str
+    #: The node's status ("" if the node is gone): a NOT_STARTED listener already has its key,
+    #: and keeps (buffers) what arrives for it until it starts.
+    node_status: str
+    topic: str
+    key_name: str
+    #: None while the runtime parameter it correlates on is unset (nothing matches it then).
+    key_value: str | None
+    since: dt.datetime
+    match_only_one: bool
+    #: Deliveries routed to it and not taken yet (``pending``), and kept until it starts
+    #: (``buffered``).
+    pending: int
+    buffered: int
+
+    @property
+    def node_status_label(self) -> str:
+        return _label(Status, self.node_status)
+
+
+def _deliveries_of_node(status: str) -> Coalesce:
+    """How many deliveries of the outer row's node have ``status`` (the open-deliveries index)."""
+    counted = (
+        Delivery.objects.filter(node_id=OuterRef("node_id"), status=status)
+        .order_by()
+        .values("node_id")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    return Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
+
+
+def workflow_listeners_waiting(*, workflow_id: Any, limit: int = PANEL_LIMIT) -> Bounded:
+    """The listener nodes of a workflow that wait for messages (:class:`ListenerInfo`: one per
+    subscription row, oldest first), at most ``limit``, each with the counts of its pending and
+    buffered deliveries. One query."""
+    pk = _uuid(workflow_id)
+    if pk is None:
+        return Bounded([], False)
+    node = Node.objects.filter(pk=OuterRef("node_id")).order_by()
+    rows = list(
+        Subscription.objects.filter(workflow_id=pk)
+        .order_by("id")
+        .annotate(
+            node_name=Coalesce(Subquery(node.values("name")[:1]), Value("")),
+            node_status=Coalesce(Subquery(node.values("status")[:1]), Value("")),
+            pending=_deliveries_of_node(DeliveryStatus.PENDING),
+            buffered=_deliveries_of_node(DeliveryStatus.BUFFERED),
+        )
+        .values_list(
+            "node_id",
+            "node_name",
+            "node_status",
+            "topic",
+            "key_name",
+            "key_value",
+            "created_at",
+            "match_only_one",
+            "pending",
+            "buffered",
+        )[: limit + 1]
+    )
+    return Bounded([ListenerInfo(*row) for row in rows[:limit]], len(rows) > limit)
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    """An inbox message that concerns a workflow and needs attention: kept for one of its
+    listeners until it starts (a buffered delivery), failed by its listener (a failed delivery),
+    or a dead letter (``invalid``) whose Kafka key is one of the workflow's keys."""
+
+    inbox_id: int
+    topic: str
+    key: str | None
+    #: The inbox row's status (``InboxStatus``).
+    status: str
+    #: The delivery's status for this workflow's listener; "" for a dead letter (never delivered).
+    delivery_status: str
+    node_name: str
+    received_at: dt.datetime
+    #: Why: the dead letter's reason and detail, or the failed delivery's outcome and error.
+    reason: str
+    error: str
+
+    @property
+    def status_label(self) -> str:
+        label = _label(InboxStatus, self.status)
+        if self.delivery_status:
+            label += f", delivery {_label(DeliveryStatus, self.delivery_status).lower()}"
+        return label
+
+
+def workflow_messages(*, workflow_id: Any, business_key: str | None, limit: int = PANEL_LIMIT) -> Bounded:
+    """The messages of a workflow that wait or failed (:class:`MessageInfo`), newest first, at
+    most ``limit``:
+
+    - its buffered and failed deliveries, with their message (the deliveries' workflow index);
+    - dead letters (``invalid``) whose Kafka key is the workflow's business key or the key value
+      of one of its subscriptions. A dead letter has no delivery, so its key is all that ties it
+      to a workflow. The inbox's ``(status, received_at)`` index walks the dead letters newest
+      first until ``limit`` match: keep ``INBOX_DEAD_LETTER_RETENTION_DAYS`` set.
+
+    Two queries.
+    """
+    pk = _uuid(workflow_id)
+    if pk is None:
+        return Bounded([], False)
+    node_name = Subquery(Node.objects.filter(pk=OuterRef("node_id")).order_by().values("name")[:1])
+    delivered = list(
+        Delivery.objects.filter(workflow_id=pk, status__in=[DeliveryStatus.BUFFERED, DeliveryStatus.FAILED])
+        .order_by("-message__received_at", "-id")
+        .annotate(node_name=Coalesce(node_name, Value("")))
+        .values_list(
+            "message_id",
+            "message__topic",
+            "message__key",
+            "message__status",
+            "status",
+            "node_name",
+            "message__received_at",
+            "outcome",
+            "error",
+        )[: limit + 1]
+    )
+    keys = Q(key__in=Subscription.objects.filter(workflow_id=pk, key_value__isnull=False).values("key_value"))
+    if business_key is not None:
+        keys |= Q(key=business_key)
+    dead = list(
+        InboxMessage.objects.filter(keys, status=InboxStatus.INVALID)
+        .order_by("-received_at")  # the index's order alone: the scan stops at the limit
+        .values_list("id", "topic", "key", "status", Value(""), Value(""), "received_at", "reason", "detail")[
+            : limit + 1
+        ]
+    )
+    rows = sorted((MessageInfo(*row) for row in delivered + dead), key=lambda m: (m.received_at, m.inbox_id))
+    rows.reverse()
+    return Bounded(rows[:limit], len(rows) > limit)
+
+
+@dataclass(frozen=True)
+class DeclaredParam:
+    """A runtime parameter a template declares (``definitions/params.py``)."""
+
+    name: str
+    type: str
+    required: bool
+    has_default: bool
+    default: Any
+    description: str
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """A template's declared runtime parameters; ``allow_extra``: undeclared names are accepted."""
+
+    params: list[DeclaredParam]
+    allow_extra: bool
+
+    def get(self, name: str) -> DeclaredParam | None:
+        return next((p for p in self.params if p.name == name), None)
+
+
+def declaration_of(described: Any) -> Declaration | None:
+    """The declaration as a stored graph holds it (``graph["parameters"]``), None without one.
+    No query."""
+    if not isinstance(described, dict):
+        return None
+    params = [
+        DeclaredParam(
+            name=str(p.get("name", "")),
+            type=str(p.get("type", "any")),
+            required=bool(p.get("required", False)),
+            has_default="default" in p,
+            default=p.get("default"),
+            description=str(p.get("description", "")),
+        )
+        for p in described.get("params", ())
+        if isinstance(p, dict)
+    ]
+    return Declaration(params, bool(described.get("allow_extra", False)))
+
+
+def template_declaration_get(*, template_id: Any) -> Declaration | None:
+    """The declared runtime parameters of a stored template version, None when it declares
+    none (or is unknown). One query, which reads the declaration out of the graph, not the
+    whole graph."""
+    row = WorkflowTemplate.objects.filter(pk=template_id).values_list("graph__parameters", flat=True)
+    return declaration_of(next(iter(row), None))
+
+
+# ==================================================================================================
+# the template page: a stored version's graph and its sibling versions
+# ==================================================================================================
+def template_nodes(*, graph: Mapping[str, Any], created_at: dt.datetime) -> list[NodeInfo]:
+    """The nodes of a stored template graph (``WorkflowTemplate.graph``) as :class:`NodeInfo`
+    without status, in the graph's order, so that ``graph_view.graph_of`` draws a template as it
+    draws a workflow. Ids are derived from the nodes' keys; a node reached from two places (a
+    shared template object) appears once, under the first. No query."""
+    described = [n for n in graph.get("nodes", ()) if isinstance(n, dict) and "key" in n]
+    ids = {n["key"]: uuid.uuid5(uuid.NAMESPACE_URL, f"dagger-template-node:{n['key']}") for n in described}
+    by_key = {n["key"]: n for n in described}
+    parents: dict[str, str | None] = {}
+    names: dict[str, str] = {}
+
+    def place(key: Any, parent: str | None, prefix: str) -> None:
+        # Iterative along a chain (chains are long), recursive into containers (shallow).
+        while key in by_key and key not in parents:
+            node = by_key[key]
+            parents[key], names[key] = parent, f"{prefix}.{node.get('name', key)}"
+            for child in node.get("children", ()):
+                place(child, key, names[key])
+            successors = list(node.get("next", ()))
+            for other in successors[1:]:
+                place(other, parent, prefix)
+            key = successors[0] if successors else None
+
+    place(graph.get("root"), None, str(graph.get("name", "")))
+    nodes = []
+    for position, node in enumerate(described):
+        key = node["key"]
+        parent = parents.get(key)
+        nodes.append(
+            NodeInfo(
+                id=ids[key],
+                parent_id=None if parent is None else ids[parent],
+                name=names.get(key, str(node.get("name", key))),
+                node_type=str(node.get("node_type", "")),
+                kind=str(node.get("kind", "")),
+                status="",
+                position=position,
+                attempts=0,
+                error="",
+                time_created=created_at,
+                time_submitted=None,
+                time_completed=None,
+                stop_hook="",
+                stop_hook_at=None,
+                next_ids=[ids[k] for k in node.get("next", ()) if k in ids],
+                child_ids=[ids[k] for k in node.get("children", ()) if k in ids],
+            )
+        )
+    return nodes
+
+
+@dataclass(frozen=True)
+class TemplateVersionInfo:
+    """One stored version of a template, with how many workflows were created from it."""
+
+    id: int
+    name: str
+    version: int
+    digest: str
+    created_at: dt.datetime
+    #: Counted up to a cap: ``workflows_exact`` False means "at least ``workflows``".
+    workflows: int
+    workflows_exact: bool
+
+
+#: The template page counts a version's workflows up to this many (then shows "1000+").
+VERSION_COUNT_CAP = 1000
+
+
+def template_versions_list(
+    *, name: str, limit: int = 50, cap: int = VERSION_COUNT_CAP
+) -> tuple[list[TemplateVersionInfo], bool]:
+    """The stored versions of template ``name``, newest first, at most ``limit`` (and whether
+    there are more), each with its number of workflows counted up to ``cap`` through the
+    workflows' template index (never a count of the whole table). One query."""
+    window = Workflow.objects.filter(template_id=OuterRef(OuterRef("pk"))).order_by().values("pk")[: cap + 1]
+    counted = (
+        Workflow.objects.filter(pk__in=window)
+        .order_by()
+        .annotate(n=Func(F("pk"), function="COUNT", output_field=IntegerField()))
+        .values("n")[:1]
+    )
+    rows = list(
+        WorkflowTemplate.objects.filter(name=name)
+        .order_by("-version")
+        .annotate(workflows_counted=Coalesce(Subquery(counted, output_field=IntegerField()), Value(0)))
+        .values_list("id", "name", "version", "digest", "created_at", "workflows_counted")[: limit + 1]
+    )
+    versions = [TemplateVersionInfo(*row[:5], min(row[5], cap), row[5] <= cap) for row in rows[:limit]]
+    return versions, len(rows) > limit
+
+
+def template_in_use(*, template_id: Any) -> bool:
+    """Whether any workflow was created from this stored template version. One query."""
+    return Workflow.objects.filter(template_id=template_id).exists()
+
+
 __all__ = [
+    "PANEL_LIMIT",
+    "VERSION_COUNT_CAP",
+    "Bounded",
+    "Declaration",
+    "DeclaredParam",
     "Event",
+    "ListenerInfo",
+    "MessageInfo",
+    "TemplateVersionInfo",
+    "TimerInfo",
+    "declaration_of",
     "NodeInfo",
     "WorkflowDetail",
     "history_transitions_count",
     "inbox_search",
     "outbox_search",
+    "template_declaration_get",
+    "template_in_use",
     "template_names",
+    "template_nodes",
     "template_version_numbers",
     "template_versions_get",
+    "template_versions_list",
     "workflow_detail_get",
     "workflow_detail_of",
     "workflow_events",
@@ -494,8 +860,11 @@ __all__ = [
     "workflow_has_ended",
     "workflow_history_get",
     "workflow_list",
+    "workflow_listeners_waiting",
+    "workflow_messages",
     "workflow_nodes",
     "workflow_search",
+    "workflow_timers_pending",
     "workflows_current_steps",
     "workflows_count",
 ]

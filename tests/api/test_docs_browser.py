@@ -5,13 +5,14 @@ from cdn.redoc.ly) is never sent."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
+
+from tests.helpers import browser_requests
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -67,21 +68,6 @@ def _log_in(browser: Any, live_server: Any, django_user_model: Any) -> None:
     WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.ID, "user-tools"))
 
 
-def _network(browser: Any) -> tuple[dict[str, str], dict[str, str]]:
-    """The requests the browser started since the last call ({request id: url}) and those that
-    never left it, with the reason ({request id: blocked reason})."""
-    started: dict[str, str] = {}
-    blocked: dict[str, str] = {}
-    for entry in browser.get_log("performance"):
-        message = json.loads(entry["message"])["message"]
-        params = message.get("params", {})
-        if message["method"] == "Network.requestWillBeSent":
-            started[params["requestId"]] = params["request"]["url"]
-        elif message["method"] == "Network.loadingFailed" and params.get("blockedReason"):
-            blocked[params["requestId"]] = params["blockedReason"]
-    return started, blocked
-
-
 @pytest.mark.parametrize(
     ("page", "drawn"),
     [
@@ -97,12 +83,12 @@ def test_the_api_pages_draw_every_operation_and_ask_nothing_of_the_internet(
     from selenium.webdriver.support.ui import WebDriverWait
 
     _log_in(browser, live_server, django_user_model)
-    _network(browser)  # forget the login's requests
+    browser_requests(browser)  # forget the login's requests
     browser.get(f"{live_server.url}{BASE}/{page}")
 
     WebDriverWait(browser, 30).until(lambda d: d.execute_script(drawn) >= 11)
     assert "/history/" in browser.page_source
-    started, blocked = _network(browser)
+    started, blocked = browser_requests(browser)
     assert f"{live_server.url}{BASE}/schema/" in started.values(), started
     outside = {
         rid: url for rid, url in started.items() if not url.startswith((live_server.url, "data:", "blob:"))

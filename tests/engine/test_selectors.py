@@ -128,3 +128,75 @@ def test_workflows_count_stops_at_the_cap_unless_the_page_asked_goes_further(
     assert selectors.workflows_count(workflows=workflows, at_least=10) == (4, True)
     settings.DAGGER = {**settings.DAGGER, "LIST_COUNT_LIMIT": 0}
     assert selectors.workflows_count(workflows=workflows) == (4, True)
+
+
+# -- a workflow's waits (the admin's panels) and a template's graph ----------------------------------
+def test_a_workflows_timers_listeners_messages_and_declaration_in_a_query_each(
+    engine: Any, django_assert_num_queries: Any
+) -> None:
+    from ..page_workflows import waiting_order
+
+    dispatcher, clock = engine
+    wf = waiting_order("SelectWaits", dispatcher, clock, order_id="w-1")
+    model = wf.model
+
+    with django_assert_num_queries(1):
+        timers = selectors.workflow_timers_pending(workflow_id=wf.id)
+    assert [(x.node_name.rsplit(".", 1)[-1], x.purpose) for x in timers.rows] == [("remind", "trigger")]
+    assert not timers.more
+
+    with django_assert_num_queries(1):
+        listeners = selectors.workflow_listeners_waiting(workflow_id=wf.id, limit=1)
+    assert listeners.more and len(listeners.rows) == 1
+    (first,) = listeners.rows
+    assert (first.topic, first.key_name, first.key_value, first.node_status) == (
+        "orders",
+        "order_id",
+        "w-1",
+        S.EXECUTING,
+    )
+
+    with django_assert_num_queries(2):
+        found = selectors.workflow_messages(workflow_id=wf.id, business_key=model.business_key)
+    assert [(m.topic, m.status, m.delivery_status) for m in found.rows] == [
+        ("orders", "invalid", ""),
+        ("shipments", "buffered", "buffered"),
+    ]
+
+    with django_assert_num_queries(1):
+        declared = selectors.template_declaration_get(template_id=model.template_id)
+    assert declared is not None and [p.name for p in declared.params] == [
+        "order_id",
+        "branch",
+        "run_at",
+        "note",
+    ]
+    assert declared.get("note") is not None and declared.get("note").default == "<none>"
+
+    assert selectors.workflow_timers_pending(workflow_id="not-a-uuid") == selectors.Bounded([], False)
+
+
+def test_a_template_is_drawn_with_the_shape_of_its_workflows(engine: Any) -> None:
+    from dagger_django.graph_view import GraphNode, graph_of
+
+    from ..page_workflows import waiting_order
+
+    dispatcher, clock = engine
+    wf = waiting_order("SelectDrawn", dispatcher, clock)
+    template = wf.model.template
+
+    def shape(chain: list[GraphNode]) -> list[Any]:
+        return [
+            (
+                item.node.name,
+                item.node.kind,
+                shape(item.chain),
+                [shape(branch) for branch in item.branches],
+                [shape(alt) for alt in item.alternatives],
+            )
+            for item in chain
+        ]
+
+    drawn = graph_of(selectors.template_nodes(graph=template.graph, created_at=template.created_at))
+    assert shape(drawn) == shape(graph_of(selectors.workflow_nodes(workflow_id=wf.id)))
+    assert {item.node.status for item in drawn} == {""}
