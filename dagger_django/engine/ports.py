@@ -169,3 +169,31 @@ def set_dispatcher(dispatcher: Dispatcher | None) -> Dispatcher | None:
     global _dispatcher
     previous, _dispatcher = _dispatcher, dispatcher
     return previous
+
+
+# -- observers: who is told of each committed transition ------------------------------------------
+#: A callable given a committed :class:`~dagger_django.engine.state.WorkflowState` (its
+#: ``changes``, ``workflow`` and ``nodes``), after the transaction committed. Metrics and tracing
+#: (``dagger_django.observability``) register theirs when the app starts; none are registered when
+#: their packages are not installed, and then a commit pays one loop over an empty tuple.
+CommitObserver = Callable[[Any], None]
+
+_observers: tuple[CommitObserver, ...] = ()
+
+
+def observers() -> tuple[CommitObserver, ...]:
+    """The registered commit observers (called by ``txn`` after each commit, in order)."""
+    return _observers
+
+
+def observer_add(observer: CommitObserver) -> Callable[[], None]:
+    """Register ``observer`` (once: adding it again changes nothing); returns its remover."""
+    global _observers
+    if observer not in _observers:
+        _observers = (*_observers, observer)
+
+    def remove() -> None:
+        global _observers
+        _observers = tuple(o for o in _observers if o is not observer)
+
+    return remove
