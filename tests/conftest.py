@@ -24,6 +24,8 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
+from tests.tracing import TRACE_FILE_VARIABLE
+
 ROOT = Path(__file__).resolve().parent.parent
 LOG_TAIL_LINES = 100
 WORKER_START_TIMEOUT = 60.0
@@ -45,6 +47,10 @@ class WorkerProcess:
     nodename: str
     log_path: Path
     database_url: str
+    #: ``PROMETHEUS_MULTIPROC_DIR`` of the worker: its processes write their metrics there.
+    metrics_dir: Path | None = None
+    #: Where the worker writes its finished trace spans, one JSON object a line (tests/tracing.py).
+    trace_file: Path | None = None
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         try:
@@ -113,6 +119,8 @@ def celery_worker_process(
     nodename = f"{queue}@{socket.gethostname()}"
     database_url = _database_url(connection.settings_dict)
     log_path = tmp_path_factory.mktemp("celery-worker") / "worker.log"
+    metrics_dir = tmp_path_factory.mktemp("worker-metrics")
+    trace_file = log_path.with_name("spans.jsonl")
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE,
@@ -121,6 +129,10 @@ def celery_worker_process(
         "CELERY_QUEUE": queue,
         "PYTHONUNBUFFERED": "1",
         **kafka_broker.env,  # command tasks relay their messages to the test broker
+        # docs/observability.md: the worker's processes count into files there (prometheus_client's
+        # multiprocess mode), and export their spans to a file (tests/tracing.py).
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        TRACE_FILE_VARIABLE: str(trace_file),
     }
     argv = [
         sys.executable,
@@ -156,7 +168,13 @@ def celery_worker_process(
             start_new_session=True,
         )
     worker = WorkerProcess(
-        proc=proc, queue=queue, nodename=nodename, log_path=log_path, database_url=database_url
+        proc=proc,
+        queue=queue,
+        nodename=nodename,
+        log_path=log_path,
+        database_url=database_url,
+        metrics_dir=metrics_dir,
+        trace_file=trace_file,
     )
     request.config.stash[_worker_key] = worker
     previous_default_queue = app.conf.task_default_queue

@@ -108,12 +108,17 @@ def kafka_headers(existing: list[tuple[str, Any]]) -> list[tuple[str, bytes]]:
 
 
 class _AttrGetter:
-    """Reads a carrier by attribute (a Celery task's request holds its message's headers so)."""
+    """Reads a carrier: a dict (Kafka headers), or a Celery task's request, which holds its
+    message's headers as attributes."""
 
     def get(self, carrier: Any, key: str) -> list[str] | None:
-        value = getattr(carrier, key, None)
-        if value is None and isinstance(carrier, Mapping):
+        if isinstance(carrier, Mapping):
             value = carrier.get(key)
+        else:
+            value = getattr(carrier, key, None)
+            headers = getattr(carrier, "headers", None)  # a task applied locally keeps them there
+            if value is None and isinstance(headers, Mapping):
+                value = headers.get(key)
         if isinstance(value, bytes):
             value = value.decode("ascii", "replace")
         return [value] if isinstance(value, str) else None
