@@ -118,6 +118,17 @@ class Metrics:
             buckets=LAG_BUCKETS,
         )
 
+        #: Labelled children by (metric, labels): ``labels()`` takes a lock and builds a key on
+        #: each call; the commit observer runs on every transition, so it asks once per label set.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     # -- events ---------------------------------------------------------------------------------------
     def committed(self, state: Any) -> None:
         """The commit observer: count what the committed transition ``state`` changed."""
@@ -131,16 +142,18 @@ class Metrics:
                 self._workflow_changed(wf, template, frm, to)
                 continue
             kind = node.kind
-            self.transitions.labels(kind, to).inc()
+            self._child(self.transitions, kind, to).inc()
             if to == S.SUBMITTED and frm == S.EXECUTING:
-                self.retries.labels(template, kind).inc()
+                self._child(self.retries, template, kind).inc()
             elif to in TERMINAL and node.time_submitted is not None and node.time_completed is not None:
                 seconds = (node.time_completed - node.time_submitted).total_seconds()
-                self.node_duration.labels(template, kind).observe(max(0.0, seconds))
+                self._child(self.node_duration, template, kind).observe(max(0.0, seconds))
 
     def _workflow_changed(self, wf: Any, template: str, frm: str, to: str) -> None:
         if to == S.EXECUTING:
-            (self.workflows_retried if frm == S.FAILURE else self.workflows_started).labels(template).inc()
+            self._child(
+                self.workflows_retried if frm == S.FAILURE else self.workflows_started, template
+            ).inc()
             return
         ended = {
             S.COMPLETED: self.workflows_completed,
@@ -148,16 +161,16 @@ class Metrics:
             S.STOPPED: self.workflows_stopped,
         }.get(to)
         if ended is not None:
-            ended.labels(template).inc()
+            self._child(ended, template).inc()
         if wf.time_submitted is not None and wf.time_completed is not None:
             seconds = (wf.time_completed - wf.time_submitted).total_seconds()
-            self.workflow_duration.labels(template, to).observe(max(0.0, seconds))
+            self._child(self.workflow_duration, template, to).observe(max(0.0, seconds))
 
     def bridge_batch(self, statuses: list[str], lags: list[float]) -> None:
         """A batch the bridge committed: each message's outcome and lag (seconds)."""
         self.bridge_batches.inc()
         for status in statuses:
-            self.bridge_messages.labels(status).inc()
+            self._child(self.bridge_messages, status).inc()
         for lag in lags:
             self.bridge_lag.observe(max(0.0, lag))
 
