@@ -202,8 +202,29 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(events) + generate_latest(backlog), CONTENT_TYPE_LATEST
 
 
+def serve(*, addr: str, port: int, path: str, backlog: bool = True) -> Any:
+    """Serve the counters of this host's processes (the files in ``path``) and, with ``backlog``,
+    the backlog gauges, on ``http://addr:port/`` in a background thread (``manage.py
+    dagger_metrics``). Returns the server (``shutdown()`` stops it)."""
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    if backlog:
+        registry.register(BacklogCollector(own_thread=True))
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    return server
+
+
 class BacklogCollector:
-    """Gauges read from the database at each scrape (``selectors.backlog_get``)."""
+    """Gauges read from the database at each scrape (``selectors.backlog_get``).
+
+    ``own_thread``: each scrape runs in a thread of its own (``serve``), whose database
+    connection is closed when the scrape is done instead of being left open.
+    """
+
+    def __init__(self, *, own_thread: bool = False) -> None:
+        self.own_thread = own_thread
 
     GAUGES = (
         ("workflows_running", "dagger_workflows_running", "Workflows executing now."),
@@ -221,6 +242,18 @@ class BacklogCollector:
     )
 
     def collect(self) -> Any:
+        if not self.own_thread:
+            yield from self._collect()
+            return
+        from django.db import connections
+
+        try:
+            yield from self._collect()
+        finally:
+            for connection in connections.all(initialized_only=True):
+                connection.close()
+
+    def _collect(self) -> Any:
         from prometheus_client.core import GaugeMetricFamily
 
         from ..engine import ports, selectors

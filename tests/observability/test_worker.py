@@ -3,6 +3,11 @@ trace of the request that started the workflow (the context crossed Celery in th
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,11 +19,13 @@ from dagger_django.observability import tracing
 
 from ..e2e import workflows as w
 from ..helpers import wait_for
+from ..kafka.broker import free_port
 from ..tracing import hex_id, read_spans
 from .test_metrics import sample, scrape
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 helper = DAGBuilderHelper(dagger_app=Dagger.app)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def two_steps(name: str) -> Any:
@@ -89,3 +96,51 @@ def test_the_trace_of_a_request_continues_in_the_worker(celery_worker_process: A
     assert span["attributes"][tracing.BUSINESS_KEY] == "o-9000"
     assert span["attributes"][tracing.TEMPLATE] == "ObsWorkerTrace"
     assert span["attributes"][tracing.NODE_NAME].endswith("a_executor_task")
+
+
+def test_the_metrics_command_serves_what_the_worker_counted(
+    celery_worker_process: Any, tmp_path: Any
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wf = two_steps("ObsMetricsCommand").create_instance(submit_task=True)
+    completed(wf.id)
+    port = free_port()
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(celery_worker_process.metrics_dir),
+        "DATABASE_URL": celery_worker_process.database_url,
+    }
+    with open(tmp_path / "dagger_metrics.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "dagger_metrics", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def scraped() -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        return {f.name: f for f in text_string_to_metric_families(text)}
+
+    try:
+        families = wait_for(
+            lambda: (
+                (f := scraped())
+                and sample(f, "dagger_workflows_completed_total", template="ObsMetricsCommand") == 1
+                and f
+            ),
+            timeout=30,
+            message=lambda: (
+                "dagger_metrics served no count: " + (tmp_path / "dagger_metrics.log").read_text()
+            ),
+        )
+        assert sample(families, "dagger_workflows_running") == 0
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
