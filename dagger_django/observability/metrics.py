@@ -58,7 +58,11 @@ def install() -> Metrics | None:
         return None
     from ..engine import ports
 
-    _metrics = Metrics(prometheus_client)
+    try:
+        _metrics = Metrics(prometheus_client)
+    except OSError as exc:  # PROMETHEUS_MULTIPROC_DIR is not a directory (check dagger_django.E061)
+        logger.error("metrics are off in this process: %s", exc)
+        return None
     ports.observer_add(_metrics.committed)
     return _metrics
 

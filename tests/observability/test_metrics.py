@@ -146,3 +146,27 @@ def sample(families: dict[str, Any], name: str, **labels: str) -> float | None:
             if s.name == name and s.labels == labels:
                 return s.value
     return None
+
+
+# -- system checks ---------------------------------------------------------------------------------
+def test_metrics_settings_out_of_range_are_check_errors(settings: Any) -> None:
+    from dagger_django.checks import check_observability_settings
+
+    settings.DAGGER = {
+        **settings.DAGGER,
+        "METRICS_COUNT_LIMIT": 0,
+        "METRICS_STUCK_SECONDS": 0,
+        "METRICS_LATE_TIMER_SECONDS": -1,
+    }
+    assert [p.id for p in check_observability_settings()] == ["dagger_django.E060"] * 3
+
+
+def test_a_multiprocess_dir_that_is_not_a_directory_is_a_check_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from dagger_django.checks import check_observability_settings
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+    assert [p.id for p in check_observability_settings()] == ["dagger_django.E061"]
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert check_observability_settings() == []
