@@ -95,6 +95,27 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def span_exporter() -> Any:
+    """This process's spans, kept in memory (an SDK tracer provider, set once per process)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+@pytest.fixture
+def spans(span_exporter: Any) -> Any:
+    span_exporter.clear()
+    return span_exporter
+
+
+@pytest.fixture(scope="session")
 def celery_worker_process(
     request: pytest.FixtureRequest,
     django_db_setup: None,

@@ -12,14 +12,17 @@ from pathlib import Path
 from typing import Any
 
 TRACE_FILE_VARIABLE = "DAGGER_TEST_TRACE_FILE"
+_exporting = False
 
 
 def export_to_file() -> bool:
     """Install an SDK tracer provider that appends each finished span to the trace file (its
-    spans are exported as they end, so a forked pool process writes its own lines)."""
+    spans are exported as they end, so a forked pool process writes its own lines). Once per
+    process, whichever module asks first."""
+    global _exporting
     path = os.environ.get(TRACE_FILE_VARIABLE)
-    if not path:
-        return False
+    if not path or _exporting:
+        return _exporting
     try:
         from opentelemetry import trace
         from opentelemetry.sdk.trace import TracerProvider
@@ -32,6 +35,7 @@ def export_to_file() -> bool:
         SimpleSpanProcessor(ConsoleSpanExporter(out=out, formatter=lambda s: s.to_json(indent=None) + "\n"))
     )
     trace.set_tracer_provider(provider)
+    _exporting = True
     return True
 
 

@@ -197,3 +197,34 @@ def observer_add(observer: CommitObserver) -> Callable[[], None]:
         _observers = tuple(o for o in _observers if o is not observer)
 
     return remove
+
+
+# -- headers of outgoing messages: the context a Kafka message carries ------------------------------
+#: A callable giving headers (``{name: text}``) to add to each message a workflow sends, asked
+#: when the message is written to the outbox (in the code that sent it). Tracing registers one
+#: (the W3C ``traceparent``), so a message sent later by another process still carries the trace
+#: of the task that sent it.
+HeaderSource = Callable[[], Any]
+
+_header_sources: tuple[HeaderSource, ...] = ()
+
+
+def header_source_add(source: HeaderSource) -> Callable[[], None]:
+    """Register ``source`` (once); returns its remover."""
+    global _header_sources
+    if source not in _header_sources:
+        _header_sources = (*_header_sources, source)
+
+    def remove() -> None:
+        global _header_sources
+        _header_sources = tuple(s for s in _header_sources if s is not source)
+
+    return remove
+
+
+def outgoing_headers() -> dict[str, str]:
+    """The headers the registered sources add to a message sent now ({} when none are)."""
+    headers: dict[str, str] = {}
+    for source in _header_sources:
+        headers.update(source() or {})
+    return headers

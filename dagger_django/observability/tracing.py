@@ -4,8 +4,9 @@ Spans: each dagger Celery task a worker runs (``dagger_django.run_node``, ``run_
 ``fire_timer``, ``run_stop_hooks``, ``sweep_timers``, ``recover_nodes``), each batch the Kafka
 bridge routes, each outbox publish. The context travels in W3C ``traceparent``/``tracestate``
 headers: in Celery messages (set when a task is published, read when it runs) and in Kafka
-messages (set by the outbox relay, read by the bridge), so a workflow started in a traced HTTP
-request continues in the worker's span, and a command's reply continues its sender's trace.
+messages (written with the outbox row by the code that sent it, else set by the relay's
+publish; read by the bridge), so a workflow started in a traced HTTP request continues in the
+worker's span, and a command's reply continues its sender's trace.
 
 The engine's commit observer names what each committed transition was about: the task span
 running it gets ``dagger.workflow.id``, ``dagger.workflow.business_key``,
@@ -79,6 +80,8 @@ def install() -> bool:
 
     _otel = (trace, propagate, context)
     ports.observer_add(committed)
+    # A message a task sends keeps that task's context, whichever process relays it later.
+    ports.header_source_add(context_headers)
     return True
 
 
@@ -105,6 +108,16 @@ def kafka_headers(existing: list[tuple[str, Any]]) -> list[tuple[str, bytes]]:
     carrier: dict[str, str] = {}
     _otel[1].inject(carrier)
     return [(name, value.encode("ascii")) for name, value in carrier.items() if name in TRACE_HEADERS]
+
+
+def context_headers() -> dict[str, str]:
+    """The current trace context as message headers (``traceparent``, ``tracestate``); {} when
+    there is no valid context (nothing is being traced)."""
+    if _otel is None or not _otel[0].get_current_span().get_span_context().is_valid:
+        return {}
+    carrier: dict[str, str] = {}
+    _otel[1].inject(carrier)
+    return {name: value for name, value in carrier.items() if name in TRACE_HEADERS}
 
 
 class _AttrGetter:

@@ -1,4 +1,5 @@
-"""Fixtures of the observability tests: the engine with fakes, spans kept in memory, counters."""
+"""Fixtures of the observability tests: the engine with fakes, counters (the in-memory spans
+are suite-wide, in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -16,27 +17,6 @@ def engine(transactional_db: Any) -> Iterator[tuple[InMemoryDispatcher, FrozenCl
     (transactional: the commit observers run after a real commit)."""
     with engine_under_test() as pair:
         yield pair
-
-
-@pytest.fixture(scope="session")
-def span_exporter() -> Any:
-    """This process's spans, kept in memory (an SDK tracer provider, set once per process)."""
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    return exporter
-
-
-@pytest.fixture
-def spans(span_exporter: Any) -> Any:
-    span_exporter.clear()
-    return span_exporter
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from dagger_django.models import Workflow
 
 from ..engine import builders as b
 from ..engine import tasks as t
+from ..helpers import sample, scrape
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -129,23 +130,6 @@ def test_a_backlog_count_stops_at_the_limit(engine: Any, admin_client: Any, sett
     families = scrape(admin_client)
     assert sample(families, "dagger_workflows_running") == 2
     assert sample(families, "dagger_backlog_count_limit") == 2
-
-
-def scrape(client: Any) -> dict[str, Any]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    response = client.get("/metrics")
-    assert response.status_code == 200, response.content
-    return {f.name: f for f in text_string_to_metric_families(response.content.decode())}
-
-
-def sample(families: dict[str, Any], name: str, **labels: str) -> float | None:
-    """The value of sample ``name`` with exactly ``labels`` (None when there is none)."""
-    for family in families.values():
-        for s in family.samples:
-            if s.name == name and s.labels == labels:
-                return s.value
-    return None
 
 
 # -- system checks ---------------------------------------------------------------------------------

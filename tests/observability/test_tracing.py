@@ -154,3 +154,15 @@ def test_a_bridge_batch_of_several_traces_links_them(spans: Any) -> None:
     (span,) = [s for s in spans.get_finished_spans() if s.name == "dagger.bridge.route"]
     assert span.parent is None
     assert {link.context.span_id for link in span.links} == {c.span_id for c, _ in carried}
+
+
+def test_a_message_sent_in_a_span_is_stored_with_its_context(spans: Any) -> None:
+    from dagger_django.engine.outbox import outbox_send
+
+    with tracer.start_as_current_span("task") as sender:
+        sent = outbox_send(topic="orders", value={"n": 1}, headers={"x-own": "kept"})
+    stored = dict(OutboxMessage.objects.get(message_id=sent.message_id).headers)
+    assert stored["traceparent"] == traceparent_of(sender)
+    assert stored["x-own"] == "kept"
+    untraced = outbox_send(topic="orders", value={"n": 2})
+    assert OutboxMessage.objects.get(message_id=untraced.message_id).headers == []

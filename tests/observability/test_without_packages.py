@@ -28,6 +28,7 @@ def packages_absent(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ABSENT:
         monkeypatch.setitem(sys.modules, name, None)  # `import name` raises ImportError
     monkeypatch.setattr(ports, "_observers", ())
+    monkeypatch.setattr(ports, "_header_sources", ())
     monkeypatch.setattr(metrics, "_metrics", None)
     monkeypatch.setattr(tracing, "_otel", None)
     observability.install()
@@ -36,7 +37,7 @@ def packages_absent(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_without_the_packages_no_observer_is_registered_and_workflows_run(
     packages_absent: None, engine: Any
 ) -> None:
-    assert ports.observers() == ()
+    assert ports.observers() == () and ports.outgoing_headers() == {}
     assert metrics.get() is None and not tracing.enabled()
     assert not metrics.available() and not tracing.available()
     dispatcher, _ = engine

@@ -18,10 +18,9 @@ from dagger_django.models import Status, Workflow
 from dagger_django.observability import tracing
 
 from ..e2e import workflows as w
-from ..helpers import wait_for
+from ..helpers import sample, scrape, wait_for
 from ..kafka.broker import free_port
 from ..tracing import hex_id, read_spans
-from .test_metrics import sample, scrape
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 helper = DAGBuilderHelper(dagger_app=Dagger.app)
