@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-#: The text that names a workflow in a log line: format it with :func:`names`.
-WORKFLOW = "workflow %s (business key %r)"
-
 
 def extra(workflow_id: Any, business_key: str | None, node: str | None = None) -> dict[str, Any]:
     """The ``extra`` of a log line about ``node`` of a workflow."""

@@ -510,9 +510,9 @@ __all__ = [
 # ==================================================================================================
 @dataclass(frozen=True)
 class Backlog:
-    """How much work waits, fleet-wide, read at scrape time. Each count stops at ``limit``
-    (``capped`` lists those that reached it): a scrape costs bounded work however big a backlog
-    grows. Ages are in seconds, 0 when nothing waits."""
+    """How much work waits, fleet-wide, read at scrape time. Each count stops at ``limit`` (a
+    count equal to it means "at least"): a scrape costs bounded work however big a backlog grows.
+    Ages are in seconds, 0 when nothing waits."""
 
     workflows_running: int
     workflows_stuck: int
@@ -525,7 +525,6 @@ class Backlog:
     outbox_dead: int
     inbox_dead_letters: int
     limit: int
-    capped: tuple[str, ...] = ()
 
 
 def backlog_get(*, now: dt.datetime, stuck_after: float, late_after: float, limit: int) -> Backlog:
@@ -563,5 +562,4 @@ def backlog_get(*, now: dt.datetime, stuck_after: float, late_after: float, limi
             max(0.0, (now - oldest_pending).total_seconds()) if oldest_pending else 0.0
         ),
         limit=limit,
-        capped=tuple(sorted(name for name, count in counts.items() if count >= limit)),
     )
