@@ -20,7 +20,7 @@ its exporters. Without the package nothing here imports it, and every function i
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -151,7 +151,7 @@ def extract(carrier: Any) -> Any:
 # -- spans ----------------------------------------------------------------------------------------
 @contextmanager
 def span(
-    name: str, *, attributes: Mapping[str, Any] | None = None, carriers: list[Any] = ()
+    name: str, *, attributes: Mapping[str, Any] | None = None, carriers: Sequence[Any] = ()
 ) -> Iterator[Any]:
     """A span around a block (None when tracing is off). ``carriers`` (Kafka headers of a batch):
     one carried context becomes the parent; several become links."""
