@@ -166,3 +166,16 @@ def test_a_message_sent_in_a_span_is_stored_with_its_context(spans: Any) -> None
     assert stored["x-own"] == "kept"
     untraced = outbox_send(topic="orders", value={"n": 2})
     assert OutboxMessage.objects.get(message_id=untraced.message_id).headers == []
+
+
+def test_a_batch_task_span_gets_an_event_per_workflow(engine: Any, spans: Any) -> None:
+    dispatcher, _ = engine
+    tmpl = b.linear("ObsBatchTraced", (t.Record, "a"))
+    workflows = [tmpl.create_instance(submit_task=True, order_id=f"o-{i}") for i in range(2)]
+    targets = [[w, n] for w, n, _ in list(dispatcher.runs)]
+    dispatcher.runs.clear()
+    tasks.run_nodes.apply(args=[targets])
+    (span,) = [s for s in spans.get_finished_spans() if s.name == "dagger_django.run_nodes"]
+    assert tracing.WORKFLOW_ID not in span.attributes  # many workflows: named by its events
+    named = {e.attributes[tracing.WORKFLOW_ID] for e in span.events if e.name == "dagger.transition"}
+    assert named == {str(w.id) for w in workflows}
