@@ -237,6 +237,9 @@ if os.environ.get("DAGGER_KAFKA_CONSUMER_FACTORY"):
     DAGGER["KAFKA_CONSUMER_FACTORY"] = os.environ["DAGGER_KAFKA_CONSUMER_FACTORY"]
 if os.environ.get("DAGGER_TASK_UPDATE_TOPIC"):
     DAGGER["TASK_UPDATE_TOPIC"] = os.environ["DAGGER_TASK_UPDATE_TOPIC"]
+# The bearer token Prometheus sends to /metrics (docs/observability.md); staff users need none.
+if os.environ.get("DAGGER_METRICS_TOKEN"):
+    DAGGER["METRICS_TOKEN"] = os.environ["DAGGER_METRICS_TOKEN"]
 
 LOGGING = {
     "version": 1,

@@ -29,6 +29,11 @@ class DaggerDjangoConfig(AppConfig):
         # dagger's celery-beat entries (timer sweep, recovery sweep), registered idempotently.
         post_migrate.connect(on_post_migrate, sender=self, dispatch_uid="dagger_django.beat_setup")
 
+        # Metrics and traces, when their extras are installed (docs/observability.md).
+        from . import observability
+
+        observability.install()
+
         # Templates are registered by importing each installed app's ``workflows`` module, the
         # way the admin discovers ``admin`` modules. No database access happens here.
         autodiscover_modules("workflows")

@@ -337,3 +337,38 @@ def _outbox_problems() -> list[CheckMessage]:
             )
         )
     return problems
+
+
+# -- metrics and traces (ids E060-E069; docs/observability.md) -----------------------------------------
+@register("dagger_django")
+def check_observability_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E060: a metrics setting out of range; E061: ``PROMETHEUS_MULTIPROC_DIR`` names no directory
+    (prometheus_client cannot count there: the metrics stay off in this process)."""
+    import os
+
+    from .conf import dagger_settings
+
+    problems: list[CheckMessage] = []
+    if int(dagger_settings.METRICS_COUNT_LIMIT) < 1:
+        problems.append(Error("DAGGER['METRICS_COUNT_LIMIT'] must be at least 1.", id="dagger_django.E060"))
+    if float(dagger_settings.METRICS_STUCK_SECONDS) <= 0:
+        problems.append(Error("DAGGER['METRICS_STUCK_SECONDS'] must be positive.", id="dagger_django.E060"))
+    late = dagger_settings.METRICS_LATE_TIMER_SECONDS
+    if late is not None and float(late) < 0:
+        problems.append(
+            Error(
+                "DAGGER['METRICS_LATE_TIMER_SECONDS'] must not be negative.",
+                hint="None: twice TRIGGER_INTERVAL.",
+                id="dagger_django.E060",
+            )
+        )
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if dagger_settings.METRICS and path and not os.path.isdir(path):
+        problems.append(
+            Error(
+                f"PROMETHEUS_MULTIPROC_DIR ({path}) is not a directory: no process can count its metrics there.",
+                hint="Create it (empty) before the host's processes start, or unset the variable.",
+                id="dagger_django.E061",
+            )
+        )
+    return problems

@@ -113,6 +113,23 @@ class Defaults:
     CELERY_QUEUE: str | None = None
     #: Seconds ``GET health/`` keeps its broker and bridge answers (each opens a connection).
     HEALTH_CACHE_SECONDS: float = 2.0
+    # -- observability: metrics and traces (docs/observability.md) --
+    #: Count workflow and node events for Prometheus when ``prometheus_client`` is installed
+    #: (the ``metrics`` extra). Read when the app starts.
+    METRICS: bool = True
+    #: A bearer token that may read the metrics endpoint (``Authorization: Bearer <token>``),
+    #: besides staff users; None: staff users only.
+    METRICS_TOKEN: str | None = None
+    #: A workflow EXECUTING longer than this many seconds since it was submitted counts as stuck.
+    METRICS_STUCK_SECONDS: float = 3600.0
+    #: A pending timer this many seconds past its due time counts as late (None: twice
+    #: TRIGGER_INTERVAL, the longest a timer waits for the regular sweep, doubled).
+    METRICS_LATE_TIMER_SECONDS: float | None = None
+    #: Each backlog gauge counts at most this many rows per scrape (the gauge then reads the limit).
+    METRICS_COUNT_LIMIT: int = 10_000
+    #: Trace Celery tasks, bridge batches and outbox sends with OpenTelemetry when
+    #: ``opentelemetry-api`` is installed (the ``tracing`` extra). Read when the app starts.
+    TRACING: bool = True
 
 
 _OVERRIDE_NAMES = {

@@ -15,11 +15,12 @@ import logging
 from typing import Any
 
 from celery import shared_task
-from celery.signals import task_postrun, worker_ready
+from celery.signals import before_task_publish, task_failure, task_postrun, task_prerun, worker_ready
 from django.db import InterfaceError, OperationalError, connections
 
 from .conf import dagger_settings
-from .engine import recovery, services, timers
+from .engine import logs, recovery, services, timers
+from .observability import tracing
 
 logger = logging.getLogger("dagger_django.tasks")
 
@@ -66,7 +67,14 @@ def run_nodes(self: Any, targets: list[list[str]]) -> int:
         except (OperationalError, InterfaceError):
             raise
         except Exception:
-            logger.exception("running node %s of workflow %s failed", node_id, workflow_id)
+            key = logs.key_of(workflow_id)
+            logger.exception(
+                "running node %s of workflow %s (business key %r) failed",
+                node_id,
+                workflow_id,
+                key,
+                extra=logs.extra(workflow_id, key, node_id),
+            )
             return 0
     done = services.nodes_run(targets=[(w, n) for w, n in targets], lease=lease)
     if done.retry_in:
@@ -124,6 +132,54 @@ def _recover_on_boot(sender: Any = None, **kwargs: Any) -> None:
     if dagger_settings.RESTART_TASKS_ON_BOOT:
         queue = dagger_settings.CELERY_QUEUE
         recover_nodes.apply_async(**({"queue": queue} if queue else {}))
+
+
+# -- traces (docs/observability.md): a span per dagger task, its context in the message headers ------
+#: dagger's tasks, by name: ``(index of the workflow id, index of the node id)`` in their arguments.
+TRACED: dict[str, tuple[int | None, int | None]] = {
+    "dagger_django.run_node": (0, 1),
+    "dagger_django.run_nodes": (None, None),
+    "dagger_django.fire_timer": (None, None),
+    "dagger_django.run_stop_hooks": (0, None),
+    "dagger_django.sweep_timers": (None, None),
+    "dagger_django.recover_nodes": (None, None),
+}
+
+
+@before_task_publish.connect(dispatch_uid="dagger_django.trace_publish")
+def _trace_publish(sender: Any = None, headers: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    """The publisher's trace context goes in a dagger task message's headers."""
+    if headers is not None and sender in TRACED and tracing.enabled():
+        tracing.inject(headers)
+
+
+@task_prerun.connect(dispatch_uid="dagger_django.trace_start")
+def _trace_start(sender: Any = None, task: Any = None, args: Any = None, **kwargs: Any) -> None:
+    if task is None or task.name not in TRACED or not tracing.enabled():
+        return
+    workflow_at, node_at = TRACED[task.name]
+    args = list(args or ())
+    task.request.dagger_span = tracing.task_start(
+        task.name,
+        task.request,
+        workflow_id=args[workflow_at] if workflow_at is not None and len(args) > workflow_at else None,
+        node_id=args[node_at] if node_at is not None and len(args) > node_at else None,
+        batch=task.name == "dagger_django.run_nodes",
+    )
+
+
+@task_failure.connect(dispatch_uid="dagger_django.trace_failure")
+def _trace_failure(sender: Any = None, exception: BaseException | None = None, **kwargs: Any) -> None:
+    if sender is not None and getattr(sender.request, "dagger_span", None) is not None:
+        sender.request.dagger_span_error = exception
+
+
+@task_postrun.connect(dispatch_uid="dagger_django.trace_end")
+def _trace_end(sender: Any = None, task: Any = None, **kwargs: Any) -> None:
+    started = getattr(getattr(task, "request", None), "dagger_span", None)
+    if started is not None:
+        task.request.dagger_span = None
+        tracing.task_end(started, getattr(task.request, "dagger_span_error", None))
 
 
 __all__ = ["run_node", "run_nodes", "fire_timer", "run_stop_hooks", "sweep_timers", "recover_nodes"]

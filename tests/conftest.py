@@ -25,6 +25,8 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
+from tests.tracing import TRACE_FILE_VARIABLE
+
 ROOT = Path(__file__).resolve().parent.parent
 LOG_TAIL_LINES = 100
 WORKER_START_TIMEOUT = 60.0
@@ -46,6 +48,10 @@ class WorkerProcess:
     nodename: str
     log_path: Path
     database_url: str
+    #: ``PROMETHEUS_MULTIPROC_DIR`` of the worker: its processes write their metrics there.
+    metrics_dir: Path | None = None
+    #: Where the worker writes its finished trace spans, one JSON object a line (tests/tracing.py).
+    trace_file: Path | None = None
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         try:
@@ -123,6 +129,27 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def span_exporter() -> Any:
+    """This process's spans, kept in memory (an SDK tracer provider, set once per process)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+@pytest.fixture
+def spans(span_exporter: Any) -> Any:
+    span_exporter.clear()
+    return span_exporter
+
+
+@pytest.fixture(scope="session")
 def celery_worker_process(
     request: pytest.FixtureRequest,
     django_db_setup: None,
@@ -147,6 +174,8 @@ def celery_worker_process(
     nodename = f"{queue}@{socket.gethostname()}"
     database_url = _database_url(connection.settings_dict)
     log_path = tmp_path_factory.mktemp("celery-worker") / "worker.log"
+    metrics_dir = tmp_path_factory.mktemp("worker-metrics")
+    trace_file = log_path.with_name("spans.jsonl")
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE,
@@ -155,6 +184,10 @@ def celery_worker_process(
         "CELERY_QUEUE": queue,
         "PYTHONUNBUFFERED": "1",
         **kafka_broker.env,  # command tasks relay their messages to the test broker
+        # docs/observability.md: the worker's processes count into files there (prometheus_client's
+        # multiprocess mode), and export their spans to a file (tests/tracing.py).
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        TRACE_FILE_VARIABLE: str(trace_file),
     }
     argv = [
         sys.executable,
@@ -190,7 +223,13 @@ def celery_worker_process(
             start_new_session=True,
         )
     worker = WorkerProcess(
-        proc=proc, queue=queue, nodename=nodename, log_path=log_path, database_url=database_url
+        proc=proc,
+        queue=queue,
+        nodename=nodename,
+        log_path=log_path,
+        database_url=database_url,
+        metrics_dir=metrics_dir,
+        trace_file=trace_file,
     )
     request.config.stash[_worker_key] = worker
     previous_default_queue = app.conf.task_default_queue

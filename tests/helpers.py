@@ -65,3 +65,22 @@ def browser_requests(browser: Any) -> tuple[dict[str, str], dict[str, str]]:
         elif message["method"] == "Network.loadingFailed" and params.get("blockedReason"):
             blocked[params["requestId"]] = params["blockedReason"]
     return started, blocked
+
+
+# -- metrics (docs/observability.md) ----------------------------------------------------------------
+def scrape(client: Any) -> dict[str, Any]:
+    """GET /metrics with ``client`` (allowed to read it): the metric families by name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = client.get("/metrics")
+    assert response.status_code == 200, response.content
+    return {f.name: f for f in text_string_to_metric_families(response.content.decode())}
+
+
+def sample(families: dict[str, Any], name: str, **labels: str) -> float | None:
+    """The value of sample ``name`` with exactly ``labels`` (None when there is none)."""
+    for family in families.values():
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return None

@@ -12,3 +12,9 @@ def record_group(name: str) -> None:
     from django.contrib.auth.models import Group
 
     Group.objects.get_or_create(name=name)
+
+
+# The worker's spans go to the file the suite reads (tests/tracing.py).
+from tests.tracing import export_to_file  # noqa: E402
+
+export_to_file()

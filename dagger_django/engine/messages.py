@@ -72,7 +72,7 @@ from ..models.status import (
     allowed_from,
     transition,
 )
-from . import correlation, outbox, parameters, ports, recovery, timing, txn, walker
+from . import correlation, logs, outbox, parameters, ports, recovery, timing, txn, walker
 from .retry import RetryPolicy, resend_after
 from .state import WorkflowState, field_preparers
 
@@ -1005,7 +1005,15 @@ def delivery_execute(work: Work) -> Outcome:
     except Exception as exc:
         import traceback
 
-        logger.warning("on_message of %s (message %s) raised %r", work.name, work.delivery.message_id, exc)
+        logger.warning(
+            "on_message of %s of workflow %s (business key %r) (message %s) raised %r",
+            work.name,
+            work.workflow_id,
+            logs.work_key(work),
+            work.delivery.message_id,
+            exc,
+            extra=logs.of_work(work),
+        )
         return txn.Outcome(
             error=exc,
             error_text=f"{type(exc).__name__}: {exc}",
@@ -1033,7 +1041,14 @@ def delivery_apply(work: Work, outcome: Outcome, *, lease: str, claim_next: bool
         with txn.locked(work.workflow_id) as state:
             return delivery_apply_in(state, work, outcome, lease=lease, claim_next=claim_next)
     except Stale:
-        logger.info("discarding the stale result of %s for message %s", work.name, work.delivery)
+        logger.info(
+            "discarding the stale result of %s of workflow %s (business key %r) for message %s",
+            work.name,
+            work.workflow_id,
+            logs.work_key(work),
+            work.delivery,
+            extra=logs.of_work(work),
+        )
         return None
     except WorkflowDoesNotExist:
         return None

@@ -107,6 +107,16 @@ def encode_headers(headers: Any) -> list[list[Any]]:
     return out
 
 
+def with_context(headers: list[list[Any]]) -> list[list[Any]]:
+    """``headers`` (stored shape) with those the registered sources add now
+    (``ports.outgoing_headers``: the trace context), unless the sender set them itself."""
+    extra = ports.outgoing_headers()
+    if not extra:
+        return headers
+    given = {name for name, _ in headers}
+    return headers + [[name, value] for name, value in extra.items() if name not in given]
+
+
 def decode_headers(headers: list[list[Any]]) -> list[tuple[str, bytes | None]]:
     """The stored headers back as Kafka headers (name, bytes)."""
     out: list[tuple[str, bytes | None]] = []
@@ -161,7 +171,7 @@ def _message(topic: str, key: Any, value: Any, headers: Any) -> Sent:
         topic=topic,
         key=encode_key(key),
         value=encoded,
-        headers=encode_headers(headers),
+        headers=with_context(encode_headers(headers)),
         message_id=uuid.uuid4(),
         key_given=key is not None,
     )
@@ -232,7 +242,7 @@ def after_flush(state: WorkflowState) -> None:
         topic=topic,
         key=None if wf.business_key is None else wf.business_key.encode("utf-8"),
         value=encode_value(workflow_snapshot(state)),
-        headers=[],
+        headers=with_context([]),
         workflow_id=wf.id,
         created_at=state.now,
     )

@@ -169,3 +169,62 @@ def set_dispatcher(dispatcher: Dispatcher | None) -> Dispatcher | None:
     global _dispatcher
     previous, _dispatcher = _dispatcher, dispatcher
     return previous
+
+
+# -- observers: who is told of each committed transition ------------------------------------------
+#: A callable given a committed :class:`~dagger_django.engine.state.WorkflowState` (its
+#: ``changes``, ``workflow`` and ``nodes``), after the transaction committed. Metrics and tracing
+#: (``dagger_django.observability``) register theirs when the app starts; none are registered when
+#: their packages are not installed, and then a commit pays one loop over an empty tuple.
+CommitObserver = Callable[[Any], None]
+
+_observers: tuple[CommitObserver, ...] = ()
+
+
+def observers() -> tuple[CommitObserver, ...]:
+    """The registered commit observers (called by ``txn`` after each commit, in order)."""
+    return _observers
+
+
+def observer_add(observer: CommitObserver) -> Callable[[], None]:
+    """Register ``observer`` (once: adding it again changes nothing); returns its remover."""
+    global _observers
+    if observer not in _observers:
+        _observers = (*_observers, observer)
+
+    def remove() -> None:
+        global _observers
+        _observers = tuple(o for o in _observers if o is not observer)
+
+    return remove
+
+
+# -- headers of outgoing messages: the context a Kafka message carries ------------------------------
+#: A callable giving headers (``{name: text}``) to add to each message a workflow sends, asked
+#: when the message is written to the outbox (in the code that sent it). Tracing registers one
+#: (the W3C ``traceparent``), so a message sent later by another process still carries the trace
+#: of the task that sent it.
+HeaderSource = Callable[[], Any]
+
+_header_sources: tuple[HeaderSource, ...] = ()
+
+
+def header_source_add(source: HeaderSource) -> Callable[[], None]:
+    """Register ``source`` (once); returns its remover."""
+    global _header_sources
+    if source not in _header_sources:
+        _header_sources = (*_header_sources, source)
+
+    def remove() -> None:
+        global _header_sources
+        _header_sources = tuple(s for s in _header_sources if s is not source)
+
+    return remove
+
+
+def outgoing_headers() -> dict[str, str]:
+    """The headers the registered sources add to a message sent now ({} when none are)."""
+    headers: dict[str, str] = {}
+    for source in _header_sources:
+        headers.update(source() or {})
+    return headers

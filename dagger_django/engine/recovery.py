@@ -44,7 +44,7 @@ from django.db.models import Exists, OuterRef, Q
 from ..conf import dagger_settings
 from ..models import Delivery, DeliveryStatus, Node, NodeKind, NodeType, Status, StopHook, Timer, TimerStatus
 from ..models.status import ACTIVE
-from . import ports
+from . import logs, ports
 from .retry import resend_after
 
 logger = logging.getLogger("dagger_django.engine")
@@ -184,7 +184,14 @@ def nodes_recover(*, lease_seconds: float | None = None, limit: int | None = Non
         except (OperationalError, InterfaceError):
             raise
         except Exception:
-            logger.exception("recovering node %s of workflow %s failed", node_id, workflow_id)
+            key = logs.key_of(workflow_id)
+            logger.exception(
+                "recovering node %s of workflow %s (business key %r) failed",
+                node_id,
+                workflow_id,
+                key,
+                extra=logs.extra(workflow_id, key, str(node_id)),
+            )
     if recovered or hooks:
         logger.info("recovery: %d node(s) and %d stop hook(s) handed out again", recovered, hooks)
     return recovered + hooks

@@ -38,6 +38,7 @@ from ..models import (
     NodeKind,
     NodeType,
     OutboxMessage,
+    OutboxStatus,
     Status,
     Subscription,
     Timer,
@@ -47,7 +48,7 @@ from ..models import (
     WorkflowTemplate,
 )
 from ..models.history import history_fields, history_is_transition
-from ..models.status import ENDED_FOR_GOOD, TERMINAL
+from ..models.status import ACTIVE, ENDED_FOR_GOOD, TERMINAL
 
 
 # ==================================================================================================
@@ -868,3 +869,63 @@ __all__ = [
     "workflows_current_steps",
     "workflows_count",
 ]
+
+
+# ==================================================================================================
+# what the metrics endpoint reports (dagger_django/observability)
+# ==================================================================================================
+@dataclass(frozen=True)
+class Backlog:
+    """How much work waits, fleet-wide, read at scrape time. Each count stops at ``limit`` (a
+    count equal to it means "at least"): a scrape costs bounded work however big a backlog grows.
+    Ages are in seconds, 0 when nothing waits."""
+
+    workflows_running: int
+    workflows_stuck: int
+    listeners_waiting: int
+    timers_due: int
+    timers_late: int
+    timer_oldest_due_age: float
+    outbox_pending: int
+    outbox_oldest_pending_age: float
+    outbox_dead: int
+    inbox_dead_letters: int
+    limit: int
+
+
+def backlog_get(*, now: dt.datetime, stuck_after: float, late_after: float, limit: int) -> Backlog:
+    """The backlog gauges: ten queries, each served by an index and stopped at ``limit`` rows.
+
+    ``stuck_after``: seconds a workflow may stay EXECUTING (since it was submitted) before it
+    counts as stuck; ``late_after``: seconds past its due time after which a pending timer is late.
+    The indexes: workflows by ``(status, time_created)`` (a workflow submitted before the cut was
+    created before it too), active nodes (partial), pending timers by ``due_at`` (partial), pending
+    outbox rows by id (partial), dead outbox rows (partial), inbox rows by ``(status, received_at)``.
+    """
+    limit = max(1, int(limit))
+    stuck_cut = now - dt.timedelta(seconds=stuck_after)
+    late_cut = now - dt.timedelta(seconds=late_after)
+    running = Workflow.objects.filter(status=Status.EXECUTING)
+    pending_timers = Timer.objects.filter(status=TimerStatus.PENDING, due_at__lte=now)
+    pending_outbox = OutboxMessage.objects.filter(status=OutboxStatus.PENDING)
+    querysets: dict[str, QuerySet[Any]] = {
+        "workflows_running": running,
+        "workflows_stuck": running.filter(time_created__lt=stuck_cut, time_submitted__lt=stuck_cut),
+        "listeners_waiting": Node.objects.filter(status__in=ACTIVE, kind=NodeKind.LISTENER),
+        "timers_due": pending_timers,
+        "timers_late": pending_timers.filter(due_at__lt=late_cut),
+        "outbox_pending": pending_outbox,
+        "outbox_dead": OutboxMessage.objects.filter(status=OutboxStatus.DEAD),
+        "inbox_dead_letters": InboxMessage.objects.filter(status=InboxStatus.INVALID),
+    }
+    counts = {name: qs.values("pk")[:limit].count() for name, qs in querysets.items()}
+    oldest_due = pending_timers.order_by("due_at").values_list("due_at", flat=True).first()
+    oldest_pending = pending_outbox.order_by("id").values_list("created_at", flat=True).first()
+    return Backlog(
+        **counts,
+        timer_oldest_due_age=max(0.0, (now - oldest_due).total_seconds()) if oldest_due else 0.0,
+        outbox_oldest_pending_age=(
+            max(0.0, (now - oldest_pending).total_seconds()) if oldest_pending else 0.0
+        ),
+        limit=limit,
+    )

@@ -45,7 +45,7 @@ from ..models import (
 )
 from ..models.history import history_event
 from ..models.status import ENDED_FOR_GOOD, HOOK_KINDS
-from . import heartbeat, messages, outbox, parameters, ports, recovery, timing, walker
+from . import heartbeat, logs, messages, outbox, parameters, ports, recovery, timing, walker
 from .hooks import call_hook
 from .outbox import outbox_send  # noqa: F401 - Topic.send's entry point (engine/outbox.py)
 from .retry import RetryPolicy
@@ -456,7 +456,14 @@ def _apply_chain_in(
             return following
         expected = chain[position + 1][0]
         if following is None or following.node_id != expected.node_id:
-            logger.info("the chain of %s stopped at %s: the workflow moved on", chain[0][0].name, work.name)
+            logger.info(
+                "the chain of %s of workflow %s (business key %r) stopped at %s: the workflow moved on",
+                chain[0][0].name,
+                work.workflow_id,
+                state.workflow.business_key,
+                work.name,
+                extra=logs.extra(work.workflow_id, state.workflow.business_key, work.name),
+            )
             return None if following is None else _rebuild(state, following)
     return None
 
@@ -598,7 +605,15 @@ def _claim_each(
             result.retry_in = max(result.retry_in, step.error.retry_in)
             continue
         if step.error is not None:
-            logger.error("claiming node %s of workflow %s failed", node_id, workflow_id, exc_info=step.error)
+            key = row[0].business_key
+            logger.error(
+                "claiming node %s of workflow %s (business key %r) failed",
+                node_id,
+                workflow_id,
+                key,
+                exc_info=step.error,
+                extra=logs.extra(workflow_id, key, str(node_id)),
+            )
             continue
         states.append(state)
         if work is not None:
@@ -652,14 +667,24 @@ def _apply_batch_in(
                     following = _apply_chain_in(state, chain, lease=lease, claim_next=claim_next)
                 commit(state, deferred=not savepoints)
             if isinstance(step.error, messages.Stale):
-                logger.info("discarding the stale result of %s for message %s", work.name, work.delivery)
+                logger.info(
+                    "discarding the stale result of %s of workflow %s (business key %r) for message %s",
+                    work.name,
+                    work.workflow_id,
+                    logs.work_key(work),
+                    work.delivery,
+                    extra=logs.of_work(work),
+                )
                 continue
             if step.error is not None:
                 logger.error(
-                    "applying the result of %s attempt %s failed",
+                    "applying the result of %s of workflow %s (business key %r) attempt %s failed",
                     work.name,
+                    work.workflow_id,
+                    logs.work_key(work),
                     work.attempt,
                     exc_info=step.error,
+                    extra=logs.of_work(work),
                 )
                 continue
             states.append(state)
@@ -691,7 +716,13 @@ def _claim_in(state: WorkflowState, node_id: uuid.UUID, lease: str) -> Work | No
             None,
         )
         if node is None:
-            logger.debug("node %s not claimable (redelivered or already taken)", node_id)
+            logger.debug(
+                "node %s of workflow %s (business key %r) not claimable (redelivered or already taken)",
+                node_id,
+                state.workflow.id,
+                state.workflow.business_key,
+                extra=logs.extra(state.workflow.id, state.workflow.business_key, str(node_id)),
+            )
             return None
     if node.status == S.EXECUTING:
         _lease_check(state, node)
@@ -732,7 +763,15 @@ def _execute(work: Work) -> Outcome:
         else:
             value = call_hook(task.execute, work.params, work.view)
     except Exception as exc:
-        logger.warning("task %s (attempt %s) raised %r", work.name, work.attempt, exc)
+        logger.warning(
+            "task %s of workflow %s (business key %r) (attempt %s) raised %r",
+            work.name,
+            work.workflow_id,
+            logs.work_key(work),
+            work.attempt,
+            exc,
+            extra=logs.of_work(work),
+        )
         return Outcome(
             error=exc,
             error_text=f"{type(exc).__name__}: {exc}",
@@ -775,7 +814,14 @@ def _apply_in(
     node = state.get(work.node_id)
     if node is None or node.status != S.EXECUTING or node.lease != lease or node.attempts != work.attempt:
         # Stopped, skipped or taken over while the hook ran: its result is not wanted.
-        logger.info("discarding stale result of %s attempt %s", work.name, work.attempt)
+        logger.info(
+            "discarding stale result of %s of workflow %s (business key %r) attempt %s",
+            work.name,
+            work.workflow_id,
+            state.workflow.business_key,
+            work.attempt,
+            extra=logs.of_work(work),
+        )
         return None
     if outcome.error is not None:
         _fail_or_retry(state, node, outcome)
@@ -867,7 +913,13 @@ def stop_hooks_run(*, workflow_id: Any, node_ids: list[Any]) -> int:
             call_hook(task.stop, view.runtime_parameters, view)
             called += 1
         except Exception as exc:  # noqa: BLE001 - recorded on the node and in its history
-            logger.exception("stop hook of %s failed", node.name)
+            logger.exception(
+                "stop hook of %s of workflow %s (business key %r) failed",
+                node.name,
+                wf.id,
+                wf.business_key,
+                extra=logs.extra(wf.id, wf.business_key, node.name),
+            )
             # Storable whatever the exception said: a refused write would leave the hook owed.
             error = messages.clean_text(f"{type(exc).__name__}: {exc}", 4000)
         _stop_hook_done(node, error=error)

@@ -29,7 +29,7 @@ from django.db.models import Count
 from ..conf import dagger_settings
 from ..models import Timer, TimerStatus, Workflow
 from ..models.status import TIMER_TRANSITIONS, sole_source, transition
-from . import ports, recovery, timing
+from . import logs, ports, recovery, timing
 from .state import WorkflowState
 from .txn import StepRaised, batch_step, commit, lock, lock_many
 
@@ -187,10 +187,16 @@ def _timers_fire_batch(*, limit: int, exclude: list[int], savepoints: bool) -> t
                     marked=marked,
                 )
             if step.error is not None:
+                key = row[0].business_key
                 logger.error(
-                    "timer %s failed to fire; it stays pending for the next sweep",
+                    "timer %s of node %s of workflow %s (business key %r) failed to fire; "
+                    "it stays pending for the next sweep",
                     due.id,
+                    due.node_id,
+                    due.workflow_id,
+                    key,
                     exc_info=step.error,
+                    extra=logs.extra(due.workflow_id, key, None if due.node_id is None else str(due.node_id)),
                 )
                 failed.append(due.id)
                 if marked:  # the claim's mark is outside the savepoint: take it back

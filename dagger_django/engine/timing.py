@@ -26,7 +26,7 @@ from ..definitions.tasks import resolve_hook_result
 from ..exceptions import InvalidTaskResult, InvalidTriggerTimeForTask, TaskInvalidState
 from ..models import Node, NodeKind, NodeType, Status, Timer, TimerPurpose
 from ..models.status import QUIET_FOR_MONITOR, TERMINAL
-from . import ports
+from . import logs, ports
 from .hooks import call_hook
 from .state import WorkflowState
 
@@ -153,7 +153,15 @@ def _start_monitor(state: WorkflowState, process: Node, monitor_class: str) -> N
     when = parse_epoch(raw)
     if when is None:
         error = f"runtime parameter {COMPLETE_BY_KEY!r} = {raw!r} is not epoch seconds; no monitor started"
-        logger.warning("%s: %s", process.name, error)
+        wf = state.workflow
+        logger.warning(
+            "%s of workflow %s (business key %r): %s",
+            process.name,
+            wf.id,
+            wf.business_key,
+            error,
+            extra=logs.extra(wf.id, wf.business_key, process.name),
+        )
         state.record(reason="monitor_not_started", detail={"error": error}, node=process)
         return
     monitor = Node(

@@ -41,7 +41,7 @@ from ..definitions.enums import TaskStatus
 from ..definitions.views import build_task, build_workflow_view
 from ..exceptions import TaskClassNotFound, WorkflowDoesNotExist
 from ..models import Node, NodeKind, Status, StopHook, Workflow
-from . import correlation, messages, outbox, parameters, ports, recovery, timing, walker
+from . import correlation, logs, messages, outbox, parameters, ports, recovery, timing, walker
 from .hooks import call_hook
 from .state import WorkflowState, flush_many, load_locked, load_locked_many
 
@@ -184,13 +184,25 @@ def _after_commit(state: WorkflowState) -> None:
     A dispatch that fails (the broker is down: the dispatcher has already retried briefly) is
     logged and recorded as owed on its nodes (:func:`recovery.dispatch_owed`); the next recovery
     sweep sends it. The first failure ends this commit's sends, so a request waits for at most one
-    failed publish. Signals and callbacks are announced whatever happened to the sends.
+    failed publish. Signals and callbacks are announced whatever happened to the sends. Last, the
+    commit observers (:func:`ports.observers`: metrics, traces) see the transition; they count
+    only what was committed, since a rolled-back transaction runs no ``on_commit`` callback.
     """
     try:
         _dispatch_after_commit(state)
     except Exception:  # noqa: BLE001 - the transition is committed; recovery covers the rest
-        logger.exception("after-commit dispatch of workflow %s failed", state.workflow.id)
+        logger.exception(
+            "after-commit dispatch of workflow %s (business key %r) failed",
+            state.workflow.id,
+            state.workflow.business_key,
+            extra=logs.extra(state.workflow.id, state.workflow.business_key),
+        )
     _announce(state)
+    for observer in ports.observers():
+        try:
+            observer(state)
+        except Exception:  # noqa: BLE001 - metrics and traces never fail what was committed
+            logger.exception("commit observer %r failed for workflow %s", observer, state.workflow.id)
 
 
 def _dispatch_after_commit(state: WorkflowState) -> None:
@@ -208,13 +220,15 @@ def _dispatch_after_commit(state: WorkflowState) -> None:
             hooks = []
     except Exception as exc:  # noqa: BLE001 - owed, not lost
         logger.error(
-            "could not dispatch %d node(s) and %d stop hook(s) of workflow %s (%s: %s); "
+            "could not dispatch %d node(s) and %d stop hook(s) of workflow %s (business key %r) (%s: %s); "
             "the next recovery sweep sends them",
             len(pending),
             len(hooks),
             wf.id,
+            wf.business_key,
             type(exc).__name__,
             exc,
+            extra=logs.extra(wf.id, wf.business_key),
         )
         recovery.dispatch_owed(node_ids=[*pending, *hooks])
         return  # the broker is down: the timers below are the sweep's (the table is the truth)
@@ -223,7 +237,13 @@ def _dispatch_after_commit(state: WorkflowState) -> None:
             if timer.pk is not None:
                 dispatcher.fire_timer(timer_id=timer.pk, eta=timer.due_at)
     except Exception as exc:  # noqa: BLE001 - a countdown is precision only
-        logger.warning("could not send a timer countdown of workflow %s (%r); the sweep fires it", wf.id, exc)
+        logger.warning(
+            "could not send a timer countdown of workflow %s (business key %r) (%r); the sweep fires it",
+            wf.id,
+            wf.business_key,
+            exc,
+            extra=logs.extra(wf.id, wf.business_key),
+        )
 
 
 def _announce(state: WorkflowState) -> None:
@@ -334,7 +354,18 @@ def claim_node(state: WorkflowState, node: Node, lease: str, *, build: bool = Tr
         state.set_status(node, S.EXECUTING, reason="claimed")
     _refresh_task(task, node)
     if not build:
-        return Work(state.workflow.id, node.id, node.name, node.kind, node.attempts, task, None, {}, "")
+        return Work(
+            state.workflow.id,
+            node.id,
+            node.name,
+            node.kind,
+            node.attempts,
+            task,
+            None,
+            {},
+            "",
+            workflow=state.workflow,
+        )
     return work_build(state, node, task, attempt=node.attempts)
 
 

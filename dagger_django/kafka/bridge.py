@@ -34,6 +34,7 @@ from django.utils.module_loading import import_string
 from ..conf import dagger_settings
 from ..engine import correlation, messages
 from ..models.status import InboxStatus
+from ..observability import metrics, tracing
 from .codec import from_kafka, undecodable
 from .config import client_config
 from .identity import TopicIdentity
@@ -97,6 +98,17 @@ class BridgeStats:
             f"{self.routed} routed, {self.duplicates} duplicates, {self.unmatched} unmatched, "
             f"{self.invalid} invalid; {self.db_retries} database retries"
         )
+
+
+def _lags(batch: list[Any], now: float) -> list[float]:
+    """Seconds from each message's Kafka timestamp (when it has one) to ``now``."""
+    lags = []
+    for message in batch:
+        timestamp = getattr(message, "timestamp", None)  # a consumer's wrapper may not give it
+        kind, millis = timestamp() if timestamp is not None else (0, 0)
+        if kind and millis > 0:  # 0: TIMESTAMP_NOT_AVAILABLE
+            lags.append(now - millis / 1000.0)
+    return lags
 
 
 class Bridge:
@@ -231,10 +243,20 @@ class Bridge:
             # its offsets start again: learn its incarnation before deduplicating by offset.
             self._refresh_incarnations()
         incoming = [self._decode(m) for m in batch]
-        results = self._route(incoming)
+        # The batch's span continues the trace its messages carry (a traceparent header): one
+        # trace becomes its parent, several become links. Listeners it wakes continue it.
+        with tracing.span(
+            "dagger.bridge.route",
+            attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(batch)},
+            carriers=[m.headers for m in incoming] if tracing.enabled() else [],
+        ):
+            results = self._route(incoming)
         if results is None:
             return  # stopped during a database outage: not committed, read again later
         self.stats.count(results)
+        counted = metrics.get()
+        if counted is not None:
+            counted.bridge_batch([str(r.status) for r in results], _lags(batch, time.time()))
         self._commit(consumer, batch)
         self.stats.last_at = time.monotonic()
 

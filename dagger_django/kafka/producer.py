@@ -27,6 +27,7 @@ from typing import Any
 from ..conf import dagger_settings
 from ..engine.outbox import MESSAGE_ID_HEADER, BrokerUnavailable, decode_headers, outbox_relay
 from ..models import OutboxMessage
+from ..observability import tracing
 from .config import client_config
 
 logger = logging.getLogger("dagger_django.kafka.producer")
@@ -244,9 +245,22 @@ def publish(
     A fatal error (from ``produce``, a report, or raised by ``poll``/``flush``, as confluent-kafka
     does) stops the produces and is returned in ``fatal``.
     """
-    from confluent_kafka import KafkaException
-
     out = Published()
+    workflows = {str(row.workflow_id) for row in rows if row.workflow_id is not None}
+    attributes: dict[str, Any] = {"messaging.system": "kafka", "messaging.batch.message_count": len(rows)}
+    if len(workflows) == 1:
+        attributes[tracing.WORKFLOW_ID] = workflows.pop()
+    # The span's context goes in each message's traceparent header (unless the row carries one).
+    with tracing.span("dagger.outbox.publish", attributes=attributes):
+        _produce(producer, rows, out, timeout=timeout, purge_late=purge_late)
+    return out
+
+
+def _produce(
+    producer: Any, rows: list[OutboxMessage], out: Published, *, timeout: float, purge_late: bool
+) -> None:
+    """The body of :func:`publish`: produce ``rows``, wait, purge; the outcome goes in ``out``."""
+    from confluent_kafka import KafkaException
 
     def serve(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``poll``/``flush``/``purge``: a fatal error they raise is recorded, not propagated."""
@@ -270,6 +284,7 @@ def publish(
         if out.fatal is not None:
             break  # this producer takes nothing more; the rest waits for its replacement
         headers = [*decode_headers(row.headers), (MESSAGE_ID_HEADER, str(row.message_id).encode("ascii"))]
+        headers += tracing.kafka_headers(headers)
         kwargs = {
             "key": None if row.key is None else bytes(row.key),
             "value": None if row.value is None else bytes(row.value),
@@ -306,7 +321,6 @@ def publish(
                 else f"not acknowledged within {timeout:g}s"
             )
             out.outage.add(row.pk)
-    return out
 
 
 def broker_reachable(producer: Any, timeout: float = PROBE_TIMEOUT) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from ..conftest import ROOT
+from ..tracing import TRACE_FILE_VARIABLE
 from . import workflows as w
 
 BRIDGE_STOP_TIMEOUT = 20.0
@@ -32,6 +33,8 @@ class BridgeProcess:
     proc: subprocess.Popen[bytes]
     log_path: Path
     group: str
+    #: Where the bridge writes its finished spans (tests/tracing.py).
+    trace_file: Path | None = None
 
     def log(self) -> str:
         try:
@@ -80,6 +83,7 @@ def start_bridge(
 
     group = group or f"test-bridge-{uuid.uuid4().hex[:8]}"
     log_path = log_dir / f"bridge-{group}-{uuid.uuid4().hex[:4]}.log"
+    trace_file = log_path.with_suffix(".spans.jsonl")
     environment = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE,
@@ -88,6 +92,13 @@ def start_bridge(
         "CELERY_QUEUE": worker.queue,
         "PYTHONUNBUFFERED": "1",
         "LOG_LEVEL": "INFO",
+        TRACE_FILE_VARIABLE: str(trace_file),
+        # One host: the bridge counts into the worker's directory (docs/observability.md).
+        **(
+            {"PROMETHEUS_MULTIPROC_DIR": str(worker.metrics_dir)}
+            if getattr(worker, "metrics_dir", None)
+            else {}
+        ),
         **broker.env,
         **(env or {}),
     }
@@ -109,7 +120,7 @@ def start_bridge(
         proc = subprocess.Popen(
             argv, cwd=ROOT, env=environment, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
         )
-    return BridgeProcess(proc=proc, log_path=log_path, group=group)
+    return BridgeProcess(proc=proc, log_path=log_path, group=group, trace_file=trace_file)
 
 
 @pytest.fixture(autouse=True)

@@ -186,3 +186,9 @@ HOSTILE_UNKNOWN_TOPIC = "hostile_nobody"
 @Dagger.register_template("KafkaHostile")
 def hostile(name: str) -> Any:
     return workflow(name, process("main", listener(ReadyByDefault, "main", HOSTILE_TOPIC)))
+
+
+# A bridge started by the tests exports its spans to the file the tests read (tests/tracing.py).
+from tests.tracing import export_to_file  # noqa: E402
+
+export_to_file()
