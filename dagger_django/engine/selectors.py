@@ -396,13 +396,56 @@ def workflow_nodes(*, workflow_id: Any) -> list[NodeInfo]:
     if pk is None:
         return []
     rows = Node.objects.filter(workflow_id=pk).order_by("position", "time_created").values_list(*_NODE_FIELDS)
-    nodes = []
-    for row in rows:
-        values = dict(zip(_NODE_FIELDS, row, strict=True))
-        values["next_ids"] = [uuid.UUID(str(i)) for i in values["next_ids"] or ()]
-        values["child_ids"] = [uuid.UUID(str(i)) for i in values["child_ids"] or ()]
-        nodes.append(NodeInfo(**values))
-    return nodes
+    return [_node_info(row) for row in rows]
+
+
+def _node_info(row: tuple[Any, ...]) -> NodeInfo:
+    """A :class:`NodeInfo` of a row of :data:`_NODE_FIELDS`."""
+    values = dict(zip(_NODE_FIELDS, row, strict=True))
+    values["next_ids"] = [uuid.UUID(str(i)) for i in values["next_ids"] or ()]
+    values["child_ids"] = [uuid.UUID(str(i)) for i in values["child_ids"] or ()]
+    return NodeInfo(**values)
+
+
+@dataclass(frozen=True)
+class WorkflowDocument:
+    """A workflow with every node (``detail.tasks``) and what each node's template set for it
+    (``settings``, by node id): its topic, correlatable key, trigger times, operator. The
+    engine's own bookkeeping in a node's settings (keys starting with ``_``) is left out."""
+
+    detail: WorkflowDetail
+    settings: dict[uuid.UUID, dict[str, Any]]
+
+
+def workflow_documents_get(*, workflow_ids: list[Any]) -> list[WorkflowDocument]:
+    """The :class:`WorkflowDocument` of each of ``workflow_ids``, in that order; an unknown id
+    (or one that is not a UUID) is left out. Two queries, however many workflows: for a page of
+    workflows shown whole (the original's ``/tasks/instances``)."""
+    ids = [pk for pk in map(_uuid, workflow_ids) if pk is not None]
+    if not ids:
+        return []
+    rows = {
+        row["id"]: row
+        for row in Workflow.objects.filter(pk__in=ids).values(*_DETAIL_FIELDS, version=F("template__version"))
+    }
+    if not rows:
+        return []
+    tasks: dict[uuid.UUID, list[NodeInfo]] = {pk: [] for pk in rows}
+    settings: dict[uuid.UUID, dict[uuid.UUID, dict[str, Any]]] = {pk: {} for pk in rows}
+    nodes = (
+        Node.objects.filter(workflow_id__in=list(rows))
+        .order_by("workflow_id", "position", "time_created")
+        .values_list("workflow_id", "config", *_NODE_FIELDS)
+    )
+    for workflow_id, config, *row in nodes:
+        node = _node_info(tuple(row))
+        tasks[workflow_id].append(node)
+        settings[workflow_id][node.id] = {k: v for k, v in (config or {}).items() if not k.startswith("_")}
+    return [
+        WorkflowDocument(detail=WorkflowDetail(**rows[pk], tasks=tasks[pk]), settings=settings[pk])
+        for pk in dict.fromkeys(ids)
+        if pk in rows
+    ]
 
 
 def workflow_events(*, workflow_id: Any) -> list[Event]:
@@ -480,6 +523,7 @@ __all__ = [
     "Event",
     "NodeInfo",
     "WorkflowDetail",
+    "WorkflowDocument",
     "history_transitions_count",
     "inbox_search",
     "outbox_search",
@@ -488,6 +532,7 @@ __all__ = [
     "template_versions_get",
     "workflow_detail_get",
     "workflow_detail_of",
+    "workflow_documents_get",
     "workflow_events",
     "workflow_ended_for_good",
     "workflow_filter",
