@@ -21,9 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import F, OuterRef, Q, QuerySet, Subquery
-from django.db.models.functions import Coalesce
-from django.db.models.lookups import LessThan
+from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from ..conf import dagger_settings
@@ -194,7 +192,12 @@ def workflow_list(
     Loads neither runtime parameters nor template graphs: one query per page (with the template
     version joined), served by the status, template, creation time and business key indexes.
     """
-    workflows = Workflow.objects.only(*_LIST_FIELDS).annotate(version=F("template__version"))
+    # A subquery rather than a join: a count of the list (``.values("pk")``) then reads the
+    # status or creation index alone, where the join made it read every counted row.
+    template_version = WorkflowTemplate.objects.filter(pk=OuterRef("template_id")).order_by()
+    workflows = Workflow.objects.only(*_LIST_FIELDS).annotate(
+        version=Subquery(template_version.values("version")[:1])
+    )
     return workflow_filter(
         workflows=workflows,
         status=status,
@@ -232,10 +235,10 @@ def workflow_filter(
       table; with ``template``, one version of one template).
     - ``created_after`` / ``created_before``: ``time_created >=`` / ``<`` (the creation index).
     - ``stuck_for`` (seconds): ``EXECUTING`` workflows in which nothing happened for at least that
-      long: neither the row (``updated_at``) nor its history (the newest record's time, one
-      backward step of the history's ``(workflow, id)`` index per candidate) changed since
-      ``now - stuck_for``. The candidates come from the ``(status, time_created)`` index, so the
-      cost grows with the number of executing workflows, not with the table. A task that runs
+      long: neither the row (``updated_at``) changed nor a history record was written since
+      ``now - stuck_for``. The candidates come from the ``(status, time_created)`` index and the
+      recent records from the history's ``created_at`` index, so the cost grows with the number
+      of executing workflows and of recent transitions, not with the table. A task that runs
       (and heartbeats) for longer than ``stuck_for`` without a transition counts as stuck.
     """
     if status:
@@ -257,13 +260,12 @@ def workflow_filter(
         workflows = workflows.filter(time_created__lt=created_before)
     if stuck_for is not None:
         cutoff = (now or timezone.now()) - dt.timedelta(seconds=stuck_for)
-        last_change = Subquery(
-            HistoryRecord.objects.filter(workflow_id=OuterRef("pk")).order_by("-id").values("created_at")[:1]
-        )
-        # The row's own time stands in for a history that has no record (one subplan, not two).
-        workflows = workflows.filter(status=Status.EXECUTING, updated_at__lt=cutoff).filter(
-            LessThan(Coalesce(last_change, F("updated_at")), cutoff)
-        )
+        # "No history record since the cutoff" rather than "the newest record is older": the
+        # records since the cutoff are read once from the history's creation-time index (a
+        # hash anti-join), where the newest record of every candidate was one index probe each
+        # (10,000 probes, 260 ms, to count a page's worth at a million workflows).
+        recent = HistoryRecord.objects.filter(workflow_id=OuterRef("pk"), created_at__gte=cutoff)
+        workflows = workflows.filter(status=Status.EXECUTING, updated_at__lt=cutoff).filter(~Exists(recent))
     return workflows
 
 
@@ -294,7 +296,7 @@ def workflows_count(*, workflows: QuerySet[Workflow], at_least: int = 0) -> tupl
     if cap <= 0:
         return workflows.count(), True
     window = max(cap, at_least) + 1
-    counted = workflows.order_by()[:window].count()
+    counted = workflows.order_by().values("pk")[:window].count()
     return counted, counted < window
 
 

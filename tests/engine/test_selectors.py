@@ -128,3 +128,18 @@ def test_workflows_count_stops_at_the_cap_unless_the_page_asked_goes_further(
     assert selectors.workflows_count(workflows=workflows, at_least=10) == (4, True)
     settings.DAGGER = {**settings.DAGGER, "LIST_COUNT_LIMIT": 0}
     assert selectors.workflows_count(workflows=workflows) == (4, True)
+
+
+def test_workflows_count_of_the_list_reads_the_workflow_table_alone(
+    dispatcher: Any, django_assert_num_queries: Any
+) -> None:
+    """The list's template version is a subquery of its page, so a count (``values("pk")``)
+    needs no join and is served by the status or creation index alone."""
+    tmpl = b.linear("SelectCountJoin", (t.Record, "a"))
+    wf = tmpl.create_instance(partition_key_lookup="order_id", order_id="j-1")
+    with django_assert_num_queries(1) as counted:
+        assert selectors.workflows_count(workflows=selectors.workflow_list(status=S.NOT_STARTED)) == (1, True)
+    assert "workflowtemplate" not in counted.captured_queries[0]["sql"]
+    assert [w.version for w in selectors.workflow_list(key="j-1")] == [1]
+    assert [w.id for w in selectors.workflow_list(version=1, template="SelectCountJoin")] == [wf.id]
+    assert list(selectors.workflow_list(version=2, template="SelectCountJoin")) == []
