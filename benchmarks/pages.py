@@ -485,6 +485,8 @@ def _print(report: dict[str, Any]) -> None:
         print(
             f"  seeded in {s['seconds']} s ({s['workflows_per_s']} workflows/s), analyze {s['analyze_s']} s"
         )
+    if "load_average_1m" in report:
+        print(f"  load average (1 min) after the measurements: {report['load_average_1m']}")
     print(f"  {'page':<40}{'median ms':>10}{'p95 ms':>10}{'queries':>9}{'slowest SQL ms':>16}")
     for label, row in report["pages"].items():
         print(
@@ -539,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     report.update(run(args.workflows, requests=args.requests, reuse=args.reuse, chunk=args.chunk))
+    # The machine is shared: say how busy it was (1-minute load average) when the pages were timed.
+    report["load_average_1m"] = round(os.getloadavg()[0], 2)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2, default=str))
     _print(report)

@@ -11,7 +11,8 @@ the API's authentication and read permission (``dagger_django.view_workflow``; `
 is open, as the API's ``health/`` is). Differences, all documented in docs/porting.md:
 ``tasks/instances`` is paginated (``limit``, default 50, at most 500; ``offset``; the next and
 previous pages in a ``Link`` header; the API list's filters), errors use the API's JSON error
-shape, and ``service/ready`` answers 503 when the database does not.
+shape, ``service/ready`` answers 503 when the database does not, and none of them is in the
+API's OpenAPI schema (which describes ``/api/dagger/``).
 
 The project mounts :mod:`dagger_django.api.compat_urls` at its root (``path("",
 include("dagger_django.api.compat_urls"))``), so that the original's paths stay as they were.
@@ -24,7 +25,6 @@ import uuid
 from typing import Any
 
 from django.db import DatabaseError, connection
-from drf_spectacular.utils import OpenApiParameter, OpenApiTypes, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.request import Request
@@ -147,9 +147,6 @@ def workflow_document(document: selectors.WorkflowDocument) -> dict[str, Any]:
 # ==================================================================================================
 # views
 # ==================================================================================================
-_DOCUMENT = {"type": "object", "additionalProperties": True}
-
-
 class ServiceReadyView(DaggerAPIView):
     """The original's `GET /service/ready`: `{"is_ready": true}` when this process can serve
     (its database answers), else 503 with `{"is_ready": false}`. Open, like `health/`, which
@@ -161,13 +158,7 @@ class ServiceReadyView(DaggerAPIView):
     def get_permissions(self) -> list[BasePermission]:
         return [AllowAny()]
 
-    @describe(
-        responses={
-            200: inline_serializer("Ready", {"is_ready": serializers.BooleanField()}),
-            503: inline_serializer("NotReady", {"is_ready": serializers.BooleanField()}),
-        },
-        auth=[],
-    )
+    @describe(exclude=True)
     def get(self, request: Request) -> Response:
         try:
             with connection.cursor() as cursor:
@@ -188,7 +179,7 @@ class TaskInstanceView(DaggerAPIView):
 
     dagger_permission_classes = (CanViewWorkflows,)
 
-    @describe(responses={200: _DOCUMENT})
+    @describe(exclude=True)
     def get(self, request: Request, dag_id: str) -> Response:
         found = selectors.workflow_documents_get(workflow_ids=[dag_id])
         if not found:
@@ -204,14 +195,7 @@ class TaskInstancesView(DaggerAPIView):
 
     dagger_permission_classes = (CanViewWorkflows,)
 
-    @describe(
-        parameters=[
-            WorkflowFilterSerializer,
-            OpenApiParameter("limit", OpenApiTypes.INT, description="Workflows per page (at most 500)."),
-            OpenApiParameter("offset", OpenApiTypes.INT, description="Workflows to skip."),
-        ],
-        responses={200: {"type": "array", "items": _DOCUMENT}},
-    )
+    @describe(exclude=True)
     def get(self, request: Request) -> Response:
         limit = _bounded(request, "limit", DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
         offset = _bounded(request, "offset", 0, low=0, high=2**31 - 1)
