@@ -23,7 +23,8 @@ Command (PostgreSQL on this machine; no Celery worker and no Kafka broker are ne
    queries of one request, the slowest query seen (and its ``EXPLAIN ANALYZE`` when it took
    more than 50 ms). Pages: the admin workflow list (default, by status, by template, the
    stuck filter, searched by id and by business key), the admin workflow page, the API list
-   (default, ``?status=``, ``?stuck_for=``), the API detail and history.
+   (default, ``?status=``, ``?stuck_for=``), the API detail and history, and the original's
+   ``/tasks/instances`` and ``/tasks/instance/{id}`` (``dagger_django.api.compat``).
 
 Prints a table and writes ``benchmarks/results/pages.json``.
 """
@@ -459,6 +460,9 @@ def measure(n: int, *, requests: int = 20, seed: int = 11) -> dict[str, dict[str
         "API list, stuck_for=3600": [f"{api}?stuck_for=3600"] * requests,
         "API detail": [f"{api}{pk}/" for pk in ids],
         "API history": [f"{api}{pk}/history/" for pk in ids],
+        # The original's endpoints (dagger_django.api.compat): a page of 50 whole workflows.
+        "/tasks/instances": ["/tasks/instances"] * requests,
+        "/tasks/instance/{id}": [f"/tasks/instance/{pk}" for pk in ids],
     }
     return {label: time_page(client, urls) for label, urls in pages.items()}
 
