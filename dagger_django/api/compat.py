@@ -42,7 +42,7 @@ from .views import DaggerAPIView
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 
-#: The original's task type of each node type (the workflow itself is ``ROOT``).
+#: The original's task type of the workflow itself (its nodes keep their node type: SUB_DAG, LEAF, ...).
 ROOT = "ROOT"
 
 
