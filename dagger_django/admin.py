@@ -17,13 +17,15 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
-from django.contrib.admin.views.main import ChangeList
+from django.contrib.admin.views.main import PAGE_VAR, ChangeList
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
@@ -173,6 +175,27 @@ class WorkflowChangeList(ChangeList):
             wf._dagger_current_steps = steps.get(wf.pk, [])
 
 
+class WorkflowPaginator(Paginator):
+    """Pages whose count stops at ``LIST_COUNT_LIMIT`` rows, or at the end of the page asked for
+    (``at_least``) if that is further, like the API list's (``selectors.workflows_count``).
+
+    Django's admin counts the filtered workflows on every request: a full ``COUNT(*)``, which
+    grows with the table (and with the stuck filter, runs its history subquery for every
+    executing workflow). At the cap the count is a lower bound (``count_exact`` false): the page
+    links reach one page past it, and the next page moves the cap on.
+    """
+
+    at_least = 0
+    count_exact = True
+
+    @cached_property
+    def count(self) -> int:
+        counted, self.count_exact = selectors.workflows_count(
+            workflows=self.object_list, at_least=self.at_least
+        )
+        return counted
+
+
 @admin.register(Workflow)
 class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
     list_display = [
@@ -248,6 +271,19 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return WorkflowChangeList
+
+    def get_paginator(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Workflow],
+        per_page: int,
+        orphans: int = 0,
+        allow_empty_first_page: bool = True,
+    ) -> Paginator:
+        paginator = WorkflowPaginator(queryset, per_page, orphans, allow_empty_first_page)
+        page = request.GET.get(PAGE_VAR, "1")
+        paginator.at_least = per_page * int(page) if page.isdigit() else 0
+        return paginator
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Workflow) -> str:

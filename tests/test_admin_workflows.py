@@ -145,6 +145,35 @@ def test_list_page_reads_in_a_constant_number_of_queries(
     assert sum("COUNT(*)" in q["sql"] for q in many.captured_queries) <= 1
 
 
+def test_list_counts_at_most_the_count_limit_and_pages_on_past_it(
+    staff: Client, dispatcher: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagger_django.admin import WorkflowAdmin
+
+    settings.DAGGER = {**getattr(settings, "DAGGER", {}), "LIST_COUNT_LIMIT": 2}
+    monkeypatch.setattr(WorkflowAdmin, "list_per_page", 2)
+    tmpl = waiting("AdminCountLimit")
+    ids = [str(tmpl.create_instance(submit_task=True).id) for _ in range(5)]
+    newest_first = [
+        str(pk) for pk in Workflow.objects.order_by("-time_created", "-id").values_list("id", flat=True)
+    ]
+    assert sorted(newest_first) == sorted(ids)
+
+    first = staff.get(LIST).content.decode()
+    # Three rows read, not five: a lower bound, and a link to the page past it.
+    assert "more than 2 workflows" in first
+    assert [pk for pk in newest_first if pk in first] == newest_first[:2]
+    assert '?p=2"' in first
+    second = staff.get(LIST, {"p": "2"}).content.decode()
+    assert "more than 4 workflows" in second and '?p=3"' in second
+    assert [pk for pk in newest_first if pk in second] == newest_first[2:4]
+    third = staff.get(LIST, {"p": "3"}).content.decode()
+    assert "5 workflows" in third and "more than" not in third  # the end: counted exactly
+    assert [pk for pk in newest_first if pk in third] == newest_first[4:]
+    filtered = staff.get(LIST, {"status__exact": S.STOPPED}).content.decode()
+    assert "0 workflows" in filtered
+
+
 # -- the workflow page: stop and retry buttons, the timeline, delete and save -----------------------
 def page(wf_id: Any, operation: str = "change") -> str:
     return f"{LIST}{wf_id}/{operation}/"

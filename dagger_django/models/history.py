@@ -36,7 +36,13 @@ class HistoryRecord(models.Model):
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["workflow", "id"], name="dagger_history_workflow_id")]
+        indexes = [
+            models.Index(fields=["workflow", "id"], name="dagger_history_workflow_id"),
+            # What happened since a time: the stuck filter's "no record since the cutoff"
+            # (engine.selectors.workflow_filter) reads the recent records here, not the
+            # newest record of every executing workflow.
+            models.Index(fields=["created_at"], name="dagger_history_created"),
+        ]
 
     def __str__(self) -> str:
         return f"{len(self.events)} event(s) of workflow {self.workflow_id} at {self.created_at:%Y-%m-%d %H:%M:%S}"

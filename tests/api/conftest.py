@@ -8,7 +8,9 @@ from collections.abc import Iterator
 import pytest
 from django.core.cache import cache
 
+from dagger_django.adapters.memory import InMemoryDispatcher
 from dagger_django.api.views import health_checks
+from dagger_django.engine import ports
 
 
 @pytest.fixture(autouse=True)
@@ -18,3 +20,14 @@ def fresh_throttles_and_health() -> Iterator[None]:
     yield
     cache.clear()
     health_checks.clear()
+
+
+@pytest.fixture
+def dispatcher() -> Iterator[InMemoryDispatcher]:
+    """The engine's work run in this process (``dispatcher.drain()``), no Celery."""
+    fake = InMemoryDispatcher()
+    previous = ports.set_dispatcher(fake)
+    try:
+        yield fake
+    finally:
+        ports.set_dispatcher(previous)

@@ -200,3 +200,18 @@ def test_a_template_is_drawn_with_the_shape_of_its_workflows(engine: Any) -> Non
     drawn = graph_of(selectors.template_nodes(graph=template.graph, created_at=template.created_at))
     assert shape(drawn) == shape(graph_of(selectors.workflow_nodes(workflow_id=wf.id)))
     assert {item.node.status for item in drawn} == {""}
+
+
+def test_workflows_count_of_the_list_reads_the_workflow_table_alone(
+    dispatcher: Any, django_assert_num_queries: Any
+) -> None:
+    """The list's template version is a subquery of its page, so a count (``values("pk")``)
+    needs no join and is served by the status or creation index alone."""
+    tmpl = b.linear("SelectCountJoin", (t.Record, "a"))
+    wf = tmpl.create_instance(partition_key_lookup="order_id", order_id="j-1")
+    with django_assert_num_queries(1) as counted:
+        assert selectors.workflows_count(workflows=selectors.workflow_list(status=S.NOT_STARTED)) == (1, True)
+    assert "workflowtemplate" not in counted.captured_queries[0]["sql"]
+    assert [w.version for w in selectors.workflow_list(key="j-1")] == [1]
+    assert [w.id for w in selectors.workflow_list(version=1, template="SelectCountJoin")] == [wf.id]
+    assert list(selectors.workflow_list(version=2, template="SelectCountJoin")) == []
