@@ -594,7 +594,7 @@ def message_replay(*, inbox_id: int, actor: str | None = None, reason: str | Non
     if plan.status == InboxStatus.ROUTED:
         _match_safely([plan])
     now = ports.now()
-    operator = {"actor": actor or "", "reason": (reason or "").strip()[:1000]}
+    operator = {"actor": clean_text(actor or "", 150), "reason": clean_text((reason or "").strip(), 1000)}
     with transaction.atomic():
         fields = {"reason": plan.reason, "detail": _text(plan.detail, 4000) or ""}
         if plan.status != InboxStatus.INVALID:

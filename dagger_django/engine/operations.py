@@ -45,8 +45,12 @@ TIMER_FIRED_BY_OPERATOR = "timer_fired_by_operator"
 
 
 def operator_detail(actor: str | None, reason: str | None) -> dict[str, Any] | None:
-    """What the history keeps of an operator's action: who (``actor``) and why (``reason``)."""
-    detail = {"actor": actor or "", "reason": (reason or "").strip()}
+    """What the history keeps of an operator's action: who (``actor``) and why (``reason``, at
+    most 1,000 characters), as text any column takes (no NUL, no lone surrogate)."""
+    detail = {
+        "actor": messages.clean_text(actor or "", 150),
+        "reason": messages.clean_text((reason or "").strip(), 1000),
+    }
     return {name: value for name, value in detail.items() if value} or None
 
 
