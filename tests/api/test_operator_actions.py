@@ -182,7 +182,9 @@ def test_dead_letters_are_listed_to_readers_and_replayed_by_operators(
     django_user_model: Any, waiting: Workflow, settle: Any, django_capture_on_commit_callbacks: Any, role: str
 ) -> None:
     broken = messages.Incoming(topic="orders", raw=b"{not json", source="kafka", partition=0, offset=7)
-    routed = messages.messages_route([messages.dead_letter(broken, "not_json", "Expecting a property name")])[0]
+    routed = messages.messages_route([messages.dead_letter(broken, "not_json", "Expecting a property name")])[
+        0
+    ]
     dead = InboxMessage.objects.get(pk=routed.inbox_id)
     assert dead.status == InboxStatus.INVALID
     unmatched = messages.message_receive(topic="orders", payload={"order_id": "nobody-waits"})
