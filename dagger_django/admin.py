@@ -1,5 +1,7 @@
-"""A read-mostly admin: workflows with their nodes and history, stop and retry as actions and as
-buttons of a workflow's page (confirmed, recorded in its history with the user and a reason);
+"""A read-mostly admin: workflows with their nodes and history; stop, retry and resume as actions
+and as buttons of a workflow's page, with skip and complete on its waiting or failed tasks, an
+edit of its runtime parameters and firing a timer now (``engine/operations.py``), each confirmed
+and recorded in its history with the user and a reason; timers with "fire now" as an action;
 the message inbox (dead letters, unmatched and expired messages) with replay as an action; the
 outbox (pending, sent and dead messages to Kafka) with requeue as an action. Every action needs
 ``dagger_django.operate_workflow`` (``OperateActionsMixin``), not only the model's view permission.
