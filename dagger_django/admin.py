@@ -1,5 +1,7 @@
-"""A read-mostly admin: workflows with their nodes and history, stop and retry as actions and as
-buttons of a workflow's page (confirmed, recorded in its history with the user and a reason);
+"""A read-mostly admin: workflows with their nodes and history; stop, retry and resume as actions
+and as buttons of a workflow's page, with skip and complete on its waiting or failed tasks, an
+edit of its runtime parameters and firing a timer now (``engine/operations.py``), each confirmed
+and recorded in its history with the user and a reason; timers with "fire now" as an action;
 the message inbox (dead letters, unmatched and expired messages) with replay as an action; the
 outbox (pending, sent and dead messages to Kafka) with requeue as an action. Every action needs
 ``dagger_django.operate_workflow`` (``OperateActionsMixin``), not only the model's view permission.
@@ -13,6 +15,7 @@ import datetime as dt
 import json
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from django.contrib import admin, messages
@@ -21,7 +24,7 @@ from django.contrib.admin.views.main import PAGE_VAR, ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -34,6 +37,7 @@ from .exceptions import DaggerError
 from .models import (
     Delivery,
     InboxMessage,
+    NodeKind,
     OutboxMessage,
     Status,
     Timer,
@@ -242,7 +246,7 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
     # The graph, the panels (runtime parameters, pending timers, waiting listeners, messages),
     # the nodes and the history are shown around the fields (change_form.html), read through
     # the selectors rather than as inlines of their tables.
-    actions = ["stop_workflows", "retry_workflows"]
+    actions = ["stop_workflows", "retry_workflows", "resume_workflows"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -358,6 +362,12 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
             operate = self.has_operate_permission(request)
             context["dagger_can_stop"] = operate and not selectors.workflow_ended_for_good(status=obj.status)
             context["dagger_can_retry"] = operate and obj.status == Status.FAILURE
+            context["dagger_can_resume"] = operate and obj.status == Status.STOPPED
+            context["dagger_can_edit_parameters"] = operate and obj.status not in (
+                Status.COMPLETED,
+                Status.SKIPPED,
+            )
+            context["dagger_node_rows"] = node_rows(obj, nodes, operate=operate)
         # Nothing on this page can be saved: no save buttons (a POST would only be refused).
         context.update(show_save=False, show_save_and_continue=False, show_save_and_add_another=False)
         return super().render_change_form(request, context, add, change, form_url, obj)
@@ -415,60 +425,200 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
             ),
         }
 
-    # -- stop and retry on the workflow's own page: a confirmation, then a POST ------------------------
+    # -- operating on the workflow's own page: a confirmation with a reason, then a POST --------------
     OPERATIONS = {
         "stop": ("Stop", "Stopped", "Every unfinished task is stopped; the workflow ends STOPPED."),
         "retry": ("Retry", "Retried", "The failed task(s) run again; the workflow is EXECUTING again."),
+        "resume": (
+            "Resume",
+            "Resumed",
+            "The tasks the stop ended run or wait again; the workflow continues where it stopped.",
+        ),
+    }
+    NODE_OPERATIONS = {
+        "skip": ("Skip", "Skipped", "The task ends SKIPPED and the workflow moves on to what follows it."),
+        "complete": (
+            "Complete",
+            "Completed",
+            "The task ends COMPLETED as if it had succeeded (its code does not run); the next step starts.",
+        ),
     }
 
     def get_urls(self) -> list[URLPattern]:
         info = self.opts.app_label, self.opts.model_name
+        view = self.admin_site.admin_view
         own = [
             path(
                 f"<path:object_id>/{operation}/",
-                self.admin_site.admin_view(self.operate_view),
+                view(self.operate_view),
                 {"operation": operation},
                 name="{}_{}_{}".format(*info, operation),
             )
             for operation in self.OPERATIONS
         ]
+        own += [
+            # admin:dagger_django_workflow_node_action (workflow id, node id, "skip"/"complete")
+            path(
+                "<path:object_id>/nodes/<str:node_id>/<str:action>/",
+                view(self.node_action_view),
+                name="{}_{}_node_action".format(*info),
+            ),
+            # admin:dagger_django_workflow_fire_timer (workflow id, timer id)
+            path(
+                "<path:object_id>/timers/<str:timer_id>/fire/",
+                view(self.fire_timer_view),
+                name="{}_{}_fire_timer".format(*info),
+            ),
+            # admin:dagger_django_workflow_parameters (workflow id)
+            path(
+                "<path:object_id>/runtime-parameters/",
+                view(self.parameters_view),
+                name="{}_{}_parameters".format(*info),
+            ),
+        ]
         return own + super().get_urls()
+
+    def _operable(self, request: HttpRequest, object_id: str) -> Workflow | None:
+        """The workflow, if the user may see it and operate it (PermissionDenied if not)."""
+        obj = self.get_object(request, unquote(object_id))
+        if obj is not None and not (
+            self.has_view_permission(request, obj) and self.has_operate_permission(request)
+        ):
+            raise PermissionDenied
+        return obj
+
+    def _confirmation(self, request: HttpRequest, obj: Workflow, **context: Any) -> TemplateResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "object": obj,
+            "cancel_url": self._page(obj),
+            **context,
+        }
+        return TemplateResponse(request, "admin/dagger_django/workflow/operate_confirmation.html", context)
+
+    def _page(self, obj: Workflow) -> str:
+        return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk])
+
+    def _act(self, request: HttpRequest, obj: Workflow, label: str, done: str, call: Any) -> HttpResponse:
+        """Do ``call(actor=, reason=)`` and report it with ``message_user``; back to the page."""
+        reason = request.POST.get("reason", "").strip()[:1000]
+        try:
+            call(actor=request.user.get_username(), reason=reason)
+        except DaggerError as exc:
+            self.message_user(request, f"{label} refused: {exc}", messages.WARNING)
+        else:
+            said = f" ({reason})" if reason else ""
+            self.message_user(request, f"{done}{said}.", messages.SUCCESS)
+        return HttpResponseRedirect(self._page(obj))
 
     def operate_view(self, request: HttpRequest, object_id: str, operation: str) -> HttpResponse:
         """``GET``: what the operation does and a field for the reason; ``POST`` (with the CSRF
         token): do it through the engine, record the user and the reason in the workflow's
         history, report with ``message_user`` and go back to the workflow's page."""
-        from .engine.services import workflow_retry, workflow_stop
+        from .engine import operations, services
 
-        obj = self.get_object(request, unquote(object_id))
+        obj = self._operable(request, object_id)
         if obj is None:
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
-        if not (self.has_view_permission(request, obj) and self.has_operate_permission(request)):
-            raise PermissionDenied
         label, done, effect = self.OPERATIONS[operation]
-        page = reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk])
         if request.method == "POST":
-            service = workflow_stop if operation == "stop" else workflow_retry
-            reason = request.POST.get("reason", "").strip()[:1000]
+            service = {
+                "stop": services.workflow_stop,
+                "retry": services.workflow_retry,
+                "resume": operations.workflow_resume,
+            }[operation]
+            return self._act(
+                request, obj, label, f"{done} workflow {obj.pk}", partial(service, workflow_id=obj.pk)
+            )
+        return self._confirmation(
+            request, obj, title=f"{label} workflow {obj.pk}?", operation=operation, label=label, effect=effect
+        )
+
+    def node_action_view(
+        self, request: HttpRequest, object_id: str, node_id: str, action: str
+    ) -> HttpResponse:
+        """Skip or complete one task of the workflow (``operations.node_skip``/``node_complete``):
+        a confirmation with a reason, then the POST, as for stop."""
+        from .engine import operations
+
+        if action not in self.NODE_OPERATIONS:
+            raise Http404(f"No action {action!r} on a task.")
+        obj = self._operable(request, object_id)
+        if obj is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        node = next((n for n in selectors.workflow_nodes(workflow_id=obj.pk) if str(n.id) == node_id), None)
+        if node is None:
+            self.message_user(request, f"Workflow {obj.pk} has no task {node_id}.", messages.WARNING)
+            return HttpResponseRedirect(self._page(obj))
+        label, done, effect = self.NODE_OPERATIONS[action]
+        if request.method == "POST":
+            service = operations.node_skip if action == "skip" else operations.node_complete
+            call = partial(service, workflow_id=obj.pk, node_id=node.id)
+            return self._act(request, obj, label, f"{done} task {node.name}", call)
+        subject = f"task {node.name} ({node.kind_label}, now {node.status_label})"
+        return self._confirmation(
+            request, obj, title=f"{label} task {node.name}?", label=label, effect=effect, subject=subject
+        )
+
+    def fire_timer_view(self, request: HttpRequest, object_id: str, timer_id: str) -> HttpResponse:
+        """Fire a pending timer of the workflow now (``operations.timer_fire_now``)."""
+        from .engine import operations
+
+        obj = self._operable(request, object_id)
+        if obj is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        effect = "The timer fires now instead of at its time: a trigger runs, an interval polls, a retry's wait ends."
+        if request.method == "POST":
+            call = partial(operations.timer_fire_now, timer_id=timer_id, workflow_id=obj.pk)
+            return self._act(request, obj, "Fire now", f"Fired timer {timer_id} of workflow {obj.pk}", call)
+        return self._confirmation(
+            request,
+            obj,
+            title=f"Fire timer {timer_id} now?",
+            label="Fire",
+            effect=effect,
+            subject=f"timer {timer_id}",
+        )
+
+    def parameters_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Edit the runtime parameters: a JSON object merged into them (keys given replace, the
+        others stay; listeners keyed on a changed one are re-keyed), with a reason. Invalid JSON,
+        or anything but an object, is shown again with the error and nothing changes."""
+        from .engine import services
+
+        obj = self._operable(request, object_id)
+        if obj is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        text = pretty_json(obj.runtime_parameters)
+        error = ""
+        if request.method == "POST":
+            text = request.POST.get("parameters", "")
             try:
-                service(workflow_id=obj.pk, actor=request.user.get_username(), reason=reason)
-            except DaggerError as exc:
-                self.message_user(request, f"{label} refused: {exc}", messages.WARNING)
+                changes = json.loads(text)
+            except (ValueError, RecursionError) as exc:
+                error = f"Not JSON: {exc}"
             else:
-                said = f" ({reason})" if reason else ""
-                self.message_user(request, f"{done} workflow {obj.pk}{said}.", messages.SUCCESS)
-            return HttpResponseRedirect(page)
-        context = {
-            **self.admin_site.each_context(request),
-            "title": f"{label} workflow {obj.pk}?",
-            "opts": self.opts,
-            "object": obj,
-            "operation": operation,
-            "label": label,
-            "effect": effect,
-            "cancel_url": page,
-        }
-        return TemplateResponse(request, "admin/dagger_django/workflow/operate_confirmation.html", context)
+                if isinstance(changes, dict):
+                    call = partial(services.workflow_update_parameters, workflow_id=obj.pk, changes=changes)
+                    return self._act(
+                        request,
+                        obj,
+                        "Edit runtime parameters",
+                        f"Changed the runtime parameters of {obj.pk}",
+                        call,
+                    )
+                error = 'The changes must be a JSON object ({"name": value, ...}).'
+        return self._confirmation(
+            request,
+            obj,
+            title=f"Edit the runtime parameters of workflow {obj.pk}",
+            label="Save",
+            effect="The object below is merged into the runtime parameters: keys given replace, others stay.",
+            subject="the runtime parameters",
+            parameters=text,
+            error=error,
+        )
 
     def _apply(self, request: HttpRequest, queryset: QuerySet[Workflow], service: Any, verb: str) -> None:
         done, failed = 0, []
@@ -494,6 +644,12 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
         from .engine.services import workflow_retry
 
         self._apply(request, queryset, workflow_retry, "Retried")
+
+    @admin.action(description="Resume selected stopped workflows", permissions=["operate"])
+    def resume_workflows(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
+        from .engine.operations import workflow_resume
+
+        self._apply(request, queryset, workflow_resume, "Resumed")
 
 
 @admin.register(WorkflowTemplate)
@@ -560,9 +716,10 @@ class WorkflowTemplateAdmin(admin.ModelAdmin):
 
 
 @admin.register(Timer)
-class TimerAdmin(admin.ModelAdmin):
+class TimerAdmin(OperateActionsMixin, admin.ModelAdmin):
     list_display = ["id", "workflow", "purpose", "due_at", "status", "fired_at"]
     list_filter = ["status", "purpose"]
+    actions = ["fire_now"]
     readonly_fields = [
         "workflow",
         "node_id",
@@ -576,6 +733,22 @@ class TimerAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    @admin.action(description="Fire selected pending timers now", permissions=["operate"])
+    def fire_now(self, request: HttpRequest, queryset: QuerySet[Timer]) -> None:
+        """Each timer fires in its workflow's transaction (``operations.timer_fire_now``), its
+        node's history recording the user; a timer that has fired or was cancelled is reported."""
+        from .engine.operations import timer_fire_now
+
+        fired = 0
+        for pk in queryset.order_by("due_at", "id").values_list("id", flat=True):
+            try:
+                timer_fire_now(timer_id=pk, actor=request.user.get_username())
+                fired += 1
+            except DaggerError as exc:
+                self.message_user(request, f"Timer {pk}: {exc}", messages.WARNING)
+        if fired:
+            self.message_user(request, f"Fired {fired} timer(s).", messages.SUCCESS)
 
 
 class DeliveryInline(ReadOnlyInline):
@@ -617,6 +790,9 @@ class InboxMessageAdmin(OperateActionsMixin, admin.ModelAdmin):
         "matched",
         "received_at",
         "updated_at",
+        "replayed_by",
+        "replay_reason",
+        "replayed_at",
     ]
     exclude = ["raw"]
     search_fields = ["=message_id"]  # the lookup itself is get_search_results below
@@ -636,7 +812,7 @@ class InboxMessageAdmin(OperateActionsMixin, admin.ModelAdmin):
         outcomes: dict[str, int] = {}
         for pk in queryset.order_by("id").values_list("id", flat=True):
             try:
-                routed = message_replay(inbox_id=pk)
+                routed = message_replay(inbox_id=pk, actor=request.user.get_username())
             except InboxMessage.DoesNotExist:
                 self.message_user(request, f"Message {pk} is gone (pruned meanwhile).", messages.WARNING)
                 continue
@@ -728,6 +904,40 @@ class OutboxMessageAdmin(OperateActionsMixin, admin.ModelAdmin):
                 f"{skipped} selected message(s) were not dead and were left as they are.",
                 messages.WARNING,
             )
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    """A row of the workflow page's node table: the node, and what an operator may do to it
+    now (``"skip"``, ``"complete"``; empty without the operate permission)."""
+
+    node: selectors.NodeInfo
+    actions: tuple[str, ...] = ()
+
+
+def node_rows(workflow: Workflow, nodes: list[selectors.NodeInfo], *, operate: bool) -> list[NodeRow]:
+    """The node table's rows; the buttons follow ``operations.node_refusal`` (the engine's rule),
+    so a button is shown where the operation would be accepted (the engine checks again)."""
+    from .engine.operations import node_refusal
+
+    if not operate or workflow.status not in (Status.EXECUTING, Status.FAILURE):
+        return [NodeRow(node) for node in nodes]
+    on_time = selectors.workflow_nodes_waiting_on_time(workflow_id=workflow.pk)
+    rows = []
+    for node in nodes:
+        refused = node_refusal(
+            node_type=node.node_type,
+            kind=node.kind,
+            status=node.status,
+            waits_on_time=node.id in on_time,
+            workflow_status=workflow.status,
+            failure_policy=workflow.failure_policy,
+        )
+        actions: tuple[str, ...] = ()
+        if refused is None:
+            actions = ("skip",) if node.kind == NodeKind.DECISION else ("skip", "complete")
+        rows.append(NodeRow(node, actions))
+    return rows
 
 
 #: A ``\\n`` escape in JSON text that is not itself an escaped backslash.

@@ -76,6 +76,27 @@ class WorkflowDoesNotExist(DaggerError):
     http_status = 404
 
 
+class NodeDoesNotExist(DaggerError):
+    """The workflow has no node (task) with that id."""
+
+    code = "node_not_found"
+    http_status = 404
+
+
+class TimerDoesNotExist(DaggerError):
+    """No timer with that id (in that workflow)."""
+
+    code = "timer_not_found"
+    http_status = 404
+
+
+class MessageDoesNotExist(DaggerError):
+    """No inbox message with that id (it may have been pruned)."""
+
+    code = "message_not_found"
+    http_status = 404
+
+
 class TaskClassNotFound(DaggerError):
     """The class recorded for a running node cannot be imported any more (a deploy removed it)."""
 
@@ -137,6 +158,9 @@ __all__ = [
     "InvalidRuntimeParameters",
     "RuntimeParametersTooLarge",
     "WorkflowDoesNotExist",
+    "NodeDoesNotExist",
+    "TimerDoesNotExist",
+    "MessageDoesNotExist",
     "TaskClassNotFound",
     "InvalidTaskResult",
     "UnknownTopic",

@@ -320,3 +320,60 @@ def _save_page_down_to(browser: Any, path: Path, element_id: str) -> None:
     browser.execute_script("window.scrollTo(0, 0)")
     path.parent.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(path))
+
+
+def test_an_operator_skips_a_waiting_listener_through_the_confirmation(
+    browser: Any, live_server: Any, django_user_model: Any, dispatcher: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from dagger_django.models import Workflow
+
+    from .engine import tasks as t
+
+    django_user_model.objects.create_superuser("olga", "olga@example.com", "pw")
+    listener = b.helper.generic_listener_task_builder(
+        topic="orders", task_type=t.Waiter, process_name="payment"
+    )
+    tmpl = b.template(
+        "BrowserSkip", b.process("main", b.helper.build_and_link_tasks([listener, b.task(t.Record, "ship")]))
+    )
+    wf = tmpl.create_instance(submit_task=True, order_id="o-1")
+    dispatcher.drain()
+    waiting = Node.objects.get(workflow_id=wf.id, kind="listener")
+
+    browser.get(f"{live_server.url}/admin/login/")
+    browser.find_element(By.NAME, "username").send_keys("olga")
+    browser.find_element(By.NAME, "password").send_keys("pw")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.ID, "user-tools"))
+    browser.get(f"{live_server.url}/admin/dagger_django/workflow/{wf.id}/change/")
+
+    row = WebDriverWait(browser, 20).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, f'#dagger-nodes tr[data-node-row="{waiting.id}"]')
+    )
+    assert {
+        a.get_attribute("data-action") for a in row.find_elements(By.CSS_SELECTOR, "a.dagger-node-action")
+    } == {
+        "skip",
+        "complete",
+    }
+    row.find_element(By.ID, f"dagger-skip-{waiting.id}").click()
+    reason = WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "id_reason"))
+    assert "payment_listener_task" in browser.find_element(By.ID, "content-main").text
+    reason.send_keys("paid at the counter")
+    browser.find_element(By.ID, "dagger-confirm").click()
+
+    message = WebDriverWait(browser, 20).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, ".messagelist .success")
+    )
+    assert f"Skipped task {waiting.name} (paid at the counter)." in message.text
+    dispatcher.drain()  # the next task, handed to a worker after the skip's commit
+    assert Node.objects.get(pk=waiting.pk).status == "SKIPPED"
+    assert Workflow.objects.get(pk=wf.id).status == "COMPLETED"
+    entry = browser.find_element(
+        By.CSS_SELECTOR, '#dagger-events tr[data-event-reason="skipped_by_operator"]'
+    )
+    assert "olga" in entry.text and "paid at the counter" in entry.text
+    assert not browser.find_elements(By.ID, f"dagger-skip-{waiting.id}")  # skipped: no button left

@@ -4,7 +4,8 @@ Reading workflows and templates needs the view permission of the workflow model;
 permission of its own, declared on :class:`~dagger_django.models.Workflow`:
 
 - ``dagger_django.view_workflow``: list and read workflows and templates;
-- ``dagger_django.operate_workflow``: create, stop, retry, edit runtime parameters, replay;
+- ``dagger_django.operate_workflow``: create, stop, retry, resume, edit runtime parameters, skip
+  or complete a task, fire a timer, replay a message;
 - ``dagger_django.post_event``: ``POST events/`` (route a message as if it came from Kafka).
 
 The views check these classes *after* the project's ``DEFAULT_PERMISSION_CLASSES`` (see

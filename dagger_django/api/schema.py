@@ -42,8 +42,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 TITLE = "dagger_django API"
 DESCRIPTION = (
-    "Templates and workflows of dagger_django: list, create, inspect, stop, retry, re-parameterise "
-    "and read the history of workflows; route events to listeners. Errors are "
+    "Templates and workflows of dagger_django: list, create, inspect, stop, retry, resume, "
+    "re-parameterise and read the history of workflows, skip or complete their waiting tasks and "
+    "fire their timers; route events to listeners, list dead letters and replay them. Errors are "
     '`{"error": <code>, "detail": <text>}`. See docs/api.md.'
 )
 

@@ -103,6 +103,33 @@ class EventSerializer(serializers.Serializer):
     message_id = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
 
 
+class ReasonSerializer(ClosedSerializer):
+    """Body of an operator's action (`resume`, `skip`, `complete`, `fire`, `replay`, `stop`,
+    `retry`): an optional reason, recorded with the user's name in the workflow's history."""
+
+    reason = serializers.CharField(
+        max_length=1000,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="Why (optional): recorded in the history with who did it.",
+    )
+
+
+class MessageFilterSerializer(serializers.Serializer):
+    """Query string of `GET messages/`."""
+
+    status = serializers.ChoiceField(
+        choices=["dead", "invalid", "unmatched", "expired", "routed", "buffered"],
+        required=False,
+        help_text="`dead` (or `invalid`): the dead letters; `unmatched`, `expired`, `routed`, `buffered`.",
+    )
+
+    def to_internal_value(self, data: Any) -> Any:
+        values = {name: data.get(name) for name in self.fields if data.get(name) not in (None, "")}
+        return super().to_internal_value(values)
+
+
 class WorkflowFilterSerializer(serializers.Serializer):
     """Query string of `GET workflows/`. An empty value means no filter."""
 
@@ -240,6 +267,36 @@ class WorkflowDetailSerializer(serializers.Serializer):
     tasks = TaskSerializer(many=True)
 
 
+class MessageSerializer(serializers.Serializer):
+    """An inbox message (`GET messages/`): what was received and what became of it."""
+
+    id = serializers.IntegerField()
+    source = serializers.CharField()
+    topic = serializers.CharField()
+    message_id = serializers.CharField(allow_null=True)
+    key = serializers.CharField(allow_null=True)
+    payload = serializers.JSONField(allow_null=True)
+    status = serializers.CharField()
+    reason = serializers.CharField(allow_blank=True)
+    detail = serializers.CharField(allow_blank=True)
+    matched = serializers.IntegerField()
+    received_at = MillisecondDateTimeField()
+    updated_at = MillisecondDateTimeField()
+    replayed_by = serializers.CharField(allow_blank=True)
+    replay_reason = serializers.CharField(allow_blank=True)
+    replayed_at = MillisecondDateTimeField(allow_null=True)
+
+
+class ReplayAnswerSerializer(serializers.Serializer):
+    """What a replay did: the message's new `status` and how many listeners it reached."""
+
+    status = serializers.ChoiceField(["routed", "unmatched", "invalid"])
+    matched = serializers.IntegerField()
+    message = serializers.IntegerField()
+    reason = serializers.CharField(required=False)
+    detail = serializers.CharField(required=False)
+
+
 class EventOutSerializer(serializers.Serializer):
     """One transition of a workflow's history (a `selectors.Event`):
     of a node, or of the workflow itself (`node` null, `node_name` empty). `from_status`
@@ -261,6 +318,10 @@ __all__ = [
     "EventSerializer",
     "MillisecondDateTimeField",
     "JSONObjectField",
+    "MessageFilterSerializer",
+    "MessageSerializer",
+    "ReasonSerializer",
+    "ReplayAnswerSerializer",
     "TaskSerializer",
     "TemplateDetailSerializer",
     "TemplateSerializer",

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 from django.db import DatabaseError, connection
 from django.urls import NoReverseMatch, reverse
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.utils import inline_serializer
+from drf_spectacular.utils import OpenApiParameter, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import ParseError, ValidationError
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny, BasePermission
@@ -31,7 +31,7 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from ..definitions.registry import Dagger
-from ..engine import selectors, services
+from ..engine import operations, selectors, services
 from ..exceptions import WorkflowDoesNotExist
 from . import authentication, errors
 from .permissions import (
@@ -47,6 +47,10 @@ from .schema import describe
 from .serializers import (
     EventOutSerializer,
     EventSerializer,
+    MessageFilterSerializer,
+    MessageSerializer,
+    ReasonSerializer,
+    ReplayAnswerSerializer,
     TemplateDetailSerializer,
     TemplateSerializer,
     WorkflowCreateSerializer,
@@ -210,6 +214,7 @@ def _detail_response(
 ROOT_ENTRIES: tuple[tuple[str, str, str | None], ...] = (
     ("templates", "template-list", VIEW_WORKFLOW),
     ("workflows", "workflow-list", VIEW_WORKFLOW),
+    ("messages", "message-list", VIEW_WORKFLOW),
     ("events", "events", POST_EVENT),
     ("health", "health", None),
     ("schema", "schema", None),
@@ -361,35 +366,157 @@ class WorkflowHistoryView(DaggerAPIView):
         return paginator.get_paginated_response(EventOutSerializer(page, many=True).data)
 
 
-class WorkflowStopView(DaggerAPIView):
-    """Stop a workflow; 409 when it already ended. The history records who stopped it."""
+def _reason(request: Request) -> str:
+    """The optional `{"reason": ...}` of an operator's action (an empty body: no reason)."""
+    data = request.data
+    body = ReasonSerializer(data={} if data is None or data == {} or data == b"" else data)
+    body.is_valid(raise_exception=True)
+    return str(body.validated_data["reason"])
 
-    @describe(request=None, responses=WorkflowDetailSerializer)
+
+def _actor(request: Request) -> str:
+    return str(request.user.get_username())
+
+
+#: The answer of an action on a workflow: the workflow, read again.
+_ACTION = {"request": ReasonSerializer, "responses": WorkflowDetailSerializer}
+
+
+class WorkflowStopView(DaggerAPIView):
+    """Stop a workflow; 409 when it already ended. The history records who stopped it and the
+    optional `reason`."""
+
+    @describe(**_ACTION)
     def post(self, request: Request, workflow_id: str) -> Response:
-        workflow = services.workflow_stop(workflow_id=workflow_id, actor=request.user.get_username())
+        workflow = services.workflow_stop(
+            workflow_id=workflow_id, actor=_actor(request), reason=_reason(request)
+        )
         return _detail_response(request, workflow, workflow_id=workflow_id)
 
 
 class WorkflowRetryView(DaggerAPIView):
     """Resume a FAILURE workflow from its failed tasks; 409 for any other status. The history
-    records who retried it."""
+    records who retried it and the optional `reason`."""
 
-    @describe(request=None, responses=WorkflowDetailSerializer)
+    @describe(**_ACTION)
     def post(self, request: Request, workflow_id: str) -> Response:
-        workflow = services.workflow_retry(workflow_id=workflow_id, actor=request.user.get_username())
+        workflow = services.workflow_retry(
+            workflow_id=workflow_id, actor=_actor(request), reason=_reason(request)
+        )
+        return _detail_response(request, workflow, workflow_id=workflow_id)
+
+
+class WorkflowResumeView(DaggerAPIView):
+    """Resume a STOPPED workflow where the stop left it (its stopped tasks run or wait again);
+    409 for any other status, or while the stop's `stop` hooks have not run yet. The history
+    records who resumed it and the optional `reason` (docs/api.md#operating)."""
+
+    @describe(**_ACTION)
+    def post(self, request: Request, workflow_id: str) -> Response:
+        workflow = operations.workflow_resume(
+            workflow_id=workflow_id, actor=_actor(request), reason=_reason(request)
+        )
+        return _detail_response(request, workflow, workflow_id=workflow_id)
+
+
+class NodeSkipView(DaggerAPIView):
+    """Skip a task that waits (a listener, a trigger or interval task waiting for its time, a
+    task waiting for its retry) or failed: it ends SKIPPED and the workflow moves on. 409 for a
+    task that runs, has finished or has not started; 404 for a node the workflow does not have."""
+
+    @describe(**_ACTION)
+    def post(self, request: Request, workflow_id: str, node_id: str) -> Response:
+        workflow = operations.node_skip(
+            workflow_id=workflow_id, node_id=node_id, actor=_actor(request), reason=_reason(request)
+        )
+        return _detail_response(request, workflow, workflow_id=workflow_id)
+
+
+class NodeCompleteView(DaggerAPIView):
+    """Complete a task that waits or failed as if it had succeeded (its code does not run); the
+    next step is dispatched. 409 as for skip, and for a decision task."""
+
+    @describe(**_ACTION)
+    def post(self, request: Request, workflow_id: str, node_id: str) -> Response:
+        workflow = operations.node_complete(
+            workflow_id=workflow_id, node_id=node_id, actor=_actor(request), reason=_reason(request)
+        )
+        return _detail_response(request, workflow, workflow_id=workflow_id)
+
+
+class TimerFireView(DaggerAPIView):
+    """Fire a pending timer of the workflow now, before it is due (a trigger runs, an interval
+    polls, a retry's wait ends). 409 when it has fired or was cancelled; 404 when the workflow
+    has no such timer."""
+
+    @describe(**_ACTION)
+    def post(self, request: Request, workflow_id: str, timer_id: str) -> Response:
+        workflow = operations.timer_fire_now(
+            timer_id=timer_id, workflow_id=workflow_id, actor=_actor(request), reason=_reason(request)
+        )
         return _detail_response(request, workflow, workflow_id=workflow_id)
 
 
 class WorkflowParametersView(DaggerAPIView):
-    """Merge the body (a JSON object) into the workflow's runtime parameters."""
+    """Merge the body (a JSON object) into the workflow's runtime parameters; listeners keyed
+    on a changed parameter are re-keyed. `?reason=` is recorded with the user's name in the
+    history. A STOPPED workflow's parameters may change (then resume it)."""
 
     @describe(
         request={"application/json": {"type": "object", "additionalProperties": True}},
+        parameters=[
+            OpenApiParameter(
+                "reason", str, OpenApiParameter.QUERY, required=False, description="Why (optional)."
+            )
+        ],
         responses=WorkflowDetailSerializer,
     )
     def patch(self, request: Request, workflow_id: str) -> Response:
-        workflow = services.workflow_update_parameters(workflow_id=workflow_id, changes=request.data)
+        reason = request.query_params.get("reason", "")
+        if len(reason) > 1000:
+            raise ValidationError({"reason": ["Ensure this field has no more than 1000 characters."]})
+        workflow = services.workflow_update_parameters(
+            workflow_id=workflow_id, changes=request.data, actor=_actor(request), reason=reason
+        )
         return _detail_response(request, workflow, workflow_id=workflow_id)
+
+
+# ==================================================================================================
+# the inbox: dead letters and replay
+# ==================================================================================================
+class MessageListView(DaggerAPIView):
+    """Received messages, newest first, paginated (`limit`, `offset`): `?status=dead` lists the
+    dead letters (messages that could not be read), `unmatched` those no workflow waited for."""
+
+    dagger_permission_classes = (CanViewWorkflows,)
+    pagination_class = WorkflowPagination
+
+    @describe(parameters=[MessageFilterSerializer], responses=MessageSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        filters = MessageFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        queryset = selectors.inbox_list(status=filters.validated_data.get("status"))
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(MessageSerializer(page, many=True).data)
+
+
+class MessageReplayView(DaggerAPIView):
+    """Route a received message again (a dead letter once its producer is fixed, an unmatched
+    or expired one once its workflow exists). Who replayed it and the optional `reason` are kept
+    on the message and in the history of each workflow it reaches."""
+
+    @describe(request=ReasonSerializer, responses=ReplayAnswerSerializer)
+    def post(self, request: Request, inbox_id: str) -> Response:
+        routed = operations.message_replay(inbox_id=inbox_id, actor=_actor(request), reason=_reason(request))
+        answer: dict[str, Any] = {
+            "status": routed.status,
+            "matched": routed.matched,
+            "message": routed.inbox_id,
+        }
+        if routed.reason:
+            answer.update(reason=routed.reason, detail=routed.detail)
+        return Response(answer)
 
 
 # ==================================================================================================
@@ -570,6 +697,12 @@ __all__ = [
     "DaggerAPIView",
     "EventView",
     "HealthView",
+    "MessageListView",
+    "MessageReplayView",
+    "NodeCompleteView",
+    "NodeSkipView",
+    "TimerFireView",
+    "WorkflowResumeView",
     "TemplateDetailView",
     "TemplateListView",
     "WorkflowDetailView",

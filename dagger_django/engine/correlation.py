@@ -325,6 +325,28 @@ def listener_started(state: WorkflowState, node: Node) -> None:
         state.to_dispatch.append(node.id)
 
 
+def subscriptions_restore(state: WorkflowState) -> int:
+    """A stopped workflow is resumed: its listeners that can take messages again get their
+    subscription back (a stop deleted them), keyed on the current runtime parameters. Rows
+    that exist are left as they are. Returns how many were written."""
+    listeners = [
+        node for node in state.nodes.values() if node.kind == NodeKind.LISTENER and keeps_subscription(node)
+    ]
+    if not listeners:
+        return 0
+    present = set(
+        Subscription.objects.filter(node_id__in=[n.id for n in listeners]).values_list("node_id", flat=True)
+    )
+    rows = [
+        sub
+        for node in listeners
+        if node.id not in present and (sub := _subscription(state, node)) is not None
+    ]
+    if rows:
+        Subscription.objects.bulk_create(rows)
+    return len(rows)
+
+
 def parameters_changed(state: WorkflowState, *, changed: list[str], removed: list[str]) -> None:
     """Runtime parameters changed: re-key the listeners that correlate on one of them."""
     names = set(changed) | set(removed)
@@ -402,6 +424,7 @@ __all__ = [
     "listener_started",
     "listener_topics",
     "parameters_changed",
+    "subscriptions_restore",
     "subscriptions_write",
     "topic_listeners",
 ]

@@ -570,18 +570,21 @@ def message_receive(
     return messages_route([message], strict=True)[0]
 
 
-def message_replay(*, inbox_id: int) -> Routed:
+def message_replay(*, inbox_id: int, actor: str | None = None, reason: str | None = None) -> Routed:
     """Route a recorded message again (a dead letter after a fix, an expired or unmatched one).
 
     Invalid messages with their raw bytes are decoded again. The inbox row is reused (no
-    deduplication applies to a replay) and gets the new outcome.
+    deduplication applies to a replay) and gets the new outcome. Who replayed it (``actor``) and
+    why (``reason``) are kept on the row (``replayed_by``, ``replay_reason``, ``replayed_at``:
+    the last replay), and each workflow the replay delivers the message to gets a
+    ``message_replayed`` event in its history with them, in the same transaction.
     """
     row = InboxMessage.objects.get(pk=inbox_id)
     payload = row.payload
     incoming = Incoming(topic=row.topic, source=row.source, key=row.key, headers=row.headers or {})
     if row.status == InboxStatus.INVALID and row.raw is not None:
-        payload, reason, detail = decode_json(bytes(row.raw))
-        incoming.invalid, incoming.detail, incoming.raw = reason, detail, bytes(row.raw)
+        payload, reason_code, detail = decode_json(bytes(row.raw))
+        incoming.invalid, incoming.detail, incoming.raw = reason_code, detail, bytes(row.raw)
     if row.raw is not None and payloads.keeps_raw(row.topic):
         incoming.raw = bytes(row.raw)
         if incoming.invalid == "not_json":  # a bytes/str topic takes any bytes
@@ -591,6 +594,7 @@ def message_replay(*, inbox_id: int) -> Routed:
     if plan.status == InboxStatus.ROUTED:
         _match_safely([plan])
     now = ports.now()
+    operator = {"actor": clean_text(actor or "", 150), "reason": clean_text((reason or "").strip(), 1000)}
     with transaction.atomic():
         fields = {"reason": plan.reason, "detail": _text(plan.detail, 4000) or ""}
         if plan.status != InboxStatus.INVALID:
@@ -600,6 +604,9 @@ def message_replay(*, inbox_id: int) -> Routed:
             plan.status,
             matched=F("matched") + len(plan.targets),
             updated_at=now,
+            replayed_by=operator["actor"][:150],
+            replay_reason=operator["reason"],
+            replayed_at=now,
             **fields,
         )
         if not replayed:  # pruned meanwhile (a replay may leave any status: see INBOX_TRANSITIONS)
@@ -609,10 +616,82 @@ def message_replay(*, inbox_id: int) -> Routed:
                 Delivery(message_id=row.pk, workflow_id=w, node_id=n, created_at=now, updated_at=now)
                 for w, n in plan.targets
             )
+            _replay_recorded(row, plan.targets, now, {k: v for k, v in operator.items() if v})
             transaction.on_commit(partial(_dispatch, list(plan.targets)))
     return Routed(
         status=plan.status, matched=len(plan.targets), inbox_id=row.pk, reason=plan.reason, detail=plan.detail
     )
+
+
+def _replay_recorded(
+    row: InboxMessage, targets: list[tuple[Any, Any]], now: dt.datetime, operator: dict[str, str]
+) -> None:
+    """A ``message_replayed`` event in the history of each workflow the replay delivers to, on
+    the listener's node. No workflow lock: history is append-only, and the delivery itself is
+    handled by the listener's next claim under the lock, as any routed message is."""
+    from ..models import HistoryRecord
+    from ..models.history import history_event
+
+    nodes = {
+        n["id"]: n
+        for n in Node.objects.filter(id__in=[node_id for _, node_id in targets]).values(
+            "id", "name", "status", "attempts"
+        )
+    }
+    detail = {"message": row.pk, "topic": row.topic, **operator}
+    records: dict[Any, list[list[Any]]] = defaultdict(list)
+    for workflow_id, node_id in targets:
+        node = nodes.get(node_id)
+        if node is None:
+            continue
+        records[workflow_id].append(
+            history_event(
+                node_id=node_id,
+                node_name=node["name"],
+                from_status=node["status"],
+                to_status=node["status"],
+                attempt=node["attempts"],
+                reason="message_replayed",
+                detail=detail,
+            )
+        )
+    HistoryRecord.objects.bulk_create(
+        HistoryRecord(workflow_id=workflow_id, created_at=now, events=events)
+        for workflow_id, events in records.items()
+    )
+
+
+def deliveries_close(state: WorkflowState, node: Node, *, outcome: str) -> int:
+    """Inside the workflow's transaction: the listener's open deliveries (pending, buffered, or
+    claimed by a worker running ``on_message``, whose result is then discarded as stale) are
+    IGNORED with ``outcome``; their buffered messages count as routed. Returns how many. For an
+    operator's skip or complete of the listener (``operations.node_skip``/``node_complete``)."""
+    rows = _open_deliveries(state, node)
+    if not rows:
+        return 0
+    _note_write(
+        state,
+        node,
+        [r["id"] for r in rows],
+        status=D.IGNORED,
+        outcome=outcome,
+        lease="",
+        updated_at=state.now,
+    )
+    buffered = {r["message_id"] for r in rows if r["status"] == D.BUFFERED}
+    if buffered:
+        transition(
+            InboxMessage.objects.filter(pk__in=buffered, status=InboxStatus.BUFFERED),
+            InboxStatus.ROUTED,
+            updated_at=state.now,
+        )
+    return len(rows)
+
+
+def deliveries_waiting(state: WorkflowState, node: Node) -> bool:
+    """Whether a delivery of the listener ``node`` is ready to be taken now (as this transaction
+    left them): a resumed listener is handed to a worker when one is."""
+    return _more_waiting(state, node, state.now)
 
 
 # ==================================================================================================

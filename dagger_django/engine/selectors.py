@@ -500,6 +500,33 @@ def history_transitions_count(*, workflow_ids: list[Any] | None = None) -> int:
 # ==================================================================================================
 # messages: the inbox (with its dead letters) and the outbox
 # ==================================================================================================
+#: ``GET messages/?status=``: the inbox statuses, and "dead" for the dead letters (``invalid``).
+INBOX_STATUS_ALIASES = {"dead": InboxStatus.INVALID}
+
+
+def inbox_list(*, status: str | None = None) -> QuerySet[InboxMessage]:
+    """Inbox messages, newest first, of ``status`` (an inbox status, or ``dead``: the dead
+    letters); the raw bytes left unread."""
+    messages = InboxMessage.objects.defer("raw", "raw_key").order_by("-id")
+    if status:
+        messages = messages.filter(status=INBOX_STATUS_ALIASES.get(status, status))
+    return messages
+
+
+def workflow_nodes_waiting_on_time(*, workflow_id: Any) -> set[uuid.UUID]:
+    """The nodes of a workflow that have a pending timer (a trigger's time, an interval's next
+    poll, a retry's backoff): an operator may skip or complete them (``operations.node_refusal``).
+    One query on the timers' ``(workflow, status)`` index."""
+    pk = _uuid(workflow_id)
+    if pk is None:
+        return set()
+    return set(
+        Timer.objects.filter(workflow_id=pk, status=TimerStatus.PENDING, node_id__isnull=False).values_list(
+            "node_id", flat=True
+        )
+    )
+
+
 def inbox_search(*, messages: QuerySet[InboxMessage], term: str) -> QuerySet[InboxMessage]:
     """``messages`` whose inbox id, message id, Kafka key or topic is ``term``, exactly.
 

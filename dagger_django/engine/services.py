@@ -47,6 +47,7 @@ from ..models.history import history_event
 from ..models.status import ENDED_FOR_GOOD, HOOK_KINDS
 from . import heartbeat, logs, messages, outbox, parameters, ports, recovery, timing, walker
 from .hooks import call_hook
+from .operations import operator_detail
 from .outbox import outbox_send  # noqa: F401 - Topic.send's entry point (engine/outbox.py)
 from .retry import RetryPolicy
 from .state import WorkflowState
@@ -280,10 +281,8 @@ def _as_instance(wf: Workflow, nodes: list[Node] | None) -> Any:
     return view
 
 
-def _operator_detail(actor: str | None, reason: str | None) -> dict[str, Any] | None:
-    """What the history keeps of an operator's action: who (``actor``) and why (``reason``)."""
-    detail = {"actor": actor or "", "reason": (reason or "").strip()}
-    return {name: value for name, value in detail.items() if value} or None
+#: Who acted and why, as the history keeps it (the operations' rule, engine/operations.py).
+_operator_detail = operator_detail
 
 
 def workflow_stop(*, workflow_id: Any, actor: str | None = None, reason: str | None = None) -> Workflow:
@@ -305,18 +304,32 @@ def workflow_retry(*, workflow_id: Any, actor: str | None = None, reason: str | 
     return state.workflow
 
 
-def workflow_update_parameters(*, workflow_id: Any, changes: Any) -> Workflow:
-    """Merge ``changes`` into the workflow's runtime parameters (keys given replace, others stay)."""
+def workflow_update_parameters(
+    *, workflow_id: Any, changes: Any, actor: str | None = None, reason: str | None = None
+) -> Workflow:
+    """Merge ``changes`` into the workflow's runtime parameters (keys given replace, others stay).
+
+    The listeners that correlate on a changed parameter are re-keyed in the same transaction.
+    ``actor`` and ``reason``, when given, are recorded in the ``parameters_changed`` event. A
+    STOPPED workflow's parameters may change (fix them, then resume it); a COMPLETED or SKIPPED
+    one's no longer."""
     parameters.validate(changes, what="runtime parameter changes")
     with locked(workflow_id) as state:
         wf = state.workflow
-        if wf.status in ENDED_FOR_GOOD:
+        if wf.status in ENDED_FOR_GOOD - {S.STOPPED}:
             raise TaskInvalidState(
                 f"Workflow {wf.id} is {wf.status}; its runtime parameters can no longer change."
             )
         merged = parameters.merge(wf.runtime_parameters, changes, [])
         parameters.validate(merged)
-        set_parameters(state, merged, changed=sorted(changes), removed=[], node=None)
+        set_parameters(
+            state,
+            merged,
+            changed=sorted(changes),
+            removed=[],
+            node=None,
+            operator=operator_detail(actor, reason),
+        )
     return state.workflow
 
 

@@ -33,7 +33,7 @@ from django.db.models import (
 from ..exceptions import TaskInvalidState
 from ..models import HistoryRecord, Node, Status, Timer, Workflow
 from ..models.history import history_event
-from ..models.status import ACTIVE, TERMINAL, TIMER_TRANSITIONS, sole_source, transition
+from ..models.status import TERMINAL, TIMER_TRANSITIONS, sole_source, transition
 from . import ports
 
 S = Status
@@ -41,15 +41,20 @@ S = Status
 #: Allowed node transitions. Anything else is a bug in the engine and raises.
 NODE_TRANSITIONS: dict[str, frozenset[str]] = {
     S.NOT_STARTED: frozenset({S.SUBMITTED, S.EXECUTING, S.SKIPPED, S.STOPPED, S.FAILURE}),
-    S.SUBMITTED: frozenset({S.EXECUTING, S.SKIPPED, S.STOPPED, S.FAILURE}),
+    # SUBMITTED -> COMPLETED: an operator completes a node waiting for its retry's backoff.
+    S.SUBMITTED: frozenset({S.EXECUTING, S.SKIPPED, S.STOPPED, S.FAILURE, S.COMPLETED}),
     # EXECUTING -> SUBMITTED: a retry is scheduled, or a lost worker's node is handed out again.
     S.EXECUTING: frozenset({S.COMPLETED, S.FAILURE, S.SKIPPED, S.STOPPED, S.SUBMITTED}),
     # FAILURE -> SUBMITTED/EXECUTING: the workflow is retried from its failed node.
-    S.FAILURE: frozenset({S.SUBMITTED, S.EXECUTING, S.STOPPED}),
+    # FAILURE -> SKIPPED/COMPLETED: an operator skips or completes the failed node
+    # (engine/operations.py: node_skip, node_complete).
+    S.FAILURE: frozenset({S.SUBMITTED, S.EXECUTING, S.STOPPED, S.SKIPPED, S.COMPLETED}),
     # A listener with allow_skip_to still accepts its message after it was skipped.
     S.SKIPPED: frozenset({S.EXECUTING, S.COMPLETED}),
     S.COMPLETED: frozenset(),
-    S.STOPPED: frozenset(),
+    # STOPPED -> ...: the workflow is resumed (operations.workflow_resume); each node the stop
+    # ended goes back to where it stood (not started, handed to a worker, or waiting).
+    S.STOPPED: frozenset({S.NOT_STARTED, S.SUBMITTED, S.EXECUTING}),
 }
 
 WORKFLOW_TRANSITIONS: dict[str, frozenset[str]] = {
@@ -59,7 +64,9 @@ WORKFLOW_TRANSITIONS: dict[str, frozenset[str]] = {
     S.FAILURE: frozenset({S.EXECUTING, S.STOPPED}),
     S.COMPLETED: frozenset(),
     S.SKIPPED: frozenset(),
-    S.STOPPED: frozenset(),
+    # STOPPED -> EXECUTING/FAILURE: resumed (operations.workflow_resume), back to the status it
+    # was stopped in.
+    S.STOPPED: frozenset({S.EXECUTING, S.FAILURE}),
 }
 
 NODE_UPDATE_FIELDS = [
@@ -416,8 +423,8 @@ class WorkflowState:
             self.ended.append(node)
             if node.time_completed is None:
                 node.time_completed = self.now
-        if to in ACTIVE and frm == S.FAILURE:
-            node.time_completed = None
+        if frm in (S.FAILURE, S.STOPPED) and to not in TERMINAL:
+            node.time_completed = None  # retried or resumed
         if error is not None:
             node.error = error
         self.touch(node)
@@ -451,7 +458,7 @@ class WorkflowState:
         if to in TERMINAL:
             wf.time_completed = self.now
             fields.add("time_completed")
-        elif frm == S.FAILURE:
+        elif frm in (S.FAILURE, S.STOPPED):  # retried or resumed
             wf.time_completed = None
             wf.error = ""
             fields |= {"time_completed", "error"}

@@ -60,7 +60,7 @@ def timer_fire(*, timer_id: int) -> bool:
         state = lock(row["workflow_id"])
         if state is None:
             return False
-        return _timer_fire_locked(
+        return timer_fire_locked(
             state,
             timer_id=timer_id,
             node_id=row["node_id"],
@@ -69,7 +69,7 @@ def timer_fire(*, timer_id: int) -> bool:
         )
 
 
-def _timer_fire_locked(
+def timer_fire_locked(
     state: WorkflowState,
     *,
     timer_id: int,
@@ -79,7 +79,10 @@ def _timer_fire_locked(
     marked: bool = False,
 ) -> bool:
     """Inside the workflow's transaction: mark the timer FIRED (compare-and-set; ``marked``: the
-    claim did it already) and act on it."""
+    claim did it already) and act on it. False (nothing written) when it was no longer PENDING.
+
+    The one locked path a timer fires through: the countdown message, the sweep and an
+    operator's "fire now" (``operations.timer_fire_now``, which fires it before it is due)."""
     if not marked:
         claimed = transition(
             Timer.objects.filter(pk=timer_id, status=TimerStatus.PENDING),
@@ -178,7 +181,7 @@ def _timers_fire_batch(*, limit: int, exclude: list[int], savepoints: bool) -> t
                 fired += 1
                 continue
             with batch_step(savepoints=savepoints, key=due.id) as step:
-                _timer_fire_locked(
+                timer_fire_locked(
                     WorkflowState(*row),
                     timer_id=due.id,
                     node_id=due.node_id,

@@ -283,11 +283,18 @@ def _send(signal: Any, **kwargs: Any) -> None:
 # changes every writer makes: parameters, claims
 # ==================================================================================================
 def set_parameters(
-    state: WorkflowState, merged: dict[str, Any], *, changed: list[str], removed: list[str], node: Node | None
+    state: WorkflowState,
+    merged: dict[str, Any],
+    *,
+    changed: list[str],
+    removed: list[str],
+    node: Node | None,
+    operator: dict[str, Any] | None = None,
 ) -> None:
     """Set the workflow's runtime parameters to ``merged`` (validated by the caller): the
     business key follows its lookup key, the history records what changed (on ``node`` if a
-    hook changed them) and the correlation keys are updated."""
+    hook changed them; with ``operator``, who changed them and why, when a person did) and the
+    correlation keys are updated."""
     wf = state.workflow
     wf.runtime_parameters = merged
     fields = ["runtime_parameters"]
@@ -296,7 +303,8 @@ def set_parameters(
         fields.append("business_key")
     state.touch_workflow(*fields)
     state.parameters_changed = True
-    state.record(reason="parameters_changed", detail={"changed": changed, "removed": removed}, node=node)
+    detail = {"changed": changed, "removed": removed, **(operator or {})}
+    state.record(reason="parameters_changed", detail=detail, node=node)
     correlation.parameters_changed(state, changed=changed, removed=removed)
 
 

@@ -113,6 +113,10 @@ class InboxMessage(models.Model):
     matched = models.PositiveIntegerField(default=0)
     received_at = models.DateTimeField()
     updated_at = models.DateTimeField()
+    #: The last replay made by a person (``messages.message_replay``): who, why and when.
+    replayed_by = models.CharField(max_length=150, blank=True, default="")
+    replay_reason = models.TextField(blank=True, default="")
+    replayed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]

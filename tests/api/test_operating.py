@@ -55,8 +55,8 @@ def ids(response: Any) -> list[str]:
 # the root
 # --------------------------------------------------------------------------------------------------
 ROOT_BY_ROLE = {
-    "reader": {"templates", "workflows", "health", "schema", "docs", "redoc"},
-    "operator": {"templates", "workflows", "events", "health", "schema", "docs", "redoc"},
+    "reader": {"templates", "workflows", "messages", "health", "schema", "docs", "redoc"},
+    "operator": {"templates", "workflows", "messages", "events", "health", "schema", "docs", "redoc"},
 }
 
 
@@ -163,6 +163,12 @@ def test_the_schema_is_valid_and_generated_without_a_warning(tmp_path: Any, gene
         f"{BASE}/workflows/{{workflow_id}}/stop/",
         f"{BASE}/workflows/{{workflow_id}}/retry/",
         f"{BASE}/workflows/{{workflow_id}}/runtime-parameters/",
+        f"{BASE}/workflows/{{workflow_id}}/resume/",
+        f"{BASE}/workflows/{{workflow_id}}/nodes/{{node_id}}/skip/",
+        f"{BASE}/workflows/{{workflow_id}}/nodes/{{node_id}}/complete/",
+        f"{BASE}/workflows/{{workflow_id}}/timers/{{timer_id}}/fire/",
+        f"{BASE}/messages/",
+        f"{BASE}/messages/{{inbox_id}}/replay/",
         f"{BASE}/events/",
         f"{BASE}/health/",
     } == paths

@@ -88,6 +88,12 @@ ROUTES = (
     Route("schema/", "describe", ("GET",)),
     Route("docs/", "describe", ("GET",)),
     Route("docs/redoc/", "describe", ("GET",)),
+    Route("workflows/{id}/resume/", "operate", ("POST",)),
+    Route("workflows/{id}/nodes/{node_id}/skip/", "operate", ("POST",)),
+    Route("workflows/{id}/nodes/{node_id}/complete/", "operate", ("POST",)),
+    Route("workflows/{id}/timers/{timer_id}/fire/", "operate", ("POST",)),
+    Route("messages/", "read", ("GET",)),
+    Route("messages/{inbox_id}/replay/", "operate", ("POST",)),
 )
 
 
@@ -155,6 +161,8 @@ def bodies(route: Route) -> st.SearchStrategy[bytes]:
         )
     elif route.pattern.endswith("runtime-parameters/"):
         shaped = st.dictionaries(hostile_text, json_values, max_size=4)
+    elif route.kind == "operate":  # an operator's action: an optional reason
+        shaped = st.fixed_dictionaries({}, optional={"reason": hostile_text | json_values})
     else:
         shaped = json_values
     # Raw UTF-8 (lone surrogates become invalid bytes) and ASCII with escapes (they reach the
@@ -171,6 +179,10 @@ def requests(draw: st.DrawFn, workflow_ids: list[str]) -> Request:
     workflow_id = draw(st.sampled_from(workflow_ids) | st.uuids().map(str) | segments)
     name = draw(st.sampled_from([TEMPLATE, EVENTS_TEMPLATE]) | segments)
     path = route.pattern.replace("{id}", quote(workflow_id, safe="")).replace("{name}", quote(name, safe=""))
+    for placeholder in ("{node_id}", "{timer_id}", "{inbox_id}"):
+        if placeholder in path:
+            value = draw(st.uuids().map(str) | st.integers(-5, 2**70).map(str) | segments)
+            path = path.replace(placeholder, quote(value, safe=""))
     query = draw(
         st.dictionaries(
             st.sampled_from(

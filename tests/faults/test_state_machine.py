@@ -11,7 +11,8 @@ process deadlines, failure policies) and interleaves, in any order hypothesis ch
 - routing correlated messages: matching, early (the listener has not started), not completing,
   raising, duplicated, and addressed with a key the workflow no longer has;
 - advancing the clock, firing due timers by sweep or by countdown message;
-- stop, retry, runtime-parameter edits that re-key the listeners, stop hooks, recovery sweeps;
+- stop, retry, resume, an operator's skip or complete of any task, runtime-parameter edits that
+  re-key the listeners, stop hooks, recovery sweeps;
 - settling: running everything left until nothing moves, then checking no workflow is stuck.
 
 After every step the invariants are checked against the database (see :meth:`check`); a
@@ -45,7 +46,7 @@ from hypothesis.stateful import (
 
 from dagger_django import Dagger
 from dagger_django.conf import dagger_settings
-from dagger_django.engine import correlation, messages, outbox, recovery, services
+from dagger_django.engine import correlation, messages, operations, outbox, recovery, services
 from dagger_django.engine.selectors import Event, workflow_events
 from dagger_django.engine.state import NODE_TRANSITIONS, WORKFLOW_TRANSITIONS
 from dagger_django.engine.timers import timer_fire, timers_fire_due
@@ -69,6 +70,9 @@ from .scale import full, scale
 S = Status
 #: A workflow in one of these has ended for good (FAILURE can still be retried or stopped).
 FINAL = frozenset({S.COMPLETED, S.STOPPED, S.SKIPPED})
+#: ... and of those, the ones whose runtime parameters no longer change (a STOPPED one's may be
+#: fixed before it is resumed).
+ENDED = FINAL - {S.STOPPED}
 ACTIVE = frozenset({S.SUBMITTED, S.EXECUTING})
 
 EXAMPLES = scale(20, 100)
@@ -326,9 +330,9 @@ class WorkflowCampaign(RuleBasedStateMachine):
         try:
             services.workflow_update_parameters(workflow_id=wf, changes={sh.KEY: key})
         except TaskInvalidState:
-            _check(status in FINAL, f"a {status} workflow refused a parameter edit", "operations")
+            _check(status in ENDED, f"a {status} workflow refused a parameter edit", "operations")
             return
-        _check(status not in FINAL, f"a {status} workflow accepted a parameter edit", "operations")
+        _check(status not in ENDED, f"a {status} workflow accepted a parameter edit", "operations")
         self.keys[wf].append(key)
 
     # -- time ---------------------------------------------------------------------------------------------
@@ -384,6 +388,64 @@ class WorkflowCampaign(RuleBasedStateMachine):
             _check(status != S.FAILURE, f"a FAILURE workflow refused a retry: {exc}", "operations")
             return
         _check(status == S.FAILURE, f"a {status} workflow was retried", "operations")
+
+    @rule(wf=workflows, hooks_first=st.booleans())
+    def resume(self, wf: uuid.UUID, hooks_first: bool) -> None:
+        """An operator resumes a workflow (``hooks_first``: once the stop hooks owed have run)."""
+        self._step("resume")
+        while hooks_first and self.dispatcher.stop_hooks:
+            owner, nodes = self.dispatcher.stop_hooks.popleft()
+            services.stop_hooks_run(workflow_id=owner, node_ids=nodes)
+        status = Workflow.objects.get(pk=wf).status
+        self.operated.add(wf)
+        try:
+            operations.workflow_resume(workflow_id=wf)
+        except TaskInvalidState as exc:
+            _check(
+                status != S.STOPPED or "stop hooks" in str(exc) or "was stopped while" in str(exc),
+                f"a STOPPED workflow refused to resume: {exc}",
+                "operations",
+            )
+            return
+        _check(status == S.STOPPED, f"a {status} workflow was resumed", "operations")
+        FIGURES["resumed"] += 1
+
+    @rule(wf=workflows, pick=st.integers(0, 40), complete=st.booleans(), waiting_only=st.booleans())
+    def skip_or_complete(self, wf: uuid.UUID, pick: int, complete: bool, waiting_only: bool) -> None:
+        """An operator skips or completes a task (``waiting_only``: one that waits or failed, if
+        any): accepted only for a waiting or failed one."""
+        self._step("complete" if complete else "skip")
+        nodes = sorted(Node.objects.filter(workflow_id=wf, node_type="LEAF"), key=lambda n: n.position)
+        if waiting_only:
+            timed = set(
+                Timer.objects.filter(workflow_id=wf, status=TimerStatus.PENDING).values_list(
+                    "node_id", flat=True
+                )
+            )
+            waiting = [
+                n
+                for n in nodes
+                if n.status == S.FAILURE
+                or (n.kind == NodeKind.LISTENER and n.status == S.EXECUTING)
+                or (n.id in timed and n.status in ACTIVE)
+            ]
+            nodes = waiting or nodes
+        if not nodes:
+            return
+        node = nodes[pick % len(nodes)]
+        self.operated.add(wf)
+        operation = operations.node_complete if complete else operations.node_skip
+        try:
+            operation(workflow_id=wf, node_id=node.id)
+        except TaskInvalidState:
+            return
+        FIGURES["skipped" if not complete else "completed"] += 1
+        after = Node.objects.get(pk=node.id).status
+        _check(
+            after in (S.COMPLETED, S.SKIPPED) and node.status not in FINAL,
+            f"{node.name} went {node.status} -> {after} by an operator",
+            "operations",
+        )
 
     # -- settling --------------------------------------------------------------------------------------
     @rule()
@@ -515,17 +577,35 @@ def check(ids: list[uuid.UUID], *, history: History, operated: set[uuid.UUID]) -
 
 
 def _check_terminal_status(wf: Workflow, events: list[Event], before: str | None, operated: bool) -> None:
-    """One terminal status, for good: COMPLETED/STOPPED/SKIPPED never change; FAILURE changes
-    only through retry (to EXECUTING) or stop (to STOPPED)."""
+    """One terminal status, for good: COMPLETED/SKIPPED never change, STOPPED only by a resume;
+    FAILURE changes only through retry (to EXECUTING), an operator's skip or complete of a
+    failed task (to EXECUTING) or stop (to STOPPED)."""
+    resumed = any(e.node_id is None and e.reason == "resumed" for e in events)
     if before in FINAL:
-        _check(wf.status == before, f"workflow went {before} -> {wf.status}", "terminal_status")
+        _check(
+            wf.status == before or (before == S.STOPPED and operated and resumed),
+            f"workflow went {before} -> {wf.status}",
+            "terminal_status",
+        )
     elif before == S.FAILURE and wf.status != S.FAILURE:
         _check(operated, f"workflow left FAILURE ({wf.status}) with no retry or stop", "terminal_status")
     for e in events:
         if e.node_id is None and e.from_status == S.FAILURE and e.to_status != S.FAILURE:
             _check(
-                (e.to_status, e.reason) in {(S.EXECUTING, "retried"), (S.STOPPED, "stopped")},
+                (e.to_status, e.reason)
+                in {
+                    (S.EXECUTING, "retried"),
+                    (S.STOPPED, "stopped"),
+                    (S.EXECUTING, "node_skipped"),
+                    (S.EXECUTING, "node_completed"),
+                },
                 f"workflow left FAILURE for {e.to_status} ({e.reason})",
+                "terminal_status",
+            )
+        if e.node_id is None and e.from_status == S.STOPPED and e.to_status != S.STOPPED:
+            _check(
+                e.reason == "resumed",
+                f"workflow left STOPPED for {e.to_status} ({e.reason})",
                 "terminal_status",
             )
 
@@ -777,7 +857,18 @@ def test_random_interleavings_keep_every_workflow_invariant(
 
 
 def _figures(elapsed: float) -> str:
-    main = ["examples", "steps", "workflows", "messages", "timers_fired", "recovered", "checks"]
+    main = [
+        "examples",
+        "steps",
+        "workflows",
+        "messages",
+        "timers_fired",
+        "recovered",
+        "resumed",
+        "skipped",
+        "completed",
+        "checks",
+    ]
     text = ", ".join(f"{k} {FIGURES[k]}" for k in main)
     per_check = ", ".join(f"{k[7:]} {v}" for k, v in sorted(FIGURES.items()) if k.startswith("checks:"))
     ends = ", ".join(f"{k[6:]} {v}" for k, v in sorted(FIGURES.items()) if k.startswith("ended:"))
