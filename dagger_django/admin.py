@@ -44,6 +44,7 @@ from .models import (
     Workflow,
     WorkflowTemplate,
 )
+from .models.status import INBOX_REPLAYABLE
 
 
 class OperateActionsMixin:
@@ -358,8 +359,17 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
             context["dagger_graph"] = graph_of(nodes)
             context["dagger_nodes"] = nodes
             context["dagger_events"] = timeline(selectors.workflow_events(workflow_id=obj.pk))
-            context.update(self.panels(request, obj))
             operate = self.has_operate_permission(request)
+            rows = node_rows(obj, nodes, operate=operate)
+            context["dagger_node_rows"] = rows
+            context.update(
+                self.panels(
+                    request,
+                    obj,
+                    operate=operate,
+                    node_actions={row.node.id: row.actions for row in rows},
+                )
+            )
             context["dagger_can_stop"] = operate and not selectors.workflow_ended_for_good(status=obj.status)
             context["dagger_can_retry"] = operate and obj.status == Status.FAILURE
             context["dagger_can_resume"] = operate and obj.status == Status.STOPPED
@@ -367,7 +377,6 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
                 Status.COMPLETED,
                 Status.SKIPPED,
             )
-            context["dagger_node_rows"] = node_rows(obj, nodes, operate=operate)
         # Nothing on this page can be saved: no save buttons (a POST would only be refused).
         context.update(show_save=False, show_save_and_continue=False, show_save_and_add_another=False)
         return super().render_change_form(request, context, add, change, form_url, obj)
@@ -396,10 +405,21 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/dagger_django/workflow/object_history.html", context)
 
-    def panels(self, request: HttpRequest, obj: Workflow) -> dict[str, Any]:
-        """The read-only panels of a workflow's page: its runtime parameters (marked against the
+    def panels(
+        self,
+        request: HttpRequest,
+        obj: Workflow,
+        *,
+        operate: bool = False,
+        node_actions: dict[Any, tuple[str, ...]] | None = None,
+    ) -> dict[str, Any]:
+        """The panels of a workflow's page: its runtime parameters (marked against the
         template's declaration), pending timers, waiting listeners and the messages that wait or
-        failed. Five queries (two for the messages)."""
+        failed. Five queries (two for the messages). With ``operate``, a timer row offers Fire
+        now, a listener row the Skip/Complete its node row offers (``node_actions``), and a dead
+        letter Replay."""
+        node_actions = node_actions or {}
+        ended = selectors.workflow_ended_for_good(status=obj.status)
         now = ports.now()
         declaration = selectors.template_declaration_get(template_id=obj.template_id)
         timers = selectors.workflow_timers_pending(workflow_id=obj.pk)
@@ -410,17 +430,27 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
             "dagger_panel_limit": selectors.PANEL_LIMIT,
             "dagger_declaration": declaration,
             "dagger_parameters": parameter_rows(obj.runtime_parameters, declaration),
-            "dagger_timers": selectors.Bounded([TimerRow(t, now) for t in timers.rows], timers.more),
+            "dagger_timers": selectors.Bounded(
+                [TimerRow(t, now, fire=operate and not ended) for t in timers.rows], timers.more
+            ),
             "dagger_timers_url": (
                 _changelist("timer", workflow__id__exact=obj.pk, status__exact="PENDING")
                 if request.user.has_perm("dagger_django.view_timer")
                 else ""
             ),
             "dagger_listeners": selectors.Bounded(
-                [ListenerRow(x, now) for x in listeners.rows], listeners.more
+                [ListenerRow(x, now, node_actions.get(x.node_id, ())) for x in listeners.rows],
+                listeners.more,
             ),
             "dagger_messages": selectors.Bounded(
-                [MessageRow(m, _inbox_url(m.inbox_id) if may_see_inbox else "") for m in inbox.rows],
+                [
+                    MessageRow(
+                        m,
+                        _inbox_url(m.inbox_id) if may_see_inbox else "",
+                        replay=operate and not m.delivery_status and m.status in INBOX_REPLAYABLE,
+                    )
+                    for m in inbox.rows
+                ],
                 inbox.more,
             ),
         }
@@ -468,6 +498,12 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
                 "<path:object_id>/timers/<str:timer_id>/fire/",
                 view(self.fire_timer_view),
                 name="{}_{}_fire_timer".format(*info),
+            ),
+            # admin:dagger_django_workflow_replay_message (workflow id, inbox id)
+            path(
+                "<path:object_id>/messages/<str:inbox_id>/replay/",
+                view(self.replay_message_view),
+                name="{}_{}_replay_message".format(*info),
             ),
             # admin:dagger_django_workflow_parameters (workflow id)
             path(
@@ -579,6 +615,37 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
             label="Fire",
             effect=effect,
             subject=f"timer {timer_id}",
+        )
+
+    def replay_message_view(self, request: HttpRequest, object_id: str, inbox_id: str) -> HttpResponse:
+        """Route a dead letter listed on the workflow's page again (``operations.message_replay``),
+        recording the user and the reason on the message and in the history of each workflow it
+        reaches; the outcome (routed, or dead again and why) is reported."""
+        from .engine import operations
+
+        obj = self._operable(request, object_id)
+        if obj is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        effect = "The message is routed again, as if it had just arrived (fix its cause first)."
+        if request.method == "POST":
+            outcome: dict[str, Any] = {}
+
+            def replay(*, actor: str, reason: str) -> None:
+                outcome["routed"] = operations.message_replay(inbox_id=inbox_id, actor=actor, reason=reason)
+
+            label = f"Replayed message {inbox_id}"
+            response = self._act(request, obj, "Replay", label, replay)
+            routed = outcome.get("routed")
+            if routed is not None:
+                self.message_user(request, f"Message {inbox_id} is now {routed.status}.", messages.INFO)
+            return response
+        return self._confirmation(
+            request,
+            obj,
+            title=f"Replay message {inbox_id}?",
+            label="Replay",
+            effect=effect,
+            subject=f"message {inbox_id}",
         )
 
     def parameters_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -1072,6 +1139,8 @@ def parameter_rows(values: Any, declaration: selectors.Declaration | None) -> li
 class TimerRow:
     timer: selectors.TimerInfo
     now: dt.datetime
+    #: Whether the user may fire it now (the operate permission, the workflow not ended).
+    fire: bool = False
 
     @property
     def node(self) -> str:
@@ -1094,6 +1163,8 @@ class TimerRow:
 class ListenerRow:
     listener: selectors.ListenerInfo
     now: dt.datetime
+    #: What the user may do to its node now: its row of the node table's actions.
+    actions: tuple[str, ...] = ()
 
     @property
     def node(self) -> str:
@@ -1113,6 +1184,8 @@ class MessageRow:
     message: selectors.MessageInfo
     #: The message's inbox page ("" when the user may not view the inbox).
     url: str
+    #: Whether the user may replay it (a dead letter, the operate permission).
+    replay: bool = False
 
     @property
     def received_at(self) -> str:

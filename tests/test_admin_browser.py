@@ -259,9 +259,9 @@ def test_workflow_page_panels_and_template_page_in_a_browser(
     listeners = _rows(browser.find_element(By.ID, "dagger-listeners"), "data-listener")
     texts = sorted(listeners.values())
     assert texts[0].startswith("wait_for_payment_listener_task Executing orders order_id o-1042 ")
-    assert texts[0].endswith(" 0 0")
+    assert texts[0].endswith(" 0 0 -")  # a reader: no actions
     assert texts[1].startswith("wait_for_shipment_listener_task Not started shipments order_id o-1042 ")
-    assert texts[1].endswith(" 0 1")
+    assert texts[1].endswith(" 0 1 -")
 
     panel = browser.find_element(By.ID, "dagger-messages")
     dead = InboxMessage.objects.get(topic="orders", status="invalid")

@@ -257,7 +257,7 @@ def test_edit_runtime_parameters_needs_the_operate_permission(
     done = client.post(url, {"parameters": '{"order_id": "b"}'})
     operator = role == "operator_staff"
     assert (Workflow.objects.get(pk=wf.id).runtime_parameters == {"order_id": "b"}) is operator
-    assert ('id="dagger-parameters"' in shown) is operator
+    assert ('id="dagger-edit-parameters"' in shown) is operator
     assert done.status_code == (302 if operator else 403)
 
 

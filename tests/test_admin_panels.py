@@ -78,8 +78,10 @@ def test_workflow_page_shows_parameters_timers_listeners_and_messages(reader: Cl
     timers = _rows(_section(html, "dagger-timers"), "data-timer")
     (timer,) = Timer.objects.filter(workflow_id=wf.id, status="PENDING")
     text = timers[str(timer.pk)]
-    # node, purpose, due at (to the millisecond), how far, attempt
-    assert re.fullmatch(r"remind Trigger time \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} in 2 min 59 s 0", text)
+    # node, purpose, due at (to the millisecond), how far, attempt, actions
+    assert re.fullmatch(
+        r"remind Trigger time \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} in 2 min 59 s 0 -", text
+    )  # "-": no action for a reader
 
     listeners = _rows(_section(html, "dagger-listeners"), "data-listener")
     since = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}"
@@ -87,10 +89,12 @@ def test_workflow_page_shows_parameters_timers_listeners_and_messages(reader: Cl
         listeners[str(Node.objects.get(workflow_id=wf.id, name__endswith=f".{name}_listener_task").id)]
         for name in ("wait_for_payment", "wait_for_shipment")
     )
-    # node, status, topic, key name, key value, since, pending, buffered
-    assert re.fullmatch(rf"wait_for_payment_listener_task Executing orders order_id o-1 {since} 0 0", payment)
+    # node, status, topic, key name, key value, since, pending, buffered, actions
     assert re.fullmatch(
-        rf"wait_for_shipment_listener_task Not started shipments order_id o-1 {since} 0 1", shipment
+        rf"wait_for_payment_listener_task Executing orders order_id o-1 {since} 0 0 -", payment
+    )
+    assert re.fullmatch(
+        rf"wait_for_shipment_listener_task Not started shipments order_id o-1 {since} 0 1 -", shipment
     )
 
     messages = _section(html, "dagger-messages")
@@ -102,12 +106,12 @@ def test_workflow_page_shows_parameters_timers_listeners_and_messages(reader: Cl
     assert "delivery buffered" in rows[str(kept.pk)] and "wait_for_shipment" in rows[str(kept.pk)]
     assert f'href="/admin/dagger_django/inboxmessage/{dead.pk}/change/"' in messages
 
-    # Each row has its (empty, for now) actions cell.
+    # Each row has its actions cell; a reader may do nothing there.
     for panel in ("dagger-timers", "dagger-listeners", "dagger-messages"):
         section = _section(html, panel)
         assert '<th class="dagger-actions">Actions</th>' in section
         cells = re.findall(r'<td class="dagger-actions">(.*?)</td>', section, re.S)
-        assert cells and all(cell.strip() == "" for cell in cells)
+        assert cells and all(cell.strip() == "-" for cell in cells)
 
     clock.advance(seconds=REMIND_IN + 1.5)  # the sweep has not fired it yet
     html = reader.get(f"/admin/dagger_django/workflow/{wf.id}/change/").content.decode()
@@ -187,6 +191,55 @@ def test_workflow_page_per_role(client: Client, django_user_model: Any, engine: 
     html = client.get(page).content.decode()
     assert "/admin/dagger_django/inboxmessage/" in html
     assert client.post(page, {}).status_code == 403  # read-only, for everyone
+
+
+def test_an_operator_fires_a_timer_moves_a_listener_on_and_replays_a_dead_letter_from_the_panels(
+    client: Client, django_user_model: Any, engine: Any
+) -> None:
+    dispatcher, clock = engine
+    wf = waiting_order("PanelsActions", dispatcher, clock, order_id="o-7")
+    page = f"/admin/dagger_django/workflow/{wf.id}/change/"
+    client.force_login(_user(django_user_model, "operator", "view_workflow", "operate_workflow"))
+    html = client.get(page).content.decode()
+
+    (timer,) = Timer.objects.filter(workflow_id=wf.id, status="PENDING")
+    fire = f"/admin/dagger_django/workflow/{wf.id}/timers/{timer.pk}/fire/"
+    assert f'href="{fire}"' in _section(html, "dagger-timers")
+
+    # The waiting listener offers what its node row offers; the one not started offers nothing.
+    listeners = _section(html, "dagger-listeners")
+    payment = Node.objects.get(workflow_id=wf.id, name__endswith=".wait_for_payment_listener_task")
+    shipment = Node.objects.get(workflow_id=wf.id, name__endswith=".wait_for_shipment_listener_task")
+    for action in ("skip", "complete"):
+        assert f'href="/admin/dagger_django/workflow/{wf.id}/nodes/{payment.id}/{action}/"' in listeners
+    assert f"/nodes/{shipment.id}/" not in listeners
+
+    # A dead letter offers Replay; the buffered delivery does not.
+    dead = InboxMessage.objects.get(topic="orders", status="invalid")
+    kept = InboxMessage.objects.get(topic="shipments")
+    messages_html = _section(html, "dagger-messages")
+    replay = f"/admin/dagger_django/workflow/{wf.id}/messages/{dead.pk}/replay/"
+    assert f'href="{replay}"' in messages_html
+    assert f"/messages/{kept.pk}/replay/" not in messages_html
+
+    # Each opens the confirmation; the POST does it, records who and why, and goes back.
+    assert "Fire timer" in client.get(fire).content.decode()
+    response = client.post(fire, {"reason": "customer called"})
+    assert response.status_code == 302 and response["Location"] == page
+    timer.refresh_from_db()
+    assert timer.status == "FIRED"
+
+    assert "Replay message" in client.get(replay).content.decode()
+    response = client.post(replay, {"reason": "key fixed upstream"})
+    assert response.status_code == 302
+    dead.refresh_from_db()
+    assert dead.replayed_by == "operator" and dead.replay_reason == "key fixed upstream"
+
+    # A reader gets no links, and a POST to them is refused.
+    client.force_login(_user(django_user_model, "reader2", "view_workflow"))
+    html = client.get(page).content.decode()
+    assert "/fire/" not in html and "/replay/" not in html
+    assert client.post(replay, {"reason": "x"}).status_code == 403
 
 
 # -- the template page ------------------------------------------------------------------------------
