@@ -7,8 +7,8 @@ Measures what docs/internals.md ("Node state in the workflow row") predicts, bef
 is changed: the transactions of one 3-step workflow (create+submit, claim, three applies) as the
 engine writes them today (``rows``: a workflow row, one row per node, one history row per
 transaction) and as they would be written with the node states in the workflow row (``document``:
-the workflow row holds the nodes as one JSON document and the narrow ``attention_at`` column
-recovery would read, plus the same history rows). Each layout gets scratch tables shaped like the
+the workflow row holds the nodes as one JSON document and the narrow ``leased_since`` column
+recovery reads, plus the same history rows). Each layout gets scratch tables shaped like the
 engine's (``LIKE ... INCLUDING ALL``: the same columns, indexes and defaults; the node and history
 tables reference the workflow table as the engine's do) in a schema of its own, dropped at the end.
 
@@ -52,18 +52,37 @@ def _schema(cur: Any, name: str, document: bool) -> None:
         f"ALTER TABLE {name}.history ADD FOREIGN KEY (workflow_id) REFERENCES {name}.workflow (id)"
         " DEFERRABLE INITIALLY DEFERRED"
     )
-    if document:
-        cur.execute(f"ALTER TABLE {name}.workflow ADD COLUMN nodes jsonb NOT NULL DEFAULT '[]'")
-        cur.execute(f"ALTER TABLE {name}.workflow ADD COLUMN attention_at timestamptz")
-        cur.execute(f"CREATE INDEX ON {name}.workflow (attention_at) WHERE attention_at IS NOT NULL")
-    else:
-        cur.execute(f"CREATE TABLE {name}.node (LIKE public.dagger_django_node INCLUDING ALL)")
+    if not document:  # the workflow row as it was before migration 0010
+        cur.execute(
+            f"ALTER TABLE {name}.workflow DROP COLUMN nodes, DROP COLUMN node_pages, DROP COLUMN leased_since,"
+            " DROP COLUMN resend_at, DROP COLUMN stop_hooks_since"
+        )
+        cur.execute(f"CREATE TABLE {name}.node ({NODE_TABLE})")
+        for index in NODE_INDEXES:
+            cur.execute(index.format(s=name))
         cur.execute(
             f"ALTER TABLE {name}.node ADD FOREIGN KEY (workflow_id) REFERENCES {name}.workflow (id)"
             " DEFERRABLE INITIALLY DEFERRED"
         )
 
 
+#: The node table as migration 0009 left it (0010 moved the nodes into the workflow row).
+NODE_TABLE = (
+    "id uuid PRIMARY KEY, name varchar(500) NOT NULL, node_type varchar(24) NOT NULL,"
+    " kind varchar(16) NOT NULL, task_class varchar(300) NOT NULL, status varchar(16) NOT NULL,"
+    " position integer NOT NULL CHECK (position >= 0), next_ids jsonb NOT NULL, child_ids jsonb NOT NULL,"
+    " config jsonb NOT NULL, attempts integer NOT NULL CHECK (attempts >= 0), lease varchar(64) NOT NULL,"
+    " error text NOT NULL, time_created timestamptz NOT NULL, time_submitted timestamptz,"
+    " time_completed timestamptz, updated_at timestamptz NOT NULL, parent_id uuid, workflow_id uuid NOT NULL,"
+    " redispatch_at timestamptz, redispatches smallint NOT NULL CHECK (redispatches >= 0),"
+    " stop_hook varchar(8) NOT NULL, stop_hook_at timestamptz"
+)
+NODE_INDEXES = (
+    "CREATE INDEX ON {s}.node (workflow_id)",
+    "CREATE INDEX ON {s}.node (status, updated_at) WHERE status IN ('SUBMITTED', 'EXECUTING')",
+    "CREATE INDEX ON {s}.node (redispatch_at) WHERE redispatch_at IS NOT NULL",
+    "CREATE INDEX ON {s}.node (updated_at) WHERE stop_hook = 'pending'",
+)
 WF_COLS = (
     "id, template_id, template_name, template_class, failure_policy, status, runtime_parameters,"
     " partition_key_lookup, business_key, root_node_id, update_count, deferred_node_ids, has_timers,"
@@ -191,8 +210,12 @@ def _doc(nodes: list[dict[str, Any]]) -> str:
     return json.dumps(out, separators=(",", ":"))
 
 
-def _attention(nodes: list[dict[str, Any]], lease: dt.timedelta) -> dt.datetime | None:
-    due = [n["updated_at"] + lease for n in nodes if n["status"] in ("SUBMITTED", "EXECUTING")]
+def _leased_since(nodes: list[dict[str, Any]]) -> dt.datetime | None:
+    due = [
+        n["updated_at"]
+        for n in nodes
+        if n["node_type"] == "LEAF" and n["status"] in ("SUBMITTED", "EXECUTING")
+    ]
     return min(due) if due else None
 
 
@@ -237,7 +260,6 @@ class Layout:
         ]
 
     def run_workflow(self, template_id: int) -> None:
-        lease_span = dt.timedelta(seconds=300)
         now = dt.datetime.now(dt.UTC)
         wid = uuid.uuid4()
         nodes = _nodes(wid, now)
@@ -276,9 +298,9 @@ class Layout:
             if self.document:
                 self._x(
                     cur,
-                    f"INSERT INTO {self.s}.workflow ({WF_COLS}, nodes, attention_at) VALUES"
+                    f"INSERT INTO {self.s}.workflow ({WF_COLS}, nodes, leased_since) VALUES"
                     f" ({', '.join(['%s'] * 20)})",
-                    [*wf, _doc(nodes), _attention(nodes, lease_span)],
+                    [*wf, _doc(nodes), _leased_since(nodes)],
                     1,
                 )
             else:
@@ -327,8 +349,8 @@ class Layout:
                 self._x(cur, f"SELECT * FROM {self.s}.workflow WHERE id = %s FOR UPDATE", [wid])
                 cur.fetchall()
                 if self.document:
-                    fields = "nodes = %s, attention_at = %s, updated_at = %s"
-                    values: list[Any] = [_doc(nodes), _attention(nodes, lease_span), now]
+                    fields = "nodes = %s, leased_since = %s, updated_at = %s"
+                    values: list[Any] = [_doc(nodes), _leased_since(nodes), now]
                     if i > 0:
                         fields += ", runtime_parameters = %s, update_count = update_count + 1"
                         values.append(json.dumps(params))

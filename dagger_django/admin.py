@@ -215,7 +215,19 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
         "time_completed",
         "updated_at",
     ]
-    exclude = ["template_class", "root_node_id", "deferred_node_ids", "has_timers", "runtime_parameters"]
+    exclude = [
+        "template_class",
+        "root_node_id",
+        "deferred_node_ids",
+        "has_timers",
+        "runtime_parameters",
+        # the engine's storage of the nodes and recovery's marks (docs/internals.md)
+        "nodes",
+        "node_pages",
+        "leased_since",
+        "resend_at",
+        "stop_hooks_since",
+    ]
     # The nodes, their graph and the history are shown below the fields (change_form.html),
     # read through the selectors rather than as inlines of their tables.
     actions = ["stop_workflows", "retry_workflows"]

@@ -394,13 +394,13 @@ def _demo_outcome(baseline: set[Any]) -> dict[str, Any]:
 def _print_nodes(workflows: dict[str, str]) -> None:
     """Best effort: show where each unfinished workflow stands."""
     try:
-        from dagger_django.models import Node
+        from dagger_django.engine.selectors import workflow_nodes
 
         for wid, status in workflows.items():
             if status == "COMPLETED":
                 continue
-            for name, node_status in Node.objects.filter(workflow_id=wid).values_list("name", "status"):
-                say(f"  {wid} {name}: {node_status}")
+            for node in workflow_nodes(workflow_id=wid):
+                say(f"  {wid} {node.name}: {node.status}")
     except Exception as exc:  # diagnostics only; never hide the real failure behind this one
         say(f"(could not list the nodes: {exc})")
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from dagger_django.models import Node
 from dagger_django.testing import InMemoryDispatcher, engine_under_test
+from tests.helpers import stored_nodes
 
 from .engine import builders as b
 
@@ -75,9 +75,9 @@ def test_admin_shows_a_workflow_graph_a_person_can_read(
 
     graph = WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "dagger-graph"))
     boxes = graph.find_elements(By.CSS_SELECTOR, ".box")
-    assert len(boxes) == Node.objects.filter(workflow_id=wf.id).count()
+    assert len(boxes) == stored_nodes.filter(workflow_id=wf.id).count()
     shown = {box.get_attribute("data-node"): box.get_attribute("data-status") for box in boxes}
-    assert shown == {str(n.id): n.status for n in Node.objects.filter(workflow_id=wf.id)}
+    assert shown == {str(n.id): n.status for n in stored_nodes.filter(workflow_id=wf.id)}
     skipped = [box for box in boxes if box.get_attribute("data-status") == "SKIPPED"]
     assert skipped and all(box.is_displayed() for box in skipped)
     assert "decide" in graph.text and "right_executor_task" in graph.text

@@ -31,7 +31,6 @@ from ..exceptions import WorkflowDoesNotExist
 from ..models import (
     HistoryRecord,
     InboxMessage,
-    Node,
     NodeKind,
     NodeType,
     OutboxMessage,
@@ -41,6 +40,7 @@ from ..models import (
 )
 from ..models.history import history_fields, history_is_transition
 from ..models.status import ENDED_FOR_GOOD, TERMINAL
+from .state import nodes_read, nodes_read_many
 
 
 # ==================================================================================================
@@ -312,22 +312,20 @@ def workflow_ended_for_good(*, status: str) -> bool:
 def workflows_current_steps(*, workflow_ids: list[Any]) -> dict[uuid.UUID, list[str]]:
     """What each of ``workflow_ids`` is doing now: the names of its SUBMITTED or EXECUTING tasks
     (not the processes and groups around them), in position order; a workflow with none is
-    absent. For a page of workflows: one query for the whole page (the nodes' workflow index)."""
+    absent. For a page of workflows: one query for the whole page (their rows hold their nodes;
+    a second for workflows with more than one page of nodes)."""
     ids = [pk for pk in map(_uuid, workflow_ids) if pk is not None]
     if not ids:
         return {}
-    rows = (
-        Node.objects.filter(
-            workflow_id__in=ids,
-            node_type=NodeType.LEAF,
-            status__in=[Status.SUBMITTED, Status.EXECUTING],
-        )
-        .order_by("workflow_id", "position")
-        .values_list("workflow_id", "name")
-    )
     steps: dict[uuid.UUID, list[str]] = {}
-    for workflow_id, name in rows:
-        steps.setdefault(workflow_id, []).append(name)
+    for workflow_id, nodes in nodes_read_many(ids).items():
+        current = [
+            n.name
+            for n in sorted(nodes, key=lambda n: n.position)
+            if n.node_type == NodeType.LEAF and n.status in (Status.SUBMITTED, Status.EXECUTING)
+        ]
+        if current:
+            steps[workflow_id] = current
     return steps
 
 
@@ -391,14 +389,14 @@ _NODE_FIELDS = (
 
 def workflow_nodes(*, workflow_id: Any) -> list[NodeInfo]:
     """Every node of a workflow (processes, parallel groups, tasks) in position (creation)
-    order; empty for an unknown workflow. One query."""
+    order; empty for an unknown workflow. One query (two for a workflow with more than one page
+    of nodes)."""
     pk = _uuid(workflow_id)
     if pk is None:
         return []
-    rows = Node.objects.filter(workflow_id=pk).order_by("position", "time_created").values_list(*_NODE_FIELDS)
     nodes = []
-    for row in rows:
-        values = dict(zip(_NODE_FIELDS, row, strict=True))
+    for node in sorted(nodes_read(pk), key=lambda n: (n.position, n.time_created)):
+        values = {name: getattr(node, name) for name in _NODE_FIELDS}
         values["next_ids"] = [uuid.UUID(str(i)) for i in values["next_ids"] or ()]
         values["child_ids"] = [uuid.UUID(str(i)) for i in values["child_ids"] or ()]
         nodes.append(NodeInfo(**values))

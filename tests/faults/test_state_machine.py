@@ -61,6 +61,7 @@ from dagger_django.models import (
 )
 from dagger_django.models.status import TERMINAL
 from dagger_django.testing import engine_under_test
+from tests.helpers import stored_nodes
 
 from . import record
 from . import shapes as sh
@@ -421,7 +422,7 @@ class WorkflowCampaign(RuleBasedStateMachine):
             if not moved and not self.dispatcher.runs and not waiting_on_time.exists():
                 break
         sh.CONTROL.ready = False
-        nodes = _by_workflow(Node.objects.filter(workflow_id__in=self.ids))
+        nodes = _by_workflow(stored_nodes.filter(workflow_id__in=self.ids))
         for wf in Workflow.objects.filter(pk__in=self.ids):
             mine = nodes[wf.id]
             busy = [n.name for n in mine if n.status == S.SUBMITTED]
@@ -486,7 +487,7 @@ def check(ids: list[uuid.UUID], *, history: History, operated: set[uuid.UUID]) -
     """Check the invariants of the workflows ``ids``; ``operated``: the workflows a stop or
     retry touched in this step."""
     workflows = {wf.id: wf for wf in Workflow.objects.filter(pk__in=ids)}
-    nodes = _by_workflow(Node.objects.filter(workflow_id__in=ids))
+    nodes = _by_workflow(stored_nodes.filter(workflow_id__in=ids))
     events: dict[uuid.UUID, list[Event]] = {}
     for wid in ids:
         everything = workflow_events(workflow_id=wid)
