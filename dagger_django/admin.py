@@ -163,7 +163,8 @@ class WorkflowChangeList(ChangeList):
     leaves the runtime parameters (which may be large) unread."""
 
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Workflow]:
-        return super().get_queryset(request, exclude_parameters).defer("runtime_parameters")
+        # Neither the parameters nor the nodes (stored in the row) are shown in the list.
+        return super().get_queryset(request, exclude_parameters).defer("runtime_parameters", "nodes")
 
     def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)

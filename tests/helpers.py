@@ -52,7 +52,8 @@ def history(workflow_id: Any, reason: str | None = None) -> list[Event]:
 class NodeQuery:
     """The nodes of workflows as committed, for tests: ``stored_nodes.filter(workflow_id=wf.id,
     kind="listener")``, ``stored_nodes.get(pk=...)``, ``.count()``, ``.exists()``, ``.values_list(...)``
-    and ``.update(...)``, with the lookups tests use (exact, ``__in``, ``__endswith``).
+    and ``.update(...)``, with the lookups tests use (exact, ``__in``, ``__endswith``,
+    ``__startswith``, ``__contains``).
 
     Nodes are stored in their workflow's row (docs/internals.md, "Node state in the workflow
     row"), so this reads them through ``engine.state`` instead of a table; ``update`` writes them
@@ -82,6 +83,10 @@ class NodeQuery:
             return value in wanted or str(value) in {str(w) for w in wanted}
         if op == "endswith":
             return str(value).endswith(wanted)
+        if op == "startswith":
+            return str(value).startswith(wanted)
+        if op == "contains":
+            return wanted in value
         if op:
             raise ValueError(f"lookup {key} is not supported")
         return value == wanted or str(value) == str(wanted)

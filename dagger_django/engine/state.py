@@ -704,12 +704,14 @@ class WorkflowState:
                 touched.add(n.page)
         if 0 in touched:
             wf.nodes = [node_encode(n) for n in by_page.get(0, ())]
+            self._workflow_fields.add("nodes")
         wf.node_pages = max(by_page) if by_page else 0
         for number in touched - {0}:
             self.pages[number] = by_page[number]
         wf.leased_since, wf.resend_at, wf.stop_hooks_since = recovery_marks(self.nodes.values())
-        # Always the same columns when nodes changed, so a batch's workflows share one statement.
-        self._workflow_fields |= {"nodes", "node_pages", *MARK_FIELDS}
+        # The same columns whenever nodes changed (and the first page when it did), so the
+        # workflows of a batch share one statement.
+        self._workflow_fields |= {"node_pages", *MARK_FIELDS}
 
     def _cancel_timers(self) -> None:
         """Cancel the PENDING timers of the ended nodes (of the whole workflow: ``None``).

@@ -625,6 +625,43 @@ def test_business_key_of_a_structured_value_is_json(dispatcher: Any) -> None:
     assert reload(wf.id).business_key == '{"deep":[1]}'
 
 
+def test_a_step_of_a_workflow_of_a_thousand_nodes_rewrites_one_page_not_the_workflow(
+    dispatcher: Any,
+) -> None:
+    """A parallel group of 1,000 tasks: its nodes are stored in 16 pages of 64; claiming and
+    completing a task on the last page writes that page, the workflow's row (without its first
+    page) and a history record, never the other pages (docs/internals.md, "The 1,000-node bound")."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from dagger_django import (
+        Dagger,
+        ParallelCompositeTask,
+        ParallelCompositeTaskTemplateBuilder,
+        TaskOperator,
+    )
+
+    group = ParallelCompositeTaskTemplateBuilder(Dagger.app, 1000, b.task(t.Record, "leg").build())
+    group.set_type(ParallelCompositeTask).set_name("group").set_task_operator(TaskOperator.JOIN_ALL)
+    tmpl = b.template("Thousand", b.process("main", group.build()))
+    wf = tmpl.create_instance(submit_task=True)
+    assert reload(wf.id).node_pages == 15  # 1,002 nodes: the row's 64 and 15 pages
+    runs = list(dispatcher.runs)
+    dispatcher.runs.clear()
+    assert len(runs) == 1000
+    wf_id, node_id, lease = runs[-1]  # the last leg: the last page
+    with CaptureQueriesContext(connection) as ctx, counting() as claimed:
+        work = services._claim(wf.id, __import__("uuid").UUID(node_id), lease)
+    assert work is not None
+    with counting() as applied:
+        services._apply(work, services._execute(work), lease=lease, claim_next=False)
+    # The workflow's row (its marks), the last page and one history record; nothing else.
+    assert claimed["rows_written"] == applied["rows_written"] == 3
+    writes = [q["sql"] for q in ctx.captured_queries if q["sql"].startswith(("UPDATE", "INSERT"))]
+    assert not [sql for sql in writes if '"nodes" =' in sql and "dagger_django_workflow" in sql]
+    assert stored_nodes.get(pk=node_id).status == S.COMPLETED
+
+
 def test_retrying_a_workflow_keeps_counting_attempts_so_keys_never_repeat(
     dispatcher: Any, clock: Any
 ) -> None:
