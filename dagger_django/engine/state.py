@@ -1,11 +1,15 @@
 """One workflow's state inside one transaction, and the only code that changes a status.
 
-A transition locks the workflow row, loads its nodes into a :class:`WorkflowState`, lets the
-walker (:mod:`.walker`) change them in memory through :meth:`WorkflowState.set_status`, which
-checks the transition table and records a history event, and then :meth:`WorkflowState.flush`
-writes everything back in a fixed, small number of statements (one per table touched; the
-transition's history events in one row). The lock on the workflow row is what makes the
-in-memory update safe: no other transaction can change these rows until we commit.
+A transition locks the workflow row, which holds its nodes (the first ``PAGE_SIZE`` of them;
+``NodePage`` rows hold the rest), makes them :class:`~dagger_django.models.Node` objects in a
+:class:`WorkflowState`, lets the walker (:mod:`.walker`) change them in memory through
+:meth:`WorkflowState.set_status`, which checks the transition table and records a history event,
+and then :meth:`WorkflowState.flush` writes everything back in a fixed, small number of
+statements (one per table touched: the workflow row with its changed nodes and recovery marks,
+the changed pages, the transition's history events in one row). The lock on the workflow row is
+what makes the in-memory update safe: no other transaction can change these rows until we commit.
+How the nodes are stored is known here only (:func:`node_encode`, :func:`node_decode`,
+:func:`nodes_read`; docs/internals.md, "Node state in the workflow row").
 """
 
 from __future__ import annotations
