@@ -3,21 +3,22 @@
     python -m benchmarks.rowstate                 # 500 workflows per layout, 3 rounds, alternating
     python -m benchmarks.rowstate --n 1000 --rounds 5
 
-Measures what docs/internals.md ("Node state in the workflow row") predicts, before the engine
-is changed: the transactions of one 3-step workflow (create+submit, claim, three applies) as the
-engine writes them today (``rows``: a workflow row, one row per node, one history row per
-transaction) and as they would be written with the node states in the workflow row (``document``:
-the workflow row holds the nodes as one JSON document and the narrow ``leased_since`` column
-recovery reads, plus the same history rows). Each layout gets scratch tables shaped like the
-engine's (``LIKE ... INCLUDING ALL``: the same columns, indexes and defaults; the node and history
-tables reference the workflow table as the engine's do) in a schema of its own, dropped at the end.
+The measurement that chose the layout of migration 0010 (docs/internals.md, "Node state in the
+workflow row"), kept to compare the two outside the engine: the transactions of one 3-step
+workflow (create+submit, claim, three applies) as the engine wrote them before 0010 (``rows``: a
+workflow row, one row per node, one history row per transaction) and with the node states in the
+workflow row (``document``: the nodes as one JSON document in the row, with the narrow
+``leased_since`` column recovery reads, plus the same history rows). Each layout gets scratch
+tables in a schema of its own, dropped at the end: the workflow and history tables copied from
+the engine's (``LIKE ... INCLUDING ALL``), the node table as 0009 left it, with the same indexes
+and foreign keys.
 
 Per round and layout it reports rows written, statements, the CPU of the PostgreSQL backend
 serving the connection (from ``/proc``, so PostgreSQL must run on this machine), this process's
 CPU (psycopg binding and JSON encoding, not the engine's Python), and table + index bytes per
-workflow after a ``VACUUM FULL`` (live data only; WAL is not counted: the cluster's WAL position moves with every
-database on it). The layouts alternate within a round, so a noisy machine
-slows both alike. Uses the benchmark database (``DATABASE_URL``, default ``dagger_bench_engine``).
+workflow after a ``VACUUM FULL`` (live data only; WAL is not counted: the cluster's WAL position
+moves with every database on it). The layouts alternate within a round, so a noisy machine slows
+both alike. Uses the benchmark database (``DATABASE_URL``, default ``dagger_bench_engine``).
 """
 
 from __future__ import annotations
@@ -298,9 +299,9 @@ class Layout:
             if self.document:
                 self._x(
                     cur,
-                    f"INSERT INTO {self.s}.workflow ({WF_COLS}, nodes, leased_since) VALUES"
-                    f" ({', '.join(['%s'] * 20)})",
-                    [*wf, _doc(nodes), _leased_since(nodes)],
+                    f"INSERT INTO {self.s}.workflow ({WF_COLS}, nodes, node_pages, leased_since) VALUES"
+                    f" ({', '.join(['%s'] * 21)})",
+                    [*wf, _doc(nodes), 0, _leased_since(nodes)],
                     1,
                 )
             else:
