@@ -52,7 +52,7 @@ PROTOTYPES = 11
 SPAN_DAYS = 30
 #: Tables copied with each workflow (every other table referencing workflows stays empty).
 CHILD_TABLES = (
-    "dagger_django_node",
+    "dagger_django_nodepage",
     "dagger_django_historyrecord",
     "dagger_django_timer",
     "dagger_django_subscription",
@@ -203,6 +203,23 @@ def _node_array(expr: str) -> str:
     )
 
 
+def _node_document(expr: str) -> str:
+    """The copy of a node document (``Workflow.nodes``, ``NodePage.nodes``: a list of nodes, each
+    a list in the order of ``models.NODE_FIELDS``) with the copy's node ids: id (0), parent (1),
+    next ids (8) and child ids (9)."""
+    node = (
+        "jsonb_set(jsonb_set(jsonb_set(jsonb_set(nd.n,"
+        f" '{{0}}', to_jsonb({_node('nd.n->>0')}::text)),"
+        f" '{{1}}', coalesce(to_jsonb({_node('nd.n->>1')}::text), 'null'::jsonb)),"
+        f" '{{8}}', {_node_array('nd.n->8')}),"
+        f" '{{9}}', {_node_array('nd.n->9')})"
+    )
+    return (
+        f"(SELECT coalesce(jsonb_agg({node} ORDER BY nd.no), '[]'::jsonb)"
+        f" FROM jsonb_array_elements({expr}) WITH ORDINALITY AS nd(n, no))"
+    )
+
+
 #: Per table, the columns a copy does not take from its prototype as they are.
 OVERRIDES: dict[str, dict[str, str]] = {
     "dagger_django_workflow": {
@@ -212,13 +229,11 @@ OVERRIDES: dict[str, dict[str, str]] = {
         " ELSE p.runtime_parameters || jsonb_build_object(p.partition_key_lookup, pl.bkey) END",
         "root_node_id": _node("p.root_node_id"),
         "deferred_node_ids": _node_array("p.deferred_node_ids"),
+        "nodes": _node_document("p.nodes"),
     },
-    "dagger_django_node": {
-        "id": _node("p.id"),
+    "dagger_django_nodepage": {
         "workflow_id": "pl.wf",
-        "parent_id": _node("p.parent_id"),
-        "next_ids": _node_array("p.next_ids"),
-        "child_ids": _node_array("p.child_ids"),
+        "nodes": _node_document("p.nodes"),
     },
     "dagger_django_historyrecord": {
         "workflow_id": "pl.wf",

@@ -165,8 +165,13 @@ def db_size(n: int) -> dict[str, Any]:
         subscriptions = cursor.fetchone()[0]
         cursor.execute("SELECT count(*) FROM dagger_django_workflow")
         workflows = cursor.fetchone()[0]
-        cursor.execute("SELECT count(*) FROM dagger_django_node")
-        nodes = cursor.fetchone()[0]
+        # Nodes live in their workflow's row and its node pages (docs/internals.md).
+        cursor.execute(
+            "SELECT coalesce(sum(jsonb_array_length(nodes)), 0) FROM dagger_django_workflow"
+            " UNION ALL SELECT coalesce(sum(jsonb_array_length(nodes)), 0) FROM dagger_django_nodepage"
+        )
+        nodes = sum(int(row[0]) for row in cursor.fetchall())
+
     total = sum(tables.values())
     return {
         "total_bytes": total,

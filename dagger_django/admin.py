@@ -171,7 +171,8 @@ class WorkflowChangeList(ChangeList):
     leaves the runtime parameters (which may be large) unread."""
 
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Workflow]:
-        return super().get_queryset(request, exclude_parameters).defer("runtime_parameters")
+        # Neither the parameters nor the nodes (stored in the row) are shown in the list.
+        return super().get_queryset(request, exclude_parameters).defer("runtime_parameters", "nodes")
 
     def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)
@@ -243,7 +244,19 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
         "time_completed",
         "updated_at",
     ]
-    exclude = ["template_class", "root_node_id", "deferred_node_ids", "has_timers", "runtime_parameters"]
+    exclude = [
+        "template_class",
+        "root_node_id",
+        "deferred_node_ids",
+        "has_timers",
+        "runtime_parameters",
+        # the engine's storage of the nodes and recovery's marks (docs/internals.md)
+        "nodes",
+        "node_pages",
+        "leased_since",
+        "resend_at",
+        "stop_hooks_since",
+    ]
     # The graph, the panels (runtime parameters, pending timers, waiting listeners, messages),
     # the nodes and the history are shown around the fields (change_form.html), read through
     # the selectors rather than as inlines of their tables.
@@ -368,6 +381,7 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
                     obj,
                     operate=operate,
                     node_actions={row.node.id: row.actions for row in rows},
+                    nodes=nodes,
                 )
             )
             context["dagger_can_stop"] = operate and not selectors.workflow_ended_for_good(status=obj.status)
@@ -412,6 +426,7 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
         *,
         operate: bool = False,
         node_actions: dict[Any, tuple[str, ...]] | None = None,
+        nodes: list[selectors.NodeInfo] | None = None,
     ) -> dict[str, Any]:
         """The panels of a workflow's page: its runtime parameters (marked against the
         template's declaration), pending timers, waiting listeners and the messages that wait or
@@ -422,9 +437,11 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
         ended = selectors.workflow_ended_for_good(status=obj.status)
         now = ports.now()
         declaration = selectors.template_declaration_get(template_id=obj.template_id)
-        timers = selectors.workflow_timers_pending(workflow_id=obj.pk)
-        listeners = selectors.workflow_listeners_waiting(workflow_id=obj.pk)
-        inbox = selectors.workflow_messages(workflow_id=obj.pk, business_key=obj.business_key)
+        if nodes is None:
+            nodes = selectors.workflow_nodes(workflow_id=obj.pk)
+        timers = selectors.workflow_timers_pending(workflow_id=obj.pk, nodes=nodes)
+        listeners = selectors.workflow_listeners_waiting(workflow_id=obj.pk, nodes=nodes)
+        inbox = selectors.workflow_messages(workflow_id=obj.pk, business_key=obj.business_key, nodes=nodes)
         may_see_inbox = request.user.has_perm("dagger_django.view_inboxmessage")
         return {
             "dagger_panel_limit": selectors.PANEL_LIMIT,

@@ -11,8 +11,9 @@ from django.test import Client
 
 from dagger_django import Dagger
 from dagger_django.engine import messages
-from dagger_django.models import InboxMessage, InboxStatus, Node, Status, Workflow
+from dagger_django.models import InboxMessage, InboxStatus, Status, Workflow
 from dagger_django.testing import InMemoryDispatcher, engine_under_test
+from tests.helpers import stored_nodes
 
 from .engine import builders as b
 from .engine import tasks as t
@@ -41,7 +42,7 @@ def test_change_page_shows_the_graph_with_every_node_and_its_status(staff: Clien
     assert response.status_code == 200
     html = response.content.decode()
     assert 'id="dagger-graph"' in html
-    for node in Node.objects.filter(workflow_id=wf.id):
+    for node in stored_nodes.filter(workflow_id=wf.id):
         assert f'data-node="{node.id}" data-status="{node.status}"' in html
     assert html.count('data-status="SKIPPED"') == 2  # left and its successor
 
@@ -56,7 +57,7 @@ def test_change_page_lists_every_node_and_every_transition_of_the_history(
     html = staff.get(f"/admin/dagger_django/workflow/{wf.id}/change/").content.decode()
 
     nodes = html[html.index('id="dagger-nodes"') : html.index('id="dagger-events"')]
-    for node in Node.objects.filter(workflow_id=wf.id):
+    for node in stored_nodes.filter(workflow_id=wf.id):
         assert f'data-node-row="{node.id}"' in nodes
     assert "Kafka listener" not in nodes and "Executor" in nodes and "Failure" in nodes
     history = html[html.index('id="dagger-events"') :]
@@ -70,9 +71,9 @@ def test_graph_nests_parallel_branches_inside_their_group(staff: Client, dispatc
     wf = tmpl.create_instance(submit_task=True)
     dispatcher.drain()
     html = staff.get(f"/admin/dagger_django/workflow/{wf.id}/change/").content.decode()
-    group = Node.objects.get(workflow_id=wf.id, kind="parallel")
+    group = stored_nodes.get(workflow_id=wf.id, kind="parallel")
     start = html.index(f'data-node="{group.id}"')
-    listener = Node.objects.get(workflow_id=wf.id, kind="listener")
+    listener = stored_nodes.get(workflow_id=wf.id, kind="listener")
     assert html.index(f'data-node="{listener.id}"') > start
     assert 'data-status="EXECUTING"' in html
 

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Permission
 
-from dagger_django.models import InboxMessage, Node, Timer, Workflow
+from dagger_django.models import InboxMessage, Timer, Workflow
 from dagger_django.testing import InMemoryDispatcher, engine_under_test
+from tests.helpers import stored_nodes
 
 from .conftest import ROOT
 from .engine import builders as b
@@ -86,9 +87,9 @@ def test_admin_shows_a_workflow_graph_a_person_can_read(
 
     graph = WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "dagger-graph"))
     boxes = graph.find_elements(By.CSS_SELECTOR, ".box")
-    assert len(boxes) == Node.objects.filter(workflow_id=wf.id).count()
+    assert len(boxes) == stored_nodes.filter(workflow_id=wf.id).count()
     shown = {box.get_attribute("data-node"): box.get_attribute("data-status") for box in boxes}
-    assert shown == {str(n.id): n.status for n in Node.objects.filter(workflow_id=wf.id)}
+    assert shown == {str(n.id): n.status for n in stored_nodes.filter(workflow_id=wf.id)}
     skipped = [box for box in boxes if box.get_attribute("data-status") == "SKIPPED"]
     assert skipped and all(box.is_displayed() for box in skipped)
     assert "decide" in graph.text and "right_executor_task" in graph.text
@@ -231,7 +232,7 @@ def test_workflow_page_panels_and_template_page_in_a_browser(
     )
     wf = waiting_order("ShopOrder", dispatcher, clock, order_id="o-1042")
     clock.advance(seconds=1)
-    nodes = Node.objects.filter(workflow_id=wf.id)
+    nodes = stored_nodes.filter(workflow_id=wf.id)
 
     _log_in(browser, live_server, "reader")
     browser_requests(browser)  # forget the login's requests
@@ -341,7 +342,7 @@ def test_an_operator_skips_a_waiting_listener_through_the_confirmation(
     )
     wf = tmpl.create_instance(submit_task=True, order_id="o-1")
     dispatcher.drain()
-    waiting = Node.objects.get(workflow_id=wf.id, kind="listener")
+    waiting = stored_nodes.get(workflow_id=wf.id, kind="listener")
 
     browser.get(f"{live_server.url}/admin/login/")
     browser.find_element(By.NAME, "username").send_keys("olga")
@@ -370,7 +371,7 @@ def test_an_operator_skips_a_waiting_listener_through_the_confirmation(
     )
     assert f"Skipped task {waiting.name} (paid at the counter)." in message.text
     dispatcher.drain()  # the next task, handed to a worker after the skip's commit
-    assert Node.objects.get(pk=waiting.pk).status == "SKIPPED"
+    assert stored_nodes.get(pk=waiting.pk).status == "SKIPPED"
     assert Workflow.objects.get(pk=wf.id).status == "COMPLETED"
     entry = browser.find_element(
         By.CSS_SELECTOR, '#dagger-events tr[data-event-reason="skipped_by_operator"]'

@@ -14,8 +14,17 @@ from django.urls import reverse
 
 from dagger_django import Dagger
 from dagger_django.engine import messages, selectors, services
-from dagger_django.models import InboxMessage, InboxStatus, Node, Status, Timer, TimerStatus, Workflow
+from dagger_django.models import (
+    InboxMessage,
+    InboxStatus,
+    Node,
+    Status,
+    Timer,
+    TimerStatus,
+    Workflow,
+)
 from dagger_django.testing import InMemoryDispatcher, engine_under_test
+from tests.helpers import stored_nodes
 
 from .engine import builders as b
 from .engine import tasks as t
@@ -69,7 +78,7 @@ def page(wf_id: Any, operation: str = "change") -> str:
 
 
 def listener(wf_id: Any) -> Node:
-    return Node.objects.get(workflow_id=wf_id, kind="listener")
+    return stored_nodes.get(workflow_id=wf_id, kind="listener")
 
 
 def node_url(wf_id: Any, node_id: Any, action: str) -> str:
@@ -145,7 +154,7 @@ def test_a_waiting_listener_has_skip_and_complete_buttons_and_skip_moves_the_wor
 ) -> None:
     wf = waiting(waiting_template, dispatcher)
     wait = listener(wf.id)
-    ship = Node.objects.get(workflow_id=wf.id, name__endswith="ship_executor_task")
+    ship = stored_nodes.get(workflow_id=wf.id, name__endswith="ship_executor_task")
     html = staff.get(page(wf.id)).content.decode()
     row = html[html.index(f'data-node-row="{wait.id}"') :].split("</tr>")[0]
     assert f'href="{node_url(wf.id, wait.id, "skip")}"' in row
@@ -168,7 +177,7 @@ def test_complete_of_a_failed_task_from_its_row_moves_the_workflow_on(staff: Cli
         submit_task=True
     )
     dispatcher.drain()
-    boom = Node.objects.get(workflow_id=wf.id, name__endswith="boom_executor_task")
+    boom = stored_nodes.get(workflow_id=wf.id, name__endswith="boom_executor_task")
     assert f'href="{node_url(wf.id, boom.id, "complete")}"' in staff.get(page(wf.id)).content.decode()
 
     response = staff.post(node_url(wf.id, boom.id, "complete"), {"reason": ""}, follow=True)
@@ -183,10 +192,10 @@ def test_a_refused_task_action_is_reported_and_changes_nothing(
     staff: Client, dispatcher: Any, waiting_template: Any
 ) -> None:
     wf = waiting(waiting_template, dispatcher)
-    ship = Node.objects.get(workflow_id=wf.id, name__endswith="ship_executor_task")
+    ship = stored_nodes.get(workflow_id=wf.id, name__endswith="ship_executor_task")
     response = staff.post(node_url(wf.id, ship.id, "complete"), {"reason": "x"}, follow=True)
     assert "Complete refused:" in response.content.decode() and "has not started" in response.content.decode()
-    assert Node.objects.get(pk=ship.pk).status == S.NOT_STARTED
+    assert stored_nodes.get(pk=ship.pk).status == S.NOT_STARTED
     unknown = staff.post(node_url(wf.id, "0b1e4e3e-0000-4000-8000-000000000000", "skip"), follow=True)
     assert "has no task" in unknown.content.decode()
     assert staff.get(node_url(wf.id, ship.id, "explode")).status_code == 404

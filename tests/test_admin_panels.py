@@ -13,7 +13,8 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 
 from dagger_django.engine import messages, selectors
-from dagger_django.models import InboxMessage, Node, Subscription, Timer, Workflow, WorkflowTemplate
+from dagger_django.models import InboxMessage, Subscription, Timer, Workflow, WorkflowTemplate
+from tests.helpers import stored_nodes
 
 from .engine import builders as b
 from .engine import tasks as t
@@ -86,7 +87,7 @@ def test_workflow_page_shows_parameters_timers_listeners_and_messages(reader: Cl
     listeners = _rows(_section(html, "dagger-listeners"), "data-listener")
     since = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}"
     payment, shipment = (
-        listeners[str(Node.objects.get(workflow_id=wf.id, name__endswith=f".{name}_listener_task").id)]
+        listeners[str(stored_nodes.get(workflow_id=wf.id, name__endswith=f".{name}_listener_task").id)]
         for name in ("wait_for_payment", "wait_for_shipment")
     )
     # node, status, topic, key name, key value, since, pending, buffered, actions
@@ -152,15 +153,16 @@ def test_workflow_page_queries_do_not_grow_with_the_workflow(
         messages.messages_route([messages.Incoming(topic="orders", key="s-2", invalid="bad_json", raw=b"{")])
     reader.get(f"/admin/dagger_django/workflow/{small.id}/change/")  # the session's first reads
     # session, user, the user's permissions (2), the workflow, its template (the field), nodes,
-    # history; the declaration, timers, listeners and two for messages: the same 13 for a
-    # workflow of 10 nodes as for one of 81 with 30 dead letters.
+    # history; the declaration, timers, listeners and two for messages: 13 for a workflow of 10
+    # nodes; one more for one of 81 (its nodes beyond the first page of 64 are in a page row,
+    # read in one query however many pages: docs/internals.md), with 30 dead letters.
     counts = []
-    for wf in (small, large):
-        with django_assert_max_num_queries(13) as captured:
+    for wf, budget in ((small, 13), (large, 14)):
+        with django_assert_max_num_queries(budget) as captured:
             response = reader.get(f"/admin/dagger_django/workflow/{wf.id}/change/")
         assert response.status_code == 200
         counts.append(len(captured))
-    assert counts[0] == counts[1]
+    assert counts[1] == counts[0] + 1
     html = response.content.decode()
     assert len(_rows(_section(html, "dagger-listeners"), "data-listener")) == selectors.PANEL_LIMIT
     assert len(_rows(_section(html, "dagger-messages"), "data-message")) == selectors.PANEL_LIMIT
@@ -208,8 +210,8 @@ def test_an_operator_fires_a_timer_moves_a_listener_on_and_replays_a_dead_letter
 
     # The waiting listener offers what its node row offers; the one not started offers nothing.
     listeners = _section(html, "dagger-listeners")
-    payment = Node.objects.get(workflow_id=wf.id, name__endswith=".wait_for_payment_listener_task")
-    shipment = Node.objects.get(workflow_id=wf.id, name__endswith=".wait_for_shipment_listener_task")
+    payment = stored_nodes.get(workflow_id=wf.id, name__endswith=".wait_for_payment_listener_task")
+    shipment = stored_nodes.get(workflow_id=wf.id, name__endswith=".wait_for_shipment_listener_task")
     for action in ("skip", "complete"):
         assert f'href="/admin/dagger_django/workflow/{wf.id}/nodes/{payment.id}/{action}/"' in listeners
     assert f"/nodes/{shipment.id}/" not in listeners
@@ -258,7 +260,7 @@ def test_template_page_draws_the_graph_parameters_and_versions(
 
     graph = _section(html, "dagger-graph")
     names = re.findall(r'<div class="name">([^<]+)</div>', graph)
-    nodes = Node.objects.filter(workflow_id=wf.id)
+    nodes = stored_nodes.filter(workflow_id=wf.id)
     assert sorted(names) == sorted(n.name.rsplit(".", 1)[-1] for n in nodes)
     assert 'data-status=""' in graph and "COMPLETED" not in graph  # a definition: no statuses
     # The parallel group holds its three branches; the decision's alternatives follow it.

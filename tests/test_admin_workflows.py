@@ -137,8 +137,8 @@ def test_list_page_reads_in_a_constant_number_of_queries(
         html = staff.get(LIST).content.decode()
     assert html.count("wait_for_payment") >= 100
     assert len(many.captured_queries) == len(few.captured_queries)
-    # The page's current steps come from one query over its nodes, not one per row.
-    node_reads = [q["sql"] for q in many.captured_queries if '"dagger_django_node"' in q["sql"]]
+    # The page's current steps come from one query over its workflows' nodes, not one per row.
+    node_reads = [q["sql"] for q in many.captured_queries if '"dagger_django_workflow"."nodes"' in q["sql"]]
     assert len(node_reads) == 1
     assert "_facets" not in html  # no facet counts offered
     # No full count of the table beside the filtered one (show_full_result_count = False).

@@ -493,3 +493,42 @@ def test_the_private_rule_catches_imports_and_uses_through_a_module(tmp_path: Pa
         "engine/messages.py uses dagger_django.engine.services._commit",
         "tasks.py uses dagger_django.engine.services._commit",
     ]
+
+
+# -- how nodes are stored is engine/state.py's business -----------------------------------------------
+#: Names that only the store (engine/state.py) and the models use: the page table and the
+#: encoding of a node (docs/internals.md, "Node state in the workflow row").
+NODE_STORAGE = frozenset({"NodePage", "NODE_FIELDS", "node_encode", "node_decode", "nodes_decode"})
+NODE_STORE = {Path("engine/state.py"), Path("models/__init__.py"), Path("models/workflows.py")}
+
+
+def _node_storage_uses(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        name = (
+            node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+        )
+        if name in NODE_STORAGE:
+            found.append(f"{path.name}:{node.lineno} uses {name}")
+        if isinstance(node, ast.ImportFrom):
+            found.extend(
+                f"{path.name}:{node.lineno} imports {a.name}" for a in node.names if a.name in NODE_STORAGE
+            )
+    return found
+
+
+def test_only_the_store_knows_how_nodes_are_stored() -> None:
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        where = path.relative_to(PACKAGE)
+        if where in NODE_STORE or where.parts[0] == "migrations":
+            continue
+        offenders.extend(f"{where}: {use}" for use in _node_storage_uses(path))
+    assert offenders == []
+
+
+def test_the_node_storage_rule_catches_a_page_read(tmp_path: Path) -> None:
+    path = tmp_path / "reader.py"
+    path.write_text("from .models import NodePage\n\ndef f():\n    return NodePage.objects.all()\n")
+    assert _node_storage_uses(path) == ["reader.py:1 imports NodePage", "reader.py:4 uses NodePage"]

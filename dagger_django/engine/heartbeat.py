@@ -9,9 +9,10 @@ delivery again only when its ``updated_at`` is older than ``DELIVERY_LEASE_SECON
 (``messages.deliveries_redispatch``).
 
 One daemon thread per worker process beats for every node and delivery this process is running:
-every ``HEARTBEAT_SECONDS`` it moves ``updated_at`` of each of them, one ``UPDATE`` per row, guarded
-by status and lease (a node stopped or a delivery taken over meanwhile is left alone), with no
-workflow lock.
+every ``HEARTBEAT_SECONDS`` it moves ``updated_at`` of each of them, guarded by status and lease (a
+node stopped or a delivery taken over meanwhile is left alone): a delivery with one ``UPDATE`` of
+its row, a node (stored in its workflow's row) in a short transaction that locks the workflow,
+one workflow at a time.
 The thread has its own database connection and starts on first use in each process (a prefork
 child starts its own). Registering a node costs a dictionary entry; a hook that ends before the
 first beat costs no query at all.
@@ -27,11 +28,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from django.db import connections, router
+from django.db import connections, router, transaction
 
 from ..conf import dagger_settings
-from ..models import Delivery, DeliveryStatus, Node, Status
+from ..models import Delivery, DeliveryStatus, Status, Workflow
 from . import ports
+from .state import WorkflowState, load_locked
 
 logger = logging.getLogger("dagger_django.engine")
 
@@ -53,7 +55,7 @@ def stale_after() -> float:
 #: What a beat refreshes: a node (its hook runs) or a delivery (its listener's on_message runs).
 NODE = "node"
 DELIVERY = "delivery"
-Target = tuple[str, object, str]  # (NODE or DELIVERY, row id, lease)
+Target = tuple[str, object, str]  # (NODE or DELIVERY, (workflow id, node id) or delivery id, lease)
 
 
 class _Beater:
@@ -93,7 +95,7 @@ class _Beater:
             last = time.monotonic()
             with self.lock:
                 targets = list(self.running)
-            conn = connections[router.db_for_write(Node)]
+            conn = connections[router.db_for_write(Workflow)]
             if not targets:
                 # Idle: hold no connection (a process that runs only short tasks never opens one).
                 if conn.connection is not None:
@@ -109,24 +111,39 @@ class _Beater:
         """Refresh the leases of ``targets``; returns how many rows were still ours."""
         now = ports.now()
         refreshed = 0
-        for kind, pk, lease in targets:
-            # One short statement each, in autocommit: no two rows are ever locked together, so
+        for kind, key, lease in targets:
+            # One short statement or transaction each: no two rows are ever locked together, so
             # a beat cannot deadlock with a transition or a sweep that writes the same rows.
             if kind == DELIVERY:
-                rows = Delivery.objects.filter(pk=pk, status=DeliveryStatus.CLAIMED, lease=lease)
+                rows = Delivery.objects.filter(pk=key, status=DeliveryStatus.CLAIMED, lease=lease)
+                refreshed += rows.update(updated_at=now)
             else:
-                rows = Node.objects.filter(pk=pk, status=Status.EXECUTING, lease=lease)
-            refreshed += rows.update(updated_at=now)
+                workflow_id, node_id = key  # type: ignore[misc]
+                refreshed += _node_beat(workflow_id, node_id, lease)
         return refreshed
+
+
+def _node_beat(workflow_id: object, node_id: uuid.UUID, lease: str) -> int:
+    """Move the lease clock of a node still EXECUTING under ``lease``: 1, or 0 when it is not."""
+    with transaction.atomic():
+        wf, nodes = load_locked(workflow_id)
+        node = next((n for n in nodes if n.id == node_id), None)
+        if wf is None or node is None or node.status != Status.EXECUTING or node.lease != lease:
+            return 0
+        state = WorkflowState(wf, nodes)
+        state.touch(node)
+        state.flush()
+        return 1
 
 
 _beater = _Beater()
 
 
 @contextmanager
-def beating(node_id: uuid.UUID, lease: str) -> Iterator[None]:
-    """Keep the lease of ``node_id`` (held as ``lease``) fresh while the block runs."""
-    with _beating((NODE, node_id, lease)):
+def beating(node_id: uuid.UUID, lease: str, *, workflow_id: object) -> Iterator[None]:
+    """Keep the lease of ``node_id`` of ``workflow_id`` (held as ``lease``) fresh while the
+    block runs."""
+    with _beating((NODE, (workflow_id, node_id), lease)):
         yield
 
 

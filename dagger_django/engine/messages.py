@@ -74,7 +74,7 @@ from ..models.status import (
 )
 from . import correlation, logs, outbox, parameters, ports, recovery, timing, txn, walker
 from .retry import RetryPolicy, resend_after
-from .state import WorkflowState, field_preparers
+from .state import WorkflowState, field_preparers, nodes_read_many
 
 if TYPE_CHECKING:
     from .txn import Outcome, Work
@@ -632,11 +632,12 @@ def _replay_recorded(
     from ..models import HistoryRecord
     from ..models.history import history_event
 
+    wanted = {node_id for _, node_id in targets}
     nodes = {
-        n["id"]: n
-        for n in Node.objects.filter(id__in=[node_id for _, node_id in targets]).values(
-            "id", "name", "status", "attempts"
-        )
+        n.id: {"name": n.name, "status": n.status, "attempts": n.attempts}
+        for found in nodes_read_many({workflow_id for workflow_id, _ in targets}).values()
+        for n in found
+        if n.id in wanted
     }
     detail = {"message": row.pk, "topic": row.topic, **operator}
     records: dict[Any, list[list[Any]]] = defaultdict(list)

@@ -39,13 +39,24 @@ import uuid
 from typing import Any
 
 from django.db import InterfaceError, OperationalError, transaction
-from django.db.models import Exists, OuterRef, Q
 
 from ..conf import dagger_settings
-from ..models import Delivery, DeliveryStatus, Node, NodeKind, NodeType, Status, StopHook, Timer, TimerStatus
+from ..models import (
+    Delivery,
+    DeliveryStatus,
+    Node,
+    NodeKind,
+    NodeType,
+    Status,
+    StopHook,
+    Timer,
+    TimerStatus,
+    Workflow,
+)
 from ..models.status import ACTIVE
 from . import logs, ports
 from .retry import resend_after
+from .state import WorkflowState, flush_many, nodes_read_many
 
 logger = logging.getLogger("dagger_django.engine")
 S = Status
@@ -55,56 +66,112 @@ def _lease(lease_seconds: float | None) -> float:
     return float(dagger_settings.LEASE_SECONDS if lease_seconds is None else lease_seconds)
 
 
-def dispatch_owed(*, node_ids: list[Any]) -> int:
-    """Record that the messages of these nodes (SUBMITTED ones, and PENDING stop hooks) did not go
-    out: the next recovery sweep sends them. Called after commit when a dispatch failed; never
-    raises (if the database is gone too, the lease still brings the work back)."""
-    if not node_ids:
+def dispatch_owed(*, targets: list[tuple[Any, Any]]) -> int:
+    """Record that the messages of these ``(workflow id, node id)`` (SUBMITTED nodes, and PENDING
+    stop hooks) did not go out: the next recovery sweep sends them. Called after commit when a
+    dispatch failed; never raises (if the database is gone too, the lease still brings the work
+    back). One short transaction per workflow, which locks it."""
+    if not targets:
         return 0
-    try:
-        return (
-            Node.objects.filter(pk__in=list(node_ids))
-            .filter(Q(status=S.SUBMITTED) | Q(stop_hook=StopHook.PENDING))
-            .update(redispatch_at=ports.now())
-        )
-    except Exception:  # noqa: BLE001 - after commit: log, and leave it to the lease
-        logger.exception("could not record %d owed dispatch(es)", len(node_ids))
-        return 0
+    by_workflow: dict[Any, set[str]] = {}
+    for workflow_id, node_id in targets:
+        by_workflow.setdefault(workflow_id, set()).add(str(node_id))
+    recorded = 0
+    for workflow_id, node_ids in by_workflow.items():
+        try:
+            recorded += _owed_record(workflow_id, node_ids)
+        except Exception:  # noqa: BLE001 - after commit: log, and leave it to the lease
+            logger.exception(
+                "could not record %d owed dispatch(es) of workflow %s", len(node_ids), workflow_id
+            )
+    return recorded
+
+
+def _owed_record(workflow_id: Any, node_ids: set[str]) -> int:
+    from .txn import lock
+
+    with transaction.atomic():
+        state = lock(workflow_id)
+        if state is None:
+            return 0
+        now = ports.now()
+        owed = [
+            n
+            for n in state.nodes.values()
+            if str(n.id) in node_ids and (n.status == S.SUBMITTED or n.stop_hook == StopHook.PENDING)
+        ]
+        for node in owed:
+            node.redispatch_at = now
+            state.mark(node)
+        if owed:
+            state.flush()
+        return len(owed)
 
 
 def dispatch_owed_targets(targets: list[tuple[Any, Any]]) -> None:
     """:func:`dispatch_owed` for the ``(workflow id, node id)`` pairs of a batch that could not be
     sent (``ports.dispatch_in_batches``'s ``on_failure``)."""
-    dispatch_owed(node_ids=[node_id for _, node_id in targets])
+    dispatch_owed(targets=targets)
+
+
+def _candidates(column: str, *, before: dt.datetime, cap: int) -> dict[uuid.UUID, list[Node]]:
+    """The nodes of up to ``cap`` workflows whose ``column`` (a recovery mark) is before
+    ``before``, oldest first, read without a lock (the partial index of that column)."""
+    ids = list(
+        Workflow.objects.filter(**{f"{column}__lt": before})
+        .order_by(column)
+        .values_list("id", flat=True)[:cap]
+    )
+    found = nodes_read_many(ids)
+    return {pk: found[pk] for pk in ids if pk in found}
 
 
 def stranded_nodes(*, lease_seconds: float | None = None, limit: int | None = None) -> list[tuple[Any, Any]]:
-    """``(node id, workflow id)`` of nodes that look stranded, oldest first (no lock taken).
+    """``(node id, workflow id)`` of nodes that look stranded, owed ones first, then oldest first
+    (no lock taken).
 
-    Uses the partial index on ``Node(status, updated_at)`` (SUBMITTED/EXECUTING rows only).
+    The workflows are found by their recovery marks (``Workflow.resend_at`` and
+    ``leased_since``, partial indexes), their nodes checked here; nodes with a PENDING timer are
+    left out (one query for all candidates).
     """
-    cutoff = ports.now() - dt.timedelta(seconds=_lease(lease_seconds))
-    cap = int(dagger_settings.MAX_TASKS_PER_TRIGGER if limit is None else limit)
-    waiting_on_time = Timer.objects.filter(
-        workflow_id=OuterRef("workflow_id"), node_id=OuterRef("id"), status=TimerStatus.PENDING
-    )
     now = ports.now()
-    owed = (
-        Node.objects.filter(redispatch_at__lte=now, status=S.SUBMITTED, node_type=NodeType.LEAF)
-        .exclude(Exists(waiting_on_time))
-        .order_by("redispatch_at")
-        .values_list("id", "workflow_id")[:cap]
+    cutoff = now - dt.timedelta(seconds=_lease(lease_seconds))
+    cap = int(dagger_settings.MAX_TASKS_PER_TRIGGER if limit is None else limit)
+    owed: list[tuple[dt.datetime, Any, Any]] = []
+    for workflow_id, nodes in _candidates(
+        "resend_at", before=now + dt.timedelta(microseconds=1), cap=cap
+    ).items():
+        owed.extend(
+            (n.redispatch_at, n.id, workflow_id)
+            for n in nodes
+            if n.redispatch_at is not None
+            and n.redispatch_at <= now
+            and n.status == S.SUBMITTED
+            and n.node_type == NodeType.LEAF
+        )
+    stale: list[tuple[dt.datetime, Any, Any]] = []
+    for workflow_id, nodes in _candidates("leased_since", before=cutoff, cap=cap).items():
+        stale.extend(
+            (n.updated_at, n.id, workflow_id)
+            for n in nodes
+            if n.status in ACTIVE
+            and n.updated_at < cutoff
+            and n.node_type == NodeType.LEAF
+            and n.redispatch_at is None
+            and not (n.status == S.EXECUTING and n.kind == NodeKind.LISTENER)
+        )
+    owed.sort(key=lambda row: row[0])
+    stale.sort(key=lambda row: row[0])
+    rows = [(node_id, workflow_id) for _, node_id, workflow_id in owed[:cap]]
+    rows += [(node_id, workflow_id) for _, node_id, workflow_id in stale[: max(0, cap - len(rows))]]
+    if not rows:
+        return []
+    waiting_on_time = set(
+        Timer.objects.filter(
+            workflow_id__in={w for _, w in rows}, node_id__in=[n for n, _ in rows], status=TimerStatus.PENDING
+        ).values_list("node_id", flat=True)
     )
-    rows = (
-        Node.objects.filter(status__in=ACTIVE, updated_at__lt=cutoff)
-        .filter(node_type=NodeType.LEAF, redispatch_at__isnull=True)
-        .exclude(status=S.EXECUTING, kind=NodeKind.LISTENER)
-        .exclude(Exists(waiting_on_time))
-        .order_by("updated_at")
-        .values_list("id", "workflow_id")[:cap]
-    )
-    found = list(owed)
-    return found + list(rows)[: max(0, cap - len(found))]
+    return [(node_id, workflow_id) for node_id, workflow_id in rows if node_id not in waiting_on_time]
 
 
 def broker_loss_check() -> bool:
@@ -150,21 +217,43 @@ def backoffs_forget() -> tuple[int, int]:
     last send; a delivery is judged by when it was routed). Owed work (``redispatch_at`` already
     due) is sent at the next sweep anyway. Returns ``(nodes, deliveries)`` changed.
     """
+    from .txn import lock_many
+
     now = ports.now()
-    waiting_nodes = Node.objects.filter(redispatch_at__gt=now).filter(
-        Q(status=S.SUBMITTED) | Q(stop_hook=StopHook.PENDING)
-    )
     waiting_deliveries = Delivery.objects.filter(
         status=DeliveryStatus.PENDING, available_at__isnull=True, redispatch_at__gt=now
     )
-    changed = []
-    for rows in (waiting_nodes, waiting_deliveries):
-        # Locked in id order, skipping rows a transition, a claim or a sweep holds (it is sending
-        # or changing that one right now): this never waits on anyone, so it cannot deadlock.
-        with transaction.atomic():
-            ids = list(rows.order_by("pk").select_for_update(skip_locked=True).values_list("pk", flat=True))
-            changed.append(rows.model.objects.filter(pk__in=ids).update(redispatch_at=None, redispatches=0))
-    return changed[0], changed[1]
+    # Locked in id order, skipping rows a transition, a claim or a sweep holds (it is sending
+    # or changing that one right now): this never waits on anyone, so it cannot deadlock.
+    nodes = 0
+    with transaction.atomic():
+        ids = list(
+            Workflow.objects.filter(resend_at__isnull=False)
+            .order_by("pk")
+            .select_for_update(skip_locked=True)
+            .values_list("pk", flat=True)
+        )
+        states = []
+        for _, (wf, loaded) in lock_many(ids).items():
+            state = WorkflowState(wf, loaded)
+            for node in loaded:
+                if (
+                    node.redispatch_at is not None
+                    and node.redispatch_at > now
+                    and (node.status == S.SUBMITTED or node.stop_hook == StopHook.PENDING)
+                ):
+                    node.redispatch_at = None
+                    node.redispatches = 0
+                    state.mark(node)
+                    nodes += 1
+            states.append(state)
+        flush_many(states)
+    with transaction.atomic():
+        ids = list(
+            waiting_deliveries.order_by("pk").select_for_update(skip_locked=True).values_list("pk", flat=True)
+        )
+        deliveries = Delivery.objects.filter(pk__in=ids).update(redispatch_at=None, redispatches=0)
+    return nodes, deliveries
 
 
 def nodes_recover(*, lease_seconds: float | None = None, limit: int | None = None) -> int:
@@ -201,26 +290,20 @@ def stop_hooks_recover(*, lease_seconds: float | None = None, limit: int | None 
     """Send again the PENDING ``stop`` hooks that are owed (their message failed) or whose message
     is older than the lease (lost, or its worker died in the hook). Returns how many were sent.
 
-    Each node is taken with a compare-and-set on its ``redispatch_at`` (two sweeps send it once)
-    and gets the same backoff as a re-sent node. One message per workflow.
+    Each workflow's hooks are taken under its lock (two sweeps send a hook once) and get the
+    same backoff as a re-sent node. One message per workflow.
     """
     lease = _lease(lease_seconds)
     now = ports.now()
     cutoff = now - dt.timedelta(seconds=lease)
     cap = int(dagger_settings.MAX_TASKS_PER_TRIGGER if limit is None else limit)
-    rows = list(
-        Node.objects.filter(stop_hook=StopHook.PENDING)
-        .filter(Q(redispatch_at__lte=now) | Q(redispatch_at__isnull=True, updated_at__lt=cutoff))
-        .order_by("updated_at")
-        .values_list("id", "workflow_id", "redispatch_at", "redispatches")[:cap]
-    )
     by_workflow: dict[Any, list[Any]] = {}
-    for node_id, workflow_id, redispatch_at, redispatches in rows:
-        taken = Node.objects.filter(
-            pk=node_id, stop_hook=StopHook.PENDING, redispatch_at=redispatch_at
-        ).update(redispatches=redispatches + 1, redispatch_at=now + resend_after(redispatches + 1, lease))
+    candidates = set(_candidates("stop_hooks_since", before=cutoff, cap=cap))
+    candidates |= set(_candidates("resend_at", before=now + dt.timedelta(microseconds=1), cap=cap))
+    for workflow_id in sorted(candidates, key=str):
+        taken = _stop_hooks_take(workflow_id, now=now, cutoff=cutoff, lease=lease)
         if taken:
-            by_workflow.setdefault(workflow_id, []).append(node_id)
+            by_workflow[workflow_id] = taken
     sent = 0
     dispatcher = ports.get_dispatcher()
     for workflow_id, node_ids in by_workflow.items():
@@ -229,8 +312,34 @@ def stop_hooks_recover(*, lease_seconds: float | None = None, limit: int | None 
             sent += len(node_ids)
         except Exception as exc:  # noqa: BLE001 - still owed: the next sweep tries again
             logger.error("could not send stop hooks of workflow %s (%r)", workflow_id, exc)
-            dispatch_owed(node_ids=node_ids)
+            dispatch_owed(targets=[(workflow_id, node_id) for node_id in node_ids])
     return sent
+
+
+def _stop_hooks_take(workflow_id: Any, *, now: dt.datetime, cutoff: dt.datetime, lease: float) -> list[Any]:
+    """Under the workflow's lock: the PENDING stop hooks of a workflow that are owed or older than
+    the lease, each given the backoff of a re-sent node (two sweeps send it once)."""
+    from .txn import lock
+
+    with transaction.atomic():
+        state = lock(workflow_id)
+        if state is None:
+            return []
+        taken = []
+        for node in sorted(state.nodes.values(), key=lambda n: n.position):
+            if node.stop_hook != StopHook.PENDING:
+                continue
+            if node.redispatch_at is None and node.updated_at >= cutoff:
+                continue
+            if node.redispatch_at is not None and node.redispatch_at > now:
+                continue
+            node.redispatches += 1
+            node.redispatch_at = now + resend_after(node.redispatches, lease)
+            state.mark(node)
+            taken.append(node.id)
+        if taken:
+            state.flush()
+        return taken
 
 
 def node_recover(*, workflow_id: Any, node_id: Any, lease_seconds: float | None = None) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,6 @@ from ..models import (
     HistoryRecord,
     InboxMessage,
     InboxStatus,
-    Node,
     NodeKind,
     NodeType,
     OutboxMessage,
@@ -47,7 +46,8 @@ from ..models import (
     WorkflowTemplate,
 )
 from ..models.history import history_fields, history_is_transition
-from ..models.status import ACTIVE, ENDED_FOR_GOOD, TERMINAL
+from ..models.status import ENDED_FOR_GOOD, TERMINAL
+from .state import nodes_read, nodes_read_many
 
 
 # ==================================================================================================
@@ -323,22 +323,20 @@ def workflow_ended_for_good(*, status: str) -> bool:
 def workflows_current_steps(*, workflow_ids: list[Any]) -> dict[uuid.UUID, list[str]]:
     """What each of ``workflow_ids`` is doing now: the names of its SUBMITTED or EXECUTING tasks
     (not the processes and groups around them), in position order; a workflow with none is
-    absent. For a page of workflows: one query for the whole page (the nodes' workflow index)."""
+    absent. For a page of workflows: one query for the whole page (their rows hold their nodes;
+    a second for workflows with more than one page of nodes)."""
     ids = [pk for pk in map(_uuid, workflow_ids) if pk is not None]
     if not ids:
         return {}
-    rows = (
-        Node.objects.filter(
-            workflow_id__in=ids,
-            node_type=NodeType.LEAF,
-            status__in=[Status.SUBMITTED, Status.EXECUTING],
-        )
-        .order_by("workflow_id", "position")
-        .values_list("workflow_id", "name")
-    )
     steps: dict[uuid.UUID, list[str]] = {}
-    for workflow_id, name in rows:
-        steps.setdefault(workflow_id, []).append(name)
+    for workflow_id, nodes in nodes_read_many(ids).items():
+        current = [
+            n.name
+            for n in sorted(nodes, key=lambda n: n.position)
+            if n.node_type == NodeType.LEAF and n.status in (Status.SUBMITTED, Status.EXECUTING)
+        ]
+        if current:
+            steps[workflow_id] = current
     return steps
 
 
@@ -402,17 +400,17 @@ _NODE_FIELDS = (
 
 def workflow_nodes(*, workflow_id: Any) -> list[NodeInfo]:
     """Every node of a workflow (processes, parallel groups, tasks) in position (creation)
-    order; empty for an unknown workflow. One query."""
+    order; empty for an unknown workflow. One query (two for a workflow with more than one page
+    of nodes)."""
     pk = _uuid(workflow_id)
     if pk is None:
         return []
-    rows = Node.objects.filter(workflow_id=pk).order_by("position", "time_created").values_list(*_NODE_FIELDS)
-    return [_node_info(row) for row in rows]
+    return [_node_info(node) for node in sorted(nodes_read(pk), key=lambda n: (n.position, n.time_created))]
 
 
-def _node_info(row: tuple[Any, ...]) -> NodeInfo:
-    """A :class:`NodeInfo` of a row of :data:`_NODE_FIELDS`."""
-    values = dict(zip(_NODE_FIELDS, row, strict=True))
+def _node_info(node: Any) -> NodeInfo:
+    """The :class:`NodeInfo` of a stored node (``engine/state.py``'s in-memory node)."""
+    values = {name: getattr(node, name) for name in _NODE_FIELDS}
     values["next_ids"] = [uuid.UUID(str(i)) for i in values["next_ids"] or ()]
     values["child_ids"] = [uuid.UUID(str(i)) for i in values["child_ids"] or ()]
     return NodeInfo(**values)
@@ -430,8 +428,9 @@ class WorkflowDocument:
 
 def workflow_documents_get(*, workflow_ids: list[Any]) -> list[WorkflowDocument]:
     """The :class:`WorkflowDocument` of each of ``workflow_ids``, in that order; an unknown id
-    (or one that is not a UUID) is left out. Two queries, however many workflows: for a page of
-    workflows shown whole (the original's ``/tasks/instances``)."""
+    (or one that is not a UUID) is left out. Two queries, however many workflows (the second
+    reads the node pages of those that have more than one): for a page of workflows shown whole
+    (the original's ``/tasks/instances``)."""
     ids = [pk for pk in map(_uuid, workflow_ids) if pk is not None]
     if not ids:
         return []
@@ -443,15 +442,12 @@ def workflow_documents_get(*, workflow_ids: list[Any]) -> list[WorkflowDocument]
         return []
     tasks: dict[uuid.UUID, list[NodeInfo]] = {pk: [] for pk in rows}
     settings: dict[uuid.UUID, dict[uuid.UUID, dict[str, Any]]] = {pk: {} for pk in rows}
-    nodes = (
-        Node.objects.filter(workflow_id__in=list(rows))
-        .order_by("workflow_id", "position", "time_created")
-        .values_list("workflow_id", "config", *_NODE_FIELDS)
-    )
-    for workflow_id, config, *row in nodes:
-        node = _node_info(tuple(row))
-        tasks[workflow_id].append(node)
-        settings[workflow_id][node.id] = {k: v for k, v in (config or {}).items() if not k.startswith("_")}
+    for workflow_id, nodes in nodes_read_many(list(rows)).items():
+        for node in sorted(nodes, key=lambda n: (n.position, n.time_created)):
+            tasks[workflow_id].append(_node_info(node))
+            settings[workflow_id][node.id] = {
+                k: v for k, v in (node.config or {}).items() if not k.startswith("_")
+            }
     return [
         WorkflowDocument(detail=WorkflowDetail(**rows[pk], tasks=tasks[pk]), settings=settings[pk])
         for pk in dict.fromkeys(ids)
@@ -590,20 +586,41 @@ class TimerInfo:
         return _label(TimerPurpose, self.purpose)
 
 
-def workflow_timers_pending(*, workflow_id: Any, limit: int = PANEL_LIMIT) -> Bounded:
+def _nodes_by_id(workflow_id: uuid.UUID, nodes: Iterable[NodeInfo] | None) -> dict[uuid.UUID, NodeInfo]:
+    """The workflow's nodes by id: ``nodes`` when the caller has read them already (no query),
+    else read from the workflow's row (one query, :func:`workflow_nodes`)."""
+    if nodes is None:
+        nodes = workflow_nodes(workflow_id=workflow_id)
+    return {node.id: node for node in nodes}
+
+
+def _node_name(nodes: Mapping[uuid.UUID, NodeInfo], node_id: Any) -> str:
+    node = nodes.get(node_id) if node_id is not None else None
+    return node.name if node is not None else ""
+
+
+def workflow_timers_pending(
+    *, workflow_id: Any, limit: int = PANEL_LIMIT, nodes: Iterable[NodeInfo] | None = None
+) -> Bounded:
     """The PENDING timers of a workflow (:class:`TimerInfo`), earliest due first, at most
-    ``limit``. One query (the timers' ``(workflow, status)`` index, the node's name by its key)."""
+    ``limit``. One query (the timers' ``(workflow, status)`` index), and one more for the nodes'
+    names unless ``nodes`` (the workflow's :func:`workflow_nodes`) is given."""
     pk = _uuid(workflow_id)
     if pk is None:
         return Bounded([], False)
-    node_name = Subquery(Node.objects.filter(pk=OuterRef("node_id")).order_by().values("name")[:1])
     rows = list(
         Timer.objects.filter(workflow_id=pk, status=TimerStatus.PENDING)
         .order_by("due_at", "id")
-        .annotate(node_name_=Coalesce(node_name, Value("")))
-        .values_list("id", "node_id", "node_name_", "purpose", "due_at", "attempt", "created_at")[: limit + 1]
+        .values_list("id", "node_id", "purpose", "due_at", "attempt", "created_at")[: limit + 1]
     )
-    return Bounded([TimerInfo(*row) for row in rows[:limit]], len(rows) > limit)
+    if not rows:
+        return Bounded([], False)
+    by_id = _nodes_by_id(pk, nodes)
+    found = [
+        TimerInfo(timer_id, node_id, _node_name(by_id, node_id), *rest)
+        for timer_id, node_id, *rest in rows[:limit]
+    ]
+    return Bounded(found, len(rows) > limit)
 
 
 @dataclass(frozen=True)
@@ -644,27 +661,25 @@ def _deliveries_of_node(status: str) -> Coalesce:
     return Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
 
 
-def workflow_listeners_waiting(*, workflow_id: Any, limit: int = PANEL_LIMIT) -> Bounded:
+def workflow_listeners_waiting(
+    *, workflow_id: Any, limit: int = PANEL_LIMIT, nodes: Iterable[NodeInfo] | None = None
+) -> Bounded:
     """The listener nodes of a workflow that wait for messages (:class:`ListenerInfo`: one per
     subscription row, oldest first), at most ``limit``, each with the counts of its pending and
-    buffered deliveries. One query."""
+    buffered deliveries. One query, and one more for the nodes' names and statuses unless
+    ``nodes`` (the workflow's :func:`workflow_nodes`) is given."""
     pk = _uuid(workflow_id)
     if pk is None:
         return Bounded([], False)
-    node = Node.objects.filter(pk=OuterRef("node_id")).order_by()
     rows = list(
         Subscription.objects.filter(workflow_id=pk)
         .order_by("id")
         .annotate(
-            node_name=Coalesce(Subquery(node.values("name")[:1]), Value("")),
-            node_status=Coalesce(Subquery(node.values("status")[:1]), Value("")),
             pending=_deliveries_of_node(DeliveryStatus.PENDING),
             buffered=_deliveries_of_node(DeliveryStatus.BUFFERED),
         )
         .values_list(
             "node_id",
-            "node_name",
-            "node_status",
             "topic",
             "key_name",
             "key_value",
@@ -674,7 +689,14 @@ def workflow_listeners_waiting(*, workflow_id: Any, limit: int = PANEL_LIMIT) ->
             "buffered",
         )[: limit + 1]
     )
-    return Bounded([ListenerInfo(*row) for row in rows[:limit]], len(rows) > limit)
+    if not rows:
+        return Bounded([], False)
+    by_id = _nodes_by_id(pk, nodes)
+    found = []
+    for node_id, *rest in rows[:limit]:
+        node = by_id.get(node_id)
+        found.append(ListenerInfo(node_id, node.name if node else "", node.status if node else "", *rest))
+    return Bounded(found, len(rows) > limit)
 
 
 @dataclass(frozen=True)
@@ -704,7 +726,13 @@ class MessageInfo:
         return label
 
 
-def workflow_messages(*, workflow_id: Any, business_key: str | None, limit: int = PANEL_LIMIT) -> Bounded:
+def workflow_messages(
+    *,
+    workflow_id: Any,
+    business_key: str | None,
+    limit: int = PANEL_LIMIT,
+    nodes: Iterable[NodeInfo] | None = None,
+) -> Bounded:
     """The messages of a workflow that wait or failed (:class:`MessageInfo`), newest first, at
     most ``limit``:
 
@@ -714,28 +742,29 @@ def workflow_messages(*, workflow_id: Any, business_key: str | None, limit: int 
       to a workflow. The inbox's ``(status, received_at)`` index walks the dead letters newest
       first until ``limit`` match: keep ``INBOX_DEAD_LETTER_RETENTION_DAYS`` set.
 
-    Two queries.
+    Two queries, and one more for the listeners' names when a delivery is listed and ``nodes``
+    (the workflow's :func:`workflow_nodes`) is not given.
     """
     pk = _uuid(workflow_id)
     if pk is None:
         return Bounded([], False)
-    node_name = Subquery(Node.objects.filter(pk=OuterRef("node_id")).order_by().values("name")[:1])
-    delivered = list(
+    found = list(
         Delivery.objects.filter(workflow_id=pk, status__in=[DeliveryStatus.BUFFERED, DeliveryStatus.FAILED])
         .order_by("-message__received_at", "-id")
-        .annotate(node_name=Coalesce(node_name, Value("")))
         .values_list(
             "message_id",
             "message__topic",
             "message__key",
             "message__status",
             "status",
-            "node_name",
+            "node_id",
             "message__received_at",
             "outcome",
             "error",
         )[: limit + 1]
     )
+    by_id = _nodes_by_id(pk, nodes) if found else {}
+    delivered = [(*row[:5], _node_name(by_id, row[5]), *row[6:]) for row in found]
     keys = Q(key__in=Subscription.objects.filter(workflow_id=pk, key_value__isnull=False).values("key_value"))
     if business_key is not None:
         keys |= Q(key=business_key)
@@ -974,7 +1003,7 @@ def backlog_get(*, now: dt.datetime, stuck_after: float, late_after: float, limi
     ``stuck_after``: seconds a workflow may stay EXECUTING (since it was submitted) before it
     counts as stuck; ``late_after``: seconds past its due time after which a pending timer is late.
     The indexes: workflows by ``(status, time_created)`` (a workflow submitted before the cut was
-    created before it too), active nodes (partial), pending timers by ``due_at`` (partial), pending
+    created before it too), subscriptions by id, pending timers by ``due_at`` (partial), pending
     outbox rows by id (partial), dead outbox rows (partial), inbox rows by ``(status, received_at)``.
     """
     limit = max(1, int(limit))
@@ -986,7 +1015,9 @@ def backlog_get(*, now: dt.datetime, stuck_after: float, late_after: float, limi
     querysets: dict[str, QuerySet[Any]] = {
         "workflows_running": running,
         "workflows_stuck": running.filter(time_created__lt=stuck_cut, time_submitted__lt=stuck_cut),
-        "listeners_waiting": Node.objects.filter(status__in=ACTIVE, kind=NodeKind.LISTENER),
+        # Listener nodes with a subscription: started and waiting, or not started yet (their key
+        # is registered with the node, and what arrives for them is kept: docs/correlation.md).
+        "listeners_waiting": Subscription.objects.all(),
         "timers_due": pending_timers,
         "timers_late": pending_timers.filter(due_at__lt=late_cut),
         "outbox_pending": pending_outbox,

@@ -34,7 +34,6 @@ from ..exceptions import (
     WorkflowDoesNotExist,
 )
 from ..models import (
-    HistoryRecord,
     Node,
     NodeKind,
     Status,
@@ -43,14 +42,13 @@ from ..models import (
     Workflow,
     WorkflowTemplate,
 )
-from ..models.history import history_event
 from ..models.status import ENDED_FOR_GOOD, HOOK_KINDS
 from . import heartbeat, logs, messages, outbox, parameters, ports, recovery, timing, walker
 from .hooks import call_hook
 from .operations import operator_detail
 from .outbox import outbox_send  # noqa: F401 - Topic.send's entry point (engine/outbox.py)
 from .retry import RetryPolicy
-from .state import WorkflowState
+from .state import WorkflowState, nodes_read
 from .timers import (  # noqa: F401 - names of old; their home is engine/timers.py (docs/testing.md)
     timer_fire,
     timers_dispatch_upcoming,
@@ -64,6 +62,7 @@ from .txn import (
     claim_node,
     commit,
     deferred_write,
+    lock,
     locked,
     locked_many,
     set_parameters,
@@ -275,7 +274,7 @@ def workflow_instance(*, workflow_id: Any) -> Any:
 
 def _as_instance(wf: Workflow, nodes: list[Node] | None) -> Any:
     if nodes is None:
-        nodes = list(Node.objects.filter(workflow_id=wf.id))
+        nodes = nodes_read(wf.id)
     view = build_workflow_view(wf, nodes, strict=False)
     view.model = wf
     return view
@@ -363,7 +362,9 @@ def _execute_chain(work: Work, lease: str, *, budget: int, deadline: float) -> l
     order. The claimed node's lease is kept fresh throughout: the chain runs under its claim."""
     chain: list[tuple[Work, Outcome]] = []
     beat = (
-        heartbeat.beating(work.node_id, lease)  # the lease stays ours while it runs
+        heartbeat.beating(
+            work.node_id, lease, workflow_id=work.workflow_id
+        )  # the lease stays ours while it runs
         if work.delivery is None
         # on_message keeps its delivery's claim fresh (messages.deliveries_redispatch).
         else heartbeat.beating_delivery(work.delivery.id, lease)
@@ -541,7 +542,9 @@ def _run_batch(
         with ExitStack() as beats:  # every claimed node's lease stays ours until it is applied
             for work, work_lease in works:
                 if work.delivery is None:
-                    beats.enter_context(heartbeat.beating(work.node_id, work_lease))
+                    beats.enter_context(
+                        heartbeat.beating(work.node_id, work_lease, workflow_id=work.workflow_id)
+                    )
                 else:
                     beats.enter_context(heartbeat.beating_delivery(work.delivery.id, work_lease))
             for work, work_lease in works:
@@ -913,7 +916,7 @@ def stop_hooks_run(*, workflow_id: Any, node_ids: list[Any]) -> int:
     except WorkflowDoesNotExist:
         return 0
     wanted = {str(i) for i in node_ids}
-    nodes = list(Node.objects.filter(workflow_id=wf.id))
+    nodes = nodes_read(wf.id)
     due = [n for n in nodes if str(n.id) in wanted and n.stop_hook in (StopHook.PENDING, StopHook.NONE)]
     if not due:
         return 0
@@ -940,23 +943,22 @@ def stop_hooks_run(*, workflow_id: Any, node_ids: list[Any]) -> int:
 
 
 def _stop_hook_done(node: Node, *, error: str) -> None:
-    """Record a hook's outcome: compare-and-set on the node and one history record, in one
-    transaction. No workflow lock: nothing else writes these fields of a STOPPED or SKIPPED node."""
-    now = ports.now()
+    """Record a hook's outcome on the node and in its history, in one transaction that locks the
+    workflow; a hook already recorded (another copy of the message ran it) is left as it is."""
     outcome = StopHook.FAILED if error else StopHook.DONE
     with transaction.atomic():
-        recorded = Node.objects.filter(pk=node.id, stop_hook__in=[StopHook.PENDING, StopHook.NONE]).update(
-            stop_hook=outcome, stop_hook_at=now, redispatch_at=None, redispatches=0
-        )
-        if not recorded:
+        state = lock(node.workflow_id)
+        current = None if state is None else state.get(node.id)
+        if state is None or current is None or current.stop_hook not in (StopHook.PENDING, StopHook.NONE):
             return
-        event = history_event(
-            node_id=node.id,
-            node_name=node.name,
-            from_status=node.status,
-            to_status=node.status,
-            attempt=node.attempts,
+        current.stop_hook = outcome
+        current.stop_hook_at = state.now
+        current.redispatch_at = None
+        current.redispatches = 0
+        state.mark(current)
+        state.record(
             reason="stop_hook_failed" if error else "stop_hook_ran",
-            detail={"error": error} if error else None,
+            detail={"error": error} if error else {},
+            node=current,
         )
-        HistoryRecord.objects.create(workflow_id=node.workflow_id, created_at=now, events=[event])
+        state.flush()

@@ -1,16 +1,21 @@
 """One workflow's state inside one transaction, and the only code that changes a status.
 
-A transition locks the workflow row, loads its nodes into a :class:`WorkflowState`, lets the
-walker (:mod:`.walker`) change them in memory through :meth:`WorkflowState.set_status`, which
-checks the transition table and records a history event, and then :meth:`WorkflowState.flush`
-writes everything back in a fixed, small number of statements (one per table touched; the
-transition's history events in one row). The lock on the workflow row is what makes the
-in-memory update safe: no other transaction can change these rows until we commit.
+A transition locks the workflow row, which holds its nodes (the first ``PAGE_SIZE`` of them;
+``NodePage`` rows hold the rest), makes them :class:`~dagger_django.models.Node` objects in a
+:class:`WorkflowState`, lets the walker (:mod:`.walker`) change them in memory through
+:meth:`WorkflowState.set_status`, which checks the transition table and records a history event,
+and then :meth:`WorkflowState.flush` writes everything back in a fixed, small number of
+statements (one per table touched: the workflow row with its changed nodes and recovery marks,
+the changed pages, the transition's history events in one row). The lock on the workflow row is
+what makes the in-memory update safe: no other transaction can change these rows until we commit.
+How the nodes are stored is known here only (:func:`node_encode`, :func:`node_decode`,
+:func:`nodes_read`; docs/internals.md, "Node state in the workflow row").
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -31,9 +36,9 @@ from django.db.models import (
 )
 
 from ..exceptions import TaskInvalidState
-from ..models import HistoryRecord, Node, Status, Timer, Workflow
+from ..models import HistoryRecord, Node, NodePage, NodeType, Status, StopHook, Timer, Workflow
 from ..models.history import history_event
-from ..models.status import TERMINAL, TIMER_TRANSITIONS, sole_source, transition
+from ..models.status import TERMINAL, TIMER_TRANSITIONS, NodeKind, sole_source, transition
 from . import ports
 
 S = Status
@@ -69,20 +74,13 @@ WORKFLOW_TRANSITIONS: dict[str, frozenset[str]] = {
     S.STOPPED: frozenset({S.EXECUTING, S.FAILURE}),
 }
 
-NODE_UPDATE_FIELDS = [
-    "status",
-    "attempts",
-    "lease",
-    "error",
-    "config",
-    "time_submitted",
-    "time_completed",
-    "updated_at",
-    "redispatch_at",
-    "redispatches",
-    "stop_hook",
-    "stop_hook_at",
-]
+#: Nodes per page: the first page is stored in the workflow row (``Workflow.nodes``), the others in
+#: ``NodePage`` rows. A step rewrites the pages whose nodes it changed, never all of a large
+#: workflow's nodes (docs/internals.md, "Node state in the workflow row").
+PAGE_SIZE = 64
+
+#: The workflow columns :meth:`WorkflowState.flush` keeps for recovery's indexes (:func:`recovery_marks`).
+MARK_FIELDS = ("leased_since", "resend_at", "stop_hooks_since")
 
 
 def update_rows(model: type[Model], fields: list[str], objs: list[Any]) -> None:
@@ -211,35 +209,155 @@ def field_preparers(conn: Any, fields: list[Any]) -> list[tuple[str, Any]]:
     return out
 
 
-def load_locked(workflow_id: Any) -> tuple[Workflow | None, list[Node]]:
-    """Lock a workflow row (``FOR UPDATE``) and load its nodes: two plain statements.
+# -- nodes as stored: lists in the order of NODE_FIELDS ---------------------------------------------
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
 
-    Written as raw SQL on a cursor, compiled once per process, and the rows made into models
+
+def _time(value: str | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromisoformat(value)
+
+
+def node_encode(n: Node) -> list[Any]:
+    """A node as ``Workflow.nodes`` and ``NodePage.nodes`` store it (``models.NODE_FIELDS``)."""
+    return [
+        str(n.id),
+        None if n.parent_id is None else str(n.parent_id),
+        n.name,
+        n.node_type,
+        n.kind,
+        n.task_class,
+        n.status,
+        n.position,
+        n.next_ids,
+        n.child_ids,
+        n.config,
+        n.attempts,
+        n.lease,
+        n.error,
+        _iso(n.time_created),
+        _iso(n.time_submitted),
+        _iso(n.time_completed),
+        _iso(n.updated_at),
+        _iso(n.redispatch_at),
+        n.redispatches,
+        n.stop_hook,
+        _iso(n.stop_hook_at),
+        n.waiting,
+    ]
+
+
+def node_decode(e: list[Any], workflow_id: uuid.UUID, page: int) -> Node:
+    """The node stored as ``e`` (:func:`node_encode`) on ``page`` of ``workflow_id``."""
+    n = Node.__new__(Node)
+    n.id = uuid.UUID(e[0])
+    n.parent_id = None if e[1] is None else uuid.UUID(e[1])
+    n.name, n.node_type, n.kind, n.task_class, n.status, n.position = e[2], e[3], e[4], e[5], e[6], e[7]
+    n.next_ids, n.child_ids, n.config, n.attempts, n.lease, n.error = e[8], e[9], e[10], e[11], e[12], e[13]
+    n.time_created, n.time_submitted, n.time_completed = _time(e[14]), _time(e[15]), _time(e[16])
+    n.updated_at, n.redispatch_at, n.redispatches = _time(e[17]), _time(e[18]), e[19]  # type: ignore[assignment]
+    n.stop_hook, n.stop_hook_at, n.waiting = e[20], _time(e[21]), e[22]
+    n.workflow_id = workflow_id
+    n.page = page
+    return n
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def nodes_decode(workflow_id: uuid.UUID, first: Any, pages: Iterable[tuple[int, Any]] = ()) -> list[Node]:
+    """A workflow's nodes from its first page (``Workflow.nodes``) and its further pages
+    (``(number, nodes)`` of its ``NodePage`` rows), in the order they were stored."""
+    out = [node_decode(e, workflow_id, 0) for e in _json(first) or ()]
+    for number, entries in pages:
+        out.extend(node_decode(e, workflow_id, number) for e in _json(entries) or ())
+    return out
+
+
+def recovery_marks(
+    nodes: Iterable[Node],
+) -> tuple[dt.datetime | None, dt.datetime | None, dt.datetime | None]:
+    """``(leased_since, resend_at, stop_hooks_since)`` of a workflow with ``nodes``: what its
+    indexed columns tell recovery (``Workflow`` model). Leased work is a task SUBMITTED, or
+    EXECUTING and not a listener, that owes no re-send and waits on no timer."""
+    leased = resend = hooks = None
+    for n in nodes:
+        if n.redispatch_at is not None and (resend is None or n.redispatch_at < resend):
+            resend = n.redispatch_at
+        if n.stop_hook == StopHook.PENDING and (hooks is None or n.updated_at < hooks):
+            hooks = n.updated_at
+        if (
+            n.node_type == NodeType.LEAF
+            and n.redispatch_at is None
+            and n.waiting is None
+            and (n.status == S.SUBMITTED or (n.status == S.EXECUTING and n.kind != NodeKind.LISTENER))
+            and (leased is None or n.updated_at < leased)
+        ):
+            leased = n.updated_at
+    return leased, resend, hooks
+
+
+_PAGES_SQL: dict[str, str] = {}
+
+
+def _pages_read(cursor: Any, conn: Any, workflow_ids: list[Any]) -> dict[Any, list[tuple[int, Any]]]:
+    """``{workflow id: [(number, nodes), ...]}`` of the further pages of ``workflow_ids``."""
+    sql = _PAGES_SQL.get(conn.alias)
+    if sql is None:
+        qn = conn.ops.quote_name
+        sql = _PAGES_SQL[conn.alias] = (
+            f"SELECT workflow_id, number, nodes FROM {qn(NodePage._meta.db_table)}"
+            " WHERE workflow_id = ANY(%s) ORDER BY workflow_id, number"
+        )
+    out: dict[Any, list[tuple[int, Any]]] = defaultdict(list)
+    if conn.vendor != "postgresql":
+        rows = NodePage.objects.filter(workflow_id__in=workflow_ids).order_by("workflow_id", "number")
+        for page in rows:
+            out[page.workflow_id].append((page.number, page.nodes))
+        return out
+    prep = Workflow._meta.pk.get_db_prep_value  # type: ignore[union-attr]
+    cursor.execute(sql, [[prep(i, conn) for i in workflow_ids]])
+    for workflow_id, number, entries in cursor.fetchall():
+        key = workflow_id if isinstance(workflow_id, uuid.UUID) else uuid.UUID(str(workflow_id))
+        out[key].append((number, entries))
+    return out
+
+
+def _with_nodes(cursor: Any, conn: Any, workflows: list[Workflow]) -> list[tuple[Workflow, list[Node]]]:
+    paged = [wf.pk for wf in workflows if wf.node_pages]
+    pages = _pages_read(cursor, conn, paged) if paged else {}
+    return [(wf, nodes_decode(wf.pk, wf.nodes, pages.get(wf.pk, ()))) for wf in workflows]
+
+
+def load_locked(workflow_id: Any) -> tuple[Workflow | None, list[Node]]:
+    """Lock a workflow row (``FOR UPDATE``) and read its nodes: one plain statement (two when the
+    workflow has more than one page of nodes).
+
+    Written as raw SQL on a cursor, compiled once per process, and the row made into a model
     with ``Model.from_db`` and each field's converters: the ORM (even ``raw()``) would compile
-    both queries and their converters on every transition, which costs more than running them.
+    the query and its converters on every transition, which costs more than running it.
     """
     conn = connections[router.db_for_write(Workflow)]
-    loaders = _LOADERS.get(conn.alias)
-    if loaders is None:
-        loaders = _LOADERS[conn.alias] = (
-            _RowLoader(conn, Workflow, "id", lock=True),
-            _RowLoader(conn, Node, "workflow_id", lock=False),
-        )
+    loader = _LOADERS.get(conn.alias)
+    if loader is None:
+        loader = _LOADERS[conn.alias] = _RowLoader(conn, Workflow, "id", lock=True)
     key = Workflow._meta.pk.get_db_prep_value(workflow_id, conn)  # type: ignore[union-attr]
     with conn.cursor() as cursor:
-        workflows = loaders[0].load(cursor, key, conn)
+        workflows = loader.load(cursor, key, conn)
         if not workflows:
             return None, []
-        return workflows[0], loaders[1].load(cursor, key, conn)
+        return _with_nodes(cursor, conn, workflows)[0]
 
 
 def load_locked_many(workflow_ids: Iterable[Any]) -> dict[Any, tuple[Workflow, list[Node]]]:
-    """Lock many workflow rows and load their nodes: ``{workflow id: (workflow, nodes)}``.
+    """Lock many workflow rows and read their nodes: ``{workflow id: (workflow, nodes)}``.
 
-    Two statements on PostgreSQL whatever the number of workflows: the rows are locked in id
-    order (``ORDER BY id FOR UPDATE``), so two batches that share workflows wait on each other
-    instead of deadlocking. Workflows that do not exist are missing from the answer. Elsewhere
-    (SQLite serialises its writers) one :func:`load_locked` per workflow.
+    One statement on PostgreSQL whatever the number of workflows (two when some have further
+    pages of nodes): the rows are locked in id order (``ORDER BY id FOR UPDATE``), so two batches
+    that share workflows wait on each other instead of deadlocking. Workflows that do not exist
+    are missing from the answer. Elsewhere (SQLite serialises its writers) one
+    :func:`load_locked` per workflow.
     """
     ids = sorted(set(workflow_ids), key=str)
     conn = connections[router.db_for_write(Workflow)]
@@ -250,22 +368,38 @@ def load_locked_many(workflow_ids: Iterable[Any]) -> dict[Any, tuple[Workflow, l
             if wf is not None:
                 out[wf.pk] = (wf, nodes)
         return out
-    loaders = _MANY_LOADERS.get(conn.alias)
-    if loaders is None:
-        loaders = _MANY_LOADERS[conn.alias] = (
-            _RowLoader(conn, Workflow, "id", lock=True, many=True),
-            _RowLoader(conn, Node, "workflow_id", lock=False, many=True),
-        )
+    loader = _MANY_LOADERS.get(conn.alias)
+    if loader is None:
+        loader = _MANY_LOADERS[conn.alias] = _RowLoader(conn, Workflow, "id", lock=True, many=True)
     prep = Workflow._meta.pk.get_db_prep_value  # type: ignore[union-attr]
     keys = [prep(i, conn) for i in ids]
     with conn.cursor() as cursor:
-        workflows = loaders[0].load(cursor, keys, conn)
+        workflows = loader.load(cursor, keys, conn)
         if not workflows:
             return {}
-        by_workflow: dict[Any, list[Node]] = {wf.pk: [] for wf in workflows}
-        for node in loaders[1].load(cursor, [prep(wf.pk, conn) for wf in workflows], conn):
-            by_workflow[node.workflow_id].append(node)
-    return {wf.pk: (wf, by_workflow[wf.pk]) for wf in workflows}
+        return {wf.pk: (wf, nodes) for wf, nodes in _with_nodes(cursor, conn, workflows)}
+
+
+def nodes_read_many(workflow_ids: Iterable[Any]) -> dict[uuid.UUID, list[Node]]:
+    """The nodes of ``workflow_ids`` as committed, without a lock (for reading: selectors,
+    recovery's candidates, a stop hook's view): ``{workflow id: nodes}``, two queries at most.
+    Workflows that do not exist are missing."""
+    ids = list(workflow_ids)
+    if not ids:
+        return {}
+    rows = list(Workflow.objects.filter(pk__in=ids).values_list("id", "nodes", "node_pages"))
+    paged = [pk for pk, _, pages in rows if pages]
+    conn = connections[router.db_for_read(Workflow)]
+    pages: dict[Any, list[tuple[int, Any]]] = {}
+    if paged:
+        with conn.cursor() as cursor:
+            pages = _pages_read(cursor, conn, paged)
+    return {pk: nodes_decode(pk, first, pages.get(pk, ())) for pk, first, _ in rows}
+
+
+def nodes_read(workflow_id: Any) -> list[Node]:
+    """The nodes of one workflow as committed, without a lock (:func:`nodes_read_many`)."""
+    return next(iter(nodes_read_many([workflow_id]).values()), [])
 
 
 class _RowLoader:
@@ -309,8 +443,8 @@ class _RowLoader:
         return out
 
 
-_LOADERS: dict[str, tuple[_RowLoader, _RowLoader]] = {}
-_MANY_LOADERS: dict[str, tuple[_RowLoader, _RowLoader]] = {}
+_LOADERS: dict[str, _RowLoader] = {}
+_MANY_LOADERS: dict[str, _RowLoader] = {}
 
 
 @contextmanager
@@ -336,6 +470,8 @@ class WorkflowState:
         self.now = ports.now()
         self._dirty: set[uuid.UUID] = set()
         self._added: list[Node] = []
+        #: Further pages of nodes to write (number -> nodes), settled by the flush.
+        self.pages: dict[int, list[Node]] = {}
         self._workflow_fields: set[str] = set()
         #: This transition's history, in order: written as one :class:`HistoryRecord` row.
         self.events: list[list[Any]] = []
@@ -421,6 +557,7 @@ class WorkflowState:
             node.time_submitted = self.now
         if to in TERMINAL:
             self.ended.append(node)
+            node.waiting = None  # its timers are cancelled with it
             if node.time_completed is None:
                 node.time_completed = self.now
         if frm in (S.FAILURE, S.STOPPED) and to not in TERMINAL:
@@ -484,6 +621,11 @@ class WorkflowState:
         node.updated_at = self.now
         self._dirty.add(node.id)
 
+    def mark(self, node: Node) -> None:
+        """Mark a node as changed without moving its lease clock (``updated_at``): a change that
+        is not the node's progress (an owed send recorded, a backoff dropped, a timer mirrored)."""
+        self._dirty.add(node.id)
+
     def touch_workflow(self, *fields: str) -> None:
         self._workflow_fields.update(fields)
 
@@ -533,14 +675,54 @@ class WorkflowState:
         self._settled = not (self.is_new and self.delete_after)
         if not self._settled:
             return False
-        # The workflow row is written when a field of its own changed (status, parameters, ...);
-        # update_count counts those writes. A node-only step (a claim) leaves the row alone.
+        # update_count counts the writes of the workflow's own fields (status, parameters, ...);
+        # a step that changes nodes only (a claim) writes the row's nodes without counting.
         if self.is_new or self._workflow_fields:
             wf.update_count += 1
             wf.updated_at = self.now
+            if not self.is_new:
+                self._workflow_fields |= {"update_count", "updated_at"}
         if None in self.cancel_timers_for:
             self.timers = []  # the workflow's waits end here, including any created just now
+        self._pages_settle()
         return True
+
+    def _pages_settle(self) -> None:
+        """Give new nodes their page, and set the workflow's nodes (the first page), page count
+        and recovery marks to write; ``self.pages`` are the further pages to write."""
+        wf = self.workflow
+        self.pages: dict[int, list[Node]] = {}
+        if not (self.is_new or self._dirty or self._added):
+            return
+        by_page: dict[int, list[Node]] = defaultdict(list)
+        unplaced: list[Node] = []
+        for n in self.nodes.values():  # in load (= storage) order, then added ones
+            if n.page is None:
+                unplaced.append(n)
+            else:
+                by_page[n.page].append(n)
+        touched: set[int] = {0} if self.is_new else set()
+        last = max(by_page) if by_page else 0
+        for n in unplaced:
+            if len(by_page[last]) >= PAGE_SIZE:
+                last += 1
+            n.page = last
+            by_page[last].append(n)
+            touched.add(last)
+        for node_id in self._dirty:
+            n = self.nodes.get(node_id)
+            if n is not None and n.page is not None:
+                touched.add(n.page)
+        if 0 in touched:
+            wf.nodes = [node_encode(n) for n in by_page.get(0, ())]
+            self._workflow_fields.add("nodes")
+        wf.node_pages = max(by_page) if by_page else 0
+        for number in touched - {0}:
+            self.pages[number] = by_page[number]
+        wf.leased_since, wf.resend_at, wf.stop_hooks_since = recovery_marks(self.nodes.values())
+        # The same columns whenever nodes changed (and the first page when it did), so the
+        # workflows of a batch share one statement.
+        self._workflow_fields |= {"node_pages", *MARK_FIELDS}
 
     def _cancel_timers(self) -> None:
         """Cancel the PENDING timers of the ended nodes (of the whole workflow: ``None``).
@@ -585,31 +767,25 @@ def flush_many(states: Iterable[WorkflowState]) -> None:
 
 def _write_many(states: list[WorkflowState]) -> None:
     updates: dict[tuple[str, ...], list[Workflow]] = {}
-    added: list[Node] = []
-    dirty: list[Node] = []
+    pages: list[tuple[Any, int, list[Any]]] = []
     written: list[WorkflowState] = []
     for state in states:
         wf = state.workflow
         if state.is_new:
             insert_rows(Workflow, [wf])
-            insert_rows(Node, list(state.nodes.values()))
         elif state.delete_after:
             wf.delete()
             continue
-        else:
-            if state._workflow_fields:
-                fields = tuple(sorted(state._workflow_fields | {"update_count", "updated_at"}))
-                updates.setdefault(fields, []).append(wf)
-            added.extend(state._added)
-            new = {n.id for n in state._added}
-            dirty.extend(state.nodes[i] for i in state._dirty if i not in new)
+        elif state._workflow_fields:
+            updates.setdefault(tuple(sorted(state._workflow_fields)), []).append(wf)
+        pages.extend(
+            (wf.id, number, [node_encode(n) for n in nodes]) for number, nodes in state.pages.items()
+        )
         written.append(state)
     for fields, workflows in updates.items():
         update_rows(Workflow, list(fields), workflows)
-    if added:
-        insert_rows(Node, added)
-    if dirty:
-        update_rows(Node, NODE_UPDATE_FIELDS, dirty)
+    if pages:
+        _pages_write(pages)
     timers: list[Timer] = []
     for state in written:
         if state.cancel_timers_for and state.workflow.has_timers:
@@ -627,4 +803,31 @@ def _write_many(states: list[WorkflowState]) -> None:
         insert_rows(HistoryRecord, records)
 
 
+def _pages_write(pages: list[tuple[Any, int, list[Any]]]) -> None:
+    """Write further pages of nodes, ``(workflow id, number, nodes)``: new ones inserted, others
+    replaced, in one statement."""
+    conn = connections[router.db_for_write(NodePage)]
+    if conn.vendor != "postgresql":
+        for workflow_id, number, nodes in pages:
+            NodePage.objects.update_or_create(
+                workflow_id=workflow_id, number=number, defaults={"nodes": nodes}
+            )
+        return
+    sql = _PAGES_WRITE_SQL.get(conn.alias)
+    if sql is None:
+        qn = conn.ops.quote_name
+        sql = _PAGES_WRITE_SQL[conn.alias] = (
+            f"INSERT INTO {qn(NodePage._meta.db_table)} (workflow_id, number, nodes) VALUES (%s, %s, %s)"
+            " ON CONFLICT (workflow_id, number) DO UPDATE SET nodes = EXCLUDED.nodes"
+        )
+    field = NodePage._meta.get_field("nodes")
+    params = [[w, number, conn.ops.adapt_json_value(nodes, field.encoder)] for w, number, nodes in pages]
+    with conn.cursor() as cursor:
+        if len(params) == 1:
+            cursor.execute(sql, params[0])
+        else:
+            cursor.executemany(sql, params)
+
+
+_PAGES_WRITE_SQL: dict[str, str] = {}
 _CANCEL_SQL: dict[str, str] = {}

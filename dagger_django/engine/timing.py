@@ -81,6 +81,9 @@ def add_timer(state: WorkflowState, node: Node, *, purpose: str, due_at: dt.date
         created_at=state.now,
     )
     state.timers.append(timer)
+    # Mirrored on the node: recovery leaves a node that waits on time alone (state.recovery_marks).
+    node.waiting = node.attempts
+    state.mark(node)
     return timer
 
 
@@ -238,6 +241,9 @@ def fire(
     """
     from .walker import submit_to_worker
 
+    if node is not None and node.waiting is not None and (attempt is None or attempt == node.waiting):
+        node.waiting = None  # the timer it waited on has fired (a later one sets it again)
+        state.mark(node)
     if purpose == TimerPurpose.BUFFER_EXPIRY:
         # Reserved: buffered early messages expire through their own rows and the bridge's sweep
         # (engine/messages.py), not through timers. Nothing to do.

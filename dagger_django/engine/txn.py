@@ -230,7 +230,7 @@ def _dispatch_after_commit(state: WorkflowState) -> None:
             exc,
             extra=logs.extra(wf.id, wf.business_key),
         )
-        recovery.dispatch_owed(node_ids=[*pending, *hooks])
+        recovery.dispatch_owed(targets=[(wf.id, node_id) for node_id in [*pending, *hooks]])
         return  # the broker is down: the timers below are the sweep's (the table is the truth)
     try:
         for timer in state.timers:

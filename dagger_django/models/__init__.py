@@ -19,7 +19,7 @@ from .messages import (
 from .status import NodeKind, NodeType, Status, StopHook, TimerPurpose, TimerStatus
 from .templates import WorkflowTemplate
 from .timers import Timer
-from .workflows import Node, Workflow
+from .workflows import NODE_FIELDS, Node, NodePage, Workflow
 
 __all__ = [
     "Delivery",
@@ -33,7 +33,9 @@ __all__ = [
     "Subscription",
     "NodeKind",
     "NodeType",
+    "NODE_FIELDS",
     "Node",
+    "NodePage",
     "Status",
     "StopHook",
     "Timer",

@@ -18,6 +18,7 @@ from tests.api.test_api import BASE, assert_error
 from tests.api.test_permissions import OPERATORS, READERS, ROLES, SECRET, assert_refused, client_for
 from tests.engine import builders as b
 from tests.engine import tasks as t
+from tests.helpers import stored_nodes
 
 pytestmark = pytest.mark.django_db
 S = Status
@@ -83,7 +84,7 @@ def stopped(waiting: Workflow, django_capture_on_commit_callbacks: Any, settle: 
 
 
 def listener_of(workflow: Workflow) -> Node:
-    return Node.objects.get(workflow_id=workflow.id, kind="listener")
+    return stored_nodes.get(workflow_id=workflow.id, kind="listener")
 
 
 def operator_event(workflow_id: Any, reason: str) -> Any:
@@ -255,7 +256,7 @@ def test_actions_the_state_does_not_allow_are_409_and_unknown_targets_404(
 ) -> None:
     client = client_for(django_user_model, "operator")
     listener = listener_of(waiting)
-    ship = Node.objects.get(workflow_id=waiting.id, name__endswith="ship_executor_task")
+    ship = stored_nodes.get(workflow_id=waiting.id, name__endswith="ship_executor_task")
 
     assert_error(client.post(f"{BASE}/workflows/{waiting.id}/resume/"), 409, "invalid_state")
     body = assert_error(

@@ -15,7 +15,8 @@ from rest_framework.test import APIClient
 from dagger_django import DAGBuilderHelper, Dagger, signals
 from dagger_django import tasks as celery_tasks
 from dagger_django.engine import recovery
-from dagger_django.models import Node, Status, Workflow
+from dagger_django.models import Status, Workflow
+from tests.helpers import stored_nodes
 
 from ..helpers import wait_for
 from . import workflows as w
@@ -99,7 +100,7 @@ def test_create_with_the_broker_unreachable_answers_201_and_recovery_completes_i
     assert body["status"] == S.EXECUTING
     assert elapsed < 5, f"the request waited {elapsed:.1f}s for the dead broker"
     assert (S.NOT_STARTED, S.EXECUTING) in transitions  # announced although nothing was sent
-    owed = Node.objects.get(workflow_id=body["id"], status=S.SUBMITTED)
+    owed = stored_nodes.get(workflow_id=body["id"], status=S.SUBMITTED)
     assert owed.redispatch_at is not None
     assert Workflow.objects.count() == 1  # nothing for a client to retry
     broker_unreachable.restore()
@@ -112,13 +113,13 @@ def test_worker_whose_next_dispatch_fails_ends_its_task_cleanly(
 ) -> None:
     settings.DAGGER = {**settings.DAGGER, "INLINE_STEPS": 0}  # the next step goes by message
     wf = Dagger.get_template(TEMPLATE).create_instance(submit_task=True)
-    first = Node.objects.get(workflow_id=wf.id, status=S.SUBMITTED)
+    first = stored_nodes.get(workflow_id=wf.id, status=S.SUBMITTED)
     # The Celery task itself, run here against the dead broker, as the worker runs it.
     result = celery_tasks.run_node.apply(args=[str(wf.id), str(first.id)], task_id="outage-lease")
     assert result.successful(), result.traceback
-    first.refresh_from_db()
+    first = stored_nodes.get(pk=first.id)
     assert first.status == S.COMPLETED  # the committed transition stands
-    second = Node.objects.get(workflow_id=wf.id, status=S.SUBMITTED)
+    second = stored_nodes.get(workflow_id=wf.id, status=S.SUBMITTED)
     assert second.redispatch_at is not None
     broker_unreachable.restore()
     assert recovery.nodes_recover() == 1

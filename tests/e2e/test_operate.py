@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from dagger_django.engine import operations, services
-from dagger_django.models import Node, Status, StopHook, Workflow
+from dagger_django.models import Status, StopHook, Workflow
+from tests.helpers import stored_nodes
 
 from ..helpers import history, wait_for
 from . import workflows as w
@@ -28,11 +29,11 @@ def test_a_workflow_stopped_mid_task_is_resumed_and_the_worker_completes_it(
     wait_for(marker.exists, timeout=30, message="the blocking task never started")
     services.workflow_stop(workflow_id=wf.id)
     release.write_text("go")
-    blocks = Node.objects.get(workflow_id=wf.id, name__endswith="blocks_executor_task")
+    blocks = stored_nodes.get(workflow_id=wf.id, name__endswith="blocks_executor_task")
     # The stop hook runs on the worker after the stop's commit; resume waits for it.
     wait_for(
-        lambda: Node.objects.get(pk=blocks.pk).stop_hook == StopHook.DONE,
-        message=lambda: f"the stop hook of blocks is {Node.objects.get(pk=blocks.pk).stop_hook!r}",
+        lambda: stored_nodes.get(pk=blocks.pk).stop_hook == StopHook.DONE,
+        message=lambda: f"the stop hook of blocks is {stored_nodes.get(pk=blocks.pk).stop_hook!r}",
     )
 
     operations.workflow_resume(workflow_id=wf.id, actor="ops", reason="the supplier is back")
@@ -53,7 +54,7 @@ def test_a_failed_task_completed_by_an_operator_lets_the_worker_finish_the_workf
     )
     wf = finished(tmpl.create_instance(submit_task=True).id)
     assert wf.status == S.FAILURE
-    fragile = Node.objects.get(workflow_id=wf.id, name__endswith="fragile_executor_task")
+    fragile = stored_nodes.get(workflow_id=wf.id, name__endswith="fragile_executor_task")
 
     operations.node_complete(workflow_id=wf.id, node_id=fragile.id, actor="ops", reason="done by hand")
 
@@ -63,5 +64,5 @@ def test_a_failed_task_completed_by_an_operator_lets_the_worker_finish_the_workf
     )
     done = Workflow.objects.get(pk=wf.id)
     assert done.runtime_parameters["trace"] == ["a_executor_task", "c_executor_task"]
-    assert Node.objects.get(pk=fragile.pk).status == S.COMPLETED
+    assert stored_nodes.get(pk=fragile.pk).status == S.COMPLETED
     assert history(wf.id, "completed_by_operator")[0].detail == {"actor": "ops", "reason": "done by hand"}

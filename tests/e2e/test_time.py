@@ -28,7 +28,8 @@ from dagger_django import (
     TriggerTaskTemplateBuilder,
 )
 from dagger_django.beat import beat_setup
-from dagger_django.models import Node, Status, Timer, TimerStatus, Workflow
+from dagger_django.models import Status, Timer, TimerStatus, Workflow
+from tests.helpers import stored_nodes
 
 from ..conftest import (
     ROOT,
@@ -123,7 +124,7 @@ def finished(workflow_id: Any, timeout: float = 40) -> Workflow:
         timeout=timeout,
         message=lambda: (
             f"workflow {workflow_id} to finish; nodes: "
-            + str({n.name: n.status for n in Node.objects.filter(workflow_id=workflow_id)})
+            + str({n.name: n.status for n in stored_nodes.filter(workflow_id=workflow_id)})
         ),
     )
     return Workflow.objects.get(pk=workflow_id)
@@ -215,12 +216,12 @@ def test_monitor_calls_back_while_the_process_runs_late(beat: Path, tmp_path: Pa
         monitor_marker=str(monitor_marker),
     )
     wait_for(monitor_marker.exists, timeout=30, message="the monitor's hook to run")
-    assert Node.objects.get(workflow_id=wf.id, name__endswith="blocks_executor_task").status == S.EXECUTING
+    assert stored_nodes.get(workflow_id=wf.id, name__endswith="blocks_executor_task").status == S.EXECUTING
     release.write_text("go")
     wf = finished(wf.id)
     assert wf.status == S.COMPLETED
     assert wf.runtime_parameters["monitor_calls"] == [["watched", "EXECUTING"]]
-    assert Node.objects.get(workflow_id=wf.id, kind="monitor").status == S.COMPLETED
+    assert stored_nodes.get(workflow_id=wf.id, kind="monitor").status == S.COMPLETED
 
 
 def test_process_deadline_skips_its_waiting_tasks_and_the_next_process_runs(beat: Path) -> None:
@@ -237,7 +238,7 @@ def test_process_deadline_skips_its_waiting_tasks_and_the_next_process_runs(beat
     wf = finished(wf.id)
     assert wf.status == S.COMPLETED
     assert wf.runtime_parameters["trace"] == ["after_executor_task"]
-    statuses = {n.name.rsplit(".", 1)[-1]: n.status for n in Node.objects.filter(workflow_id=wf.id)}
+    statuses = {n.name.rsplit(".", 1)[-1]: n.status for n in stored_nodes.filter(workflow_id=wf.id)}
     assert statuses["slow"] == statuses["later"] == statuses["never_executor_task"] == S.SKIPPED
     assert not Timer.objects.filter(workflow_id=wf.id, status=TimerStatus.PENDING).exists()
 
@@ -291,10 +292,10 @@ def test_worker_killed_mid_task_is_recovered_by_the_next_worker(
         os.killpg(workers[0].proc.pid, signal.SIGKILL)  # the whole worker: main process and pool
         workers[0].proc.wait(timeout=10)
         marker.unlink()
-        blocked = Node.objects.get(workflow_id=wf.id, name__endswith="blocks_executor_task")
+        blocked = stored_nodes.get(workflow_id=wf.id, name__endswith="blocks_executor_task")
         assert blocked.status == S.EXECUTING
         wait_for(
-            lambda: time.time() - Node.objects.get(pk=blocked.pk).updated_at.timestamp() > lease + 0.5,
+            lambda: time.time() - stored_nodes.get(pk=blocked.pk).updated_at.timestamp() > lease + 0.5,
             timeout=30,
             message="the dead worker's lease to expire",
         )

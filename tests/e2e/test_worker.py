@@ -19,7 +19,8 @@ from dagger_django import (
     TaskOperator,
 )
 from dagger_django.engine import services
-from dagger_django.models import Node, Status, Workflow
+from dagger_django.models import Status, Workflow
+from tests.helpers import stored_nodes
 
 from ..helpers import history, wait_for
 from . import workflows as w
@@ -75,9 +76,9 @@ def test_decision_and_parallel_groups_on_the_worker(celery_worker_process: Any) 
     wf = finished(tmpl.create_instance(submit_task=True, branch=1).id)
     assert wf.status == S.COMPLETED
     assert wf.runtime_parameters["trace"] == ["right_executor_task"]
-    copies = Node.objects.filter(workflow_id=wf.id, name__endswith="copy_executor_task")
+    copies = stored_nodes.filter(workflow_id=wf.id, name__endswith="copy_executor_task")
     assert [n.status for n in copies] == [S.COMPLETED, S.COMPLETED]
-    assert Node.objects.get(workflow_id=wf.id, name__endswith="left_executor_task").status == S.SKIPPED
+    assert stored_nodes.get(workflow_id=wf.id, name__endswith="left_executor_task").status == S.SKIPPED
 
 
 def test_process_level_parallel_and_dynamic_processes_on_the_worker(celery_worker_process: Any) -> None:
@@ -108,7 +109,7 @@ def test_process_level_parallel_and_dynamic_processes_on_the_worker(celery_worke
     wf = finished(wf.id)
     assert wf.status == S.COMPLETED
     assert wf.runtime_parameters["trace"][:2] == ["prep0_executor_task", "prep1_executor_task"]
-    assert Node.objects.filter(workflow_id=wf.id, kind="process", name__endswith=".ship").count() == 3
+    assert stored_nodes.filter(workflow_id=wf.id, kind="process", name__endswith=".ship").count() == 3
 
 
 def test_failure_then_retry_from_the_failed_task_on_the_worker(celery_worker_process: Any) -> None:
@@ -140,7 +141,7 @@ def test_stop_on_the_worker_stops_waiting_work(celery_worker_process: Any, tmp_p
     wf = finished(wf.id)
     assert wf.status == S.STOPPED
     wait_for(
-        lambda: not Node.objects.filter(workflow_id=wf.id, status__in=[S.SUBMITTED, S.EXECUTING]).exists(),
+        lambda: not stored_nodes.filter(workflow_id=wf.id, status__in=[S.SUBMITTED, S.EXECUTING]).exists(),
         message="nodes still running after stop",
     )
     assert "attempts_seen" not in Workflow.objects.get(pk=wf.id).runtime_parameters
@@ -217,8 +218,8 @@ def test_worker_killed_in_a_batch_reruns_only_what_it_had_not_committed(
     done = [finished(workflow_id, timeout=120) for workflow_id in workflows]
     assert [wf.status for wf in done] == [S.COMPLETED] * 3
     for wf in done:
-        a = Node.objects.get(workflow_id=wf.id, name__endswith="a_executor_task")
-        b = Node.objects.get(workflow_id=wf.id, name__endswith="b_executor_task")
+        a = stored_nodes.get(workflow_id=wf.id, name__endswith="a_executor_task")
+        b = stored_nodes.get(workflow_id=wf.id, name__endswith="b_executor_task")
         # `a` was committed before the kill: never run again. Every `b` had been claimed by the
         # killed batch and none applied: each ran again, and only its second run was applied.
         assert (a.attempts, b.attempts) == (1, 2)

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from dagger_django.models import Node, Workflow
+from dagger_django.models import Workflow
 from dagger_django.testing import FrozenClock, InMemoryDispatcher, engine_under_test
 
 
@@ -31,7 +31,9 @@ def clock(engine: tuple[InMemoryDispatcher, FrozenClock]) -> FrozenClock:
 
 def statuses(workflow_id: Any) -> dict[str, str]:
     """{short node name: status} of a workflow."""
-    return {n.name.rsplit(".", 1)[-1]: n.status for n in Node.objects.filter(workflow_id=workflow_id)}
+    from dagger_django.engine.state import nodes_read
+
+    return {n.name.rsplit(".", 1)[-1]: n.status for n in nodes_read(workflow_id)}
 
 
 def reload(workflow_id: Any) -> Workflow:

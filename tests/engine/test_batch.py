@@ -13,8 +13,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from dagger_django.engine import heartbeat, outbox, recovery, selectors, services
-from dagger_django.models import HistoryRecord, Node, Status
+from dagger_django.models import HistoryRecord, Status
 from dagger_django.models.history import history_fields
+from tests.helpers import stored_nodes
 
 from ..helpers import history
 from . import builders as b
@@ -50,7 +51,7 @@ def test_a_batch_runs_every_workflow_in_one_transaction_per_step(dispatcher: Any
         # One history row per workflow per transaction: its creation, the claim, three applies.
         assert HistoryRecord.objects.filter(workflow_id=wf.id).count() == 5
     assert not dispatcher.runs
-    assert set(Node.objects.filter(kind="executor").values_list("attempts", flat=True)) == {1}
+    assert set(stored_nodes.filter(kind="executor").values_list("attempts", flat=True)) == {1}
 
 
 def test_statements_per_workflow_stay_small_in_a_batch(dispatcher: Any) -> None:
@@ -91,7 +92,7 @@ def test_an_apply_that_raises_rolls_back_only_its_workflow_and_recovery_finishes
     services.nodes_run(targets=queued(dispatcher), lease="poison")
     assert [reload(wf.id).status for wf in workflows] == [S.COMPLETED, S.EXECUTING, S.COMPLETED, S.COMPLETED]
     # Its apply was rolled back whole: the step is still claimed, nothing of it was written.
-    node = Node.objects.get(workflow_id=poisoned, name__endswith="a_executor_task")
+    node = stored_nodes.get(workflow_id=poisoned, name__endswith="a_executor_task")
     assert (node.status, node.attempts) == (S.EXECUTING, 1)
     assert not history(poisoned, "executed")
 
@@ -102,7 +103,7 @@ def test_an_apply_that_raises_rolls_back_only_its_workflow_and_recovery_finishes
     row = reload(poisoned)
     assert row.status == S.COMPLETED
     assert row.runtime_parameters["trace"] == ["a_executor_task", "b_executor_task"]
-    assert Node.objects.get(pk=node.pk).attempts == 2
+    assert stored_nodes.get(pk=node.pk).attempts == 2
 
 
 def test_a_workflow_rolled_back_in_a_batch_leaves_no_history_row(
@@ -161,7 +162,7 @@ def test_a_claim_that_raises_leaves_out_only_its_workflow(
         done = services.nodes_run(targets=queued(dispatcher), lease="badclaim")
     assert done.steps == 3
     assert [reload(wf.id).status for wf in workflows] == [S.COMPLETED, S.COMPLETED, S.EXECUTING, S.COMPLETED]
-    node = Node.objects.get(workflow_id=poisoned, name__endswith="a_executor_task")
+    node = stored_nodes.get(workflow_id=poisoned, name__endswith="a_executor_task")
     assert (node.status, node.attempts) == (S.SUBMITTED, 0)  # left to recovery, nothing written
     assert not history(poisoned, "claimed")
     assert "claiming node" in caplog.text
@@ -196,7 +197,7 @@ def test_a_redelivered_batch_reruns_only_what_it_had_claimed_and_not_applied(
     # The first delivery finished the first workflow, then claimed the others and died.
     services.node_run(workflow_id=targets[0][0], node_id=targets[0][1], lease="again:0")
     claimed = services._claim_batch(
-        [(workflows[i].id, Node.objects.get(pk=targets[i][1]).id, f"again:{i}") for i in (1, 2)],
+        [(workflows[i].id, stored_nodes.get(pk=targets[i][1]).id, f"again:{i}") for i in (1, 2)],
         services.BatchRun(),
     )
     assert len(claimed) == 2
@@ -208,7 +209,7 @@ def test_a_redelivered_batch_reruns_only_what_it_had_claimed_and_not_applied(
     assert again.steps == 4  # a and b of the two unfinished workflows; nothing of the first
     assert [reload(wf.id).status for wf in workflows] == [S.COMPLETED] * 3
     attempts = {
-        wf.id: Node.objects.get(workflow_id=wf.id, name__endswith="a_executor_task").attempts
+        wf.id: stored_nodes.get(workflow_id=wf.id, name__endswith="a_executor_task").attempts
         for wf in workflows
     }
     assert attempts == {workflows[0].id: 1, workflows[1].id: 2, workflows[2].id: 2}

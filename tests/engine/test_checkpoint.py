@@ -12,7 +12,8 @@ from django.test.utils import CaptureQueriesContext
 
 from dagger_django.engine import recovery, services
 from dagger_django.exceptions import InvalidTemplate
-from dagger_django.models import Node, Status
+from dagger_django.models import Status
+from tests.helpers import stored_nodes
 
 from ..helpers import history
 from . import builders as b
@@ -57,7 +58,7 @@ def test_a_process_chain_runs_in_one_call_and_commits_once(dispatcher: Any) -> N
     assert row.status == S.COMPLETED
     # Each step saw what the one before it left, and has its own attempt and key.
     assert row.runtime_parameters["trace"] == ["a_executor_task", "b_executor_task", "c_executor_task"]
-    nodes = {n.name.rsplit(".", 1)[-1]: n for n in Node.objects.filter(workflow_id=wf.id, kind="executor")}
+    nodes = {n.name.rsplit(".", 1)[-1]: n for n in stored_nodes.filter(workflow_id=wf.id, kind="executor")}
     assert [key for _, key in t.EFFECTS] == [f"{nodes[s + '_executor_task'].id}:1" for s in "abc"]
     # The history still has every step, claimed and executed.
     ids = {n.id for n in nodes.values()}
@@ -89,7 +90,7 @@ def test_a_process_can_choose_its_own_checkpoint(dispatcher: Any) -> None:
     )
     tmpl = b.helper.generic_template(template_name="ChainPerProcess", root_process=process.build())
     wf = tmpl.create_instance()
-    config = Node.objects.get(workflow_id=wf.id, kind="process").config
+    config = stored_nodes.get(workflow_id=wf.id, kind="process").config
     assert config["checkpoint"] == "process"
     with pytest.raises(InvalidTemplate, match="checkpoint"):
         b.helper.generic_template(template_name="Bad", root_process=process.build(), checkpoint="step")
@@ -122,7 +123,7 @@ def test_a_crash_before_the_commit_runs_the_whole_chain_again(
         services.node_run(workflow_id=target[0], node_id=target[1], lease=target[2])
     monkeypatch.undo()
     assert [name for name, _ in t.EFFECTS] == ["a_executor_task", "b_executor_task", "c_executor_task"]
-    first = Node.objects.get(workflow_id=wf.id, name__endswith="a_executor_task")
+    first = stored_nodes.get(workflow_id=wf.id, name__endswith="a_executor_task")
     assert (first.status, first.attempts) == (S.EXECUTING, 1)  # nothing but the claim was committed
 
     clock.advance(seconds=float(recovery.dagger_settings.LEASE_SECONDS) + 1)

@@ -27,12 +27,12 @@ from dagger_django.models import (
     DeliveryStatus,
     InboxMessage,
     InboxStatus,
-    Node,
     OutboxKind,
     OutboxMessage,
     Status,
     Subscription,
 )
+from tests.helpers import stored_nodes
 
 from ..helpers import history
 from . import listener_tasks as lt
@@ -807,7 +807,7 @@ def test_the_batch_prefetch_reads_at_most_the_claim_window_of_a_listener_backlog
         for i in range(window + 30)
     ]
     assert sum(r.matched for r in messages.messages_route(batch)) == window + 30
-    listener = Node.objects.get(workflow_id=wf.id, kind="listener")
+    listener = stored_nodes.get(workflow_id=wf.id, kind="listener")
     open_ids = list(Delivery.objects.filter(node_id=listener.id).order_by("id").values_list("id", flat=True))
     prefetched = messages._Prefetched([listener.id])
     assert [row["id"] for row in prefetched.deliveries[listener.id]] == open_ids[:window]

@@ -17,6 +17,7 @@ from dagger_django.adapters.memory import InMemoryDispatcher
 from dagger_django.engine import heartbeat, ports, recovery, services
 from dagger_django.engine.timers import timers_fire_due
 from dagger_django.models import Node, Status, StopHook
+from tests.helpers import stored_nodes
 
 from ..helpers import history, wait_for
 from . import builders as b
@@ -67,7 +68,7 @@ def transitions() -> Iterator[list[tuple[str, str]]]:
 
 
 def executor(workflow_id: Any, suffix: str) -> Node:
-    return Node.objects.get(workflow_id=workflow_id, name__endswith=f"{suffix}_executor_task")
+    return stored_nodes.get(workflow_id=workflow_id, name__endswith=f"{suffix}_executor_task")
 
 
 # -- item 2: a failed dispatch after commit ---------------------------------------------------------
@@ -89,7 +90,7 @@ def test_failed_dispatch_is_owed_announced_and_sent_by_the_next_recovery_sweep(
     assert recovery.nodes_recover() == 1
     dispatcher.drain()
     assert reload(wf.id).status == S.COMPLETED
-    assert Node.objects.get(pk=node.pk).redispatch_at is None  # the claim cleared it
+    assert stored_nodes.get(pk=node.pk).redispatch_at is None  # the claim cleared it
 
 
 def test_worker_whose_follow_up_dispatch_fails_finishes_and_its_transition_stands(
@@ -292,10 +293,13 @@ def test_heartbeat_refreshes_only_a_lease_still_held(real_clock_engine: InMemory
     b.linear(name("Beat"), (t.Record, "a")).create_instance(submit_task=True)
     wf_id, node_id, lease = real_clock_engine.runs.popleft()
     services._claim(uuid.UUID(wf_id), uuid.UUID(node_id), lease)
-    node = Node.objects.get(pk=node_id)
-    with heartbeat.beating(node.id, lease), heartbeat.beating(node.id, "someone-else"):
+    node = stored_nodes.get(pk=node_id)
+    with (
+        heartbeat.beating(node.id, lease, workflow_id=node.workflow_id),
+        heartbeat.beating(node.id, "someone-else", workflow_id=node.workflow_id),
+    ):
         assert heartbeat.beat_now() == 1
-    assert Node.objects.get(pk=node_id).updated_at > node.updated_at
+    assert stored_nodes.get(pk=node_id).updated_at > node.updated_at
     assert heartbeat.beat_now() == 0  # nothing registered once the blocks ended
 
 
@@ -305,7 +309,7 @@ def _stopped_while_running(dispatcher: Any, cls: type = t.Stoppable) -> tuple[An
     wf_id, node_id, lease = dispatcher.runs.popleft()
     assert services._claim(uuid.UUID(wf_id), uuid.UUID(node_id), lease) is not None  # running
     services.workflow_stop(workflow_id=wf.id)
-    return wf, Node.objects.get(pk=node_id)
+    return wf, stored_nodes.get(pk=node_id)
 
 
 def test_stop_records_the_hook_as_pending_in_the_same_transaction(dispatcher: Any) -> None:
@@ -313,7 +317,7 @@ def test_stop_records_the_hook_as_pending_in_the_same_transaction(dispatcher: An
     assert (node.status, node.stop_hook) == (S.STOPPED, StopHook.PENDING)
     t.STOPPED_HOOKS.clear()
     dispatcher.drain()
-    node.refresh_from_db()
+    node = stored_nodes.get(pk=node.id)
     assert node.stop_hook == StopHook.DONE and node.stop_hook_at is not None
     assert t.STOPPED_HOOKS == ["s_executor_task"]
     # The task's hook and its running process's hook (spec 2.8: processes' hooks are called).
@@ -332,7 +336,7 @@ def test_lost_stop_hook_message_is_recovered_and_the_hook_runs(dispatcher: Any, 
     assert recovery.nodes_recover() == 2  # the task's hook and its process's
     assert recovery.nodes_recover() == 0  # sent once per backoff period
     dispatcher.drain()
-    node.refresh_from_db()
+    node = stored_nodes.get(pk=node.id)
     assert node.stop_hook == StopHook.DONE and t.STOPPED_HOOKS == ["s_executor_task"]
 
 
@@ -348,14 +352,14 @@ def test_stop_hook_whose_dispatch_failed_is_sent_by_the_next_sweep(dispatcher: A
     t.STOPPED_HOOKS.clear()
     assert recovery.nodes_recover() == 2  # no lease to wait for (the task's and the process's hook)
     dispatcher.drain()
-    assert Node.objects.get(pk=node_id).stop_hook == StopHook.DONE
+    assert stored_nodes.get(pk=node_id).stop_hook == StopHook.DONE
     assert t.STOPPED_HOOKS == ["s_executor_task"]
 
 
 def test_stop_hook_that_raises_is_recorded_failed_and_not_run_again(dispatcher: Any, clock: Any) -> None:
     wf, node = _stopped_while_running(dispatcher, t.StopBoom)
     dispatcher.drain()
-    node.refresh_from_db()
+    node = stored_nodes.get(pk=node.id)
     assert node.stop_hook == StopHook.FAILED
     (event,) = history(wf.id, "stop_hook_failed")
     assert "stop hook broke" in event.detail["error"]

@@ -23,6 +23,7 @@ from dagger_django.models import (
     Timer,
     TimerStatus,
 )
+from tests.helpers import stored_nodes
 
 from ..helpers import history
 from . import builders as b
@@ -37,7 +38,7 @@ SHIP = "ship_executor_task"
 
 
 def node(workflow_id: Any, short_name: str) -> Node:
-    return next(n for n in Node.objects.filter(workflow_id=workflow_id) if n.name.endswith(f".{short_name}"))
+    return next(n for n in stored_nodes.filter(workflow_id=workflow_id) if n.name.endswith(f".{short_name}"))
 
 
 def event(workflow_id: Any, reason: str) -> Any:
@@ -242,7 +243,7 @@ def test_skip_and_complete_refuse_running_finished_and_container_nodes(dispatche
 
 
 def _process(workflow_id: Any) -> Node:
-    return Node.objects.get(workflow_id=workflow_id, kind="process")
+    return stored_nodes.get(workflow_id=workflow_id, kind="process")
 
 
 def test_complete_of_a_trigger_waiting_for_its_time_cancels_its_timer(dispatcher: Any, clock: Any) -> None:

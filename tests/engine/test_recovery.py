@@ -15,7 +15,8 @@ from dagger_django import Dagger, IntervalTaskTemplateBuilder, TriggerTaskTempla
 from dagger_django import tasks as celery_tasks
 from dagger_django.engine import recovery, services
 from dagger_django.engine.timers import timers_fire_due
-from dagger_django.models import Node, Status
+from dagger_django.models import Status
+from tests.helpers import stored_nodes
 
 from ..helpers import history
 from . import builders as b
@@ -48,7 +49,7 @@ def test_executing_node_of_a_dead_worker_runs_again_after_the_lease(dispatcher: 
     assert recovery.nodes_recover() == 0
     clock.advance(seconds=2)
     assert recovery.nodes_recover() == 1
-    node = Node.objects.get(pk=node_id)
+    node = stored_nodes.get(pk=node_id)
     assert (node.status, node.lease) == (S.SUBMITTED, "")
     (event,) = history(wf.id, "recovered")
     assert (event.from_status, event.to_status) == (S.EXECUTING, S.SUBMITTED)
@@ -125,7 +126,7 @@ def test_nodes_that_wait_legitimately_are_left_alone(dispatcher: Any, clock: Any
     clock.advance(seconds=5 * LEASE)
     assert recovery.stranded_nodes() == []
     assert recovery.nodes_recover() == 0
-    assert Node.objects.filter(status=S.EXECUTING, kind="process").count() == 4  # containers too
+    assert stored_nodes.filter(status=S.EXECUTING, kind="process").count() == 4  # containers too
 
 
 def test_a_running_trigger_of_a_dead_worker_runs_again(dispatcher: Any, clock: Any) -> None:

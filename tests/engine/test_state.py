@@ -10,8 +10,23 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from dagger_django.engine.state import field_preparers, insert_rows, load_locked, update_rows
-from dagger_django.models import HistoryRecord, Node, Status, Workflow, WorkflowTemplate
+from dagger_django.engine.state import (
+    PAGE_SIZE,
+    WorkflowState,
+    field_preparers,
+    load_locked,
+    update_rows,
+)
+from dagger_django.models import (
+    NODE_FIELDS,
+    HistoryRecord,
+    Node,
+    NodePage,
+    Status,
+    Workflow,
+    WorkflowTemplate,
+)
+from tests.helpers import stored_nodes
 
 pytestmark = pytest.mark.django_db
 
@@ -43,7 +58,7 @@ def _adapted(value: Any) -> Any:
     return ("json", value.obj) if hasattr(value, "obj") and hasattr(value, "dumps") else value
 
 
-@pytest.mark.parametrize("model", [Workflow, Node, HistoryRecord])
+@pytest.mark.parametrize("model", [Workflow, NodePage, HistoryRecord])
 def test_fast_preparers_give_what_the_fields_would(model: Any) -> None:
     fields = [f for f in model._meta.concrete_fields if not f.auto_created]
     for (attname, prep), field in zip(field_preparers(connection, fields), fields, strict=True):
@@ -69,7 +84,7 @@ def test_rows_written_and_read_back_equal_what_the_orm_reads() -> None:
         updated_at=now,
     )
     node = Node(
-        workflow=wf,
+        workflow_id=wf.id,
         name="StateRows.p.t",
         node_type="LEAF",
         kind="executor",
@@ -81,22 +96,82 @@ def test_rows_written_and_read_back_equal_what_the_orm_reads() -> None:
         updated_at=now,
     )
     with transaction.atomic():
-        insert_rows(Workflow, [wf])
-        insert_rows(Node, [node])
-    assert not wf._state.adding and not node._state.adding
+        WorkflowState(wf, [node], is_new=True).flush()
+    assert not wf._state.adding
 
     node.status, node.attempts, node.config = Status.EXECUTING, 2, {"topic": "u"}
     node.updated_at = now + dt.timedelta(seconds=1)
     with transaction.atomic():
-        update_rows(Node, ["status", "attempts", "config", "updated_at"], [node])
+        update_rows(Workflow, ["nodes"], [wf])  # what a flush writes when only the first page changed
         locked_wf, nodes = load_locked(wf.id)
 
     orm_wf = Workflow.objects.get(pk=wf.id)
-    orm_node = Node.objects.get(pk=node.id)
     assert locked_wf is not None and [n.pk for n in nodes] == [node.pk]
     for field in Workflow._meta.concrete_fields:
         assert getattr(locked_wf, field.attname) == getattr(orm_wf, field.attname), field.name
-    for field in Node._meta.concrete_fields:
-        assert getattr(nodes[0], field.attname) == getattr(orm_node, field.attname), field.name
-    assert (orm_node.status, orm_node.attempts, orm_node.config) == (Status.EXECUTING, 2, {"topic": "u"})
+    # wf.nodes was encoded by the first flush: the update wrote the node as it was then.
+    assert (nodes[0].status, nodes[0].attempts, nodes[0].config) == (
+        Status.SUBMITTED,
+        0,
+        {"topic": "t", "n": 1.5},
+    )
+    with transaction.atomic():
+        state = WorkflowState(*load_locked(wf.id))
+        loaded = state.node(node.id)
+        loaded.status, loaded.attempts, loaded.config = Status.EXECUTING, 2, {"topic": "u"}
+        state.touch(loaded)
+        state.flush()
+    stored = stored_nodes.get(pk=node.id)
+    for name in NODE_FIELDS:
+        if name != "updated_at":
+            assert getattr(stored, name) == getattr(loaded, name), name
+    assert (stored.status, stored.attempts, stored.config) == (Status.EXECUTING, 2, {"topic": "u"})
+    assert stored.workflow_id == wf.id and stored.page == 0
     assert load_locked(uuid.uuid4()) == (None, [])
+
+
+def test_a_large_workflow_is_stored_in_pages_and_a_step_rewrites_only_its_page() -> None:
+    """More nodes than a page: the first page in the workflow row, the rest in NodePage rows; a
+    change of one node rewrites its own page, not the others."""
+    now = timezone.now()
+    template = WorkflowTemplate.objects.create(name="StatePages", version=1, digest="e" * 64, graph={})
+    wf = Workflow(
+        template=template,
+        template_name="StatePages",
+        template_class="x:Y",
+        status=Status.EXECUTING,
+        time_created=now,
+        updated_at=now,
+    )
+    count = 3 * PAGE_SIZE + 5
+    made = [
+        Node(
+            workflow_id=wf.id,
+            name=f"StatePages.p.t{i}",
+            node_type="LEAF",
+            kind="executor",
+            task_class="x:T",
+            position=i,
+            time_created=now,
+            updated_at=now,
+        )
+        for i in range(count)
+    ]
+    with transaction.atomic():
+        WorkflowState(wf, made, is_new=True).flush()
+    assert Workflow.objects.get(pk=wf.id).node_pages == 3
+    assert len(Workflow.objects.get(pk=wf.id).nodes) == PAGE_SIZE
+    assert list(NodePage.objects.filter(workflow_id=wf.id).values_list("number", flat=True)) == [1, 2, 3]
+    before = {p.number: p.nodes for p in NodePage.objects.filter(workflow_id=wf.id)}
+
+    with transaction.atomic():
+        state = WorkflowState(*load_locked(wf.id))
+        assert [n.id for n in state.nodes.values()] == [n.id for n in made]
+        target = state.node(made[2 * PAGE_SIZE + 1].id)
+        state.set_status(target, Status.SUBMITTED, reason="test")
+        state.flush()
+        assert state.pages.keys() == {2}
+    after = {p.number: p.nodes for p in NodePage.objects.filter(workflow_id=wf.id)}
+    assert after[1] == before[1] and after[3] == before[3] and after[2] != before[2]
+    assert stored_nodes.get(pk=target.id).status == Status.SUBMITTED
+    assert Workflow.objects.get(pk=wf.id).leased_since is not None  # a task waits for a worker

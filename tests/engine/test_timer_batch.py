@@ -16,7 +16,8 @@ from django.test.utils import CaptureQueriesContext
 
 from dagger_django import Dagger, TriggerTaskTemplateBuilder
 from dagger_django.engine import services, timers, timing
-from dagger_django.models import Node, Status, Timer, TimerStatus
+from dagger_django.models import Status, Timer, TimerStatus
+from tests.helpers import stored_nodes
 
 from ..helpers import history
 from . import builders as b
@@ -81,7 +82,7 @@ def test_a_batch_fires_many_workflows_timers_in_one_transaction(
     assert Timer.objects.filter(status=T.FIRED).count() == 40
     assert len(dispatcher.runs) == 40
     dispatcher.drain(fire_due_timers=False)
-    assert Node.objects.filter(kind="trigger", status=S.COMPLETED).count() == 40
+    assert stored_nodes.filter(kind="trigger", status=S.COMPLETED).count() == 40
 
 
 def test_a_sweep_commits_once_per_batch(dispatcher: Any, clock: Any, settings: Any, monkeypatch: Any) -> None:
@@ -106,7 +107,7 @@ def test_a_sweep_commits_once_per_batch(dispatcher: Any, clock: Any, settings: A
 
 def break_timers(monkeypatch: Any, *workflow_ids: Any) -> list[Any]:
     """Firing the triggers of these workflows raises (after its writes); returns the calls."""
-    bad = set(Node.objects.filter(workflow_id__in=workflow_ids, kind="trigger").values_list("id", flat=True))
+    bad = set(stored_nodes.filter(workflow_id__in=workflow_ids, kind="trigger").values_list("id", flat=True))
     real_fire = timing.fire
     calls: list[Any] = []
 
@@ -124,7 +125,7 @@ def test_a_timer_whose_firing_raises_fails_alone_and_stays_pending(
     dispatcher: Any, clock: Any, monkeypatch: Any, caplog: Any
 ) -> None:
     ids = make_triggers(clock, 1, 2, 3, 4, 5)
-    bad = Node.objects.get(workflow_id=ids[2], kind="trigger").id
+    bad = stored_nodes.get(workflow_id=ids[2], kind="trigger").id
     real_fire = timing.fire
     calls = break_timers(monkeypatch, ids[2])
     clock.advance(seconds=10)
@@ -137,7 +138,7 @@ def test_a_timer_whose_firing_raises_fails_alone_and_stays_pending(
     assert [timer_of(i).status for i in ids] == [T.FIRED, T.FIRED, T.PENDING, T.FIRED, T.FIRED]
     assert timer_of(ids[2]).fired_at is None
     assert reload(ids[2]).status == S.EXECUTING
-    assert Node.objects.get(pk=bad).status == S.EXECUTING  # waiting for its time, as before
+    assert stored_nodes.get(pk=bad).status == S.EXECUTING  # waiting for its time, as before
     assert history(ids[2], "trigger_due") == []
     assert [len(history(i, "trigger_due")) for i in ids] == [1, 1, 0, 1, 1]
     assert sorted(wf for wf, _, _ in dispatcher.runs) == sorted(str(i) for i in ids if i != ids[2])
@@ -156,7 +157,7 @@ def test_a_second_failing_timer_is_rolled_back_to_its_savepoint(
     calls = break_timers(monkeypatch, *bad)
     clock.advance(seconds=10)
     assert timers.timers_fire_due() == 5
-    trigger = {n.workflow_id: n.id for n in Node.objects.filter(kind="trigger")}
+    trigger = {n.workflow_id: n.id for n in stored_nodes.filter(kind="trigger")}
     assert [calls.count(trigger[i]) for i in sorted(bad, key=ids.index)] == [1, 1, 1]
     assert sum("failed to fire" in r.getMessage() for r in caplog.records) == 3
     assert [timer_of(i).status for i in ids] == [T.PENDING if i in bad else T.FIRED for i in ids]

@@ -28,6 +28,7 @@ from dagger_django.engine import services, timing
 from dagger_django.engine.timers import timer_fire, timers_dispatch_upcoming, timers_fire_due
 from dagger_django.exceptions import InvalidTemplate, InvalidTriggerTimeForTask
 from dagger_django.models import Node, Status, Timer, TimerPurpose, TimerStatus, Workflow
+from tests.helpers import stored_nodes
 
 from ..helpers import history
 from . import builders as b
@@ -83,7 +84,7 @@ def at(clock: Any, seconds: float) -> float:
 
 
 def node(workflow_id: Any, short_name: str) -> Node:
-    return next(n for n in Node.objects.filter(workflow_id=workflow_id) if n.name.endswith(f".{short_name}"))
+    return next(n for n in stored_nodes.filter(workflow_id=workflow_id) if n.name.endswith(f".{short_name}"))
 
 
 def timers(workflow_id: Any, purpose: str | None = None) -> list[Timer]:
@@ -476,7 +477,7 @@ def monitored(name: str, *builders: Any, process_type: type = tt.WatchedProcess)
 
 
 def monitor_of(workflow_id: Any) -> Node:
-    return Node.objects.get(workflow_id=workflow_id, kind="monitor")
+    return stored_nodes.get(workflow_id=workflow_id, kind="monitor")
 
 
 def test_monitor_calls_back_once_when_the_process_runs_late(dispatcher: Any, clock: Any) -> None:
@@ -572,7 +573,7 @@ def test_monitored_process_without_complete_by_time_has_no_monitor(dispatcher: A
     wf = tmpl.create_instance(submit_task=True)
     dispatcher.drain()
     assert reload(wf.id).status == S.COMPLETED
-    assert not Node.objects.filter(workflow_id=wf.id, kind="monitor").exists()
+    assert not stored_nodes.filter(workflow_id=wf.id, kind="monitor").exists()
 
 
 def test_monitor_time_changed_into_garbage_before_the_process_starts_is_recorded_and_ignored(
@@ -588,7 +589,7 @@ def test_monitor_time_changed_into_garbage_before_the_process_starts_is_recorded
     clock.advance(seconds=10)
     dispatcher.drain()
     assert reload(wf.id).status == S.COMPLETED
-    assert not Node.objects.filter(workflow_id=wf.id, kind="monitor").exists()
+    assert not stored_nodes.filter(workflow_id=wf.id, kind="monitor").exists()
     assert len(history(wf.id, "monitor_not_started")) == 1
 
 
@@ -631,7 +632,7 @@ def test_max_run_duration_reaches_parallel_children(dispatcher: Any, clock: Any)
     dispatcher.drain()
     clock.advance(seconds=5)
     dispatcher.drain()
-    nodes = Node.objects.filter(workflow_id=wf.id)
+    nodes = stored_nodes.filter(workflow_id=wf.id)
     assert {n.name.rsplit(".", 1)[-1]: n.status for n in nodes} == {
         "slow": S.SKIPPED,
         "group": S.SKIPPED,
@@ -730,7 +731,7 @@ def test_bad_trigger_time_is_refused_and_nothing_is_stored(dispatcher: Any, para
     tmpl = one_process("BadTrigger", step("a"), trigger("remind"))
     with pytest.raises(InvalidTriggerTimeForTask, match=match):
         tmpl.create_instance(submit_task=True, **params)
-    assert (Workflow.objects.count(), Node.objects.count(), Timer.objects.count()) == (0, 0, 0)
+    assert (Workflow.objects.count(), stored_nodes.count(), Timer.objects.count()) == (0, 0, 0)
     assert dispatcher.sent == []
 
 
@@ -754,7 +755,7 @@ def test_bad_interval_settings_are_refused_and_nothing_is_stored(
         tmpl = one_process("BadIntervalNoStart", interval("poll"))
     with pytest.raises(InvalidTriggerTimeForTask, match=match):
         tmpl.create_instance(submit_task=True, **params)
-    assert (Workflow.objects.count(), Node.objects.count(), Timer.objects.count()) == (0, 0, 0)
+    assert (Workflow.objects.count(), stored_nodes.count(), Timer.objects.count()) == (0, 0, 0)
 
 
 @pytest.mark.parametrize("value", ["at five", -3, NOW * 1000, False])
@@ -762,7 +763,7 @@ def test_bad_complete_by_time_is_refused_and_nothing_is_stored(dispatcher: Any, 
     tmpl = monitored("BadCompleteBy", step("a"))
     with pytest.raises(InvalidTriggerTimeForTask, match="complete by time"):
         tmpl.create_instance(submit_task=True, complete_by_time=value)
-    assert (Workflow.objects.count(), Node.objects.count(), Timer.objects.count()) == (0, 0, 0)
+    assert (Workflow.objects.count(), stored_nodes.count(), Timer.objects.count()) == (0, 0, 0)
 
 
 # -- beat entries, commands, checks -----------------------------------------------------------------------

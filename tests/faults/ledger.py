@@ -81,11 +81,23 @@ def repeats(s: Stack, killed: Killed) -> tuple[dict[str, Any], list[dict[str, An
     }, examples
 
 
+#: Every node of every workflow as a row ``(workflow_id, id, name, node_type, status)``, for the SQL
+#: of the campaigns: nodes are stored in their workflow's row (``nodes``) and its ``NodePage``
+#: rows, each a list in the order of ``dagger_django.models.NODE_FIELDS`` (id 0, name 2,
+#: node_type 3, status 6).
+NODE_ROWS = (
+    "(SELECT w.id AS workflow_id, (e->>0)::uuid AS id, e->>2 AS name, e->>3 AS node_type, e->>6 AS status"
+    " FROM dagger_django_workflow w CROSS JOIN LATERAL jsonb_array_elements(w.nodes) e"
+    " UNION ALL SELECT p.workflow_id, (e->>0)::uuid, e->>2, e->>3, e->>6"
+    " FROM dagger_django_nodepage p CROSS JOIN LATERAL jsonb_array_elements(p.nodes) e)"
+)
+
+
 def stuck_where(s: Stack) -> dict[str, int]:
     """Where unfinished workflows wait: ``template / task: status`` of their unfinished tasks."""
     rows = s.query(
         "SELECT w.template_name, regexp_replace(n.name, '^.*[.]', ''), n.status, count(*)"
-        " FROM dagger_django_node n JOIN dagger_django_workflow w ON w.id = n.workflow_id"
+        f" FROM {NODE_ROWS} n JOIN dagger_django_workflow w ON w.id = n.workflow_id"
         " WHERE w.status NOT IN ('COMPLETED', 'FAILURE', 'STOPPED', 'SKIPPED') AND n.node_type = 'LEAF'"
         " AND n.status IN ('SUBMITTED', 'EXECUTING') GROUP BY 1, 2, 3 ORDER BY 4 DESC"
     )

@@ -49,12 +49,13 @@ from dagger_django import Dagger
 from dagger_django.adapters.memory import InMemoryDispatcher
 from dagger_django.api.views import health_checks
 from dagger_django.engine import ports, services
-from dagger_django.models import Node, Workflow
+from dagger_django.models import Workflow
 from tests.api.test_api import TEMPLATE, new_workflow
 from tests.engine import builders as b
 from tests.faults import record
 from tests.faults.scale import scale
 from tests.faults.test_api_roles import EVENTS_TEMPLATE, ROLE_PERMISSIONS, ROUTES, Route, allowed
+from tests.helpers import stored_nodes
 
 pytestmark = [pytest.mark.campaign, pytest.mark.django_db]
 
@@ -126,7 +127,7 @@ def world(django_user_model: Any, django_capture_on_commit_callbacks: Any, setti
                 )
                 client.force_authenticate(user)
             clients[role] = client
-        nodes = [str(n) for n in Node.objects.filter(workflow_id__in=ids).values_list("id", flat=True)]
+        nodes = [str(n) for n in stored_nodes.filter(workflow_id__in=ids).values_list("id", flat=True)]
         yield World(ids, clients, nodes)
     finally:
         Dagger.template_dags.pop(EVENTS_TEMPLATE, None)

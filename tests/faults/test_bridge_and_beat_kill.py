@@ -24,7 +24,7 @@ import pytest
 from . import workflows as fw
 from .crashing_consumer import KILL_MESSAGE, crash_env
 from .fleet import Proc, Stack, stack
-from .ledger import driver_records
+from .ledger import NODE_ROWS, driver_records
 from .record import broken, write
 from .scale import scale
 
@@ -215,7 +215,7 @@ def test_timers_fire_once_when_beat_is_killed_or_doubled(tmp_path: Path) -> None
         waited = s.wait_finished(len(created), timeout=scale(60, 180))
         fired = s.query(
             "SELECT n.workflow_id::text, count(*), min(r.started_at) FROM faults_run r"
-            " JOIN dagger_django_node n ON n.id::text = r.node_id WHERE r.task = 'due' GROUP BY n.workflow_id"
+            f" JOIN {NODE_ROWS} n ON n.id::text = r.node_id WHERE r.task = 'due' GROUP BY n.workflow_id"
         )
         statuses = s.statuses()
         both_swept = "Sending due task dagger_django: timer sweep" in second.log() and beat.alive()

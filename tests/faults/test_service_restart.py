@@ -26,7 +26,7 @@ import pytest
 
 from . import workflows as fw
 from .fleet import OrderService, Stack, stack
-from .ledger import driver_records, outcome
+from .ledger import NODE_ROWS, driver_records, outcome
 from .record import broken, write
 from .scale import scale
 
@@ -135,7 +135,7 @@ def _backlog_left(s: Stack, before: float, created: Path) -> dict[str, int]:
     ids = [r["id"] for r in driver_records(created) if r["at"] < before]
     rows = s.query(
         "SELECT w.template_name, regexp_replace(n.name, '^.*[.]', ''), n.status, count(*)"
-        " FROM dagger_django_node n JOIN dagger_django_workflow w ON w.id = n.workflow_id"
+        f" FROM {NODE_ROWS} n JOIN dagger_django_workflow w ON w.id = n.workflow_id"
         " WHERE w.id::text = ANY(%s) AND w.status <> 'COMPLETED' AND n.node_type = 'LEAF'"
         " AND n.status IN ('SUBMITTED', 'EXECUTING') GROUP BY 1, 2, 3 ORDER BY 4 DESC",
         (ids,),

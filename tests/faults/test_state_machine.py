@@ -62,6 +62,7 @@ from dagger_django.models import (
 )
 from dagger_django.models.status import TERMINAL
 from dagger_django.testing import engine_under_test
+from tests.helpers import stored_nodes
 
 from . import record
 from . import shapes as sh
@@ -415,7 +416,7 @@ class WorkflowCampaign(RuleBasedStateMachine):
         """An operator skips or completes a task (``waiting_only``: one that waits or failed, if
         any): accepted only for a waiting or failed one."""
         self._step("complete" if complete else "skip")
-        nodes = sorted(Node.objects.filter(workflow_id=wf, node_type="LEAF"), key=lambda n: n.position)
+        nodes = sorted(stored_nodes.filter(workflow_id=wf, node_type="LEAF"), key=lambda n: n.position)
         if waiting_only:
             timed = set(
                 Timer.objects.filter(workflow_id=wf, status=TimerStatus.PENDING).values_list(
@@ -440,7 +441,7 @@ class WorkflowCampaign(RuleBasedStateMachine):
         except TaskInvalidState:
             return
         FIGURES["skipped" if not complete else "completed"] += 1
-        after = Node.objects.get(pk=node.id).status
+        after = stored_nodes.get(pk=node.id).status
         _check(
             after in (S.COMPLETED, S.SKIPPED) and node.status not in FINAL,
             f"{node.name} went {node.status} -> {after} by an operator",
@@ -483,7 +484,7 @@ class WorkflowCampaign(RuleBasedStateMachine):
             if not moved and not self.dispatcher.runs and not waiting_on_time.exists():
                 break
         sh.CONTROL.ready = False
-        nodes = _by_workflow(Node.objects.filter(workflow_id__in=self.ids))
+        nodes = _by_workflow(stored_nodes.filter(workflow_id__in=self.ids))
         for wf in Workflow.objects.filter(pk__in=self.ids):
             mine = nodes[wf.id]
             busy = [n.name for n in mine if n.status == S.SUBMITTED]
@@ -548,7 +549,7 @@ def check(ids: list[uuid.UUID], *, history: History, operated: set[uuid.UUID]) -
     """Check the invariants of the workflows ``ids``; ``operated``: the workflows a stop or
     retry touched in this step."""
     workflows = {wf.id: wf for wf in Workflow.objects.filter(pk__in=ids)}
-    nodes = _by_workflow(Node.objects.filter(workflow_id__in=ids))
+    nodes = _by_workflow(stored_nodes.filter(workflow_id__in=ids))
     events: dict[uuid.UUID, list[Event]] = {}
     for wid in ids:
         everything = workflow_events(workflow_id=wid)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from .fleet import OrderService, Stack, stack
-from .ledger import Killed, driver_records, outcome, repeats
+from .ledger import NODE_ROWS, Killed, driver_records, outcome, repeats
 from .record import broken, write
 from .scale import scale
 
@@ -120,7 +120,7 @@ def _recovery_seconds(s: Stack, kills: list[dict[str, object]]) -> tuple[list[fl
                     "SELECT extract(epoch FROM h.created_at)::float, e.event->>3, e.event->>5"
                     " FROM dagger_django_historyrecord h"
                     " CROSS JOIN LATERAL jsonb_array_elements(h.events) WITH ORDINALITY AS e(event, n)"
-                    " WHERE h.workflow_id = (SELECT workflow_id FROM dagger_django_node WHERE id = %s::uuid)"
+                    f" WHERE h.workflow_id = (SELECT workflow_id FROM {NODE_ROWS} n WHERE n.id = %s::uuid)"
                     " AND e.event->>0 = %s::text ORDER BY h.id, e.n",
                     (kill["nodes"][0], kill["nodes"][0]),  # type: ignore[index]
                 )

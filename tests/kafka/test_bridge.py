@@ -11,7 +11,8 @@ import pytest
 
 from dagger_django import Dagger
 from dagger_django.engine.outbox import MESSAGE_ID_HEADER
-from dagger_django.models import Delivery, InboxMessage, InboxStatus, Node, Status, Subscription, Workflow
+from dagger_django.models import Delivery, InboxMessage, InboxStatus, Status, Subscription, Workflow
+from tests.helpers import stored_nodes
 
 from ..faults.crashing_consumer import KILL_MESSAGE, crash_env
 from ..helpers import wait_for
@@ -34,7 +35,7 @@ def create(template: str, **params: Any) -> Workflow:
 
 
 def node_status(workflow_id: Any, suffix: str) -> str:
-    return Node.objects.get(workflow_id=workflow_id, name__endswith=suffix).status
+    return stored_nodes.get(workflow_id=workflow_id, name__endswith=suffix).status
 
 
 def wait_node(workflow_id: Any, suffix: str, status: str, timeout: float = 30) -> None:
@@ -91,7 +92,7 @@ def test_one_message_completes_two_workflows(bridge: Any, kafka: Any) -> None:
     # Both listeners went to the worker in one dagger_django.run_nodes message (DISPATCH_BATCH):
     # the task after each listener ran inline under that message's id and the listener's place.
     leases = [
-        Node.objects.get(workflow_id=wf.id, name__endswith="deliver_executor_task").lease.rsplit(":", 1)
+        stored_nodes.get(workflow_id=wf.id, name__endswith="deliver_executor_task").lease.rsplit(":", 1)
         for wf in (a, b)
     ]
     assert leases[0][0] == leases[1][0]

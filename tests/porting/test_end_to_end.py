@@ -16,7 +16,8 @@ from asgiref.sync import async_to_sync
 from rest_framework.test import APIClient
 
 from dagger_django import Dagger
-from dagger_django.models import InboxMessage, Node, Status, Workflow
+from dagger_django.models import InboxMessage, Status, Workflow
+from tests.helpers import stored_nodes
 
 from ..helpers import wait_for
 from . import workflows as w
@@ -31,7 +32,7 @@ def new_id(prefix: str) -> str:
 
 
 def node_status(workflow_id: Any, suffix: str) -> str:
-    return Node.objects.get(workflow_id=workflow_id, name__endswith=suffix).status
+    return stored_nodes.get(workflow_id=workflow_id, name__endswith=suffix).status
 
 
 def wait_node(workflow_id: Any, suffix: str, status: str, timeout: float = 30) -> None:
@@ -144,7 +145,7 @@ def test_ported_dynamic_parallel_and_copied_processes_on_the_worker(porting_brid
     wf = finished(instance.id, timeout=40)
     assert wf.status == S.COMPLETED
     assert wf.runtime_parameters["preprocessed"] == 2  # both dynamic processes ran
-    nodes = Node.objects.filter(workflow_id=wf.id)
+    nodes = stored_nodes.filter(workflow_id=wf.id)
     assert nodes.filter(name__endswith="shipping_executor").count() == 4
     assert {n.status for n in nodes.filter(name__contains="Side")} == {S.COMPLETED}
     # ATLEAST_ONE: an executor branch wins, the listener branch is stopped

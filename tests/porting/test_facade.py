@@ -26,8 +26,9 @@ from dagger_django import (
     SyncCallInAsyncContext,
     TaskStatusEnum,
 )
-from dagger_django.models import Node, OutboxMessage, Status, Workflow
+from dagger_django.models import OutboxMessage, Status, Workflow
 from dagger_django.testing import FrozenClock, InMemoryDispatcher, engine_under_test
+from tests.helpers import stored_nodes
 
 from ..engine import builders as b
 from . import workflows as w
@@ -52,7 +53,7 @@ def cancellations() -> list[str]:
 
 
 def statuses(workflow_id: Any) -> dict[str, str]:
-    return {n.name.rsplit(".", 1)[-1]: n.status for n in Node.objects.filter(workflow_id=workflow_id)}
+    return {n.name.rsplit(".", 1)[-1]: n.status for n in stored_nodes.filter(workflow_id=workflow_id)}
 
 
 # -- stop through the instance, with the hooks of running tasks and processes -------------------------
