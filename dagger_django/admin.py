@@ -44,7 +44,6 @@ from .models import (
     Workflow,
     WorkflowTemplate,
 )
-from .models.status import INBOX_REPLAYABLE
 
 
 class OperateActionsMixin:
@@ -464,7 +463,7 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
                     MessageRow(
                         m,
                         _inbox_url(m.inbox_id) if may_see_inbox else "",
-                        replay=operate and not m.delivery_status and m.status in INBOX_REPLAYABLE,
+                        replay=operate and m.replayable,
                     )
                     for m in inbox.rows
                 ],

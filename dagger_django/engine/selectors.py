@@ -46,7 +46,7 @@ from ..models import (
     WorkflowTemplate,
 )
 from ..models.history import history_fields, history_is_transition
-from ..models.status import ENDED_FOR_GOOD, TERMINAL
+from ..models.status import ENDED_FOR_GOOD, INBOX_REPLAYABLE, TERMINAL
 from .state import nodes_read, nodes_read_many
 
 
@@ -717,6 +717,11 @@ class MessageInfo:
     #: Why: the dead letter's reason and detail, or the failed delivery's outcome and error.
     reason: str
     error: str
+
+    @property
+    def replayable(self) -> bool:
+        """A dead letter (no delivery) of a status a replay may route again."""
+        return not self.delivery_status and self.status in INBOX_REPLAYABLE
 
     @property
     def status_label(self) -> str:
