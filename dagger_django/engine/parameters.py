@@ -8,6 +8,7 @@ from typing import Any
 from django.core.serializers.json import DjangoJSONEncoder
 
 from ..conf import dagger_settings
+from ..definitions.params import matches, value_type_name
 from ..exceptions import InvalidRuntimeParameters, RuntimeParametersTooLarge
 
 
@@ -61,6 +62,39 @@ def declared(template: Any, params: dict[str, Any], *, partition_key_lookup: str
             fields={"partition_key_lookup": [f"No runtime parameter named {partition_key_lookup!r}."]},
         )
     return params
+
+
+def changes_declared(stored: Any, changes: dict[str, Any]) -> None:
+    """Check an operator's ``changes`` of a running workflow's parameters against its template
+    version's declaration (``stored``: the ``parameters`` entry of its stored graph, None when
+    it declares none): a declared parameter keeps its declared type. Names the declaration does
+    not know may be added, as tasks add them at run time. Raises
+    :class:`InvalidRuntimeParameters` naming each wrong one."""
+    if not isinstance(stored, dict):
+        return
+    types = {
+        p["name"]: p["type"]
+        for p in stored.get("params", ())
+        if isinstance(p, dict) and isinstance(p.get("name"), str) and isinstance(p.get("type"), str)
+    }
+    problems = {
+        name: [f"Must be {types[name]}, not {value_type_name(value)}."]
+        for name, value in changes.items()
+        if name in types and not _of_type(types[name], value)
+    }
+    if problems:
+        parts = "; ".join(f"{name}: {messages[0].rstrip('.')}" for name, messages in problems.items())
+        raise InvalidRuntimeParameters(
+            f"runtime parameter changes do not match the template's declaration: {parts}.",
+            fields={"runtime_parameters": problems},
+        )
+
+
+def _of_type(type_: str, value: Any) -> bool:
+    try:
+        return matches(type_, value)
+    except KeyError:  # a type this release does not know: not checked
+        return True
 
 
 def _encode(value: dict[str, Any], *, what: str) -> str:

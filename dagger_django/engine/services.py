@@ -319,6 +319,10 @@ def workflow_update_parameters(
             raise TaskInvalidState(
                 f"Workflow {wf.id} is {wf.status}; its runtime parameters can no longer change."
             )
+        declared = WorkflowTemplate.objects.filter(pk=wf.template_id).values_list(
+            "graph__parameters", flat=True
+        )
+        parameters.changes_declared(next(iter(declared), None), changes)
         merged = parameters.merge(wf.runtime_parameters, changes, [])
         parameters.validate(merged)
         set_parameters(

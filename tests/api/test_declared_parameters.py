@@ -288,3 +288,25 @@ def test_api_error_details_read_as_documented(api: APIClient) -> None:
         "runtime_parameters do not match the template's declaration: "
         "order_id: This parameter is required (str); amount: Must be float, not str."
     )
+
+
+def test_api_patch_keeps_declared_types_and_lets_new_names_in(api: APIClient) -> None:
+    """An operator's change of a running workflow's parameters keeps each declared parameter of
+    its declared type (a 400 naming it, nothing changed); names the template does not declare may
+    be added, as tasks add them at run time."""
+    created = post(api, {"template": DECLARED, "runtime_parameters": {"order_id": "p-1", "amount": 2.5}})
+    assert created.status_code == 201, created.content
+    wf_id = created.json()["id"]
+    url = f"{BASE}/workflows/{wf_id}/runtime-parameters/"
+    before = Workflow.objects.get(pk=wf_id).runtime_parameters
+
+    wrong = api.patch(url, {"amount": "a lot", "lines": {"x": 1}, "note": "fine"}, format="json")
+    body = assert_error(wrong, 400, "invalid_runtime_parameters")
+    assert set(body["fields"]["runtime_parameters"]) == {"amount", "lines"}
+    assert "Must be float, not str" in body["detail"]
+    assert Workflow.objects.get(pk=wf_id).runtime_parameters == before
+
+    fixed = api.patch(url, {"amount": 3.0, "note": "gift", "carrier": "dhl"}, format="json")
+    assert fixed.status_code == 200, fixed.content
+    stored = Workflow.objects.get(pk=wf_id).runtime_parameters
+    assert (stored["amount"], stored["note"], stored["carrier"]) == (3.0, "gift", "dhl")
