@@ -387,7 +387,7 @@ def nodes_read_many(workflow_ids: Iterable[Any]) -> dict[uuid.UUID, list[Node]]:
     ids = list(workflow_ids)
     if not ids:
         return {}
-    rows = list(Workflow.objects.filter(pk__in=ids).values_list("id", "nodes", "node_pages"))
+    rows = list(Workflow.objects.filter(pk__in=ids).order_by().values_list("id", "nodes", "node_pages"))
     paged = [pk for pk, _, pages in rows if pages]
     conn = connections[router.db_for_read(Workflow)]
     pages: dict[Any, list[tuple[int, Any]]] = {}
