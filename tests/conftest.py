@@ -74,7 +74,8 @@ _worker_key = pytest.StashKey[WorkerProcess]()
 @pytest.fixture
 def browser() -> Iterator[Any]:
     """Headless Chromium driven by Selenium, for tests of pages (with pytest-django's
-    ``live_server``). Skips when Chromium or chromedriver is missing (``make test`` installs them)."""
+    ``live_server``), keeping DevTools' network log. Skips when Chromium or chromedriver is
+    missing (``make test`` installs them)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     chromedriver = shutil.which("chromedriver")
     if not (chromium and chromedriver):
@@ -96,6 +97,8 @@ def browser() -> Iterator[Any]:
         "--window-size=1400,1000",
     ):
         options.add_argument(flag)
+    # DevTools' network log, for tests that check what a page fetched (helpers.browser_requests).
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
     driver.set_page_load_timeout(30)
     try:
