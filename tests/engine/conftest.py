@@ -40,6 +40,39 @@ def reload(workflow_id: Any) -> Workflow:
     return Workflow.objects.get(pk=workflow_id)
 
 
+# -- migration tests (test_history_migration.py, test_node_state_migration.py) ----------------------
+def migrate(target: tuple[str, str]) -> Any:
+    """Migrate the test database to ``target``; the historical models there."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    executor.migrate([target])
+    return executor.loader.project_state([target]).apps
+
+
+def migrate_to_latest() -> None:
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+def restore_latest_schema() -> None:
+    """Back to the latest schema whatever the test left. Should the migration itself fail on what
+    the test wrote, the workflows go (the test database is emptied after this test anyway)."""
+    from django.db import connection
+
+    try:
+        migrate_to_latest()
+    except Exception:
+        with connection.cursor() as cursor:
+            cursor.execute("TRUNCATE dagger_django_workflow CASCADE")
+        migrate_to_latest()
+        raise
+
+
 def concurrent_sweeps(count: int, *, timeout: float = 60) -> list[int]:
     """Run ``count`` timer sweeps at once, in threads (each its own connection); returns how
     many timers each fired. A sweep that raises fails the caller."""

@@ -17,8 +17,6 @@ import uuid
 from typing import Any
 
 import pytest
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 
 from dagger_django.definitions.graph import materialize
 from dagger_django.engine import selectors, services
@@ -26,7 +24,7 @@ from dagger_django.models import HistoryRecord, Status
 
 from . import builders as b
 from . import tasks as t
-from .conftest import reload
+from .conftest import migrate, migrate_to_latest, reload, restore_latest_schema
 
 S = Status
 BEFORE = ("dagger_django", "0008_delivery_heartbeat")
@@ -149,30 +147,6 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
 }
 
 
-def _migrate(target: tuple[str, str]) -> Any:
-    """Migrate the test database to ``target``; the historical models there."""
-    executor = MigrationExecutor(connection)
-    executor.migrate([target])
-    return executor.loader.project_state([target]).apps
-
-
-def _migrate_to_latest() -> None:
-    executor = MigrationExecutor(connection)
-    executor.migrate(executor.loader.graph.leaf_nodes())
-
-
-def _restore_latest_schema() -> None:
-    """Back to the latest schema whatever the test left. Should the migration itself fail on what
-    the test wrote, the workflows go (the test database is emptied after this test anyway)."""
-    try:
-        _migrate_to_latest()
-    except Exception:
-        with connection.cursor() as cursor:
-            cursor.execute("TRUNCATE dagger_django_workflow CASCADE")
-        _migrate_to_latest()
-        raise
-
-
 def _write_old_layout(apps: Any, template: Any, start: dt.datetime) -> dict[str, uuid.UUID]:
     """Every workflow of WORKFLOWS as 0008's engine left it: rows, one TaskEvent per event.
 
@@ -283,14 +257,14 @@ def test_history_migration_keeps_every_workflow_history_and_running_workflows_go
     start = clock.now() - dt.timedelta(hours=1)
     t.STOPPED_HOOKS.clear()
     try:
-        old_apps = _migrate(BEFORE)
+        old_apps = migrate(BEFORE)
         ids = _write_old_layout(old_apps, template, start)
         before = {label: _old_history(old_apps, wid) for label, wid in ids.items()}
         assert sum(len(h) for h in before.values()) == sum(
             len(events) for spec in WORKFLOWS.values() for _, events in spec["transactions"]
         )
 
-        _migrate_to_latest()
+        migrate_to_latest()
 
         for label, wid in ids.items():
             assert _history(wid) == before[label], label
@@ -338,8 +312,8 @@ def test_history_migration_keeps_every_workflow_history_and_running_workflows_go
 
         # Unapplied, every record becomes rows again: the same history, event for event.
         now = {label: _history(wid) for label, wid in ids.items()}
-        old_apps = _migrate(BEFORE)
+        old_apps = migrate(BEFORE)
         assert {label: _old_history(old_apps, wid) for label, wid in ids.items()} == now
     finally:
-        _restore_latest_schema()
+        restore_latest_schema()
     assert {label: _history(wid) for label, wid in ids.items()} == now

@@ -18,8 +18,6 @@ import uuid
 from typing import Any
 
 import pytest
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 
 from dagger_django.definitions.graph import materialize
 from dagger_django.engine import recovery, services
@@ -28,7 +26,7 @@ from dagger_django.models import Status, Workflow
 
 from . import builders as b
 from . import tasks as t
-from .conftest import reload
+from .conftest import migrate, migrate_to_latest, reload, restore_latest_schema
 
 S = Status
 BEFORE = ("dagger_django", "0011_inbox_replayed_by")
@@ -88,51 +86,8 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
     },
 }
 
-COLUMNS = (
-    "id",
-    "parent_id",
-    "name",
-    "node_type",
-    "kind",
-    "task_class",
-    "status",
-    "position",
-    "next_ids",
-    "child_ids",
-    "config",
-    "attempts",
-    "lease",
-    "error",
-    "time_created",
-    "time_submitted",
-    "time_completed",
-    "updated_at",
-    "redispatch_at",
-    "redispatches",
-    "stop_hook",
-    "stop_hook_at",
-)
-
-
-def _migrate(target: tuple[str, str]) -> Any:
-    executor = MigrationExecutor(connection)
-    executor.migrate([target])
-    return executor.loader.project_state([target]).apps
-
-
-def _migrate_to_latest() -> None:
-    executor = MigrationExecutor(connection)
-    executor.migrate(executor.loader.graph.leaf_nodes())
-
-
-def _restore_latest_schema() -> None:
-    try:
-        _migrate_to_latest()
-    except Exception:
-        with connection.cursor() as cursor:
-            cursor.execute("TRUNCATE dagger_django_workflow CASCADE")
-        _migrate_to_latest()
-        raise
+#: The node table's columns before 0012: the migration's own frozen list of what it moves.
+COLUMNS = importlib.import_module("dagger_django.migrations.0012_node_state_in_workflow").FIELDS
 
 
 def _write_old_layout(apps: Any, template: Any, start: dt.datetime) -> dict[str, uuid.UUID]:
@@ -255,12 +210,12 @@ def test_node_state_migration_moves_every_workflow_and_running_workflows_go_on(
     start = clock.now() - dt.timedelta(hours=1)
     t.STOPPED_HOOKS.clear()
     try:
-        old_apps = _migrate(BEFORE)
+        old_apps = migrate(BEFORE)
         ids = _write_old_layout(old_apps, template, start)
         before = {label: _old_nodes(old_apps, wid) for label, wid in ids.items()}
         assert len(before["completed"]) == 3 + EXTRA
 
-        _migrate_to_latest()
+        migrate_to_latest()
 
         for label, wid in ids.items():
             assert _nodes(wid) == before[label], label
@@ -303,8 +258,8 @@ def test_node_state_migration_moves_every_workflow_and_running_workflows_go_on(
 
         # Unapplied, every document becomes rows again, field for field.
         now = {label: _nodes(wid) for label, wid in ids.items()}
-        old_apps = _migrate(BEFORE)
+        old_apps = migrate(BEFORE)
         assert {label: _old_nodes(old_apps, wid) for label, wid in ids.items()} == now
     finally:
-        _restore_latest_schema()
+        restore_latest_schema()
     assert {label: _nodes(wid) for label, wid in ids.items()} == now
