@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
+import sys
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..exceptions import TaskClassNotFound
@@ -73,9 +74,19 @@ def _epoch(value: Any) -> int:
     return 0
 
 
+#: Resolved classes by (path, want, kind): the class and the module it was found in. A hit is
+#: used only while that module object is still the one in ``sys.modules`` (a reloaded module is
+#: looked up again); failures are never cached, so a class that appears later is found.
+_RESOLVED: dict[tuple[str, type, str | None], tuple[type, Any]] = {}
+
+
 def _resolve(
     path: str | None, *, want: type, fallback: type, strict: bool, what: str, kind: str | None = None
 ) -> type:
+    key = (path or "", want, kind)
+    hit = _RESOLVED.get(key)
+    if hit is not None and sys.modules.get(hit[0].__module__) is hit[1]:
+        return hit[0]
     try:
         cls = import_class(path or "")
     except TaskClassNotFound:
@@ -89,6 +100,7 @@ def _resolve(
         actual = task_kind(cls)
         problem = f"it is now a {actual.value if actual else 'non-task'} class but the {what} is a {kind}"
     if problem is None:
+        _RESOLVED[key] = (cls, sys.modules.get(cls.__module__))
         return cls
     if strict:
         raise TaskClassNotFound(f"Cannot use class {path!r} for {what}: {problem}")
@@ -184,9 +196,165 @@ def build_workflow_view(
         time_completed=_epoch(getattr(workflow, "time_completed", None)),
         root_dag=_uuid(getattr(workflow, "root_node_id", None)),
     )
-    for node in nodes:
-        view.add_task(build_task(node, strict=strict))
+    view.tasks = _LazyTasks(nodes, strict=strict)
     return view
+
+
+class _NodeSnapshot:
+    """The fields of a node a task object is built from, as they were when the view was made
+    (the engine goes on changing its nodes in the same transaction, after the view is built)."""
+
+    __slots__ = _SNAPSHOT_FIELDS = (
+        "id",
+        "name",
+        "node_type",
+        "kind",
+        "task_class",
+        "parent_id",
+        "status",
+        "config",
+        "next_ids",
+        "child_ids",
+        "attempts",
+        "time_created",
+        "time_submitted",
+        "time_completed",
+    )
+
+    def __init__(self, node: Any) -> None:
+        for name in self._SNAPSHOT_FIELDS:
+            setattr(self, name, getattr(node, name, None))
+
+
+class _LazyTasks(dict):  # type: ignore[type-arg]
+    """A view's ``tasks``: a dict of task objects by node id, each built on first use.
+
+    Building every node's task object for every step cost more than any hook in a short
+    workflow needs (most read none, or one through ``get_task``): a key looked up builds that
+    task alone, anything that sees the whole dict (iterating, ``len``, ``values``, comparing,
+    copying) builds the rest first, in node order. Node fields are copied when the view is made,
+    so a task built later shows the node as it was then. Writes behave as on a plain dict.
+    """
+
+    __slots__ = ("_pending", "_strict")
+
+    def __init__(self, nodes: Iterable[Any], *, strict: bool) -> None:
+        super().__init__()
+        self._strict = strict
+        self._pending: dict[Any, _NodeSnapshot] | None = {}
+        for node in nodes:
+            snapshot = _NodeSnapshot(node)
+            self._pending[_uuid(snapshot.id)] = snapshot
+        if not self._pending:
+            self._pending = None
+
+    def _one(self, key: Any) -> None:
+        pending = self._pending
+        if pending is not None and key in pending and not dict.__contains__(self, key):
+            try:
+                dict.__setitem__(self, key, build_task(pending[key], strict=self._strict))
+            except TypeError:  # an unhashable key: as a dict would say
+                pass
+
+    def _all(self) -> None:
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        built = dict(dict.items(self))
+        dict.clear(self)
+        for key, snapshot in pending.items():
+            task = built.pop(key, None)
+            dict.__setitem__(
+                self, key, task if task is not None else build_task(snapshot, strict=self._strict)
+            )
+        for key, task in built.items():  # set by hand meanwhile
+            dict.__setitem__(self, key, task)
+
+    def __getitem__(self, key: Any) -> Any:
+        self._one(key)
+        return dict.__getitem__(self, key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._one(key)
+        return dict.get(self, key, default)
+
+    def __contains__(self, key: object) -> bool:
+        pending = self._pending
+        try:
+            return dict.__contains__(self, key) or (pending is not None and key in pending)
+        except TypeError:
+            return False
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._all()
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self._all()
+        dict.__delitem__(self, key)
+
+    def __iter__(self) -> Iterator[Any]:
+        self._all()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self._all()
+        return dict.__len__(self)
+
+    def __repr__(self) -> str:
+        self._all()
+        return dict.__repr__(self)
+
+    def __eq__(self, other: object) -> bool:
+        self._all()
+        if isinstance(other, _LazyTasks):
+            other._all()
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> Any:
+        self._all()
+        return (dict, (dict(dict.items(self)),))
+
+    def __or__(self, other: Any) -> Any:
+        self._all()
+        return dict.__or__(self, other)
+
+    def __ror__(self, other: Any) -> Any:
+        self._all()
+        return dict.__ror__(self, other)
+
+    def __ior__(self, other: Any) -> Any:
+        self._all()
+        return dict.__ior__(self, other)
+
+    def __reversed__(self) -> Iterator[Any]:
+        self._all()
+        return dict.__reversed__(self)
+
+    def __bool__(self) -> bool:
+        pending = self._pending
+        return bool(pending) or dict.__len__(self) > 0
+
+
+def _whole(name: str) -> Any:
+    method = getattr(dict, name)
+
+    def whole(self: _LazyTasks, *args: Any, **kwargs: Any) -> Any:
+        self._all()
+        return method(self, *args, **kwargs)
+
+    whole.__name__ = name
+    return whole
+
+
+for _name in ("keys", "values", "items", "copy", "pop", "popitem", "setdefault", "update", "clear"):
+    setattr(_LazyTasks, _name, _whole(_name))
 
 
 __all__ = ["build_task", "build_workflow_view", "import_class"]

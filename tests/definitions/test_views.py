@@ -262,6 +262,49 @@ def test_build_workflow_view_gives_the_template_type_with_tasks_and_parameters()
     )
 
 
+def test_a_view_builds_a_task_object_when_it_is_first_used_from_the_node_as_it_was() -> None:
+    rows = [node(name=f"WF.P.t{i}") for i in range(3)]
+    view = build_workflow_view(workflow_row(), rows)
+    tasks = view.tasks
+    assert dict.__len__(tasks) == 0  # nothing built yet
+    rows[1].status = "COMPLETED"  # the engine moves on after the view was made
+    second = view.get_task(rows[1].id)
+    assert dict.__len__(tasks) == 1 and second.status == TaskStatusEnum.NOT_STARTED
+    assert rows[2].id in tasks and uuid.uuid4() not in tasks and [] not in tasks and dict.__len__(tasks) == 1
+    assert tasks.get(uuid.uuid4()) is None and tasks.get(rows[0].id).task_name == "WF.P.t0"
+    # Whatever sees the whole dict sees every node, in node order, the built objects kept.
+    assert list(tasks) == [r.id for r in rows] and len(tasks) == 3 and bool(tasks)
+    assert tasks[rows[1].id] is second and list(dict(tasks)) == [r.id for r in rows]
+    assert [t.task_name for t in tasks.values()] == ["WF.P.t0", "WF.P.t1", "WF.P.t2"]
+    other = build_workflow_view(workflow_row(), rows[:1]).tasks
+    assert list({**other}) == [rows[0].id] and other.copy() == {rows[0].id: other[rows[0].id]}
+    extra = ExecutorTask(id=uuid.uuid4())
+    third = build_workflow_view(workflow_row(), rows).tasks
+    third[extra.id] = extra
+    assert list(third) == [*(r.id for r in rows), extra.id]
+    assert not build_workflow_view(workflow_row(), []).tasks
+    with pytest.raises(KeyError):
+        build_workflow_view(workflow_row(), rows).tasks[uuid.uuid4()]
+
+
+def test_resolved_classes_are_cached_until_their_module_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    module = types.ModuleType("dagger_views_cache_probe")
+    module.Task = type("Task", (ExecutorTask,), {"__module__": module.__name__})  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    first = build_task(node(task_class=f"{module.__name__}:Task"))
+    assert type(first) is module.Task  # type: ignore[attr-defined]
+    replaced = types.ModuleType(module.__name__)
+    replaced.Task = type("Task", (ExecutorTask,), {"__module__": module.__name__})  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, replaced)
+    assert type(build_task(node(task_class=f"{module.__name__}:Task"))) is replaced.Task  # type: ignore[attr-defined]
+    monkeypatch.delitem(sys.modules, module.__name__)
+    with pytest.raises(TaskClassNotFound):
+        build_task(node(task_class=f"{module.__name__}:Task"))
+
+
 def test_build_workflow_view_falls_back_when_the_workflow_class_is_gone() -> None:
     rows = [node(task_class="gone:Task")]
     view = build_workflow_view(workflow_row(template_class="gone:Workflow"), rows)
