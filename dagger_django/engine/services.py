@@ -11,7 +11,6 @@ step so that a chain of executors costs one Celery message rather than one per s
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 import traceback
@@ -67,6 +66,7 @@ from .txn import (
     locked_many,
     set_parameters,
     work_build,
+    work_for,
     workflow_uuid,
 )
 
@@ -423,7 +423,6 @@ def _chained(work: Work, outcome: Outcome) -> Work | None:
         task = build_task(following, strict=True)
     except Exception:  # noqa: BLE001 - the apply reports it: end the chain here
         return None
-    params = json.loads(params_json)
     attempt = following.attempts + 1
     # The claim-time snapshot, moved on as the committed chain will be (read-only elsewhere).
     node.status = S.COMPLETED
@@ -431,21 +430,7 @@ def _chained(work: Work, outcome: Outcome) -> Work | None:
     task.status = TaskStatus.of(S.EXECUTING)
     task.attempt = attempt
     task.idempotency_key = f"{following.id}:{attempt}"
-    view = build_workflow_view(work.workflow, list(nodes.values()), strict=False)
-    view.runtime_parameters = params
-    return Work(
-        workflow_id=work.workflow_id,
-        node_id=following.id,
-        name=following.name,
-        kind=following.kind,
-        attempt=attempt,
-        task=task,
-        view=view,
-        params=params,
-        params_json=params_json,
-        workflow=work.workflow,
-        nodes=nodes,
-    )
+    return work_for(work.workflow, nodes, following, task, attempt=attempt, params_json=params_json)
 
 
 def _apply_chain(chain: list[tuple[Work, Outcome]], *, lease: str, claim_next: bool) -> Work | None:

@@ -380,12 +380,36 @@ def claim_node(state: WorkflowState, node: Node, lease: str, *, build: bool = Tr
 def work_build(state: WorkflowState, node: Node, task: Any, *, attempt: int, delivery: Any = None) -> Work:
     """What a claimed node's hook needs outside the lock: a private copy of the runtime
     parameters and the workflow as user code sees it (holding that same copy)."""
-    params_json = parameters.dumps(state.workflow.runtime_parameters)
+    return work_for(
+        state.workflow,
+        state.nodes,
+        node,
+        task,
+        attempt=attempt,
+        params_json=parameters.dumps(state.workflow.runtime_parameters),
+        delivery=delivery,
+    )
+
+
+def work_for(
+    workflow: Any,
+    nodes: dict[uuid.UUID, Node],
+    node: Node,
+    task: Any,
+    *,
+    attempt: int,
+    params_json: str,
+    delivery: Any = None,
+) -> Work:
+    """The :class:`Work` of ``node`` of ``workflow`` (whose nodes are ``nodes``), its hook seeing
+    the runtime parameters encoded as ``params_json``: those of the locked row
+    (:func:`work_build`), or those a previous step of a ``checkpoint="process"`` chain left
+    (``services._chained``)."""
     params = json.loads(params_json)
-    view = build_workflow_view(state.workflow, list(state.nodes.values()), strict=False)
+    view = build_workflow_view(workflow, list(nodes.values()), strict=False)
     view.runtime_parameters = params
     return Work(
-        workflow_id=state.workflow.id,
+        workflow_id=workflow.id,
         node_id=node.id,
         name=node.name,
         kind=node.kind,
@@ -395,8 +419,8 @@ def work_build(state: WorkflowState, node: Node, task: Any, *, attempt: int, del
         params=params,
         params_json=params_json,
         delivery=delivery,
-        workflow=state.workflow,
-        nodes=state.nodes,
+        workflow=workflow,
+        nodes=nodes,
     )
 
 
