@@ -34,6 +34,21 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
+def superuser_client(username: str) -> Any:
+    """A Django test client logged in as superuser ``username`` (created on first use), for timing
+    the admin pages and the API in process."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    user_model = get_user_model()
+    user = user_model.objects.filter(username=username).first()
+    if user is None:
+        user = user_model.objects.create_superuser(username, f"{username}@example.com", uuid.uuid4().hex)
+    client = Client()
+    client.force_login(user)
+    return client
+
+
 def _status_mb(pid: int, field: str) -> float:
     """A memory line of ``/proc/<pid>/status`` (``VmHWM``, ``VmRSS``) in MB; 0 when it is gone."""
     try:

@@ -366,19 +366,6 @@ def _rows() -> dict[str, int]:
 # ==================================================================================================
 # measure
 # ==================================================================================================
-def _client() -> Any:
-    from django.contrib.auth import get_user_model
-    from django.test import Client
-
-    user_model = get_user_model()
-    user = user_model.objects.filter(username="pages-bench").first()
-    if user is None:
-        user = user_model.objects.create_superuser("pages-bench", "pages@example.com", uuid.uuid4().hex)
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 def _pct(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     return ordered[max(0, min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1))))]
@@ -451,9 +438,10 @@ def measure(n: int, *, requests: int = 20, seed: int = 11) -> dict[str, dict[str
     from dagger_django.models import Status, Workflow
 
     from . import pages_workflows as pw
+    from .harness import superuser_client
 
     rng = random.Random(seed)
-    client = _client()
+    client = superuser_client("pages-bench")
     admin = "/admin/dagger_django/workflow/"
     api = "/api/dagger/workflows/"
     ids = [wf_id(i) for i in _sample(n, requests, rng)]

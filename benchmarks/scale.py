@@ -197,19 +197,6 @@ def correlation_lookup(n: int, samples: int) -> dict[str, Any]:
     return {"samples": len(timings), "not_found": misses, "ms": _ms(timings)}
 
 
-def _client() -> Any:
-    from django.contrib.auth import get_user_model
-    from django.test import Client
-
-    user_model = get_user_model()
-    user = user_model.objects.filter(username="scale-bench").first()
-    if user is None:
-        user = user_model.objects.create_superuser("scale-bench", "scale@example.com", uuid.uuid4().hex)
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 def _time_get(client: Any, urls: list[str]) -> dict[str, Any]:
     timings = []
     client.get(urls[0])  # warm-up (URL resolving, template loading)
@@ -223,7 +210,9 @@ def _time_get(client: Any, urls: list[str]) -> dict[str, Any]:
 
 
 def http_reads(n: int) -> dict[str, Any]:
-    client = _client()
+    from .harness import superuser_client
+
+    client = superuser_client("scale-bench")
 
     def keys(count: int) -> list[str]:
         return [_order(random.randrange(n)) for _ in range(count)]

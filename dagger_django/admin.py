@@ -739,7 +739,9 @@ class WorkflowAdmin(OperateActionsMixin, admin.ModelAdmin):
 class WorkflowTemplateAdmin(admin.ModelAdmin):
     """A stored version of a template: its graph drawn as a workflow's is (without statuses),
     its declared runtime parameters, its sibling versions with their workflows, all read-only.
-    A version that workflows were created from cannot be deleted (they are pinned to it)."""
+    A version that workflows were created from cannot be deleted (they are pinned to it). In
+    place of Django's HISTORY button (its change log, which nothing here writes) the page offers
+    the workflows created from this version."""
 
     list_display = ["name", "version", "digest", "created_at"]
     list_filter = ["name"]
@@ -786,16 +788,31 @@ class WorkflowTemplateAdmin(admin.ModelAdmin):
             context.update(
                 dagger_graph=graph_of(selectors.template_nodes(graph=graph, created_at=obj.created_at)),
                 dagger_declaration=selectors.declaration_of(graph.get("parameters")),
-                dagger_versions=[
-                    (v, _changelist("workflow", template_name=v.name, template_version=v.version))
-                    for v in versions
-                ],
+                dagger_versions=[(v, _version_workflows(v)) for v in versions],
                 dagger_versions_more=more,
                 dagger_workflows_url=_changelist("workflow", template_name=obj.name),
+                dagger_version_workflows_url=_version_workflows(obj),
                 dagger_template_failure_policy=graph.get("failure_policy", ""),
             )
         context.update(show_save=False, show_save_and_continue=False, show_save_and_add_another=False)
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """A template version's history is the workflows created from it: its ``history/`` URL
+        (an old bookmark; the page shows no HISTORY button) opens their list."""
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_view_permission(request, obj):
+            raise PermissionDenied
+        return HttpResponseRedirect(_version_workflows(obj))
+
+
+def _version_workflows(template: WorkflowTemplate) -> str:
+    """The admin list of the workflows created from ``template`` (this version only)."""
+    return _changelist("workflow", template_name=template.name, template_version=template.version)
 
 
 @admin.register(Timer)

@@ -212,6 +212,44 @@ def test_dagger_replay_command_replays_by_status_and_refuses_bad_arguments(
             call_command("dagger_replay", *argv, stdout=StringIO())
 
 
+def test_dagger_replay_command_records_who_replayed_and_why(
+    dispatcher: Any, replay_template: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from dagger_django.engine import selectors
+
+    monkeypatch.setattr("getpass.getuser", lambda: "ops")
+    early = messages.message_receive(topic="orders", payload={"order_id": "c-2"})
+    wf = replay_template.create_instance(partition_key_lookup="order_id", submit_task=True, order_id="c-2")
+    dispatcher.drain()
+    call_command("dagger_replay", str(early.inbox_id), "--reason", "producer fixed", stdout=StringIO())
+    row = InboxMessage.objects.get(pk=early.inbox_id)
+    assert (row.replayed_by, row.replay_reason) == ("cli:ops", "producer fixed")
+    (event,) = [e for e in selectors.workflow_events(workflow_id=wf.id) if e.reason == "message_replayed"]
+    assert (event.detail["actor"], event.detail["reason"]) == ("cli:ops", "producer fixed")
+
+    # --actor names someone else (a ticket, a person); no --reason records none.
+    stray = messages.message_receive(topic="orders", payload={"order_id": "nobody-waits"})
+    call_command("dagger_replay", str(stray.inbox_id), "--actor", "oncall:alice", stdout=StringIO())
+    row = InboxMessage.objects.get(pk=stray.inbox_id)
+    assert (row.replayed_by, row.replay_reason, row.status) == ("oncall:alice", "", InboxStatus.UNMATCHED)
+
+
+def test_dagger_replay_command_names_the_cli_alone_when_the_os_user_has_no_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dagger_django.management.commands.dagger_replay import cli_actor
+
+    def nameless() -> str:
+        raise OSError("no username")
+
+    monkeypatch.setattr("getpass.getuser", nameless)
+    assert cli_actor() == "cli"
+
+
 # -- who may act: every action needs dagger_django.operate_workflow ------------------------------
 ADMIN_ROLES = ("anonymous", "staff_without_permissions", "read_only_staff", "operator_staff")
 ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {

@@ -320,6 +320,36 @@ def test_template_page_is_read_only_and_a_version_in_use_cannot_be_deleted(
     assert not WorkflowTemplate.objects.filter(pk=v1.pk).exists()
 
 
+def test_template_page_offers_the_versions_workflows_instead_of_djangos_history(
+    reader: Client, client: Client, django_user_model: Any, engine: Any
+) -> None:
+    dispatcher, _clock = engine
+    first = b.linear("PanelsHistory", (t.Record, "a")).create_instance(submit_task=True)
+    second = b.linear("PanelsHistory", (t.Record, "a"), (t.Record, "b")).create_instance(submit_task=True)
+    dispatcher.drain()
+    v2 = Workflow.objects.get(pk=second.id).template
+    page = f"/admin/dagger_django/workflowtemplate/{v2.pk}/"
+    workflows = f"/admin/dagger_django/workflow/?template_name=PanelsHistory&template_version={v2.version}"
+
+    html = reader.get(page + "change/").content.decode()
+    tools = html[html.index('class="object-tools"') :]
+    tools = tools[: tools.index("</ul>")]
+    assert "historylink" not in tools and "/history/" not in html
+    assert (
+        f'href="{htmllib.escape(workflows)}" id="dagger-version-workflows-button">Workflows of v2<' in tools
+    )
+
+    # The history URL (a bookmark) opens the same list: this version's workflows only.
+    response = reader.get(page + "history/")
+    assert (response.status_code, response["Location"]) == (302, workflows)
+    listed = reader.get(workflows).content.decode()
+    assert str(second.id) in listed and str(first.id) not in listed
+
+    assert reader.get("/admin/dagger_django/workflowtemplate/999999/history/").status_code == 302  # gone
+    client.force_login(_user(django_user_model, "nobody"))  # reader is this client: now nobody
+    assert client.get(page + "history/").status_code == 403
+
+
 def test_version_counts_stop_at_the_cap(engine: Any) -> None:
     dispatcher, _clock = engine
     template = b.linear("PanelsCap", (t.Record, "a"))

@@ -378,83 +378,67 @@ def _actor(request: Request) -> str:
     return str(request.user.get_username())
 
 
-#: The answer of an action on a workflow: the workflow, read again.
-_ACTION = {"request": ReasonSerializer, "responses": WorkflowDetailSerializer}
+class OperatorActionView(DaggerAPIView):
+    """Base of an operator's action on one workflow (``operate_workflow``): ``POST`` with an
+    optional ``{"reason": ...}``; the engine's :attr:`operation` runs with the URL's ids, the
+    user's name as ``actor`` and the reason; the answer is the workflow, read again. A subclass
+    names its operation and says in its docstring what it does (the schema's description)."""
+
+    #: The engine's operation (``services`` or ``operations``), called with the URL's keyword
+    #: arguments, ``actor`` and ``reason``; returns the workflow.
+    operation: Callable[..., Workflow]
+
+    @describe(request=ReasonSerializer, responses=WorkflowDetailSerializer)
+    def post(self, request: Request, workflow_id: str, **ids: str) -> Response:
+        workflow = self.operation(
+            workflow_id=workflow_id, actor=_actor(request), reason=_reason(request), **ids
+        )
+        return _detail_response(request, workflow, workflow_id=workflow_id)
 
 
-class WorkflowStopView(DaggerAPIView):
+class WorkflowStopView(OperatorActionView):
     """Stop a workflow; 409 when it already ended. The history records who stopped it and the
     optional `reason`."""
 
-    @describe(**_ACTION)
-    def post(self, request: Request, workflow_id: str) -> Response:
-        workflow = services.workflow_stop(
-            workflow_id=workflow_id, actor=_actor(request), reason=_reason(request)
-        )
-        return _detail_response(request, workflow, workflow_id=workflow_id)
+    operation = staticmethod(services.workflow_stop)
 
 
-class WorkflowRetryView(DaggerAPIView):
+class WorkflowRetryView(OperatorActionView):
     """Resume a FAILURE workflow from its failed tasks; 409 for any other status. The history
     records who retried it and the optional `reason`."""
 
-    @describe(**_ACTION)
-    def post(self, request: Request, workflow_id: str) -> Response:
-        workflow = services.workflow_retry(
-            workflow_id=workflow_id, actor=_actor(request), reason=_reason(request)
-        )
-        return _detail_response(request, workflow, workflow_id=workflow_id)
+    operation = staticmethod(services.workflow_retry)
 
 
-class WorkflowResumeView(DaggerAPIView):
+class WorkflowResumeView(OperatorActionView):
     """Resume a STOPPED workflow where the stop left it (its stopped tasks run or wait again);
     409 for any other status, or while the stop's `stop` hooks have not run yet. The history
     records who resumed it and the optional `reason` (docs/api.md#operating)."""
 
-    @describe(**_ACTION)
-    def post(self, request: Request, workflow_id: str) -> Response:
-        workflow = operations.workflow_resume(
-            workflow_id=workflow_id, actor=_actor(request), reason=_reason(request)
-        )
-        return _detail_response(request, workflow, workflow_id=workflow_id)
+    operation = staticmethod(operations.workflow_resume)
 
 
-class NodeSkipView(DaggerAPIView):
+class NodeSkipView(OperatorActionView):
     """Skip a task that waits (a listener, a trigger or interval task waiting for its time, a
     task waiting for its retry) or failed: it ends SKIPPED and the workflow moves on. 409 for a
     task that runs, has finished or has not started; 404 for a node the workflow does not have."""
 
-    @describe(**_ACTION)
-    def post(self, request: Request, workflow_id: str, node_id: str) -> Response:
-        workflow = operations.node_skip(
-            workflow_id=workflow_id, node_id=node_id, actor=_actor(request), reason=_reason(request)
-        )
-        return _detail_response(request, workflow, workflow_id=workflow_id)
+    operation = staticmethod(operations.node_skip)
 
 
-class NodeCompleteView(DaggerAPIView):
+class NodeCompleteView(OperatorActionView):
     """Complete a task that waits or failed as if it had succeeded (its code does not run); the
     next step is dispatched. 409 as for skip, and for a decision task."""
 
-    @describe(**_ACTION)
-    def post(self, request: Request, workflow_id: str, node_id: str) -> Response:
-        workflow = operations.node_complete(
-            workflow_id=workflow_id, node_id=node_id, actor=_actor(request), reason=_reason(request)
-        )
-        return _detail_response(request, workflow, workflow_id=workflow_id)
+    operation = staticmethod(operations.node_complete)
 
 
-class TimerFireView(DaggerAPIView):
+class TimerFireView(OperatorActionView):
     """Fire a pending timer of the workflow now, before it is due (a trigger runs, an interval
     polls, a retry's wait ends). 409 when it has fired or was cancelled; 404 when the workflow
     has no such timer."""
 
-    @describe(**_ACTION)
-    def post(self, request: Request, workflow_id: str, timer_id: str) -> Response:
-        workflow = operations.timer_fire_now(
-            timer_id=timer_id, workflow_id=workflow_id, actor=_actor(request), reason=_reason(request)
-        )
-        return _detail_response(request, workflow, workflow_id=workflow_id)
+    operation = staticmethod(operations.timer_fire_now)
 
 
 class WorkflowParametersView(DaggerAPIView):

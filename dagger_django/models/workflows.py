@@ -58,7 +58,11 @@ class Workflow(models.Model):
         # Acting on workflows is a permission of its own: Django's view/change permissions say
         # nothing about who may run business processes (docs/api.md#permissions).
         permissions = [
-            ("operate_workflow", "Can create, stop, retry, edit parameters of and replay workflows"),
+            (
+                "operate_workflow",
+                "Can create, stop, retry and resume workflows, skip or complete their tasks, fire their "
+                "timers, edit their parameters, replay messages and requeue outbox sends",
+            ),
             ("post_event", "Can post events (messages routed to listeners) through the API"),
         ]
         indexes = [

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 
 from dagger_django import DAGBuilderHelper, Dagger, ExecutorTask
 from dagger_django.adapters.memory import InMemoryDispatcher
-from dagger_django.engine import ports, selectors, services
+from dagger_django.engine import selectors, services
 from dagger_django.models import Status, Workflow, WorkflowTemplate
 
 TEMPLATE = "ApiTestWorkflow"
@@ -47,37 +45,8 @@ def api_test_workflow(template_name: str) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------
-# fixtures and helpers
+# helpers (the fixtures: tests/api/conftest.py)
 # --------------------------------------------------------------------------------------------------
-@pytest.fixture
-def dispatcher() -> Iterator[InMemoryDispatcher]:
-    fake = InMemoryDispatcher()
-    previous = ports.set_dispatcher(fake)
-    try:
-        yield fake
-    finally:
-        ports.set_dispatcher(previous)
-
-
-@pytest.fixture
-def user(django_user_model: Any) -> Any:
-    """An operator: may read and act (tests/api/test_permissions.py covers the other roles)."""
-    user = django_user_model.objects.create_user(username="api-user", password="secret-pw")
-    user.user_permissions.add(
-        *Permission.objects.filter(
-            content_type__app_label="dagger_django", codename__in=["view_workflow", "operate_workflow"]
-        )
-    )
-    return user
-
-
-@pytest.fixture
-def api(user: Any, dispatcher: InMemoryDispatcher) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(user=user)
-    return client
-
-
 def create(api: APIClient, body: Any = None, **kwargs: Any) -> Any:
     payload = {"template": TEMPLATE, "runtime_parameters": {}} if body is None else body
     return api.post(f"{BASE}/workflows/", payload, format="json", **kwargs)
@@ -600,7 +569,7 @@ def test_requests_without_credentials_are_refused_with_a_json_error(
 
 
 @pytest.mark.django_db
-def test_wrong_basic_credentials_are_refused_with_a_json_error(user: Any) -> None:
+def test_wrong_basic_credentials_are_refused_with_a_json_error(operator_user: Any) -> None:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION="Basic YXBpLXVzZXI6d3Jvbmc=")  # api-user:wrong
 
@@ -611,7 +580,7 @@ def test_wrong_basic_credentials_are_refused_with_a_json_error(user: Any) -> Non
 
 
 @pytest.mark.django_db
-def test_right_basic_credentials_are_accepted(user: Any) -> None:
+def test_right_basic_credentials_are_accepted(operator_user: Any) -> None:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION="Basic YXBpLXVzZXI6c2VjcmV0LXB3")  # api-user:secret-pw
 

@@ -6,16 +6,12 @@ declares its parameters, and ``DeclaredOpenOrder`` also lets undeclared names th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 
 from dagger_django import DAGBuilderHelper, Dagger, ExecutorTask, InvalidRuntimeParameters, Param
-from dagger_django.adapters.memory import InMemoryDispatcher
-from dagger_django.engine import ports
 from dagger_django.models import Workflow, WorkflowTemplate
 from tests.api.test_api import BASE, TEMPLATE, assert_error, create
 
@@ -55,24 +51,6 @@ def declared_order(template_name: str) -> Any:
 @Dagger.register_template(DECLARED_OPEN)
 def declared_open_order(template_name: str) -> Any:
     return _build(template_name, parameters={"order_id": str}, allow_extra_parameters=True)
-
-
-@pytest.fixture
-def api(django_user_model: Any) -> Iterator[APIClient]:
-    """An operator's client; work the API dispatches stays in memory."""
-    user = django_user_model.objects.create_user(username="declared-user", password="secret-pw")
-    user.user_permissions.add(
-        *Permission.objects.filter(
-            content_type__app_label="dagger_django", codename__in=["view_workflow", "operate_workflow"]
-        )
-    )
-    client = APIClient()
-    client.force_authenticate(user=user)
-    previous = ports.set_dispatcher(InMemoryDispatcher())
-    try:
-        yield client
-    finally:
-        ports.set_dispatcher(previous)
 
 
 def post(api: APIClient, body: dict[str, Any]) -> Any:

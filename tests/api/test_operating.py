@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -19,22 +18,12 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from dagger_django.adapters.memory import InMemoryDispatcher
-from dagger_django.engine import ports, selectors, services
+from dagger_django.engine import selectors, services
 from dagger_django.models import HistoryRecord, Status, Workflow, WorkflowTemplate
 from tests.api.test_api import BASE, TEMPLATE, assert_error, new_workflow
 from tests.api.test_permissions import READERS, ROLES, SECRET, assert_refused, client_for, grant
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def dispatcher() -> Iterator[InMemoryDispatcher]:
-    fake = InMemoryDispatcher()
-    previous = ports.set_dispatcher(fake)
-    try:
-        yield fake
-    finally:
-        ports.set_dispatcher(previous)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ recorded in the workflow's history with the user's name and the reason."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,16 +22,6 @@ from tests.helpers import stored_nodes
 pytestmark = pytest.mark.django_db
 S = Status
 WAITING = "ApiOperatorWaiting"
-
-
-@pytest.fixture
-def dispatcher() -> Iterator[InMemoryDispatcher]:
-    fake = InMemoryDispatcher()
-    previous = ports.set_dispatcher(fake)
-    try:
-        yield fake
-    finally:
-        ports.set_dispatcher(previous)
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from rest_framework.test import APIClient
 
 from dagger_django import Dagger
 from dagger_django.adapters.memory import InMemoryDispatcher
-from dagger_django.engine import ports
 from dagger_django.models import InboxMessage, Status, Workflow
 from tests.api.test_api import BASE, TEMPLATE, assert_error, new_workflow
 from tests.engine import builders as b
@@ -59,16 +58,6 @@ def client_for(django_user_model: Any, role: str) -> APIClient:
     if role != "anonymous":
         client.force_authenticate(make_user(django_user_model, role))
     return client
-
-
-@pytest.fixture
-def dispatcher() -> Iterator[InMemoryDispatcher]:
-    fake = InMemoryDispatcher()
-    previous = ports.set_dispatcher(fake)
-    try:
-        yield fake
-    finally:
-        ports.set_dispatcher(previous)
 
 
 @pytest.fixture
