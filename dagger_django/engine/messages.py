@@ -74,7 +74,7 @@ from ..models.status import (
 )
 from . import correlation, logs, outbox, parameters, ports, recovery, timing, txn, walker
 from .retry import RetryPolicy, resend_after
-from .state import WorkflowState, field_preparers, nodes_read_many
+from .state import WorkflowState, field_preparers, insert_arrays, nodes_read_many
 
 if TYPE_CHECKING:
     from .txn import Outcome, Work
@@ -185,6 +185,9 @@ class Incoming:
     raw_key: bytes | None = None
     #: Which incarnation of the topic the offset belongs to (see ``docs/bridge.md``).
     incarnation: str = ""
+    #: The payload was decoded by :func:`decode_json`, which found it storable: routing does
+    #: not check it again.
+    storable: bool = False
 
 
 def dead_letter(message: Incoming, reason: str, detail: str, *, last_resort: bool = False) -> Incoming:
@@ -275,7 +278,7 @@ def _prepare(message: Incoming, *, strict: bool) -> _Plan:
         plan.status, plan.reason = InboxStatus.UNMATCHED, "no_listener"
         plan.detail = "no registered listener template waits on this topic"
         return plan
-    reason, detail = _unstorable(message.payload)
+    reason, detail = ("", "") if message.storable else _unstorable(message.payload)
     if reason:
         plan.status, plan.reason, plan.detail = InboxStatus.INVALID, reason, detail
         return plan
@@ -456,7 +459,8 @@ def _write(plans: list[_Plan]) -> None:
         _find_duplicates(plans)
         fresh = [p for p in plans if p.duplicate_of is None]
         rows = [_inbox_row(p, now) for p in fresh]
-        InboxMessage.objects.bulk_create(rows)
+        # One statement per table for the batch (keys drawn first, for the deliveries).
+        insert_arrays(InboxMessage, rows, assign_ids=True)
         deliveries: list[Delivery] = []
         for plan, row in zip(fresh, rows, strict=True):
             plan.row = row
@@ -471,7 +475,7 @@ def _write(plans: list[_Plan]) -> None:
                     )
                 )
         if deliveries:
-            Delivery.objects.bulk_create(deliveries)
+            insert_arrays(Delivery, deliveries)
             targets = list(dict.fromkeys((d.workflow_id, d.node_id) for d in deliveries))
             transaction.on_commit(partial(_dispatch, targets))
 
@@ -753,11 +757,29 @@ _CLAIM_WINDOW = 200
 
 
 class _Prefetched:
-    """The open deliveries of a batch's listeners and their messages, read in two statements for
+    """The open deliveries of a batch's listeners and their messages, read in one statement for
     the whole batch (:func:`deliveries_prefetched`) instead of two per listener."""
 
     def __init__(self, node_ids: list[uuid.UUID]) -> None:
         self.deliveries: dict[uuid.UUID, list[dict[str, Any]]] = {node_id: [] for node_id in node_ids}
+        self.messages: dict[int, dict[str, Any]] = {}
+        conn = transaction.get_connection()
+        if conn.vendor != "postgresql":
+            self._read_orm(node_ids)
+            return
+        with conn.cursor() as cursor:
+            cursor.execute(_prefetch_sql(conn), [node_ids, list(OPEN_DELIVERY), _CLAIM_WINDOW])
+            rows = cursor.fetchall()
+        width = len(_DELIVERY_FIELDS)
+        for row in rows:
+            delivery = dict(zip(_DELIVERY_FIELDS, row[1 : 1 + width], strict=True))
+            self.deliveries[row[0]].append(delivery)
+            if row[1 + width] is not None:  # the listener's first delivery: its message too
+                message = dict(zip(_MESSAGE_FIELDS, row[1 + width :], strict=True))
+                message["payload"] = _json_column(message["payload"])
+                self.messages[message["id"]] = message
+
+    def _read_orm(self, node_ids: list[uuid.UUID]) -> None:
         # At most _CLAIM_WINDOW rows per listener, as a claim of one listener reads: a listener
         # with a long backlog must not load all of it into the batch.
         position = Window(RowNumber(), partition_by=[F("node_id")], order_by=F("id").asc())
@@ -772,14 +794,52 @@ class _Prefetched:
             self.deliveries[row.pop("node_id")].append(row)
         # The message each listener would take first: nearly always the one it takes.
         first = {rows[0]["message_id"] for rows in self.deliveries.values() if rows}
-        self.messages: dict[int, dict[str, Any]] = (
-            {m["id"]: m for m in InboxMessage.objects.filter(pk__in=first).values(*_MESSAGE_FIELDS)}
-            if first
-            else {}
-        )
+        if first:
+            self.messages = {
+                m["id"]: m for m in InboxMessage.objects.filter(pk__in=first).values(*_MESSAGE_FIELDS)
+            }
 
     def message(self, message_id: int) -> dict[str, Any] | None:
         return self.messages.pop(message_id, None)
+
+
+_PREFETCH_SQL: dict[str, str] = {}
+
+
+def _prefetch_sql(conn: Any) -> str:
+    """The open deliveries of some listeners (at most ``_CLAIM_WINDOW`` each, oldest first) and,
+    with each listener's first one, its message: ``node_id``, ``_DELIVERY_FIELDS``,
+    ``_MESSAGE_FIELDS`` (NULL on the other rows). Compiled once per connection alias."""
+    sql = _PREFETCH_SQL.get(conn.alias)
+    if sql is None:
+        qn = conn.ops.quote_name
+        dmeta, mmeta = Delivery._meta, InboxMessage._meta
+        dcols = [qn(dmeta.get_field(name).column) for name in ("node_id", *_DELIVERY_FIELDS)]
+        mcols = [qn(mmeta.get_field(name).column) for name in _MESSAGE_FIELDS]
+        message_id = qn(dmeta.get_field("message_id").column)
+        sql = _PREFETCH_SQL[conn.alias] = (
+            "SELECT {d}, {m} FROM (SELECT {inner}, row_number() OVER (PARTITION BY {node} ORDER BY {pk})"
+            " AS position FROM {dtable} WHERE {node} = ANY(%s) AND {status} = ANY(%s)) AS d"
+            " LEFT JOIN {mtable} AS m ON d.position = 1 AND m.{mpk} = d.{message_id}"
+            " WHERE d.position <= %s ORDER BY d.{pk}"
+        ).format(
+            d=", ".join(f"d.{c}" for c in dcols),
+            m=", ".join(f"m.{c}" for c in mcols),
+            inner=", ".join(dcols),
+            node=qn(dmeta.get_field("node_id").column),
+            pk=qn(dmeta.pk.column),  # type: ignore[union-attr]
+            dtable=qn(dmeta.db_table),
+            status=qn(dmeta.get_field("status").column),
+            mtable=qn(mmeta.db_table),
+            mpk=qn(mmeta.pk.column),  # type: ignore[union-attr]
+            message_id=message_id,
+        )
+    return sql
+
+
+def _json_column(value: Any) -> Any:
+    """A ``jsonb`` value read with a cursor (Django has psycopg hand it over as text)."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
 
 
 _prefetched: contextvars.ContextVar[_Prefetched | None] = contextvars.ContextVar(
