@@ -243,7 +243,8 @@ class _Plan:
     #: (workflow id, node id) to deliver to, in order.
     targets: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)
     duplicate_of: tuple[int, int] | None = None
-    row: InboxMessage | None = None
+    #: The key of its inbox row, once written.
+    inbox_id: int | None = None
 
 
 def _prepare_safely(message: Incoming, *, strict: bool) -> _Plan:
@@ -422,7 +423,8 @@ def _find_duplicates(plans: list[_Plan]) -> None:
             known_ids[(m.topic, m.message_id)] = (-1, 0)
 
 
-def _inbox_row(plan: _Plan, now: dt.datetime) -> InboxMessage:
+def _inbox_row(plan: _Plan, now: dt.datetime) -> dict[str, Any]:
+    """The inbox row of a plan's message, as :func:`state.insert_arrays` takes it."""
     m = plan.message
     invalid = plan.status == InboxStatus.INVALID
     # Bytes are kept for dead letters (to fix and replay) and for topics whose listeners get
@@ -431,25 +433,25 @@ def _inbox_row(plan: _Plan, now: dt.datetime) -> InboxMessage:
     raw = (
         m.raw if keep and m.raw is not None and len(m.raw) <= int(dagger_settings.MAX_MESSAGE_BYTES) else None
     )
-    return InboxMessage(
-        source=m.source,
-        topic=m.topic,
-        incarnation=m.incarnation,
-        partition=m.partition,
-        offset=m.offset,
-        message_id=m.message_id,
-        key=_text(m.key, 10_000),
-        raw_key=m.raw_key,
-        payload=None if invalid else m.payload,
-        raw=raw,
-        headers={clean_text(k, 200): _header_value(v) for k, v in (m.headers or {}).items()},
-        status=plan.status,
-        reason=plan.reason,
-        detail=_text(plan.detail, 4000) or "",
-        matched=len(plan.targets),
-        received_at=now,
-        updated_at=now,
-    )
+    return {
+        "source": m.source,
+        "topic": m.topic,
+        "incarnation": m.incarnation,
+        "partition": m.partition,
+        "offset": m.offset,
+        "message_id": m.message_id,
+        "key": _text(m.key, 10_000),
+        "raw_key": m.raw_key,
+        "payload": None if invalid else m.payload,
+        "raw": raw,
+        "headers": {clean_text(k, 200): _header_value(v) for k, v in (m.headers or {}).items()},
+        "status": plan.status,
+        "reason": plan.reason,
+        "detail": _text(plan.detail, 4000) or "",
+        "matched": len(plan.targets),
+        "received_at": now,
+        "updated_at": now,
+    }
 
 
 def _write(plans: list[_Plan]) -> None:
@@ -458,26 +460,26 @@ def _write(plans: list[_Plan]) -> None:
     with transaction.atomic():
         _find_duplicates(plans)
         fresh = [p for p in plans if p.duplicate_of is None]
-        rows = [_inbox_row(p, now) for p in fresh]
-        # One statement per table for the batch (keys drawn first, for the deliveries).
-        insert_arrays(InboxMessage, rows, assign_ids=True)
-        deliveries: list[Delivery] = []
-        for plan, row in zip(fresh, rows, strict=True):
-            plan.row = row
+        # One statement per table for the batch (the inbox keys returned for the deliveries).
+        ids = insert_arrays(InboxMessage, [_inbox_row(p, now) for p in fresh], returning_ids=True)
+        deliveries: list[dict[str, Any]] = []
+        targets: dict[tuple[Any, Any], None] = {}
+        for plan, inbox_id in zip(fresh, ids, strict=True):
+            plan.inbox_id = inbox_id
             for workflow_id, node_id in plan.targets:
                 deliveries.append(
-                    Delivery(
-                        message_id=row.pk,
-                        workflow_id=workflow_id,
-                        node_id=node_id,
-                        created_at=now,
-                        updated_at=now,
-                    )
+                    {
+                        "message_id": inbox_id,
+                        "workflow_id": workflow_id,
+                        "node_id": node_id,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
                 )
+                targets[(workflow_id, node_id)] = None
         if deliveries:
             insert_arrays(Delivery, deliveries)
-            targets = list(dict.fromkeys((d.workflow_id, d.node_id) for d in deliveries))
-            transaction.on_commit(partial(_dispatch, targets))
+            transaction.on_commit(partial(_dispatch, list(targets)))
 
 
 def _dispatch(targets: Iterable[tuple[Any, Any]]) -> None:
@@ -521,7 +523,7 @@ def messages_route(messages: list[Incoming], *, strict: bool = False) -> list[Ro
         # Another router recorded one of these messages between our check and our insert
         # (two bridges during a rebalance): record them one by one; the loser is a duplicate.
         for plan in plans:
-            plan.duplicate_of = plan.row = None
+            plan.duplicate_of = plan.inbox_id = None
             try:
                 _write([plan])
             except IntegrityError:
@@ -535,11 +537,11 @@ def _result(plan: _Plan) -> Routed:
     if plan.duplicate_of is not None:
         pk, matched = plan.duplicate_of
         return Routed(status=DUPLICATE, matched=matched, inbox_id=pk if pk > 0 else None)
-    assert plan.row is not None
+    assert plan.inbox_id is not None
     return Routed(
         status=plan.status,
         matched=len(plan.targets),
-        inbox_id=plan.row.pk,
+        inbox_id=plan.inbox_id,
         reason=plan.reason,
         detail=plan.detail,
     )

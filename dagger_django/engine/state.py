@@ -147,25 +147,27 @@ def insert_rows(model: type[Model], objs: list[Any]) -> None:
         obj._state.db = conn.alias
 
 
-def insert_arrays(model: type[Model], objs: list[Any], *, assign_ids: bool = False) -> None:
+def insert_arrays(model: type[Model], rows: list[dict[str, Any]], *, returning_ids: bool = False) -> list[Any]:
     """``INSERT`` many rows of a model in one statement with one array parameter per column
-    (``INSERT ... SELECT ... FROM unnest(...)``), on PostgreSQL; elsewhere ``bulk_create``.
+    (``INSERT ... SELECT ... FROM unnest(...)``) on PostgreSQL; elsewhere ``bulk_create``.
 
-    For the bridge's batches: ``bulk_create`` compiles a ``VALUES`` list of one parameter per
-    field and row (8,500 for 500 inbox rows), and preparing them was most of a batch's Python.
-    With ``assign_ids`` the same statement draws the rows' auto keys from the table's sequence
-    and returns them in the order of ``objs`` (each row's position travels with it), and they
-    are set on the objects; without it the key is left to the column's default and not read
-    back. The objects are marked as saved, as the ORM would.
+    ``rows`` are ``{attname: value}``; a column a row leaves out takes the field's default, and
+    an auto key is left to the database. For the bridge's batches: ``bulk_create`` builds a model
+    per row and compiles a ``VALUES`` list of one parameter per field and row (8,500 for 500
+    inbox rows), most of a batch's Python; here a row is a dictionary and a column one array,
+    sent in binary when the connection binds parameters server-side. With ``returning_ids`` the
+    statement draws the keys from the table's sequence and returns them in the order of
+    ``rows`` (each row's position travels with it): the list of keys, else ``[]``.
     """
-    if not objs:
-        return
+    if not rows:
+        return []
     meta = model._meta
     conn = connections[router.db_for_write(model)]
     if conn.vendor != "postgresql":
-        model.objects.bulk_create(objs)
-        return
-    key = (conn.alias, "insert_arrays", model, assign_ids)
+        objs = model.objects.bulk_create([model(**row) for row in rows])
+        return [obj.pk for obj in objs] if returning_ids else []
+    binary = bool(conn.settings_dict.get("OPTIONS", {}).get("server_side_binding"))
+    key = (conn.alias, "insert_arrays", model, returning_ids, binary)
     cached = _ARRAY_STATEMENTS.get(key)
     if cached is None:
         qn = conn.ops.quote_name
@@ -176,33 +178,52 @@ def insert_arrays(model: type[Model], objs: list[Any], *, assign_ids: bool = Fal
             getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False) for f in model_fields
         )
         columns = ", ".join(qn(f.column) for f in model_fields)
-        arrays = ", ".join(f"%s::{f.db_type(conn)}[]" for f in model_fields)
-        if assign_ids:
-            names = [f"c{i}" for i in range(len(model_fields))]
-            table = qn(meta.db_table)
+        placeholder = "%b" if binary else "%s"
+        arrays = ", ".join(f"{placeholder}::{f.db_type(conn)}[]" for f in model_fields)
+        # The rows in the order given (ORDER BY their position), so that keys drawn from the
+        # sequence ascend with it: a listener takes its deliveries in key order.
+        names = ", ".join(f"c{i}" for i in range(len(model_fields)))
+        table = qn(meta.db_table)
+        rows_sql = f"SELECT * FROM unnest({arrays}) WITH ORDINALITY AS u({names}, ord) ORDER BY ord"
+        if returning_ids:
             sql = (
                 f"WITH v AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence('{table}', '{pk.column}'))"
-                f" AS id, u.* FROM unnest({arrays}) WITH ORDINALITY AS u({', '.join(names)}, ord)),"
-                f" ins AS (INSERT INTO {table} ({qn(pk.column)}, {columns})"
-                f" SELECT id, {', '.join(names)} FROM v)"
+                f" AS id, u.* FROM ({rows_sql}) AS u),"
+                f" ins AS (INSERT INTO {table} ({qn(pk.column)}, {columns}) SELECT id, {names} FROM v)"
                 " SELECT id FROM v ORDER BY ord"
             )
         else:
-            sql = f"INSERT INTO {qn(meta.db_table)} ({columns}) SELECT * FROM unnest({arrays})"
-        cached = _ARRAY_STATEMENTS[key] = (sql, field_preparers(conn, model_fields))
-    sql, preparers = cached
-    params = [[prep(getattr(obj, attname), conn) for obj in objs] for attname, prep in preparers]
+            sql = f"INSERT INTO {table} ({columns}) SELECT {names} FROM ({rows_sql}) AS u"
+        preparers = field_preparers(conn, model_fields)
+        fields = {f.attname: f for f in model_fields}
+        cached = _ARRAY_STATEMENTS[key] = (sql, [(name, prep, fields[name]) for name, prep in preparers])
+    sql, columns_of = cached
+    params = []
+    for attname, prep, f in columns_of:
+        missing = _NO_VALUE
+        values = []
+        for row in rows:
+            value = row.get(attname, _NO_VALUE)
+            if value is _NO_VALUE:
+                if missing is _NO_VALUE:
+                    missing = f.get_default()
+                value = missing
+            values.append(prep(_plain(value), conn))
+        params.append(values)
     with conn.cursor() as cursor:
         cursor.execute(sql, params)
-        if assign_ids:
-            for obj, (pk_value,) in zip(objs, cursor.fetchall(), strict=True):
-                obj.pk = pk_value
-    for obj in objs:
-        obj._state.adding = False
-        obj._state.db = conn.alias
+        return [row[0] for row in cursor.fetchall()] if returning_ids else []
 
 
-_ARRAY_STATEMENTS: dict[tuple[Any, ...], tuple[str, list[tuple[str, Any]]]] = {}
+_NO_VALUE = object()
+
+
+def _plain(value: Any) -> Any:
+    """A text choice (``Status.ROUTED``) as the plain string it stores; other values as they are."""
+    return str.__str__(value) if isinstance(value, str) and type(value) is not str else value
+
+
+_ARRAY_STATEMENTS: dict[tuple[Any, ...], tuple[str, list[tuple[str, Any, Any]]]] = {}
 
 #: (alias, verb, model, fields) -> (SQL, [(attname, prepare)]): built once per process.
 _STATEMENTS: dict[tuple[Any, ...], tuple[str, list[tuple[str, Any]]]] = {}
