@@ -155,12 +155,81 @@ def build_task(node: Any, *, strict: bool = True) -> ITask[Any, Any]:
     return cls(**{name: value for name, value in fields.items() if name in known})
 
 
+class _LazyTasks(dict):  # type: ignore[type-arg]
+    """A view's ``tasks`` that builds its task objects the first time anything reads or changes
+    it, and is a plain dictionary from then on (:func:`build_workflow_view` with ``lazy``).
+
+    Most hooks never look at the other tasks of their workflow, and building one task object per
+    node for every hook run was a tenth of a worker's CPU per step. Every way to read or change a
+    dictionary goes through a method here first (C code that copies a dictionary subclass, such
+    as ``dict(tasks)``, ``{**tasks}`` or ``json.dumps``, calls ``keys``/``items`` when
+    ``__iter__`` is overridden)."""
+
+    __slots__ = ("_build",)
+
+    def __init__(self, build: Any) -> None:
+        super().__init__()
+        self._build = build
+
+    def _fill(self) -> None:
+        build = getattr(self, "_build", None)  # a copy made by pickle or copy has none
+        if build is not None:
+            self._build = None
+            for task in build():
+                dict.__setitem__(self, task.id, task)
+
+
+def _filled(name: str) -> Any:
+    method = getattr(dict, name)
+
+    def call(self: _LazyTasks, *args: Any, **kwargs: Any) -> Any:
+        self._fill()
+        return method(self, *args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
+for _name in (
+    "__getitem__",
+    "__setitem__",
+    "__delitem__",
+    "__contains__",
+    "__iter__",
+    "__reversed__",
+    "__len__",
+    "__repr__",
+    "__eq__",
+    "__ne__",
+    "__or__",
+    "__ror__",
+    "__ior__",
+    "__reduce_ex__",
+    "__sizeof__",
+    "get",
+    "keys",
+    "values",
+    "items",
+    "copy",
+    "pop",
+    "popitem",
+    "setdefault",
+    "update",
+    "clear",
+):
+    setattr(_LazyTasks, _name, _filled(_name))
+_LazyTasks.__hash__ = None  # type: ignore[assignment]
+
+
 def build_workflow_view(
-    workflow: Any, nodes: Iterable[Any], *, strict: bool = False
+    workflow: Any, nodes: Iterable[Any], *, strict: bool = False, lazy: bool = False
 ) -> ITemplateDAGInstance[Any, Any]:
     """The workflow as user code sees it: an instance of the template's ``template_type`` with
     ``id``, ``runtime_parameters`` (the row's dict itself, so hook changes are visible to the
-    caller), ``tasks`` (every node, built with ``strict``), ``get_task(id)`` and ``status``."""
+    caller), ``tasks`` (every node, built with ``strict``), ``get_task(id)`` and ``status``.
+
+    ``lazy``: the task objects are built when ``tasks`` is first used (the engine's view for a
+    hook, which rarely looks at them); ``nodes`` must not change until then."""
     cls = _resolve(
         getattr(workflow, "template_class", None),
         want=ITemplateDAGInstance,
@@ -184,6 +253,10 @@ def build_workflow_view(
         time_completed=_epoch(getattr(workflow, "time_completed", None)),
         root_dag=_uuid(getattr(workflow, "root_node_id", None)),
     )
+    if lazy and type(view).add_task is ITemplateDAGInstance.add_task:
+        nodes = list(nodes)
+        view.tasks = _LazyTasks(lambda: [build_task(node, strict=strict) for node in nodes])
+        return view
     for node in nodes:
         view.add_task(build_task(node, strict=strict))
     return view

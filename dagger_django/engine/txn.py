@@ -386,7 +386,7 @@ def work_build(state: WorkflowState, node: Node, task: Any, *, attempt: int, del
     params = json.loads(params_json)
     view = None
     if delivery is None:
-        view = build_workflow_view(state.workflow, list(state.nodes.values()), strict=False)
+        view = build_workflow_view(state.workflow, _snapshot(state), strict=False, lazy=True)
         view.runtime_parameters = params
     return Work(
         workflow_id=state.workflow.id,
@@ -402,6 +402,21 @@ def work_build(state: WorkflowState, node: Node, task: Any, *, attempt: int, del
         workflow=state.workflow,
         nodes=state.nodes,
     )
+
+
+def _snapshot(state: WorkflowState) -> list[Node]:
+    """The nodes as they are now, for a view whose task objects are built later (the hook runs
+    after commit, when this transaction's nodes may have moved on)."""
+    out = []
+    for node in state.nodes.values():
+        copy = Node.__new__(Node)
+        for name in _NODE_SLOTS:
+            setattr(copy, name, getattr(node, name))
+        out.append(copy)
+    return out
+
+
+_NODE_SLOTS = Node.__slots__
 
 
 def _refresh_task(task: Any, node: Node) -> None:

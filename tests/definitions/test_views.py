@@ -262,6 +262,60 @@ def test_build_workflow_view_gives_the_template_type_with_tasks_and_parameters()
     )
 
 
+def test_a_lazy_view_builds_its_tasks_when_first_used_and_then_is_a_plain_mapping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import copy
+    import json
+    import pickle
+
+    from dagger_django.definitions import views
+
+    built: list[Any] = []
+    real = views.build_task
+
+    def counting(row: Any, *, strict: bool = True) -> Any:
+        built.append(row.id)
+        return real(row, strict=strict)
+
+    monkeypatch.setattr(views, "build_task", counting)
+    rows = [node(), node(kind="listener", task_class=f"{__name__}:Ready", config={"topic": "t"})]
+    wf = workflow_row(root_node_id=rows[0].id)
+    eager = build_workflow_view(wf, rows)
+    built.clear()
+    view = build_workflow_view(wf, rows, lazy=True)
+    assert built == []  # nothing built until the tasks are used
+    assert view.get_task(rows[1].id).topic == "t"
+    assert built == [rows[0].id, rows[1].id]
+    assert view.get_task(rows[1].id) is view.tasks[rows[1].id]
+    assert built == [rows[0].id, rows[1].id]  # once
+    # Every way of reading it sees every task, as an eager view's tasks.
+    for read in (
+        list,
+        len,
+        lambda t: list(t.keys()),
+        lambda t: [x.id for x in t.values()],
+        lambda t: [k for k, _ in t.items()],
+        lambda t: sorted(dict(t)),
+        lambda t: sorted({**t}),
+        lambda t: sorted(copy.copy(t)),
+        lambda t: sorted(pickle.loads(pickle.dumps(t, protocol=pickle.HIGHEST_PROTOCOL))),
+        lambda t: rows[0].id in t,
+        lambda t: json.dumps({str(k): v.task_name for k, v in t.items()}),
+    ):
+        fresh = build_workflow_view(wf, rows, lazy=True)
+        expected = read(eager.tasks)
+        got = read(fresh.tasks)
+        if isinstance(expected, list) and expected and not isinstance(expected[0], uuid.UUID | str):
+            expected, got = [x.id for x in expected], [x.id for x in got]
+        assert got == expected
+    changed = build_workflow_view(wf, rows, lazy=True)
+    changed.tasks[uuid.uuid4()] = changed.tasks[rows[0].id]
+    assert len(changed.tasks) == 3
+    assert build_workflow_view(wf, rows, lazy=True).tasks.keys() == eager.tasks.keys()
+    assert build_workflow_view(wf, rows, lazy=True).tasks != {}
+
+
 def test_build_workflow_view_falls_back_when_the_workflow_class_is_gone() -> None:
     rows = [node(task_class="gone:Task")]
     view = build_workflow_view(workflow_row(template_class="gone:Workflow"), rows)
