@@ -128,6 +128,8 @@ def _backend_database(pid: int) -> str | None:
     except OSError:
         return None
     words = title.split()
+    if "autovacuum" in words and "worker" in words and len(words) > words.index("worker") + 1:
+        return words[words.index("worker") + 1]  # autovacuum worker <database>
     for i, word in enumerate(words[3:], start=3):
         if word == "[local]" or (word.endswith(")") and "(" in word):  # the client's address
             return words[i - 1]

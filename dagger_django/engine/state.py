@@ -147,7 +147,9 @@ def insert_rows(model: type[Model], objs: list[Any]) -> None:
         obj._state.db = conn.alias
 
 
-def insert_arrays(model: type[Model], rows: list[dict[str, Any]], *, returning_ids: bool = False) -> list[Any]:
+def insert_arrays(
+    model: type[Model], rows: list[dict[str, Any]], *, returning_ids: bool = False
+) -> list[Any]:
     """``INSERT`` many rows of a model in one statement with one array parameter per column
     (``INSERT ... SELECT ... FROM unnest(...)``) on PostgreSQL; elsewhere ``bulk_create``.
 
