@@ -106,12 +106,46 @@ def update_rows(model: type[Model], fields: list[str], objs: list[Any]) -> None:
         )
         cached = _STATEMENTS[key] = (sql, field_preparers(conn, [*model_fields, pk]))
     sql, preparers = cached
+    if len(objs) > 1 and conn.vendor == "postgresql" and len({obj.pk for obj in objs}) == len(objs):
+        _update_arrays(conn, model, fields, objs)
+        return
     params = [[prep(getattr(obj, attname), conn) for attname, prep in preparers] for obj in objs]
     with conn.cursor() as cursor:
         if len(params) == 1:
             cursor.execute(sql, params[0])
         else:
             cursor.executemany(sql, params)
+
+
+def _update_arrays(conn: Any, model: type[Model], fields: list[str], objs: list[Any]) -> None:
+    """:func:`update_rows` of many rows on PostgreSQL: one ``UPDATE ... FROM unnest(...)`` with an
+    array per column, instead of one statement per row (a batch of 50 workflows made 50)."""
+    binary = bool(conn.settings_dict.get("OPTIONS", {}).get("server_side_binding"))
+    key = (conn.alias, "update_arrays", model, tuple(fields), binary)
+    cached = _ARRAY_STATEMENTS.get(key)
+    if cached is None:
+        meta = model._meta
+        qn = conn.ops.quote_name
+        pk = meta.pk
+        assert pk is not None
+        model_fields = [meta.get_field(f) for f in fields]
+        placeholder = "%b" if binary else "%s"
+        columns = [pk, *model_fields]
+        types = [pk.rel_db_type(conn), *(f.db_type(conn) for f in model_fields)]
+        names = [f"c{i}" for i in range(len(columns))]
+        sql = "UPDATE {} AS t SET {} FROM unnest({}) AS v({}) WHERE t.{} = v.c0".format(
+            qn(meta.db_table),
+            ", ".join(f"{qn(f.column)} = v.{name}" for f, name in zip(model_fields, names[1:], strict=True)),
+            ", ".join(f"{placeholder}::{db_type}[]" for db_type in types),
+            ", ".join(names),
+            qn(pk.column),
+        )
+        preparers = field_preparers(conn, columns)
+        cached = _ARRAY_STATEMENTS[key] = (sql, [(name, prep, None) for name, prep in preparers])
+    sql, preparers = cached
+    params = [[prep(_plain(getattr(obj, attname)), conn) for obj in objs] for attname, prep, _ in preparers]
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def insert_rows(model: type[Model], objs: list[Any]) -> None:
@@ -880,7 +914,13 @@ def _write_many(states: list[WorkflowState]) -> None:
         for state in written
         if state.events
     ]
-    if records:
+    if len(records) > 1:
+        # A batch's history rows in one statement (one per row before).
+        insert_arrays(
+            HistoryRecord,
+            [{"workflow_id": r.workflow_id, "created_at": r.created_at, "events": r.events} for r in records],
+        )
+    elif records:
         insert_rows(HistoryRecord, records)
 
 

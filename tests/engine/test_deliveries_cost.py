@@ -210,3 +210,30 @@ def test_a_starting_worker_process_freezes_what_it_loaded(settings: Any, enabled
         assert (gc.get_freeze_count() > 0) is enabled
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_update_rows_of_many_workflows_is_one_statement_and_writes_each_its_own(
+    dispatcher: Any, monkeypatch: pytest.MonkeyPatch, binary: bool
+) -> None:
+    from django.test.utils import CaptureQueriesContext
+
+    from dagger_django.models import Workflow
+
+    options = dict(connection.settings_dict.get("OPTIONS", {}))
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", {**options, "server_side_binding": binary})
+    tmpl = template(f"UpdateArrays{binary}", process("p", listener(lt.Ready, "wait")))
+    rows = [reload(start(tmpl, dispatcher, order_id=f"u{binary}{i}").id) for i in range(3)]
+    for i, wf in enumerate(rows):
+        wf.runtime_parameters = {"i": i, "deep": {"list": [i, None, "x"]}}
+        wf.business_key = None if i == 1 else f"key-{i}"
+        wf.status = Status.STOPPED
+    with transaction.atomic(), CaptureQueriesContext(connection) as ctx:
+        state.update_rows(Workflow, ["runtime_parameters", "business_key", "status"], rows)
+    if connection.vendor == "postgresql":
+        assert len(ctx.captured_queries) == 1 and "unnest" in ctx.captured_queries[0]["sql"]
+    for i, wf in enumerate(rows):
+        stored = reload(wf.id)
+        assert stored.runtime_parameters == {"i": i, "deep": {"list": [i, None, "x"]}}
+        assert stored.business_key == (None if i == 1 else f"key-{i}")
+        assert Workflow.objects.filter(pk=wf.id, status="STOPPED").exists()
