@@ -120,7 +120,7 @@ def update_rows(model: type[Model], fields: list[str], objs: list[Any]) -> None:
 def _update_arrays(conn: Any, model: type[Model], fields: list[str], objs: list[Any]) -> None:
     """:func:`update_rows` of many rows on PostgreSQL: one ``UPDATE ... FROM unnest(...)`` with an
     array per column, instead of one statement per row (a batch of 50 workflows made 50)."""
-    binary = bool(conn.settings_dict.get("OPTIONS", {}).get("server_side_binding"))
+    binary = _binary_params(conn)
     key = (conn.alias, "update_arrays", model, tuple(fields), binary)
     cached = _ARRAY_STATEMENTS.get(key)
     if cached is None:
@@ -202,7 +202,7 @@ def insert_arrays(
     if conn.vendor != "postgresql":
         objs = model.objects.bulk_create([model(**row) for row in rows])
         return [obj.pk for obj in objs] if returning_ids else []
-    binary = bool(conn.settings_dict.get("OPTIONS", {}).get("server_side_binding"))
+    binary = _binary_params(conn)
     key = (conn.alias, "insert_arrays", model, returning_ids, binary)
     cached = _ARRAY_STATEMENTS.get(key)
     if cached is None:
@@ -252,6 +252,19 @@ def insert_arrays(
 
 
 _NO_VALUE = object()
+
+
+def _binary_params(conn: Any) -> bool:
+    """Whether this connection can take parameters in binary (``%b``, much cheaper to prepare
+    for arrays): one whose cursors bind server-side (psycopg's ``Cursor``, the setting
+    ``server_side_binding``); a ``ClientCursor`` quotes parameters into the SQL text instead."""
+    try:
+        from psycopg import ClientCursor
+    except ImportError:  # pragma: no cover - psycopg2
+        return False
+    conn.ensure_connection()
+    factory = getattr(conn.connection, "cursor_factory", None)
+    return isinstance(factory, type) and not issubclass(factory, ClientCursor)
 
 
 def _plain(value: Any) -> Any:

@@ -25,12 +25,19 @@ from .test_correlation import executor, listener, process, registry, route, star
 S = Status
 
 
+def binds(monkeypatch: pytest.MonkeyPatch, binary: bool) -> None:
+    """Arrays in binary (when the connection binds server-side, as by default) or as text."""
+    if binary and not state._binary_params(connection):
+        pytest.skip("the connection quotes parameters client-side (DB_SERVER_SIDE_BINDING=0)")
+    if not binary:
+        monkeypatch.setattr(state, "_binary_params", lambda conn: False)
+
+
 @pytest.mark.parametrize("binary", [True, False])
 def test_insert_arrays_writes_rows_in_order_with_defaults_and_returns_their_keys(
     dispatcher: Any, monkeypatch: pytest.MonkeyPatch, binary: bool
 ) -> None:
-    options = dict(connection.settings_dict.get("OPTIONS", {}))
-    monkeypatch.setitem(connection.settings_dict, "OPTIONS", {**options, "server_side_binding": binary})
+    binds(monkeypatch, binary)
     now = messages.ports.now()
     rows = [
         {
@@ -220,8 +227,7 @@ def test_update_rows_of_many_workflows_is_one_statement_and_writes_each_its_own(
 
     from dagger_django.models import Workflow
 
-    options = dict(connection.settings_dict.get("OPTIONS", {}))
-    monkeypatch.setitem(connection.settings_dict, "OPTIONS", {**options, "server_side_binding": binary})
+    binds(monkeypatch, binary)
     tmpl = template(f"UpdateArrays{binary}", process("p", listener(lt.Ready, "wait")))
     rows = [reload(start(tmpl, dispatcher, order_id=f"u{binary}{i}").id) for i in range(3)]
     for i, wf in enumerate(rows):
