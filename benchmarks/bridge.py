@@ -116,16 +116,48 @@ def phase_throughput(bootstrap: str, n: int, batch_size: int) -> dict[str, Any]:
     }
 
 
-def phase_latency(bootstrap: str, n: int, rate: float, timeout: float = 600) -> dict[str, Any]:
+def phase_latency(
+    bootstrap: str,
+    n: int,
+    rate: float,
+    timeout: float = 600,
+    *,
+    worker_pid: int | None = None,
+    broker_pid: int | None = None,
+) -> dict[str, Any]:
     from dagger_django.models import Status, Workflow
 
+    from .cpu import CpuMeter, per_item_ms
     from .harness import summary
+    from .linear import _commits
 
     prefix = f"l{uuid.uuid4().hex[:6]}"
     orders = _create_waiting(n, prefix)
     bridge = _bridge(f"bench-{uuid.uuid4().hex[:6]}")
-    runner = threading.Thread(target=bridge.run, daemon=True)
+    bridge_cpu: list[float] = []
+    measuring = threading.Event()
+
+    def run_bridge() -> None:
+        # The bridge's own CPU (its thread), apart from the producer's and the polling's.
+        measuring.wait()
+        before = time.thread_time()
+        try:
+            bridge.run()
+        finally:
+            bridge_cpu.append(time.thread_time() - before)
+
+    from django.db import connection
+
+    meter = CpuMeter(
+        worker_pid,
+        database=connection.settings_dict["NAME"],
+        others={} if broker_pid is None else {broker_pid: "kafka broker (Tansu)"},
+    )
+    runner = threading.Thread(target=run_bridge, daemon=True)
     runner.start()
+    meter.start()
+    commits_before = _commits()
+    measuring.set()
     time.sleep(2.0)  # group join (about a second on Tansu with the fast group settings)
     started = time.time()
     _produce_paced(bootstrap, orders, rate)
@@ -140,6 +172,13 @@ def phase_latency(bootstrap: str, n: int, rate: float, timeout: float = 600) -> 
     finished = time.time()
     bridge.stop()
     runner.join(30)
+    cpu = meter.stop()
+    commits = _commits() - commits_before
+    if bridge_cpu:
+        # The bridge ran in this process: its thread's time is taken out of the client's.
+        cpu["bridge (thread)"] = round(bridge_cpu[0], 3)
+        client = cpu.get("benchmark client", 0.0) - bridge_cpu[0]
+        cpu["benchmark client"] = round(max(client, 0.0), 3)
     latencies = []
     for params in rows.values_list("runtime_parameters", flat=True):
         latencies.append(params["next_at"] - params["sent_at"])
@@ -148,6 +187,10 @@ def phase_latency(bootstrap: str, n: int, rate: float, timeout: float = 600) -> 
         "rate_offered_per_s": rate,
         "completed_per_s": round(n / (finished - started), 1),
         "latency_s": {k: round(v, 4) for k, v in summary(latencies).items()},
+        # CPU of every process on the machine over the phase (group join included), by group,
+        # per message; the producer and the polling are the "benchmark client".
+        "cpu_ms_per_message": per_item_ms(cpu, n),
+        "commits_per_message": round(commits / n, 2),
     }
 
 
@@ -228,7 +271,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"latency: {args.latency_n} messages at {args.rate}/s, worker x{args.concurrency} ...",
                 flush=True,
             )
-            report["latency"] = phase_latency(broker.bootstrap, args.latency_n, args.rate)
+            report["latency"] = phase_latency(
+                broker.bootstrap,
+                args.latency_n,
+                args.rate,
+                worker_pid=worker.proc.pid if worker.proc is not None else None,
+                broker_pid=broker.proc.pid,
+            )
             print(f"  {report['latency']}", flush=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=str))

@@ -55,10 +55,16 @@ class CpuMeter:
     """
 
     worker_pid: int | None = None
+    #: When set, PostgreSQL backends serving another database count as ``other`` (the server
+    #: may be shared with other work); background processes count as ``postgresql`` whatever.
+    database: str | None = None
+    #: Further processes of a group of their own (pid -> group name), e.g. a broker.
+    others: dict[int, str] = field(default_factory=dict)
     every: float = 0.25
     _before: dict[int, tuple[str, int, float]] = field(default_factory=dict)
     _last: dict[int, tuple[str, int, float]] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _databases: dict[int, str | None] = field(default_factory=dict)
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -91,15 +97,43 @@ class CpuMeter:
     def _group(self, pid: int, name: str, ppid: int, me: int) -> str:
         if pid == me:
             return "benchmark client"
+        if pid in self.others:
+            return self.others[pid]
         if self.worker_pid is not None and pid == self.worker_pid:
             return "worker main"
         if self.worker_pid is not None and ppid == self.worker_pid:
             return "worker pool"
         if name.startswith("postgres") or name.startswith("postmaster"):
+            if self.database is not None and not self._serves(pid, self.database):
+                return "other"
             return "postgresql"
         if name.startswith("redis"):
             return "redis"
         return "other"
+
+    def _serves(self, pid: int, database: str) -> bool:
+        """Whether ``pid`` is a background process, or a backend of ``database``. A backend's
+        database is read once (``_databases``), while it runs."""
+        found = self._databases.get(pid, "")
+        if found == "":
+            found = self._databases[pid] = _backend_database(pid)
+        return found is None or found == database
+
+
+def _backend_database(pid: int) -> str | None:
+    """The database a PostgreSQL backend serves, read from its title (``postgres: [cluster:]
+    user database host(port) activity``); None for a background process or one that is gone."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+    words = title.split()
+    if "autovacuum" in words and "worker" in words and len(words) > words.index("worker") + 1:
+        return words[words.index("worker") + 1]  # autovacuum worker <database>
+    for i, word in enumerate(words[3:], start=3):
+        if word == "[local]" or (word.endswith(")") and "(" in word):  # the client's address
+            return words[i - 1]
+    return None
 
 
 def per_item_ms(groups: dict[str, float], items: int) -> dict[str, float]:

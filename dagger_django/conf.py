@@ -29,7 +29,10 @@ class Defaults:
     INLINE_SECONDS: float = 5.0
     #: Listeners handed to workers together (those one bridge batch or replay matched) go in
     #: Celery messages of this many each, run in turn by one worker (1 = one message per listener).
-    DISPATCH_BATCH: int = 20
+    DISPATCH_BATCH: int = 50
+    #: A starting worker process moves what it has loaded out of the garbage collector's sight
+    #: (``gc.freeze``): its full passes no longer walk the modules and the app on every pass.
+    WORKER_GC_FREEZE: bool = True
     #: A worker gathers the ``run_node`` messages it has prefetched for up to this many seconds
     #: into one ``run_nodes`` batch, whose transitions share transactions (0: never).
     COALESCE_SECONDS: float = 0.005

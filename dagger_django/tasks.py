@@ -11,11 +11,20 @@ nothing and comes back later, when a dead worker's lease would be stale.
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
 from celery import shared_task
-from celery.signals import before_task_publish, task_failure, task_postrun, task_prerun, worker_ready
+from celery.signals import (
+    before_task_publish,
+    task_failure,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+)
 from django.db import InterfaceError, OperationalError, connections
 
 from .conf import dagger_settings
@@ -124,6 +133,19 @@ def _close_old_connections(sender: Any = None, task: Any = None, **kwargs: Any) 
     for connection in connections.all(initialized_only=True):
         if not connection.in_atomic_block:
             connection.close_if_unusable_or_obsolete()
+
+
+@worker_init.connect(dispatch_uid="dagger_django.gc_freeze_main")
+@worker_process_init.connect(dispatch_uid="dagger_django.gc_freeze_pool")
+def _gc_freeze(**kwargs: Any) -> None:
+    """``WORKER_GC_FREEZE``: once a worker process has started (the main process, and each pool
+    process after the fork), what it has loaded so far (modules, settings, the app's classes and
+    templates) is moved out of the garbage collector's sight (``gc.freeze``). It is never garbage,
+    and the collector's full passes went through all of it again and again: a quarter of a pool
+    process's CPU per delivery (docs/benchmarks.md, "Engine v2, fourth slice")."""
+    if dagger_settings.WORKER_GC_FREEZE:
+        gc.collect()
+        gc.freeze()
 
 
 @worker_ready.connect(dispatch_uid="dagger_django.recover_on_boot")

@@ -33,6 +33,7 @@ from django.db.models import Q
 
 from ..definitions import payloads
 from ..definitions.registry import Dagger
+from ..definitions.tasks import ITask
 from ..definitions.templates import template_children, template_class, template_kind, template_successors
 from ..definitions.views import import_class
 from ..exceptions import TaskClassNotFound
@@ -199,7 +200,7 @@ def extract_keys(
     for cls in listeners.classes:
         try:
             task = cls()
-            entries = call_hook(task.get_correlatable_keys_from_payload, payload)
+            entries = _keys_of(task, payload)
         except Exception as exc:  # noqa: BLE001 - user code; recorded with the message
             errors += 1
             keys.problems.append(f"{cls.__name__}.get_correlatable_keys_from_payload raised {exc!r}")
@@ -224,6 +225,20 @@ def extract_keys(
     if not keys.pairs:
         keys.reason = "bad_key_type" if bad_type else "extractor_error" if errors else "no_key"
     return keys
+
+
+def _keys_of(task: Any, payload: Any) -> Any:
+    """What ``task.get_correlatable_keys_from_payload(payload)`` returns. When the class keeps the
+    base class's two async wrappers (the usual case: it defines ``get_correlatable_key`` only),
+    that is ``[get_correlatable_key(payload)]``, called directly: running the wrappers' coroutine
+    on an event loop cost more than routing the message."""
+    cls = type(task)
+    if (
+        cls.get_correlatable_keys_from_payload is ITask.get_correlatable_keys_from_payload
+        and cls.get_correlatable_key_from_payload is ITask.get_correlatable_key_from_payload
+    ):
+        return [call_hook(task.get_correlatable_key, payload)]
+    return call_hook(task.get_correlatable_keys_from_payload, payload)
 
 
 def _looks_like_a_pair(entries: Any) -> bool:

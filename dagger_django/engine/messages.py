@@ -74,7 +74,7 @@ from ..models.status import (
 )
 from . import correlation, logs, outbox, parameters, ports, recovery, timing, txn, walker
 from .retry import RetryPolicy, resend_after
-from .state import WorkflowState, field_preparers, nodes_read_many
+from .state import WorkflowState, field_preparers, insert_arrays, nodes_read_many
 
 if TYPE_CHECKING:
     from .txn import Outcome, Work
@@ -185,6 +185,9 @@ class Incoming:
     raw_key: bytes | None = None
     #: Which incarnation of the topic the offset belongs to (see ``docs/bridge.md``).
     incarnation: str = ""
+    #: The payload was decoded by :func:`decode_json`, which found it storable: routing does
+    #: not check it again.
+    storable: bool = False
 
 
 def dead_letter(message: Incoming, reason: str, detail: str, *, last_resort: bool = False) -> Incoming:
@@ -240,7 +243,8 @@ class _Plan:
     #: (workflow id, node id) to deliver to, in order.
     targets: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)
     duplicate_of: tuple[int, int] | None = None
-    row: InboxMessage | None = None
+    #: The key of its inbox row, once written.
+    inbox_id: int | None = None
 
 
 def _prepare_safely(message: Incoming, *, strict: bool) -> _Plan:
@@ -275,7 +279,7 @@ def _prepare(message: Incoming, *, strict: bool) -> _Plan:
         plan.status, plan.reason = InboxStatus.UNMATCHED, "no_listener"
         plan.detail = "no registered listener template waits on this topic"
         return plan
-    reason, detail = _unstorable(message.payload)
+    reason, detail = ("", "") if message.storable else _unstorable(message.payload)
     if reason:
         plan.status, plan.reason, plan.detail = InboxStatus.INVALID, reason, detail
         return plan
@@ -419,7 +423,8 @@ def _find_duplicates(plans: list[_Plan]) -> None:
             known_ids[(m.topic, m.message_id)] = (-1, 0)
 
 
-def _inbox_row(plan: _Plan, now: dt.datetime) -> InboxMessage:
+def _inbox_row(plan: _Plan, now: dt.datetime) -> dict[str, Any]:
+    """The inbox row of a plan's message, as :func:`state.insert_arrays` takes it."""
     m = plan.message
     invalid = plan.status == InboxStatus.INVALID
     # Bytes are kept for dead letters (to fix and replay) and for topics whose listeners get
@@ -428,25 +433,25 @@ def _inbox_row(plan: _Plan, now: dt.datetime) -> InboxMessage:
     raw = (
         m.raw if keep and m.raw is not None and len(m.raw) <= int(dagger_settings.MAX_MESSAGE_BYTES) else None
     )
-    return InboxMessage(
-        source=m.source,
-        topic=m.topic,
-        incarnation=m.incarnation,
-        partition=m.partition,
-        offset=m.offset,
-        message_id=m.message_id,
-        key=_text(m.key, 10_000),
-        raw_key=m.raw_key,
-        payload=None if invalid else m.payload,
-        raw=raw,
-        headers={clean_text(k, 200): _header_value(v) for k, v in (m.headers or {}).items()},
-        status=plan.status,
-        reason=plan.reason,
-        detail=_text(plan.detail, 4000) or "",
-        matched=len(plan.targets),
-        received_at=now,
-        updated_at=now,
-    )
+    return {
+        "source": m.source,
+        "topic": m.topic,
+        "incarnation": m.incarnation,
+        "partition": m.partition,
+        "offset": m.offset,
+        "message_id": m.message_id,
+        "key": _text(m.key, 10_000),
+        "raw_key": m.raw_key,
+        "payload": None if invalid else m.payload,
+        "raw": raw,
+        "headers": {clean_text(k, 200): _header_value(v) for k, v in (m.headers or {}).items()},
+        "status": plan.status,
+        "reason": plan.reason,
+        "detail": _text(plan.detail, 4000) or "",
+        "matched": len(plan.targets),
+        "received_at": now,
+        "updated_at": now,
+    }
 
 
 def _write(plans: list[_Plan]) -> None:
@@ -455,25 +460,26 @@ def _write(plans: list[_Plan]) -> None:
     with transaction.atomic():
         _find_duplicates(plans)
         fresh = [p for p in plans if p.duplicate_of is None]
-        rows = [_inbox_row(p, now) for p in fresh]
-        InboxMessage.objects.bulk_create(rows)
-        deliveries: list[Delivery] = []
-        for plan, row in zip(fresh, rows, strict=True):
-            plan.row = row
+        # One statement per table for the batch (the inbox keys returned for the deliveries).
+        ids = insert_arrays(InboxMessage, [_inbox_row(p, now) for p in fresh], returning_ids=True)
+        deliveries: list[dict[str, Any]] = []
+        targets: dict[tuple[Any, Any], None] = {}
+        for plan, inbox_id in zip(fresh, ids, strict=True):
+            plan.inbox_id = inbox_id
             for workflow_id, node_id in plan.targets:
                 deliveries.append(
-                    Delivery(
-                        message_id=row.pk,
-                        workflow_id=workflow_id,
-                        node_id=node_id,
-                        created_at=now,
-                        updated_at=now,
-                    )
+                    {
+                        "message_id": inbox_id,
+                        "workflow_id": workflow_id,
+                        "node_id": node_id,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
                 )
+                targets[(workflow_id, node_id)] = None
         if deliveries:
-            Delivery.objects.bulk_create(deliveries)
-            targets = list(dict.fromkeys((d.workflow_id, d.node_id) for d in deliveries))
-            transaction.on_commit(partial(_dispatch, targets))
+            insert_arrays(Delivery, deliveries)
+            transaction.on_commit(partial(_dispatch, list(targets)))
 
 
 def _dispatch(targets: Iterable[tuple[Any, Any]]) -> None:
@@ -517,7 +523,7 @@ def messages_route(messages: list[Incoming], *, strict: bool = False) -> list[Ro
         # Another router recorded one of these messages between our check and our insert
         # (two bridges during a rebalance): record them one by one; the loser is a duplicate.
         for plan in plans:
-            plan.duplicate_of = plan.row = None
+            plan.duplicate_of = plan.inbox_id = None
             try:
                 _write([plan])
             except IntegrityError:
@@ -531,11 +537,11 @@ def _result(plan: _Plan) -> Routed:
     if plan.duplicate_of is not None:
         pk, matched = plan.duplicate_of
         return Routed(status=DUPLICATE, matched=matched, inbox_id=pk if pk > 0 else None)
-    assert plan.row is not None
+    assert plan.inbox_id is not None
     return Routed(
         status=plan.status,
         matched=len(plan.targets),
-        inbox_id=plan.row.pk,
+        inbox_id=plan.inbox_id,
         reason=plan.reason,
         detail=plan.detail,
     )
@@ -753,11 +759,29 @@ _CLAIM_WINDOW = 200
 
 
 class _Prefetched:
-    """The open deliveries of a batch's listeners and their messages, read in two statements for
+    """The open deliveries of a batch's listeners and their messages, read in one statement for
     the whole batch (:func:`deliveries_prefetched`) instead of two per listener."""
 
     def __init__(self, node_ids: list[uuid.UUID]) -> None:
         self.deliveries: dict[uuid.UUID, list[dict[str, Any]]] = {node_id: [] for node_id in node_ids}
+        self.messages: dict[int, dict[str, Any]] = {}
+        conn = transaction.get_connection()
+        if conn.vendor != "postgresql":
+            self._read_orm(node_ids)
+            return
+        with conn.cursor() as cursor:
+            cursor.execute(_prefetch_sql(conn), [node_ids, list(OPEN_DELIVERY), _CLAIM_WINDOW])
+            rows = cursor.fetchall()
+        width = len(_DELIVERY_FIELDS)
+        for row in rows:
+            delivery = dict(zip(_DELIVERY_FIELDS, row[1 : 1 + width], strict=True))
+            self.deliveries[row[0]].append(delivery)
+            if row[1 + width] is not None:  # the listener's first delivery: its message too
+                message = dict(zip(_MESSAGE_FIELDS, row[1 + width :], strict=True))
+                message["payload"] = _json_column(message["payload"])
+                self.messages[message["id"]] = message
+
+    def _read_orm(self, node_ids: list[uuid.UUID]) -> None:
         # At most _CLAIM_WINDOW rows per listener, as a claim of one listener reads: a listener
         # with a long backlog must not load all of it into the batch.
         position = Window(RowNumber(), partition_by=[F("node_id")], order_by=F("id").asc())
@@ -772,14 +796,52 @@ class _Prefetched:
             self.deliveries[row.pop("node_id")].append(row)
         # The message each listener would take first: nearly always the one it takes.
         first = {rows[0]["message_id"] for rows in self.deliveries.values() if rows}
-        self.messages: dict[int, dict[str, Any]] = (
-            {m["id"]: m for m in InboxMessage.objects.filter(pk__in=first).values(*_MESSAGE_FIELDS)}
-            if first
-            else {}
-        )
+        if first:
+            self.messages = {
+                m["id"]: m for m in InboxMessage.objects.filter(pk__in=first).values(*_MESSAGE_FIELDS)
+            }
 
     def message(self, message_id: int) -> dict[str, Any] | None:
         return self.messages.pop(message_id, None)
+
+
+_PREFETCH_SQL: dict[str, str] = {}
+
+
+def _prefetch_sql(conn: Any) -> str:
+    """The open deliveries of some listeners (at most ``_CLAIM_WINDOW`` each, oldest first) and,
+    with each listener's first one, its message: ``node_id``, ``_DELIVERY_FIELDS``,
+    ``_MESSAGE_FIELDS`` (NULL on the other rows). Compiled once per connection alias."""
+    sql = _PREFETCH_SQL.get(conn.alias)
+    if sql is None:
+        qn = conn.ops.quote_name
+        dmeta, mmeta = Delivery._meta, InboxMessage._meta
+        dcols = [qn(dmeta.get_field(name).column) for name in ("node_id", *_DELIVERY_FIELDS)]
+        mcols = [qn(mmeta.get_field(name).column) for name in _MESSAGE_FIELDS]
+        message_id = qn(dmeta.get_field("message_id").column)
+        sql = _PREFETCH_SQL[conn.alias] = (
+            "SELECT {d}, {m} FROM (SELECT {inner}, row_number() OVER (PARTITION BY {node} ORDER BY {pk})"
+            " AS position FROM {dtable} WHERE {node} = ANY(%s) AND {status} = ANY(%s)) AS d"
+            " LEFT JOIN {mtable} AS m ON d.position = 1 AND m.{mpk} = d.{message_id}"
+            " WHERE d.position <= %s ORDER BY d.{pk}"
+        ).format(
+            d=", ".join(f"d.{c}" for c in dcols),
+            m=", ".join(f"m.{c}" for c in mcols),
+            inner=", ".join(dcols),
+            node=qn(dmeta.get_field("node_id").column),
+            pk=qn(dmeta.pk.column),  # type: ignore[union-attr]
+            dtable=qn(dmeta.db_table),
+            status=qn(dmeta.get_field("status").column),
+            mtable=qn(mmeta.db_table),
+            mpk=qn(mmeta.pk.column),  # type: ignore[union-attr]
+            message_id=message_id,
+        )
+    return sql
+
+
+def _json_column(value: Any) -> Any:
+    """A ``jsonb`` value read with a cursor (Django has psycopg hand it over as text)."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
 
 
 _prefetched: contextvars.ContextVar[_Prefetched | None] = contextvars.ContextVar(

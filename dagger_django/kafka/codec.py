@@ -88,6 +88,8 @@ def from_kafka(message: Any, *, incarnation: str = "") -> Incoming:
         invalid=reason,
         detail=detail,
         incarnation=incarnation,
+        # decode_json checked that the database stores the payload (routing need not again).
+        storable=not reason and payload is not None,
     )
 
 

@@ -305,6 +305,61 @@ def test_resolved_classes_are_cached_until_their_module_is_replaced(monkeypatch:
         build_task(node(task_class=f"{module.__name__}:Task"))
 
 
+def test_a_view_reads_as_a_plain_mapping_however_it_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import copy
+    import json
+    import pickle
+
+    from dagger_django.definitions import views
+
+    built: list[Any] = []
+    real = views.build_task
+
+    def counting(row: Any, *, strict: bool = True) -> Any:
+        built.append(row.id)
+        return real(row, strict=strict)
+
+    monkeypatch.setattr(views, "build_task", counting)
+    rows = [node(), node(kind="listener", task_class=f"{__name__}:Ready", config={"topic": "t"})]
+    wf = workflow_row(root_node_id=rows[0].id)
+    eager = build_workflow_view(wf, rows)
+    built.clear()
+    view = build_workflow_view(wf, rows)
+    assert built == []  # nothing built until the tasks are used
+    assert view.get_task(rows[1].id).topic == "t"
+    assert built == [rows[1].id]  # that one alone
+    assert view.get_task(rows[1].id) is view.tasks[rows[1].id]
+    assert list(view.tasks) == [rows[0].id, rows[1].id]
+    assert built == [rows[1].id, rows[0].id]  # each once
+    # Every way of reading it sees every task, as an eager view's tasks.
+    for read in (
+        list,
+        len,
+        lambda t: list(t.keys()),
+        lambda t: [x.id for x in t.values()],
+        lambda t: [k for k, _ in t.items()],
+        lambda t: sorted(dict(t)),
+        lambda t: sorted({**t}),
+        lambda t: sorted(copy.copy(t)),
+        lambda t: sorted(pickle.loads(pickle.dumps(t, protocol=pickle.HIGHEST_PROTOCOL))),
+        lambda t: rows[0].id in t,
+        lambda t: json.dumps({str(k): v.task_name for k, v in t.items()}),
+    ):
+        fresh = build_workflow_view(wf, rows)
+        expected = read(eager.tasks)
+        got = read(fresh.tasks)
+        if isinstance(expected, list) and expected and not isinstance(expected[0], uuid.UUID | str):
+            expected, got = [x.id for x in expected], [x.id for x in got]
+        assert got == expected
+    changed = build_workflow_view(wf, rows)
+    changed.tasks[uuid.uuid4()] = changed.tasks[rows[0].id]
+    assert len(changed.tasks) == 3
+    assert build_workflow_view(wf, rows).tasks.keys() == eager.tasks.keys()
+    assert build_workflow_view(wf, rows).tasks != {}
+
+
 def test_build_workflow_view_falls_back_when_the_workflow_class_is_gone() -> None:
     rows = [node(task_class="gone:Task")]
     view = build_workflow_view(workflow_row(template_class="gone:Workflow"), rows)

@@ -771,7 +771,8 @@ def test_a_single_pair_returned_where_a_list_was_expected_is_accepted() -> None:
 
 def test_a_batch_of_listeners_reads_their_deliveries_and_messages_once(dispatcher: Any) -> None:
     """``run_nodes`` of K listeners with a message each: their open deliveries and the messages
-    are read in one statement each for the batch, not one per listener."""
+    are read in one statement for the batch on PostgreSQL (the messages joined to each
+    listener's first delivery; one statement each elsewhere), not two per listener."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -785,13 +786,16 @@ def test_a_batch_of_listeners_reads_their_deliveries_and_messages_once(dispatche
 
     def reads(ctx: CaptureQueriesContext, table: str) -> int:
         return sum(
-            1 for q in ctx.captured_queries if q["sql"].startswith("SELECT") and f'FROM "{table}"' in q["sql"]
+            1 for q in ctx.captured_queries if q["sql"].startswith("SELECT") and f'"{table}"' in q["sql"]
         )
 
     with CaptureQueriesContext(connection) as ctx:
         services.nodes_run(targets=targets, lease="prefetch")
     assert reads(ctx, "dagger_django_delivery") == 1
     assert reads(ctx, "dagger_django_inboxmessage") == 1
+    if connection.vendor == "postgresql":
+        both = [q for q in ctx.captured_queries if '"dagger_django_inboxmessage"' in q["sql"]]
+        assert len(both) == 1 and '"dagger_django_delivery"' in both[0]["sql"]
     for i, wf in enumerate(workflows):  # and the listeners took their messages as one by one
         assert statuses(wf.id)["order_listener_task"] == Status.COMPLETED
         assert reload(wf.id).runtime_parameters["seen"] == [["order_listener_task", i]]
