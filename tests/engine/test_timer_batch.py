@@ -30,6 +30,13 @@ T = TimerStatus
 _names = itertools.count()
 
 
+@pytest.fixture(autouse=True)
+def dispatched(settings: Any) -> None:
+    """These tests follow the fired tasks to the dispatcher: the sweep hands them to workers
+    rather than running them itself (its inline run: tests/engine/test_timer_inline.py)."""
+    settings.DAGGER = {**settings.DAGGER, "TIMER_RUN_INLINE": False}
+
+
 def make_triggers(clock: Any, *offsets: float) -> list[Any]:
     """One workflow per offset, its only task a trigger due ``offset`` seconds from now."""
     trigger = (
