@@ -28,8 +28,8 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Count
 
 from ..conf import dagger_settings
-from ..models import NodeKind, Status, Timer, TimerStatus, Workflow
-from ..models.status import TIMER_TRANSITIONS, sole_source, transition
+from ..models import Status, Timer, TimerStatus, Workflow
+from ..models.status import TIMED_KINDS, TIMER_TRANSITIONS, sole_source, transition
 from . import logs, ports, recovery, timing
 from .state import WorkflowState
 from .txn import StepRaised, Work, batch_step, claim_node, commit, deferred_write, lock, lock_many
@@ -112,14 +112,10 @@ def timer_fire_locked(
     return True
 
 
-#: The kinds whose firing means "run its hook now", which the sweep claims and runs itself.
-INLINE_KINDS = frozenset({NodeKind.TRIGGER, NodeKind.INTERVAL})
-
-
 def _claimable(state: WorkflowState, node: Any) -> bool:
     """Firing handed ``node`` to a worker (it is SUBMITTED and about to be dispatched), and it is
     a trigger or an interval task: the sweep may claim it in the firing transaction."""
-    return node.kind in INLINE_KINDS and node.status == Status.SUBMITTED and node.id in state.to_dispatch
+    return node.kind in TIMED_KINDS and node.status == Status.SUBMITTED and node.id in state.to_dispatch
 
 
 # -- the sweep (celery-beat's ``dagger_django.sweep_timers``, ``manage.py dagger_fire_timers``) --------
@@ -149,7 +145,7 @@ def timers_fire_due(*, limit: int | None = None, run: bool | None = None) -> int
     (``services.claimed_run``: its lease beats while it runs, so a sweep that dies leaves it to
     recovery), instead of going to a worker in a ``run_nodes`` message that claims it again. The
     sweep does so while the inline budget lasts (``INLINE_SECONDS`` from its start); later batches
-    dispatch as before.
+    dispatch as before, as does a sweep called inside a transaction of its caller.
 
     A timer whose firing raises never rolls back the others. A batch is fired first without
     savepoints (nothing fails, as a rule, and two savepoint statements per timer cost a quarter
@@ -164,6 +160,9 @@ def timers_fire_due(*, limit: int | None = None, run: bool | None = None) -> int
     cap = int(dagger_settings.MAX_TASKS_PER_TRIGGER if limit is None else limit)
     size = max(1, int(dagger_settings.TIMER_BATCH))
     inline = bool(dagger_settings.TIMER_RUN_INLINE if run is None else run)
+    # User code never runs inside a transaction: under a caller's, the claims would not be
+    # committed before the hooks run, so the tasks go to workers.
+    inline = inline and not transaction.get_connection().in_atomic_block
     deadline = time.monotonic() + float(dagger_settings.INLINE_SECONDS)
     sweep = uuid.uuid4().hex
     fired = 0

@@ -159,3 +159,38 @@ def test_concurrent_sweeps_fire_and_run_every_trigger_once(
     dispatcher.drain(fire_due_timers=False)
     assert [reload(i).status for i in ids] == [S.COMPLETED] * 40
     assert [len(history(i, "executed")) for i in ids] == [1] * 40
+
+
+def test_a_batch_whose_writes_fail_is_fired_again_with_a_savepoint_per_timer(
+    dispatcher: Any, clock: Any, monkeypatch: Any
+) -> None:
+    ids = make_triggers(clock, 5)
+    real_write = timers.deferred_write
+    calls: list[int] = []
+
+    def write(states: Any) -> None:
+        calls.append(len(states))
+        if len(calls) == 1:
+            raise ValueError("refused")
+        real_write(states)
+
+    monkeypatch.setattr(timers, "deferred_write", write)
+    clock.advance(seconds=10)
+    assert timers.timers_fire_due() == 5
+    assert calls[0] == 5  # the batch, once, then each timer in its own savepoint
+    assert [reload(i).status for i in ids] == [S.COMPLETED] * 5
+    assert [len(history(i, "trigger_due")) for i in ids] == [1] * 5
+
+
+def test_a_sweep_inside_a_callers_transaction_hands_the_triggers_to_workers(
+    dispatcher: Any, clock: Any
+) -> None:
+    from django.db import transaction
+
+    ids = make_triggers(clock, 2)
+    clock.advance(seconds=10)
+    with transaction.atomic():
+        assert timers.timers_fire_due() == 2
+    assert {statuses(i)["remind"] for i in ids} == {S.SUBMITTED}
+    dispatcher.drain(fire_due_timers=False)
+    assert [reload(i).status for i in ids] == [S.COMPLETED] * 2
