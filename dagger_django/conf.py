@@ -50,6 +50,9 @@ class Defaults:
     MAX_TASKS_PER_TRIGGER: int = 2000
     #: Due timers (of different workflows) a sweep fires per transaction (docs/time.md).
     TIMER_BATCH: int = 50
+    #: A sweep claims the trigger and interval tasks its timers make ready in the firing
+    #: transaction and runs them itself, within INLINE_SECONDS (False: they go to workers).
+    TIMER_RUN_INLINE: bool = True
     #: Run a recovery sweep when a worker starts (see LEASE_SECONDS, docs/time.md).
     RESTART_TASKS_ON_BOOT: bool = True
     # -- time-driven issue: recovery and beat (docs/time.md) --

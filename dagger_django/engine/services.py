@@ -523,7 +523,22 @@ def _run_batch(
     result: BatchRun,
 ) -> None:
     works = _claim_batch(batch, result)
-    deadline = time.monotonic() + float(dagger_settings.INLINE_SECONDS)
+    claimed_run(works, result, deadline=time.monotonic() + float(dagger_settings.INLINE_SECONDS))
+    for workflow_id, node_id, item_lease in alone:
+        try:
+            result.steps += node_run(workflow_id=workflow_id, node_id=node_id, lease=item_lease)
+        except LeaseHeld as held:
+            result.retry_in = max(result.retry_in, held.retry_in)
+
+
+def claimed_run(works: list[tuple[Work, str]], result: BatchRun, *, deadline: float) -> None:
+    """Run the hooks of nodes claimed (and committed) under their leases, then apply their
+    results in one transaction, claiming each workflow's next step inline and running it too,
+    while the inline budget lasts (``INLINE_STEPS`` rounds, ``deadline``); what is left over is
+    dispatched after each commit. Every claimed node's lease is kept fresh until it is applied
+    (engine/heartbeat.py), so a worker that dies meanwhile leaves it to recovery. The claim may be
+    :func:`nodes_run`'s or the timer sweep's (engine/timers.py: the transaction that fires a
+    trigger claims it)."""
     max_steps = int(dagger_settings.INLINE_STEPS)
     rounds = 0
     while works:
@@ -543,11 +558,6 @@ def _run_batch(
         rounds += max(len(chain) for chain, _ in done)
         inline = rounds <= max_steps and time.monotonic() < deadline
         works = _apply_batch(done, claim_next=inline)
-    for workflow_id, node_id, item_lease in alone:
-        try:
-            result.steps += node_run(workflow_id=workflow_id, node_id=node_id, lease=item_lease)
-        except LeaseHeld as held:
-            result.retry_in = max(result.retry_in, held.retry_in)
 
 
 def _claim_batch(items: list[tuple[uuid.UUID, uuid.UUID, str]], result: BatchRun) -> list[tuple[Work, str]]:

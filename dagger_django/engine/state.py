@@ -852,35 +852,43 @@ class WorkflowState:
         # workflows of a batch share one statement.
         self._workflow_fields |= {"node_pages", *MARK_FIELDS}
 
-    def _cancel_timers(self) -> None:
-        """Cancel the PENDING timers of the ended nodes (of the whole workflow: ``None``).
 
-        Every finished workflow that ever waited on time pays this statement (a trigger
-        workflow's completion does), so on PostgreSQL it is compiled once per process, as
-        :func:`update_rows` is, instead of by the ORM on every call.
-        """
-        from ..models import TimerStatus
+def _timers_cancel(states: list[WorkflowState]) -> None:
+    """Cancel the PENDING timers of the ended nodes (of the whole workflow: ``None``) of
+    ``states``, with one statement for all of them.
 
-        cancelled_from = sole_source(TIMER_TRANSITIONS, TimerStatus.CANCELLED)
-        conn = connections[router.db_for_write(Timer)]
-        whole = None in self.cancel_timers_for
-        node_ids = [] if whole else list(self.cancel_timers_for)
-        if conn.vendor != "postgresql":
-            qs = Timer.objects.filter(workflow_id=self.workflow.id)
-            if not whole:
-                qs = qs.filter(node_id__in=node_ids)
+    Every finished workflow that ever waited on time pays this (a trigger workflow's completion
+    does, and a batch of them completes together), so on PostgreSQL it is one statement per batch,
+    compiled once per process, as :func:`update_rows` is, instead of one ORM update per workflow.
+    """
+    from ..models import TimerStatus
+
+    if not states:
+        return
+    cancelled_from = sole_source(TIMER_TRANSITIONS, TimerStatus.CANCELLED)
+    conn = connections[router.db_for_write(Timer)]
+    if conn.vendor != "postgresql":
+        for state in states:
+            qs = Timer.objects.filter(workflow_id=state.workflow.id)
+            if None not in state.cancel_timers_for:
+                qs = qs.filter(node_id__in=list(state.cancel_timers_for))
             transition(qs, TimerStatus.CANCELLED)
-            return
-        sql = _CANCEL_SQL.get(conn.alias)
-        if sql is None:
-            qn = conn.ops.quote_name
-            sql = _CANCEL_SQL[conn.alias] = (
-                f"UPDATE {qn(Timer._meta.db_table)} SET status = %s"
-                " WHERE workflow_id = %s AND status = %s AND (%s OR node_id = ANY(%s))"
-            )
-        params = [TimerStatus.CANCELLED.value, self.workflow.id, cancelled_from, whole, node_ids]
-        with conn.cursor() as cursor:
-            cursor.execute(sql, params)
+        return
+    workflows = [state.workflow.id for state in states]
+    whole = [state.workflow.id for state in states if None in state.cancel_timers_for]
+    node_ids = [i for state in states if None not in state.cancel_timers_for for i in state.cancel_timers_for]
+    sql = _CANCEL_SQL.get(conn.alias)
+    if sql is None:
+        qn = conn.ops.quote_name
+        # Node ids are unique across workflows: a node's timers are found by its id alone, and
+        # the workflow ids keep the statement on the timers' workflow index.
+        sql = _CANCEL_SQL[conn.alias] = (
+            f"UPDATE {qn(Timer._meta.db_table)} SET status = %s"
+            " WHERE workflow_id = ANY(%s) AND status = %s AND (workflow_id = ANY(%s) OR node_id = ANY(%s))"
+        )
+    params = [TimerStatus.CANCELLED.value, workflows, cancelled_from, whole, node_ids]
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def flush_many(states: Iterable[WorkflowState]) -> None:
@@ -914,11 +922,8 @@ def _write_many(states: list[WorkflowState]) -> None:
         update_rows(Workflow, list(fields), workflows)
     if pages:
         _pages_write(pages)
-    timers: list[Timer] = []
-    for state in written:
-        if state.cancel_timers_for and state.workflow.has_timers:
-            state._cancel_timers()
-        timers.extend(state.timers)
+    _timers_cancel([state for state in written if state.cancel_timers_for and state.workflow.has_timers])
+    timers: list[Timer] = [timer for state in written for timer in state.timers]
     if timers:
         Timer.objects.bulk_create(timers)
     # One history row per transition, however many events it holds.

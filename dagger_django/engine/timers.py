@@ -19,19 +19,20 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Count
 
 from ..conf import dagger_settings
-from ..models import Timer, TimerStatus, Workflow
-from ..models.status import TIMER_TRANSITIONS, sole_source, transition
+from ..models import Status, Timer, TimerStatus, Workflow
+from ..models.status import TIMED_KINDS, TIMER_TRANSITIONS, sole_source, transition
 from . import logs, ports, recovery, timing
 from .state import WorkflowState
-from .txn import StepRaised, batch_step, commit, lock, lock_many
+from .txn import StepRaised, Work, batch_step, claim_node, commit, deferred_write, lock, lock_many
 
 logger = logging.getLogger("dagger_django.engine")
 
@@ -77,23 +78,44 @@ def timer_fire_locked(
     purpose: str,
     attempt: int | None,
     marked: bool = False,
+    lease: str | None = None,
+    claimed: list[tuple[Work, str]] | None = None,
+    deferred: bool = False,
 ) -> bool:
     """Inside the workflow's transaction: mark the timer FIRED (compare-and-set; ``marked``: the
     claim did it already) and act on it. False (nothing written) when it was no longer PENDING.
 
     The one locked path a timer fires through: the countdown message, the sweep and an
-    operator's "fire now" (``operations.timer_fire_now``, which fires it before it is due)."""
+    operator's "fire now" (``operations.timer_fire_now``, which fires it before it is due).
+
+    ``lease`` (the sweep's): when firing hands a trigger or an interval task to a worker, the
+    node is claimed right here under ``lease`` instead (EXECUTING, as a worker's claim does) and
+    its :class:`Work` appended to ``claimed``; the caller runs it after commit. ``deferred``: the
+    writes are left to the caller (``txn.commit(deferred=True)``)."""
     if not marked:
-        claimed = transition(
+        fired = transition(
             Timer.objects.filter(pk=timer_id, status=TimerStatus.PENDING),
             TimerStatus.FIRED,
             fired_at=state.now,
         )
-        if not claimed:
+        if not fired:
             return False
-    timing.fire(state, state.get(node_id), purpose=purpose, attempt=attempt, timer_id=timer_id)
-    commit(state)
+    node = state.get(node_id)
+    timing.fire(state, node, purpose=purpose, attempt=attempt, timer_id=timer_id)
+    work = None
+    if lease is not None and node is not None and _claimable(state, node):
+        state.to_dispatch.remove(node.id)
+        work = claim_node(state, node, lease)
+    commit(state, deferred=deferred)
+    if work is not None and claimed is not None:
+        claimed.append((work, lease))  # type: ignore[arg-type]  # lease is a str here
     return True
+
+
+def _claimable(state: WorkflowState, node: Any) -> bool:
+    """Firing handed ``node`` to a worker (it is SUBMITTED and about to be dispatched), and it is
+    a trigger or an interval task: the sweep may claim it in the firing transaction."""
+    return node.kind in TIMED_KINDS and node.status == Status.SUBMITTED and node.id in state.to_dispatch
 
 
 # -- the sweep (celery-beat's ``dagger_django.sweep_timers``, ``manage.py dagger_fire_timers``) --------
@@ -106,7 +128,7 @@ class _DueTimer:
     attempt: int | None
 
 
-def timers_fire_due(*, limit: int | None = None) -> int:
+def timers_fire_due(*, limit: int | None = None, run: bool | None = None) -> int:
     """One sweep: fire due timers, earliest first, in batches. Returns how many fired.
 
     At most ``limit`` (default ``MAX_TASKS_PER_TRIGGER``) timers are tried. Each batch is one
@@ -114,8 +136,16 @@ def timers_fire_due(*, limit: int | None = None) -> int:
     workflows with ``FOR UPDATE SKIP LOCKED`` (a timer whose workflow another sweep or transaction
     holds right now is passed over, so concurrent sweeps share the work and never wait or
     deadlock), loads those workflows (:func:`txn.lock_many`, in id order, already ours), fires
-    each timer and commits once; the tasks the batch handed to workers are sent after that
-    commit, ``DISPATCH_BATCH`` to a message.
+    each timer and commits once, writing the batch's workflows with one statement per table; the
+    tasks the batch handed to workers are sent after that commit, ``DISPATCH_BATCH`` to a message.
+
+    ``run`` (default ``TIMER_RUN_INLINE``): a trigger or interval task that a timer makes ready is
+    claimed by the same transaction (EXECUTING under a lease of this sweep) and, after the
+    commit, run by this sweep and applied with the rest of its batch in one transaction
+    (``services.claimed_run``: its lease beats while it runs, so a sweep that dies leaves it to
+    recovery), instead of going to a worker in a ``run_nodes`` message that claims it again. The
+    sweep does so while the inline budget lasts (``INLINE_SECONDS`` from its start); later batches
+    dispatch as before, as does a sweep called inside a transaction of its caller.
 
     A timer whose firing raises never rolls back the others. A batch is fired first without
     savepoints (nothing fails, as a rule, and two savepoint statements per timer cost a quarter
@@ -125,69 +155,96 @@ def timers_fire_due(*, limit: int | None = None) -> int:
     the next sweep fires it) and is not tried again in this sweep; the rest of its batch commits.
     A database outage ends the sweep with its error.
     """
+    from .services import BatchRun, claimed_run  # services imports this module
+
     cap = int(dagger_settings.MAX_TASKS_PER_TRIGGER if limit is None else limit)
     size = max(1, int(dagger_settings.TIMER_BATCH))
+    inline = bool(dagger_settings.TIMER_RUN_INLINE if run is None else run)
+    # User code never runs inside a transaction: under a caller's, the claims would not be
+    # committed before the hooks run, so the tasks go to workers.
+    inline = inline and not transaction.get_connection().in_atomic_block
+    deadline = time.monotonic() + float(dagger_settings.INLINE_SECONDS)
+    sweep = uuid.uuid4().hex
     fired = 0
     failed: list[int] = []
     careful = False
+    ran = BatchRun()
     # The tasks of fired timers go to workers DISPATCH_BATCH at a time; a batch that cannot be
     # sent is owed, and the recovery sweep sends it.
     with ports.dispatch_in_batches(on_failure=recovery.dispatch_owed_targets):
         while fired + len(failed) < cap:
             batch = min(size, cap - fired - len(failed))
+            lease = (
+                f"timers:{sweep}:{fired + len(failed)}" if inline and time.monotonic() < deadline else None
+            )
             try:
-                result = _timers_fire_batch(limit=batch, exclude=failed, savepoints=careful)
+                result = _timers_fire_batch(limit=batch, exclude=failed, savepoints=careful, lease=lease)
             except StepRaised as raised:  # rolled back as a whole: again, a savepoint per timer
-                logger.error(
-                    "timer %s failed to fire; it stays pending for the next sweep",
-                    raised.key,
-                    exc_info=raised.__cause__,
-                )
-                failed.append(raised.key)
                 careful = True
-                if batch == 1:
-                    continue
-                result = _timers_fire_batch(limit=batch - 1, exclude=failed, savepoints=True)
+                if raised.key is None:  # the batch's writes failed: each in a savepoint now
+                    result = _timers_fire_batch(limit=batch, exclude=failed, savepoints=True, lease=lease)
+                else:
+                    logger.error(
+                        "timer %s failed to fire; it stays pending for the next sweep",
+                        raised.key,
+                        exc_info=raised.__cause__,
+                    )
+                    failed.append(raised.key)
+                    if batch == 1:
+                        continue
+                    result = _timers_fire_batch(limit=batch - 1, exclude=failed, savepoints=True, lease=lease)
             if result is None:
                 break
-            done, bad = result
+            done, bad, claimed = result
             fired += done
             failed.extend(bad)
+            if claimed:
+                claimed_run(claimed, ran, deadline=deadline)
     return fired
 
 
-def _timers_fire_batch(*, limit: int, exclude: list[int], savepoints: bool) -> tuple[int, list[int]] | None:
+def _timers_fire_batch(
+    *, limit: int, exclude: list[int], savepoints: bool, lease: str | None = None
+) -> tuple[int, list[int], list[tuple[Work, str]]] | None:
     """One transaction: claim up to ``limit`` due timers (one per workflow) and fire them. Returns
-    ``(fired, [ids of the timers that failed])``, or None when nothing is due.
+    ``(fired, [ids of the timers that failed], [the nodes claimed to run])``, or None when nothing
+    is due.
 
     ``savepoints``: each timer fires in a savepoint, and one that raises is rolled back alone;
     otherwise the first one that raises rolls the whole transaction back (``txn.StepRaised``, its
-    ``key`` the timer's id).
+    ``key`` the timer's id; None when the batch's writes failed). ``lease``: the nodes that firing
+    makes ready to run are claimed under ``<lease>:<position>`` (:func:`timer_fire_locked`).
     """
     fired = 0
     failed: list[int] = []
+    claimed: list[tuple[Work, str]] = []
+    states: list[WorkflowState] = []
     with transaction.atomic():
-        claimed, marked, seen = _timers_claim_due(now=ports.now(), limit=limit, exclude=exclude)
-        while not claimed and seen:
+        due_timers, marked, seen = _timers_claim_due(now=ports.now(), limit=limit, exclude=exclude)
+        while not due_timers and seen:
             # Every timer it locked had been fired meanwhile (a concurrent sweep committed them
             # after this statement's snapshot): look again, with a fresh snapshot.
-            claimed, marked, seen = _timers_claim_due(now=ports.now(), limit=limit, exclude=exclude)
-        if not claimed:
+            due_timers, marked, seen = _timers_claim_due(now=ports.now(), limit=limit, exclude=exclude)
+        if not due_timers:
             return None
-        loaded = lock_many(due.workflow_id for due in claimed)  # locked by the claim: no wait
-        for due in claimed:
+        loaded = lock_many(due.workflow_id for due in due_timers)  # locked by the claim: no wait
+        for position, due in enumerate(due_timers):
             row = loaded.get(due.workflow_id)
             if row is None:  # cannot happen (the claim locked it); the timer is spent
                 fired += 1
                 continue
             with batch_step(savepoints=savepoints, key=due.id) as step:
+                state = WorkflowState(*row)
                 timer_fire_locked(
-                    WorkflowState(*row),
+                    state,
                     timer_id=due.id,
                     node_id=due.node_id,
                     purpose=due.purpose,
                     attempt=due.attempt,
                     marked=marked,
+                    lease=None if lease is None else f"{lease}:{position}",
+                    claimed=claimed,
+                    deferred=not savepoints,
                 )
             if step.error is not None:
                 key = row[0].business_key
@@ -209,8 +266,24 @@ def _timers_fire_batch(*, limit: int, exclude: list[int], savepoints: bool) -> t
                         fired_at=None,
                     )
                 continue
+            states.append(state)
             fired += 1
-    return fired, failed
+        if not savepoints:
+            _batch_write(states)
+    return fired, failed, claimed
+
+
+def _batch_write(states: list[WorkflowState]) -> None:
+    """The writes of a batch fired without savepoints, one statement per table for all of them
+    (``txn.deferred_write``). If they fail, the attempt is rolled back as a whole and fired again
+    with a savepoint per timer, where each workflow writes its own (``StepRaised`` without a key)."""
+    try:
+        deferred_write(states)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:
+        logger.info("the timer batch's writes failed (%r); again with a savepoint per timer", exc)
+        raise StepRaised from exc
 
 
 _CLAIM_SQL: dict[str, str] = {}

@@ -72,6 +72,9 @@ class NodeKind(models.TextChoices):
 WORKER_KINDS = frozenset({NodeKind.EXECUTOR, NodeKind.COMMAND, NodeKind.DECISION})
 #: Kinds whose worker step is not a plain ``execute`` call (``engine.timing.run_worker_hooks``).
 HOOK_KINDS = frozenset({NodeKind.INTERVAL, NodeKind.MONITOR})
+#: Kinds a timer's firing hands to a worker to run at once, which the timer sweep claims in the
+#: firing transaction and runs itself (``engine.timers``, ``TIMER_RUN_INLINE``).
+TIMED_KINDS = frozenset({NodeKind.TRIGGER, NodeKind.INTERVAL})
 
 
 class StopHook(models.TextChoices):

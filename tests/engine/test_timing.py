@@ -208,7 +208,10 @@ def make_triggers(clock: Any, *offsets: float) -> list[Any]:
     return [tmpl.create_instance(submit_task=True, run_at=at(clock, s)).id for s in offsets]
 
 
-def test_sweep_fires_due_timers_earliest_first_and_leaves_the_others(dispatcher: Any, clock: Any) -> None:
+def test_sweep_fires_due_timers_earliest_first_and_leaves_the_others(
+    dispatcher: Any, clock: Any, settings: Any
+) -> None:
+    settings.DAGGER = {**settings.DAGGER, "TIMER_RUN_INLINE": False}  # follow them to the dispatcher
     ids = make_triggers(clock, 30, 10, 20, 90)
     clock.advance(seconds=30)
     assert timers_fire_due() == 3
@@ -281,7 +284,8 @@ def test_sweep_passes_over_a_timer_whose_workflow_is_locked_elsewhere(dispatcher
     assert timers_fire_due() == 1
 
 
-def test_two_concurrent_sweeps_never_fire_one_timer_twice(dispatcher: Any, clock: Any) -> None:
+def test_two_concurrent_sweeps_never_fire_one_timer_twice(dispatcher: Any, clock: Any, settings: Any) -> None:
+    settings.DAGGER = {**settings.DAGGER, "TIMER_RUN_INLINE": False}  # follow them to the dispatcher
     ids = make_triggers(clock, *range(1, 41))
     clock.advance(seconds=60)
     counts = concurrent_sweeps(2, timeout=60)
@@ -333,18 +337,25 @@ def test_sweeps_are_scheduled_at_the_due_times_of_upcoming_timers(
 def test_queries_per_timer_firing_stay_small(
     dispatcher: Any, clock: Any, django_assert_max_num_queries: Any
 ) -> None:
-    first, second = make_triggers(clock, 10, 10)
+    first, second, third = make_triggers(clock, 10, 10, 10)
     clock.advance(seconds=10)
     (timer,) = timers(first)
     # read the timer; BEGIN, lock + load the workflow (2), compare-and-set, workflow, node,
     # history, COMMIT
     with django_assert_max_num_queries(9):
         assert timer_fire(timer_id=timer.pk) is True
-    # BEGIN, claim and mark (one statement, SKIP LOCKED), lock + load (2), workflow, node,
-    # history, COMMIT; then BEGIN, the claim that finds nothing, COMMIT. A batch of many timers
-    # costs the same per transaction (tests/engine/test_timer_batch.py).
+    # Handed to a worker: BEGIN, claim and mark (one statement, SKIP LOCKED), lock + load (2),
+    # workflow, node, history, COMMIT; then BEGIN, the claim that finds nothing, COMMIT. A batch
+    # of many timers costs the same per transaction (tests/engine/test_timer_batch.py). The
+    # worker's claim and apply of the trigger then make 11 more.
     with django_assert_max_num_queries(11):
+        assert timers_fire_due(limit=1, run=False) == 1
+    # Run by the sweep: BEGIN, claim and mark, load, workflow (its trigger claimed), history,
+    # COMMIT; BEGIN, load, workflow, timers cancelled, history, COMMIT (the trigger's result
+    # applied); BEGIN, the claim that finds nothing, COMMIT: 15 for what took 11 + 11.
+    with django_assert_max_num_queries(15):
         assert timers_fire_due() == 1
+    assert statuses(third)["remind"] == S.COMPLETED
 
 
 # -- intervals ------------------------------------------------------------------------------------------
