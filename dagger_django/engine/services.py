@@ -47,7 +47,7 @@ from .hooks import call_hook
 from .operations import operator_detail
 from .outbox import outbox_send  # noqa: F401 - Topic.send's entry point (engine/outbox.py)
 from .retry import RetryPolicy
-from .state import WorkflowState, nodes_read
+from .state import Reuse, WorkflowState, node_copy, nodes_read
 from .timers import (  # noqa: F401 - names of old; their home is engine/timers.py (docs/testing.md)
     timer_fire,
     timers_dispatch_upcoming,
@@ -424,7 +424,12 @@ def _chained(work: Work, outcome: Outcome) -> Work | None:
     except Exception:  # noqa: BLE001 - the apply reports it: end the chain here
         return None
     attempt = following.attempts + 1
-    # The claim-time snapshot, moved on as the committed chain will be (read-only elsewhere).
+    # The claim-time snapshot, moved on as the committed chain will be, in copies: the nodes
+    # themselves are the committed state, which the batch's next transaction may take from
+    # memory (engine/state.py, Reuse).
+    nodes = dict(nodes)
+    node = nodes[node.id] = node_copy(node)
+    following = nodes[following.id] = node_copy(following)
     node.status = S.COMPLETED
     following.status = S.EXECUTING
     task.status = TaskStatus.of(S.EXECUTING)
@@ -522,8 +527,9 @@ def _run_batch(
     alone: list[tuple[uuid.UUID, uuid.UUID, str]],
     result: BatchRun,
 ) -> None:
-    works = _claim_batch(batch, result)
-    claimed_run(works, result, deadline=time.monotonic() + float(dagger_settings.INLINE_SECONDS))
+    reuse = Reuse()  # what each transaction wrote, for the next one (engine/state.py)
+    works = _claim_batch(batch, result, reuse=reuse)
+    claimed_run(works, result, deadline=time.monotonic() + float(dagger_settings.INLINE_SECONDS), reuse=reuse)
     for workflow_id, node_id, item_lease in alone:
         try:
             result.steps += node_run(workflow_id=workflow_id, node_id=node_id, lease=item_lease)
@@ -531,15 +537,19 @@ def _run_batch(
             result.retry_in = max(result.retry_in, held.retry_in)
 
 
-def claimed_run(works: list[tuple[Work, str]], result: BatchRun, *, deadline: float) -> None:
+def claimed_run(
+    works: list[tuple[Work, str]], result: BatchRun, *, deadline: float, reuse: Reuse | None = None
+) -> None:
     """Run the hooks of nodes claimed (and committed) under their leases, then apply their
     results in one transaction, claiming each workflow's next step inline and running it too,
     while the inline budget lasts (``INLINE_STEPS`` rounds, ``deadline``); what is left over is
     dispatched after each commit. Every claimed node's lease is kept fresh until it is applied
     (engine/heartbeat.py), so a worker that dies meanwhile leaves it to recovery. The claim may be
     :func:`nodes_run`'s or the timer sweep's (engine/timers.py: the transaction that fires a
-    trigger claims it)."""
+    trigger claims it). Each transaction takes the workflows the previous one wrote from memory
+    when nobody wrote them since (``reuse``, :class:`~dagger_django.engine.state.Reuse`)."""
     max_steps = int(dagger_settings.INLINE_STEPS)
+    reuse = Reuse() if reuse is None else reuse
     rounds = 0
     while works:
         done: list[tuple[list[tuple[Work, Outcome]], str]] = []
@@ -557,31 +567,38 @@ def claimed_run(works: list[tuple[Work, str]], result: BatchRun, *, deadline: fl
                 result.steps += len(chain)
         rounds += max(len(chain) for chain, _ in done)
         inline = rounds <= max_steps and time.monotonic() < deadline
-        works = _apply_batch(done, claim_next=inline)
+        works = _apply_batch(done, claim_next=inline, reuse=reuse)
 
 
-def _claim_batch(items: list[tuple[uuid.UUID, uuid.UUID, str]], result: BatchRun) -> list[tuple[Work, str]]:
+def _claim_batch(
+    items: list[tuple[uuid.UUID, uuid.UUID, str]], result: BatchRun, *, reuse: Reuse | None = None
+) -> list[tuple[Work, str]]:
     """One transaction: lock every workflow of the batch and claim its node.
 
     The first attempt takes no savepoints (as a rule nothing raises, and a savepoint per workflow
     cost nearly a third of a batch's CPU). If a workflow's claim raises, that attempt is rolled
     back and the batch is claimed again with a savepoint per workflow, so that only the one that
-    raised is left out.
+    raised is left out. What the first attempt wrote is kept for the batch's next transaction
+    (``reuse``); a rolled-back attempt keeps nothing, nor does the attempt with savepoints.
     """
     if not items:
         return []
     try:
-        return _claim_batch_in(items, result, savepoints=False)
+        return _claim_batch_in(items, result, savepoints=False, reuse=reuse)
     except StepRaised:
-        return _claim_batch_in(items, result, savepoints=True)
+        return _claim_batch_in(items, result, savepoints=True, reuse=reuse)
 
 
 def _claim_batch_in(
-    items: list[tuple[uuid.UUID, uuid.UUID, str]], result: BatchRun, *, savepoints: bool
+    items: list[tuple[uuid.UUID, uuid.UUID, str]],
+    result: BatchRun,
+    *,
+    savepoints: bool,
+    reuse: Reuse | None = None,
 ) -> list[tuple[Work, str]]:
-    with locked_many(workflow_id for workflow_id, _, _ in items) as loaded:
+    with locked_many((workflow_id for workflow_id, _, _ in items), reuse=reuse) as loaded:
         with messages.deliveries_prefetched(_listener_ids(loaded, items)):
-            return _claim_each(items, loaded, result, savepoints=savepoints)
+            return _claim_each(items, loaded, result, savepoints=savepoints, reuse=reuse)
 
 
 def _listener_ids(
@@ -604,6 +621,7 @@ def _claim_each(
     result: BatchRun,
     *,
     savepoints: bool,
+    reuse: Reuse | None = None,
 ) -> list[tuple[Work, str]]:
     """Claim each target's node in its locked workflow (a savepoint each if ``savepoints``)."""
     works: list[tuple[Work, str]] = []
@@ -635,6 +653,8 @@ def _claim_each(
             works.append((work, lease))
     if not savepoints:
         _batch_write(states)
+        if reuse is not None:
+            reuse.keep(states)
     return works
 
 
@@ -653,22 +673,26 @@ def _batch_write(states: list[WorkflowState]) -> None:
 
 
 def _apply_batch(
-    done: list[tuple[list[tuple[Work, Outcome]], str]], *, claim_next: bool
+    done: list[tuple[list[tuple[Work, Outcome]], str]], *, claim_next: bool, reuse: Reuse | None = None
 ) -> list[tuple[Work, str]]:
     """One transaction: apply every result, claiming next steps inline; first without
     savepoints, and if a workflow's apply raises, again with a savepoint each (:func:`_claim_batch`)."""
     try:
-        return _apply_batch_in(done, claim_next=claim_next, savepoints=False)
+        return _apply_batch_in(done, claim_next=claim_next, savepoints=False, reuse=reuse)
     except StepRaised:
-        return _apply_batch_in(done, claim_next=claim_next, savepoints=True)
+        return _apply_batch_in(done, claim_next=claim_next, savepoints=True, reuse=reuse)
 
 
 def _apply_batch_in(
-    done: list[tuple[list[tuple[Work, Outcome]], str]], *, claim_next: bool, savepoints: bool
+    done: list[tuple[list[tuple[Work, Outcome]], str]],
+    *,
+    claim_next: bool,
+    savepoints: bool,
+    reuse: Reuse | None = None,
 ) -> list[tuple[Work, str]]:
     works: list[tuple[Work, str]] = []
     states: list[WorkflowState] = []
-    with locked_many(chain[0][0].workflow_id for chain, _ in done) as loaded:
+    with locked_many((chain[0][0].workflow_id for chain, _ in done), reuse=reuse) as loaded:
         for chain, lease in done:
             work, outcome = chain[0]
             row = loaded.get(work.workflow_id)
@@ -707,6 +731,8 @@ def _apply_batch_in(
                 works.append((following, lease))
         if not savepoints:
             _batch_write(states)
+            if reuse is not None:
+                reuse.keep(states)
     return works
 
 

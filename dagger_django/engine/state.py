@@ -390,6 +390,18 @@ def node_decode(e: list[Any], workflow_id: uuid.UUID, page: int) -> Node:
     return n
 
 
+_NODE_SLOTS = Node.__slots__
+
+
+def node_copy(n: Node) -> Node:
+    """A copy of ``n`` whose fields can be set without changing ``n`` (its values are shared:
+    change ``config`` or a list by replacing it)."""
+    c = Node.__new__(Node)
+    for name in _NODE_SLOTS:
+        setattr(c, name, getattr(n, name))
+    return c
+
+
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes) else value
 
@@ -532,17 +544,22 @@ def nodes_read(workflow_id: Any) -> list[Node]:
 
 class _RowLoader:
     """``SELECT <every column> FROM <table> WHERE <column> = %s`` (``= ANY(%s)`` with ``many``,
-    locked rows in key order) made into model instances."""
+    locked rows in key order) made into model instances. With ``xid`` (PostgreSQL) the statement
+    also reads this transaction's id (:class:`Reuse`), which :meth:`load` appends to ``xids``."""
 
-    def __init__(self, conn: Any, model: type[Model], where: str, *, lock: bool, many: bool = False) -> None:
+    def __init__(
+        self, conn: Any, model: type[Model], where: str, *, lock: bool, many: bool = False, xid: bool = False
+    ) -> None:
         meta = model._meta
         qn = conn.ops.quote_name
         fields = list(meta.concrete_fields)
         tail = " FOR UPDATE" if lock and conn.features.has_select_for_update else ""
         if many and lock:
             tail = f" ORDER BY {qn(where)}{tail}"
-        self.sql = "SELECT {} FROM {} WHERE {} = {}{}".format(
+        self.xid = xid
+        self.sql = "SELECT {}{} FROM {} WHERE {} = {}{}".format(
             ", ".join(qn(f.column) for f in fields),
+            f", {_XID_SQL}" if xid else "",
             qn(meta.db_table),
             qn(where),
             "ANY(%s)" if many else "%s",
@@ -557,11 +574,15 @@ class _RowLoader:
             if found:
                 self.converters.append((i, found, col))
 
-    def load(self, cursor: Any, key: Any, conn: Any) -> list[Any]:
+    def load(self, cursor: Any, key: Any, conn: Any, xids: list[int] | None = None) -> list[Any]:
         cursor.execute(self.sql, [key])
         out = []
         for raw in cursor.fetchall():
             values = list(raw)
+            if self.xid:
+                xid = int(values.pop())
+                if xids is not None:
+                    xids.append(xid)
             for i, converters, col in self.converters:
                 value = values[i]
                 for convert in converters:
@@ -573,6 +594,108 @@ class _RowLoader:
 
 _LOADERS: dict[str, _RowLoader] = {}
 _MANY_LOADERS: dict[str, _RowLoader] = {}
+
+#: This transaction's id as a row's ``xmin`` shows the rows it writes (the low 32 bits).
+_XID_SQL = "mod(txid_current(), 4294967296)"
+
+
+class Reuse:
+    """The workflows a batch wrote in its last transaction, kept in memory for its next one.
+
+    A batch (``services.nodes_run``) locks the same workflows transaction after transaction:
+    claim, apply and claim the next step, apply again. Loading them each time (every node
+    document transferred, decoded and made into objects) was a sixth of a worker's Python. With
+    a :class:`Reuse` passed to ``txn.locked_many``, a transaction that locks workflows the last
+    one wrote locks them with a narrow statement (``SELECT id, xmin ... FOR UPDATE``) and takes
+    from memory those whose row version is still the one that transaction's write made (its
+    ``xmin`` is that transaction's id): nobody wrote the row since (a heartbeat, an operator, a
+    sweep, another worker). The others are loaded as usual, in the same transaction, under the
+    lock already held. Every write of a workflow's nodes, further pages included, writes its row
+    (:meth:`WorkflowState._pages_settle`), so the row's version covers its pages.
+
+    What is kept is only what a transaction committed without savepoints (a row written in a
+    savepoint carries the savepoint's id, and such a batch keeps nothing); an attempt rolled back
+    drops it all (:meth:`drop`), and a kept workflow is handed out once, to the next transaction
+    only. What is kept is the workflow object and its nodes as written: nothing may change them
+    after the commit (a ``checkpoint="process"`` chain moves copies on: ``services._chained``).
+    PostgreSQL only; elsewhere every transaction loads.
+    """
+
+    def __init__(self) -> None:
+        self.kept: dict[Any, tuple[int, Workflow, list[Node]]] = {}
+        self.xid: int | None = None
+        self.written: list[WorkflowState] = []
+        #: Workflows taken from memory and loaded, over the batch (tests, benchmarks).
+        self.reused = 0
+        self.loaded = 0
+
+    def lock(self, workflow_ids: Iterable[Any]) -> dict[Any, tuple[Workflow, list[Node]]]:
+        """``load_locked_many`` of ``workflow_ids``, from memory where the rows did not change."""
+        kept, self.kept = self.kept, {}
+        self.xid, self.written = None, []
+        conn = connections[router.db_for_write(Workflow)]
+        if conn.vendor != "postgresql":
+            return load_locked_many(workflow_ids)
+        ids = sorted(set(workflow_ids), key=str)
+        prep = Workflow._meta.pk.get_db_prep_value  # type: ignore[union-attr]
+        out: dict[Any, tuple[Workflow, list[Node]]] = {}
+        with conn.cursor() as cursor:
+            todo = ids
+            if any(i in kept for i in ids):
+                sql = _NARROW_SQL.get(conn.alias)
+                if sql is None:
+                    qn = conn.ops.quote_name
+                    sql = _NARROW_SQL[conn.alias] = (
+                        f"SELECT id, xmin::text::bigint, {_XID_SQL} FROM {qn(Workflow._meta.db_table)}"
+                        " WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+                    )
+                # Every row is locked here, in id order; the rows to load are read under that lock.
+                cursor.execute(sql, [[prep(i, conn) for i in ids]])
+                todo = []
+                for workflow_id, xmin, xid in cursor.fetchall():
+                    self.xid = int(xid)
+                    key = workflow_id if isinstance(workflow_id, uuid.UUID) else uuid.UUID(str(workflow_id))
+                    entry = kept.get(key)
+                    if entry is not None and entry[0] == int(xmin):
+                        out[key] = (entry[1], entry[2])
+                    else:
+                        todo.append(key)
+                self.reused += len(out)
+            if todo:
+                loader = _XID_LOADERS.get(conn.alias)
+                if loader is None:
+                    loader = _XID_LOADERS[conn.alias] = _RowLoader(
+                        conn, Workflow, "id", lock=True, many=True, xid=True
+                    )
+                xids: list[int] = []
+                workflows = loader.load(cursor, [prep(i, conn) for i in todo], conn, xids)
+                if workflows:
+                    self.xid = xids[0]
+                    self.loaded += len(workflows)
+                    out.update((wf.pk, (wf, nodes)) for wf, nodes in _with_nodes(cursor, conn, workflows))
+        return out
+
+    def keep(self, states: Iterable[WorkflowState]) -> None:
+        """Inside the transaction, after ``states`` were written (:func:`flush_many`, no
+        savepoints): keep those whose row was written, once the transaction commits."""
+        self.written = [
+            s for s in states if s._settled and s._workflow_fields and not s.is_new and not s.delete_after
+        ]
+
+    def committed(self) -> None:
+        """The transaction committed: keep what :meth:`keep` was given, as of its id."""
+        xid = self.xid
+        if xid is not None:
+            self.kept = {s.workflow.pk: (xid, s.workflow, list(s.nodes.values())) for s in self.written}
+        self.written, self.xid = [], None
+
+    def drop(self) -> None:
+        """The transaction did not commit (or was not the outermost): keep nothing."""
+        self.kept, self.written, self.xid = {}, [], None
+
+
+_XID_LOADERS: dict[str, _RowLoader] = {}
+_NARROW_SQL: dict[str, str] = {}
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError, router, transaction
 
 from .. import signals
 from ..conf import dagger_settings
@@ -43,7 +43,7 @@ from ..exceptions import TaskClassNotFound, WorkflowDoesNotExist
 from ..models import Node, NodeKind, Status, StopHook, Workflow
 from . import correlation, logs, messages, outbox, parameters, ports, recovery, timing, walker
 from .hooks import call_hook
-from .state import WorkflowState, flush_many, load_locked, load_locked_many
+from .state import Reuse, WorkflowState, flush_many, load_locked, load_locked_many
 
 logger = logging.getLogger("dagger_django.engine")
 S = Status
@@ -82,14 +82,34 @@ def lock(workflow_id: Any) -> WorkflowState | None:
 
 
 @contextmanager
-def locked_many(workflow_ids: Iterable[Any]) -> Iterator[dict[Any, tuple[Workflow, list[Node]]]]:
+def locked_many(
+    workflow_ids: Iterable[Any], *, reuse: Reuse | None = None
+) -> Iterator[dict[Any, tuple[Workflow, list[Node]]]]:
     """One transaction: lock the workflows (in id order, so two batches never deadlock) and load
     their nodes; yield ``{workflow id: (workflow, nodes)}`` (a workflow that does not exist is
     left out). Each step makes its own :class:`WorkflowState` of its row and settles it with
     :func:`commit`; with ``deferred=True`` the caller writes them all with :func:`deferred_write`
-    before the block ends."""
-    with transaction.atomic():
-        yield lock_many(workflow_ids)
+    before the block ends.
+
+    ``reuse``: the batch's :class:`~dagger_django.engine.state.Reuse`. The workflows its last
+    transaction wrote and nobody wrote since are taken from memory instead of loaded; the caller
+    hands it what this one wrote (``reuse.keep(states)``), kept once the transaction commits. A
+    transaction that does not commit, or is not the outermost one, keeps nothing."""
+    if reuse is None:
+        with transaction.atomic():
+            yield lock_many(workflow_ids)
+        return
+    outermost = not transaction.get_connection(router.db_for_write(Workflow)).in_atomic_block
+    try:
+        with transaction.atomic():
+            yield reuse.lock(workflow_ids)
+    except BaseException:
+        reuse.drop()
+        raise
+    if outermost:
+        reuse.committed()
+    else:
+        reuse.drop()
 
 
 def lock_many(workflow_ids: Iterable[Any]) -> dict[Any, tuple[Workflow, list[Node]]]:
