@@ -31,7 +31,7 @@ from ..conf import dagger_settings
 from ..models import Status, Timer, TimerStatus, Workflow
 from ..models.status import TIMED_KINDS, TIMER_TRANSITIONS, sole_source, transition
 from . import logs, ports, recovery, timing
-from .state import WorkflowState
+from .state import Reuse, WorkflowState
 from .txn import StepRaised, Work, batch_step, claim_node, commit, deferred_write, lock, lock_many
 
 logger = logging.getLogger("dagger_django.engine")
@@ -177,8 +177,12 @@ def timers_fire_due(*, limit: int | None = None, run: bool | None = None) -> int
             lease = (
                 f"timers:{sweep}:{fired + len(failed)}" if inline and time.monotonic() < deadline else None
             )
+            # What the firing wrote is taken from memory by the apply that follows (state.Reuse).
+            reuse = Reuse() if lease is not None else None
             try:
-                result = _timers_fire_batch(limit=batch, exclude=failed, savepoints=careful, lease=lease)
+                result = _timers_fire_batch(
+                    limit=batch, exclude=failed, savepoints=careful, lease=lease, reuse=reuse
+                )
             except StepRaised as raised:  # rolled back as a whole: again, a savepoint per timer
                 careful = True
                 if raised.key is None:  # the batch's writes failed: each in a savepoint now
@@ -199,12 +203,17 @@ def timers_fire_due(*, limit: int | None = None, run: bool | None = None) -> int
             fired += done
             failed.extend(bad)
             if claimed:
-                claimed_run(claimed, ran, deadline=deadline)
+                claimed_run(claimed, ran, deadline=deadline, reuse=reuse)
     return fired
 
 
 def _timers_fire_batch(
-    *, limit: int, exclude: list[int], savepoints: bool, lease: str | None = None
+    *,
+    limit: int,
+    exclude: list[int],
+    savepoints: bool,
+    lease: str | None = None,
+    reuse: Reuse | None = None,
 ) -> tuple[int, list[int], list[tuple[Work, str]]] | None:
     """One transaction: claim up to ``limit`` due timers (one per workflow) and fire them. Returns
     ``(fired, [ids of the timers that failed], [the nodes claimed to run])``, or None when nothing
@@ -214,7 +223,13 @@ def _timers_fire_batch(
     otherwise the first one that raises rolls the whole transaction back (``txn.StepRaised``, its
     ``key`` the timer's id; None when the batch's writes failed). ``lease``: the nodes that firing
     makes ready to run are claimed under ``<lease>:<position>`` (:func:`timer_fire_locked`).
+    ``reuse``: keeps what a batch fired without savepoints wrote, once committed, for the
+    transaction that applies the claimed nodes' results (an outermost transaction only: the
+    sweep runs nodes inline only then).
     """
+    if reuse is not None and savepoints:
+        reuse.drop()
+        reuse = None
     fired = 0
     failed: list[int] = []
     claimed: list[tuple[Work, str]] = []
@@ -227,7 +242,8 @@ def _timers_fire_batch(
             due_timers, marked, seen = _timers_claim_due(now=ports.now(), limit=limit, exclude=exclude)
         if not due_timers:
             return None
-        loaded = lock_many(due.workflow_id for due in due_timers)  # locked by the claim: no wait
+        ids = (due.workflow_id for due in due_timers)  # locked by the claim: no wait
+        loaded = lock_many(ids) if reuse is None else reuse.lock(ids)
         for position, due in enumerate(due_timers):
             row = loaded.get(due.workflow_id)
             if row is None:  # cannot happen (the claim locked it); the timer is spent
@@ -270,6 +286,10 @@ def _timers_fire_batch(
             fired += 1
         if not savepoints:
             _batch_write(states)
+            if reuse is not None:
+                reuse.keep(states)
+    if reuse is not None:
+        reuse.committed()
     return fired, failed, claimed
 
 

@@ -83,7 +83,9 @@ def full_loads(ctx: CaptureQueriesContext) -> int:
     return sum(1 for q in ctx.captured_queries if "FOR UPDATE" in q["sql"] and "xmin" not in q["sql"])
 
 
-def test_a_batch_reuses_what_it_wrote_when_nobody_wrote_since(dispatcher: Any, checked: list[Checked]) -> None:
+def test_a_batch_reuses_what_it_wrote_when_nobody_wrote_since(
+    dispatcher: Any, checked: list[Checked]
+) -> None:
     tmpl = b.linear("ReuseLinear", (t.Record, "a"), (t.Record, "b"), (t.Record, "c"))
     workflows = [tmpl.create_instance(submit_task=True) for _ in range(6)]
     with CaptureQueriesContext(connection) as ctx:
@@ -186,8 +188,14 @@ def test_a_rolled_back_attempt_keeps_nothing(
             assert row.runtime_parameters["trace"] == ["a_executor_task"]
         else:
             assert row.status == S.COMPLETED
-            assert row.runtime_parameters["trace"] == ["a_executor_task", "b_executor_task", "c_executor_task"]
-    assert set(stored_nodes.filter(kind="executor", status=S.COMPLETED).values_list("attempts", flat=True)) == {1}
+            assert row.runtime_parameters["trace"] == [
+                "a_executor_task",
+                "b_executor_task",
+                "c_executor_task",
+            ]
+    assert set(
+        stored_nodes.filter(kind="executor", status=S.COMPLETED).values_list("attempts", flat=True)
+    ) == {1}
 
 
 def test_a_process_chain_does_not_change_what_is_kept(dispatcher: Any, checked: list[Checked]) -> None:
@@ -224,3 +232,24 @@ def test_workflows_with_further_pages_of_nodes(
         assert row.status == S.COMPLETED
         assert len(row.runtime_parameters["trace"]) == count
     assert stored_nodes.filter(kind="executor", status=S.COMPLETED).count() == 2 * count
+
+
+def test_the_sweep_applies_the_triggers_it_fired_from_memory(
+    dispatcher: Any, clock: Any, checked: list[Checked], monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    from dagger_django.engine import timers
+
+    from .test_timer_inline import make_triggers
+
+    monkeypatch.setattr(timers, "Reuse", Checked)
+    settings.DAGGER = {**settings.DAGGER, "TIMER_BATCH": 100}
+    ids = make_triggers(clock, 5, after=True)
+    clock.advance(seconds=10)
+    assert timers.timers_fire_due() == 5
+    reuse, *rest = checked  # one per batch: the second finds nothing due
+    assert all(not r.rounds for r in rest)
+    # The firing transaction loads (and claims the triggers); the apply of the triggers (which
+    # claims "after") and that of "after" take them from memory.
+    assert reuse.rounds == [(0, 5), (5, 0), (5, 0)]
+    assert reuse.checked == 10
+    assert [reload(i).status for i in ids] == [S.COMPLETED] * 5

@@ -118,7 +118,7 @@ def test_a_sweep_that_dies_after_the_fire_and_claim_commit_leaves_the_triggers_t
     ids = make_triggers(clock, 5)
     clock.advance(seconds=10)
     # The sweep's process dies once the firing transaction has committed: nothing runs or applies.
-    monkeypatch.setattr(services, "claimed_run", lambda works, result, *, deadline: None)
+    monkeypatch.setattr(services, "claimed_run", lambda works, result, *, deadline, reuse=None: None)
     assert timers.timers_fire_due() == 5
     nodes = list(stored_nodes.filter(workflow_id__in=ids, name__endswith="remind"))
     assert {(n.status, n.attempts) for n in nodes} == {(S.EXECUTING, 1)}
