@@ -28,6 +28,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Count
 
 from ..conf import dagger_settings
+from ..definitions.views import build_task
 from ..models import Status, Timer, TimerStatus, Workflow
 from ..models.status import TIMED_KINDS, TIMER_TRANSITIONS, sole_source, transition
 from . import logs, ports, recovery, timing
@@ -104,8 +105,13 @@ def timer_fire_locked(
     timing.fire(state, node, purpose=purpose, attempt=attempt, timer_id=timer_id)
     work = None
     if lease is not None and node is not None and _claimable(state, node):
-        state.to_dispatch.remove(node.id)
-        work = claim_node(state, node, lease)
+        try:
+            task = build_task(node, strict=True)
+        except Exception:  # noqa: BLE001 - the timer still fires; a worker's claim reports it
+            task = None
+        if task is not None:
+            state.to_dispatch.remove(node.id)
+            work = claim_node(state, node, lease, task=task)
     commit(state, deferred=deferred)
     if work is not None and claimed is not None:
         claimed.append((work, lease))  # type: ignore[arg-type]  # lease is a str here
@@ -199,6 +205,8 @@ def timers_fire_due(*, limit: int | None = None, run: bool | None = None) -> int
             fired += done
             failed.extend(bad)
             if claimed:
+                # What the sweep committed for workers so far goes now, not after its hooks ran.
+                ports.dispatch_batched_flush()
                 claimed_run(claimed, ran, deadline=deadline)
     return fired
 

@@ -342,17 +342,21 @@ class Outcome:
     sends: list[Any] = field(default_factory=list)
 
 
-def claim_node(state: WorkflowState, node: Node, lease: str, *, build: bool = True) -> Work | None:
+def claim_node(
+    state: WorkflowState, node: Node, lease: str, *, build: bool = True, task: Any = None
+) -> Work | None:
     """Mark ``node`` EXECUTING for this worker; None if its class cannot be loaded (it FAILS).
 
-    ``build=False``: the Work carries no view and no parameters (the caller has them)."""
+    ``build=False``: the Work carries no view and no parameters (the caller has them). ``task``:
+    the node's task object, when the caller built it already."""
     if node.kind == NodeKind.LISTENER:  # its next message (engine/messages.py)
         return messages.delivery_claim(state, node, lease)
-    try:
-        task = build_task(node, strict=True)
-    except TaskClassNotFound as exc:
-        walker.finish(state, node, S.FAILURE, reason="class_not_found", error=str(exc))
-        return None
+    if task is None:
+        try:
+            task = build_task(node, strict=True)
+        except TaskClassNotFound as exc:
+            walker.finish(state, node, S.FAILURE, reason="class_not_found", error=str(exc))
+            return None
     node.attempts += 1
     node.lease = lease
     if node.status == S.EXECUTING:
