@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import transaction
 from django.db.models import Count
 
 from ..conf import dagger_settings
@@ -33,7 +33,16 @@ from ..models import Status, Timer, TimerStatus, Workflow
 from ..models.status import TIMED_KINDS, TIMER_TRANSITIONS, sole_source, transition
 from . import logs, ports, recovery, timing
 from .state import WorkflowState
-from .txn import StepRaised, Work, batch_step, claim_node, commit, deferred_write, lock, lock_many
+from .txn import (
+    StepRaised,
+    Work,
+    batch_step,
+    batch_write,
+    claim_node,
+    commit,
+    lock,
+    lock_many,
+)
 
 logger = logging.getLogger("dagger_django.engine")
 
@@ -277,21 +286,8 @@ def _timers_fire_batch(
             states.append(state)
             fired += 1
         if not savepoints:
-            _batch_write(states)
+            batch_write(states)
     return fired, failed, claimed
-
-
-def _batch_write(states: list[WorkflowState]) -> None:
-    """The writes of a batch fired without savepoints, one statement per table for all of them
-    (``txn.deferred_write``). If they fail, the attempt is rolled back as a whole and fired again
-    with a savepoint per timer, where each workflow writes its own (``StepRaised`` without a key)."""
-    try:
-        deferred_write(states)
-    except (OperationalError, InterfaceError):
-        raise
-    except Exception as exc:
-        logger.info("the timer batch's writes failed (%r); again with a savepoint per timer", exc)
-        raise StepRaised from exc
 
 
 _CLAIM_SQL: dict[str, str] = {}

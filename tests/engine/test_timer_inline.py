@@ -164,8 +164,10 @@ def test_concurrent_sweeps_fire_and_run_every_trigger_once(
 def test_a_batch_whose_writes_fail_is_fired_again_with_a_savepoint_per_timer(
     dispatcher: Any, clock: Any, monkeypatch: Any
 ) -> None:
+    from dagger_django.engine import txn
+
     ids = make_triggers(clock, 5)
-    real_write = timers.deferred_write
+    real_write = txn.deferred_write
     calls: list[int] = []
 
     def write(states: Any) -> None:
@@ -174,7 +176,7 @@ def test_a_batch_whose_writes_fail_is_fired_again_with_a_savepoint_per_timer(
             raise ValueError("refused")
         real_write(states)
 
-    monkeypatch.setattr(timers, "deferred_write", write)
+    monkeypatch.setattr(txn, "deferred_write", write)
     clock.advance(seconds=10)
     assert timers.timers_fire_due() == 5
     assert calls[0] == 5  # the batch, once, then each timer in its own savepoint
