@@ -53,6 +53,8 @@ class CeleryDispatcher:
         10, so two workers share them); a batch of one is a plain ``run_node``."""
         from ..tasks import run_node, run_nodes
 
+        if not targets:
+            return
         size = max(1, int(dagger_settings.DISPATCH_BATCH))
         count = -(-len(targets) // size)  # messages needed
         size = -(-len(targets) // max(1, count))  # nodes per message, evened out

@@ -74,10 +74,31 @@ def _epoch(value: Any) -> int:
     return 0
 
 
-#: Resolved classes by (path, want, kind): the class and the module it was found in. A hit is
-#: used only while that module object is still the one in ``sys.modules`` (a reloaded module is
-#: looked up again); failures are never cached, so a class that appears later is found.
-_RESOLVED: dict[tuple[str, type, str | None], tuple[type, Any]] = {}
+#: Resolved classes by (path, want, kind): the class, the module it was found in and its path. A
+#: hit is used only while that module object is still the one in ``sys.modules`` and the name
+#: still refers to the class (:func:`_still`); failures are never cached.
+_RESOLVED: dict[tuple[str, type, str | None], tuple[type, Any, str, str]] = {}
+
+
+def _split(path: str) -> tuple[str, str]:
+    """``(module name, qualified name)`` of a class path, as :func:`import_class` reads it."""
+    if ":" in path:
+        module_name, _, qualname = path.partition(":")
+    else:
+        module_name, _, qualname = path.rpartition(".")
+    return module_name, qualname
+
+
+def _still(hit: tuple[type, Any, str, str]) -> bool:
+    """Whether a cached class is still what its path names: the path's module is the object
+    imported then, and the name in it still refers to the class (a test may swap in a fake)."""
+    cls, module, module_name, qualname = hit
+    if module is None or sys.modules.get(module_name) is not module:
+        return False
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj is cls
 
 
 def _resolve(
@@ -85,7 +106,7 @@ def _resolve(
 ) -> type:
     key = (path or "", want, kind)
     hit = _RESOLVED.get(key)
-    if hit is not None and sys.modules.get(hit[0].__module__) is hit[1]:
+    if hit is not None and _still(hit):
         return hit[0]
     try:
         cls = import_class(path or "")
@@ -100,7 +121,8 @@ def _resolve(
         actual = task_kind(cls)
         problem = f"it is now a {actual.value if actual else 'non-task'} class but the {what} is a {kind}"
     if problem is None:
-        _RESOLVED[key] = (cls, sys.modules.get(cls.__module__))
+        module_name, qualname = _split(path or "")
+        _RESOLVED[key] = (cls, sys.modules.get(module_name), module_name, qualname)
         return cls
     if strict:
         raise TaskClassNotFound(f"Cannot use class {path!r} for {what}: {problem}")
@@ -250,26 +272,28 @@ class _LazyTasks(dict):  # type: ignore[type-arg]
 
     def _one(self, key: Any) -> None:
         pending = self._pending
-        if pending is not None and key in pending and not dict.__contains__(self, key):
-            try:
-                dict.__setitem__(self, key, build_task(pending[key], strict=self._strict))
-            except TypeError:  # an unhashable key: as a dict would say
-                pass
+        if pending is None:
+            return
+        try:
+            waiting = key in pending and not dict.__contains__(self, key)
+        except TypeError:  # an unhashable key: the dict's own lookup says so
+            return
+        if waiting:
+            dict.__setitem__(self, key, build_task(pending[key], strict=self._strict))
 
     def _all(self) -> None:
         pending = self._pending
         if pending is None:
             return
-        self._pending = None
         built = dict(dict.items(self))
-        dict.clear(self)
-        for key, snapshot in pending.items():
+        ordered: dict[Any, Any] = {}
+        for key, snapshot in pending.items():  # a build that raises leaves the dict as it was
             task = built.pop(key, None)
-            dict.__setitem__(
-                self, key, task if task is not None else build_task(snapshot, strict=self._strict)
-            )
-        for key, task in built.items():  # set by hand meanwhile
-            dict.__setitem__(self, key, task)
+            ordered[key] = task if task is not None else build_task(snapshot, strict=self._strict)
+        ordered.update(built)  # set by hand meanwhile
+        self._pending = None
+        dict.clear(self)
+        dict.update(self, ordered)
 
     def __getitem__(self, key: Any) -> Any:
         self._one(key)

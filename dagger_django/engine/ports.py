@@ -152,6 +152,15 @@ def dispatch_in_batches(*, on_failure: Callable[[list[Any]], None] | None = None
         batching.flush()
 
 
+def dispatch_batched_flush() -> None:
+    """Send now what the enclosing :func:`dispatch_in_batches` block holds (a partial batch),
+    before the block goes on to something slow (a timer sweep running hooks): what was committed
+    for workers does not wait for the block's end. Outside such a block, nothing to do."""
+    batching = _batching.get()
+    if batching is not None:
+        batching.flush()
+
+
 def dispatch_nodes(targets: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
     """Hand nodes to workers: in batches when the dispatcher can (``run_nodes``), else one by one."""
     if not targets:

@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, InterfaceError, OperationalError, transaction
+from django.db import IntegrityError, transaction
 
 from ..conf import dagger_settings
 from ..definitions.enums import TaskStatus
@@ -58,9 +58,9 @@ from .txn import (
     StepRaised,
     Work,
     batch_step,
+    batch_write,
     claim_node,
     commit,
-    deferred_write,
     lock,
     locked,
     locked_many,
@@ -652,24 +652,10 @@ def _claim_each(
         if work is not None:
             works.append((work, lease))
     if not savepoints:
-        _batch_write(states)
+        batch_write(states)
         if reuse is not None:
             reuse.keep(states)
     return works
-
-
-def _batch_write(states: list[WorkflowState]) -> None:
-    """The deferred writes of a batch attempt taken without savepoints (:func:`deferred_write`).
-    If they fail (a delivery was taken over, a value the database refuses), the attempt is
-    rolled back as a whole and done again with a savepoint per workflow, where each workflow's
-    writes are made in its own savepoint and a failure leaves out that workflow alone."""
-    try:
-        deferred_write(states)
-    except (OperationalError, InterfaceError):
-        raise
-    except Exception as exc:
-        logger.info("the batch's writes failed (%r); again with a savepoint per workflow", exc)
-        raise StepRaised from exc
 
 
 def _apply_batch(
@@ -730,7 +716,7 @@ def _apply_batch_in(
             if following is not None:
                 works.append((following, lease))
         if not savepoints:
-            _batch_write(states)
+            batch_write(states)
             if reuse is not None:
                 reuse.keep(states)
     return works

@@ -241,9 +241,13 @@ def insert_arrays(
         for row in rows:
             value = row.get(attname, _NO_VALUE)
             if value is _NO_VALUE:
-                if missing is _NO_VALUE:
-                    missing = f.get_default()
-                value = missing
+                # A constant default is computed once; a callable one (a uuid4, a now) per row.
+                if f.has_default() and callable(f.default):
+                    value = f.get_default()
+                else:
+                    if missing is _NO_VALUE:
+                        missing = f.get_default()
+                    value = missing
             values.append(prep(_plain(value), conn))
         params.append(values)
     with conn.cursor() as cursor:

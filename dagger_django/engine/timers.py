@@ -24,15 +24,25 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import transaction
 from django.db.models import Count
 
 from ..conf import dagger_settings
+from ..definitions.views import build_task
 from ..models import Status, Timer, TimerStatus, Workflow
 from ..models.status import TIMED_KINDS, TIMER_TRANSITIONS, sole_source, transition
 from . import logs, ports, recovery, timing
 from .state import Reuse, WorkflowState
-from .txn import StepRaised, Work, batch_step, claim_node, commit, deferred_write, lock, lock_many
+from .txn import (
+    StepRaised,
+    Work,
+    batch_step,
+    batch_write,
+    claim_node,
+    commit,
+    lock,
+    lock_many,
+)
 
 logger = logging.getLogger("dagger_django.engine")
 
@@ -104,8 +114,13 @@ def timer_fire_locked(
     timing.fire(state, node, purpose=purpose, attempt=attempt, timer_id=timer_id)
     work = None
     if lease is not None and node is not None and _claimable(state, node):
-        state.to_dispatch.remove(node.id)
-        work = claim_node(state, node, lease)
+        try:
+            task = build_task(node, strict=True)
+        except Exception:  # noqa: BLE001 - the timer still fires; a worker's claim reports it
+            task = None
+        if task is not None:
+            state.to_dispatch.remove(node.id)
+            work = claim_node(state, node, lease, task=task)
     commit(state, deferred=deferred)
     if work is not None and claimed is not None:
         claimed.append((work, lease))  # type: ignore[arg-type]  # lease is a str here
@@ -203,6 +218,8 @@ def timers_fire_due(*, limit: int | None = None, run: bool | None = None) -> int
             fired += done
             failed.extend(bad)
             if claimed:
+                # What the sweep committed for workers so far goes now, not after its hooks ran.
+                ports.dispatch_batched_flush()
                 claimed_run(claimed, ran, deadline=deadline, reuse=reuse)
     return fired
 
@@ -285,25 +302,12 @@ def _timers_fire_batch(
             states.append(state)
             fired += 1
         if not savepoints:
-            _batch_write(states)
+            batch_write(states)
             if reuse is not None:
                 reuse.keep(states)
     if reuse is not None:
         reuse.committed()
     return fired, failed, claimed
-
-
-def _batch_write(states: list[WorkflowState]) -> None:
-    """The writes of a batch fired without savepoints, one statement per table for all of them
-    (``txn.deferred_write``). If they fail, the attempt is rolled back as a whole and fired again
-    with a savepoint per timer, where each workflow writes its own (``StepRaised`` without a key)."""
-    try:
-        deferred_write(states)
-    except (OperationalError, InterfaceError):
-        raise
-    except Exception as exc:
-        logger.info("the timer batch's writes failed (%r); again with a savepoint per timer", exc)
-        raise StepRaised from exc
 
 
 _CLAIM_SQL: dict[str, str] = {}

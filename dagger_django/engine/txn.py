@@ -187,6 +187,21 @@ def deferred_write(states: list[WorkflowState]) -> None:
     flush_many(states)
 
 
+def batch_write(states: list[WorkflowState]) -> None:
+    """:func:`deferred_write` for a batch attempt taken without savepoints (a ``run_nodes``
+    batch's claim or apply, a timer sweep's batch). If the writes fail (a delivery was taken
+    over, a value the database refuses), raises :class:`StepRaised` (no key): the caller rolls
+    the attempt back as a whole and does it again with a savepoint per workflow, where each writes
+    its own and a failure leaves out that workflow alone. A database outage raises as it is."""
+    try:
+        deferred_write(states)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:
+        logger.info("a batch's writes failed (%r); again with a savepoint per workflow", exc)
+        raise StepRaised from exc
+
+
 def _stop_hooks_record(state: WorkflowState) -> None:
     """The ``stop`` hooks this transition owes are written on their nodes, in the same statement
     as the status change (the nodes are being written anyway): a lost message cannot lose them."""
@@ -362,17 +377,21 @@ class Outcome:
     sends: list[Any] = field(default_factory=list)
 
 
-def claim_node(state: WorkflowState, node: Node, lease: str, *, build: bool = True) -> Work | None:
+def claim_node(
+    state: WorkflowState, node: Node, lease: str, *, build: bool = True, task: Any = None
+) -> Work | None:
     """Mark ``node`` EXECUTING for this worker; None if its class cannot be loaded (it FAILS).
 
-    ``build=False``: the Work carries no view and no parameters (the caller has them)."""
+    ``build=False``: the Work carries no view and no parameters (the caller has them). ``task``:
+    the node's task object, when the caller built it already."""
     if node.kind == NodeKind.LISTENER:  # its next message (engine/messages.py)
         return messages.delivery_claim(state, node, lease)
-    try:
-        task = build_task(node, strict=True)
-    except TaskClassNotFound as exc:
-        walker.finish(state, node, S.FAILURE, reason="class_not_found", error=str(exc))
-        return None
+    if task is None:
+        try:
+            task = build_task(node, strict=True)
+        except TaskClassNotFound as exc:
+            walker.finish(state, node, S.FAILURE, reason="class_not_found", error=str(exc))
+            return None
     node.attempts += 1
     node.lease = lease
     if node.status == S.EXECUTING:

@@ -300,9 +300,29 @@ def test_resolved_classes_are_cached_until_their_module_is_replaced(monkeypatch:
     replaced.Task = type("Task", (ExecutorTask,), {"__module__": module.__name__})  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, module.__name__, replaced)
     assert type(build_task(node(task_class=f"{module.__name__}:Task"))) is replaced.Task  # type: ignore[attr-defined]
+    fake = type("Fake", (ExecutorTask,), {"__module__": module.__name__})
+    monkeypatch.setattr(replaced, "Task", fake)  # the name now refers to another class
+    assert type(build_task(node(task_class=f"{module.__name__}:Task"))) is fake
     monkeypatch.delitem(sys.modules, module.__name__)
     with pytest.raises(TaskClassNotFound):
         build_task(node(task_class=f"{module.__name__}:Task"))
+
+
+class Broken(ExecutorTask[str, str]):
+    def __init__(self, **fields: Any) -> None:
+        raise TypeError("a user class that cannot be built")
+
+
+def test_a_task_that_cannot_be_built_raises_its_error_and_leaves_the_view_usable() -> None:
+    rows = [node(name="WF.P.ok"), node(name="WF.P.broken", task_class=f"{__name__}:Broken")]
+    view = build_workflow_view(workflow_row(), rows)
+    with pytest.raises(TypeError, match="cannot be built"):
+        view.get_task(rows[1].id)
+    with pytest.raises(TypeError, match="cannot be built"):
+        list(view.tasks)
+    assert view.get_task(rows[0].id).task_name == "WF.P.ok"  # the rest is still there
+    with pytest.raises(TypeError, match="cannot be built"):
+        len(view.tasks)  # and the whole dict still tries every node
 
 
 def test_a_view_reads_as_a_plain_mapping_however_it_is_read(
@@ -324,8 +344,7 @@ def test_a_view_reads_as_a_plain_mapping_however_it_is_read(
     monkeypatch.setattr(views, "build_task", counting)
     rows = [node(), node(kind="listener", task_class=f"{__name__}:Ready", config={"topic": "t"})]
     wf = workflow_row(root_node_id=rows[0].id)
-    eager = build_workflow_view(wf, rows)
-    built.clear()
+    eager = SimpleNamespace(tasks={r.id: real(r, strict=False) for r in rows})  # a plain dict
     view = build_workflow_view(wf, rows)
     assert built == []  # nothing built until the tasks are used
     assert view.get_task(rows[1].id).topic == "t"

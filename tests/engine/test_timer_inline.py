@@ -164,8 +164,10 @@ def test_concurrent_sweeps_fire_and_run_every_trigger_once(
 def test_a_batch_whose_writes_fail_is_fired_again_with_a_savepoint_per_timer(
     dispatcher: Any, clock: Any, monkeypatch: Any
 ) -> None:
+    from dagger_django.engine import txn
+
     ids = make_triggers(clock, 5)
-    real_write = timers.deferred_write
+    real_write = txn.deferred_write
     calls: list[int] = []
 
     def write(states: Any) -> None:
@@ -174,7 +176,7 @@ def test_a_batch_whose_writes_fail_is_fired_again_with_a_savepoint_per_timer(
             raise ValueError("refused")
         real_write(states)
 
-    monkeypatch.setattr(timers, "deferred_write", write)
+    monkeypatch.setattr(txn, "deferred_write", write)
     clock.advance(seconds=10)
     assert timers.timers_fire_due() == 5
     assert calls[0] == 5  # the batch, once, then each timer in its own savepoint
@@ -194,3 +196,42 @@ def test_a_sweep_inside_a_callers_transaction_hands_the_triggers_to_workers(
     assert {statuses(i)["remind"] for i in ids} == {S.SUBMITTED}
     dispatcher.drain(fire_due_timers=False)
     assert [reload(i).status for i in ids] == [S.COMPLETED] * 2
+
+
+def test_a_trigger_that_cannot_be_built_still_fires_and_goes_to_a_worker(dispatcher: Any, clock: Any) -> None:
+    good = make_triggers(clock, 2)
+    (bad,) = make_triggers(clock, 1, tt.TriggerUnbuildable)
+    clock.advance(seconds=10)
+    assert timers.timers_fire_due() == 3  # its firing is not rolled back, nor tried again
+    assert [reload(i).status for i in good] == [S.COMPLETED] * 2
+    assert Timer.objects.filter(workflow_id=bad, status=TimerStatus.FIRED).count() == 1
+    assert statuses(bad)["remind"] == S.SUBMITTED  # not claimed: a worker's claim reports it
+    assert [run[0] for run in dispatcher.runs] == [str(bad)]
+
+
+def test_what_a_sweep_hands_to_workers_is_sent_before_it_runs_the_triggers_it_claimed(
+    dispatcher: Any, clock: Any, monkeypatch: Any, settings: Any
+) -> None:
+    from . import tasks as t
+
+    settings.DAGGER = {**settings.DAGGER, "TIMER_BATCH": 100}
+    retrying = b.linear(f"InlineFlush{next(_names)}", (t.Flaky, "flaky")).create_instance(
+        submit_task=True, fail_times=1
+    )
+    dispatcher.drain(fire_due_timers=False)  # attempt 1 fails: its retry waits on a timer (10 s)
+    triggers = make_triggers(clock, 3)
+    sent_before_hooks: list[list[str]] = []
+    real_run = services.claimed_run
+
+    def claimed_run(*args: Any, **kwargs: Any) -> Any:
+        sent_before_hooks.append([run[0] for run in dispatcher.runs])
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(services, "claimed_run", claimed_run)
+    clock.advance(seconds=15)
+    assert timers.timers_fire_due() == 4
+    # The executor's retry is not a timed kind: it goes to a worker, and before the triggers run.
+    assert sent_before_hooks == [[str(retrying.id)]]
+    assert [reload(i).status for i in triggers] == [S.COMPLETED] * 3
+    dispatcher.drain()
+    assert reload(retrying.id).status == S.COMPLETED

@@ -121,3 +121,10 @@ class WatchedByNonMonitor(MonitoredProcessTemplateDAGInstance):
 class Step(ExecutorTask):
     def execute(self, runtime_parameters: dict[str, Any], workflow_instance: Any = None) -> None:
         trace(runtime_parameters, short(self))
+
+
+class TriggerUnbuildable(TriggerTask):
+    """A trigger whose object cannot be made (its constructor raises)."""
+
+    def __init__(self, **fields: Any) -> None:
+        raise TypeError("this trigger cannot be built")

@@ -10,8 +10,9 @@ from django.core.management.base import BaseCommand, CommandParser
 class Command(BaseCommand):
     help = (
         "Fire the timers that are due now (at most --limit, default DAGGER['MAX_TASKS_PER_TRIGGER']), "
-        "DAGGER['TIMER_BATCH'] per transaction, exactly like one celery-beat sweep. The work the timers start "
-        "is sent to the Celery workers."
+        "DAGGER['TIMER_BATCH'] per transaction, exactly like one celery-beat sweep. The trigger and interval "
+        "tasks they make ready run in this process (DAGGER['TIMER_RUN_INLINE'], for INLINE_SECONDS); the rest "
+        "of the work they start is sent to the Celery workers."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
