@@ -478,6 +478,10 @@ def _write(plans: list[_Plan]) -> None:
                 )
                 targets[(workflow_id, node_id)] = None
         if deliveries:
+            # In workflow id order (stable: one listener's deliveries keep their order): the
+            # deferred foreign-key checks at commit lock the workflow rows in this order, as
+            # workers lock them (ORDER BY id), so the two never deadlock.
+            deliveries.sort(key=lambda d: str(d["workflow_id"]))
             insert_arrays(Delivery, deliveries)
             transaction.on_commit(partial(_dispatch, list(targets)))
 

@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 
 from ..conf import dagger_settings
 from ..definitions.enums import TaskStatus
@@ -662,11 +662,33 @@ def _apply_batch(
     done: list[tuple[list[tuple[Work, Outcome]], str]], *, claim_next: bool, reuse: Reuse | None = None
 ) -> list[tuple[Work, str]]:
     """One transaction: apply every result, claiming next steps inline; first without
-    savepoints, and if a workflow's apply raises, again with a savepoint each (:func:`_claim_batch`)."""
-    try:
-        return _apply_batch_in(done, claim_next=claim_next, savepoints=False, reuse=reuse)
-    except StepRaised:
-        return _apply_batch_in(done, claim_next=claim_next, savepoints=True, reuse=reuse)
+    savepoints, and if a workflow's apply raises, again with a savepoint each (:func:`_claim_batch`).
+
+    A deadlock or serialization failure rolls the transaction back and it is applied again (at
+    most ``_APPLY_ATTEMPTS`` times): the hooks have run, and letting the error reach the task
+    would have the whole batch's hooks run again when Celery retries it."""
+    for attempt in range(1, _APPLY_ATTEMPTS + 1):
+        try:
+            try:
+                return _apply_batch_in(done, claim_next=claim_next, savepoints=False, reuse=reuse)
+            except StepRaised:
+                return _apply_batch_in(done, claim_next=claim_next, savepoints=True, reuse=reuse)
+        except OperationalError as exc:
+            if attempt == _APPLY_ATTEMPTS or not _conflict(exc):
+                raise
+            logger.info("applying a batch met %r; applying it again (attempt %s)", exc, attempt + 1)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+#: How often a batch's apply is tried when it meets a deadlock or a serialization failure.
+_APPLY_ATTEMPTS = 3
+
+
+def _conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL ending a transaction to break a deadlock (40P01) or a
+    serialization failure (40001): nothing is wrong with the work, only with its timing."""
+    cause = exc.__cause__ or exc
+    return getattr(cause, "sqlstate", None) in ("40P01", "40001")
 
 
 def _apply_batch_in(

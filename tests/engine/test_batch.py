@@ -231,3 +231,38 @@ def test_in_batch_mode_decisions_and_groups_behave_as_one_by_one(dispatcher: Any
     ]
     assert reload(right.id).runtime_parameters["trace"] == ["right_executor_task", "final_executor_task"]
     assert reload(group.id).status == S.COMPLETED
+
+
+def test_a_deadlock_in_a_batch_apply_applies_again_without_running_the_hooks_again(
+    dispatcher: Any, monkeypatch: Any
+) -> None:
+    from django.db import OperationalError
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    t.EFFECTS.clear()
+    tmpl = b.linear("BatchDeadlock", (t.Effect, "a"))
+    workflows = [tmpl.create_instance(submit_task=True) for _ in range(3)]
+    real = services._apply_batch_in
+    calls: list[int] = []
+
+    def apply(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:  # the database broke a deadlock by ending this transaction
+            raise OperationalError("deadlock detected") from Deadlock()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(services, "_apply_batch_in", apply)
+    done = services.nodes_run(targets=queued(dispatcher), lease="batch")
+    assert done.steps == 3 and len(calls) == 2
+    assert [reload(wf.id).status for wf in workflows] == [S.COMPLETED] * 3
+    assert len(t.EFFECTS) == 3  # each hook ran once
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("the server closed the connection")  # no conflict: not retried here
+
+    monkeypatch.setattr(services, "_apply_batch_in", broken)
+    tmpl.create_instance(submit_task=True)
+    with pytest.raises(OperationalError):
+        services.nodes_run(targets=queued(dispatcher), lease="batch-2")
