@@ -224,6 +224,8 @@ if os.environ.get("DAGGER_TIMER_QUEUE"):
     DAGGER["TIMER_QUEUE"] = os.environ["DAGGER_TIMER_QUEUE"]
 if os.environ.get("DAGGER_TIMER_RUN_INLINE"):
     DAGGER["TIMER_RUN_INLINE"] = env_bool("DAGGER_TIMER_RUN_INLINE", True)
+if os.environ.get("DAGGER_READY_LIST"):
+    DAGGER["READY_LIST"] = env_bool("DAGGER_READY_LIST", True)
 if os.environ.get("DAGGER_RESTART_TASKS_ON_BOOT"):
     DAGGER["RESTART_TASKS_ON_BOOT"] = env_bool("DAGGER_RESTART_TASKS_ON_BOOT", True)
 # Kafka (optional; docs/bridge.md): the bridge and the outbox relay connect when servers are set.

@@ -205,7 +205,8 @@ _CELERY_APP_HINT = (
 
 
 def _celery_app_problems(dagger_settings: Any) -> list[CheckMessage]:
-    """E050/W050: the Celery app dagger sends through is not the project's, or has no broker.
+    """E050/W050: the Celery app dagger sends through is not the project's, or has no broker;
+    E051: ``READY_LIST`` is True with a broker that is not Redis.
 
     A project that never made a Celery app of its own (``celery.py`` and its import in the
     package's ``__init__.py``) sends through Celery's fallback app, which reads no ``CELERY_*``
@@ -241,6 +242,15 @@ def _celery_app_problems(dagger_settings: Any) -> list[CheckMessage]:
                 'of Django\'s settings: config_from_object("django.conf:settings", namespace="CELERY")); '
                 "docs/install.md.",
                 id="dagger_django.E050",
+            )
+        ]
+    if dagger_settings.READY_LIST is True and url.split("://", 1)[0] not in ("redis", "rediss"):
+        return [
+            Error(
+                "DAGGER['READY_LIST'] is True but the Celery broker is not Redis: the ready list "
+                "lives in the broker's Redis database.",
+                hint="Leave READY_LIST unset (None: used where the broker is Redis) or set it to False.",
+                id="dagger_django.E051",
             )
         ]
     if fallback:

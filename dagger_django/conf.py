@@ -33,6 +33,9 @@ class Defaults:
     #: A starting worker process moves what it has loaded out of the garbage collector's sight
     #: (``gc.freeze``): its full passes no longer walk the modules and the app on every pass.
     WORKER_GC_FREEZE: bool = True
+    #: Nodes made ready one at a time (a client's submit) go to workers through a list in Redis,
+    #: one Celery message per batch (adapters/ready.py). None: where the Celery broker is Redis.
+    READY_LIST: bool | None = None
     #: A worker gathers the ``run_node`` messages it has prefetched for up to this many seconds
     #: into one ``run_nodes`` batch, whose transitions share transactions (0: never).
     COALESCE_SECONDS: float = 0.005

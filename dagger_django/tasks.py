@@ -66,13 +66,46 @@ def run_nodes(self: Any, targets: list[list[str]]) -> int:
     leaves it to the recovery sweeps; the others still run. A database outage retries the whole
     batch (the nodes already done are no-ops then).
     """
+    return _run_batch(self, [(w, n) for w, n in targets])
+
+
+@shared_task(name="dagger_django.run_ready", bind=True, **_COMMON)
+def run_ready(self: Any) -> int:
+    """Run a batch of the ready list (``adapters/ready.py``), as ``run_nodes`` runs its targets.
+
+    The batch is taken into a list named after this task's id, so a redelivered or retried task
+    (the same id) runs the same batch under the same leases; it is forgotten once run, or when the
+    task fails for good (its nodes are then the recovery sweep's, as a failed ``run_nodes``'s are).
+    """
+    from celery.exceptions import Retry
+
+    from .adapters import ready
+
     lease = self.request.id or ""
+    targets = ready.take(lease)
+    if not targets:
+        ready.done(lease)
+        return 0
+    try:
+        steps = _run_batch(self, targets)
+    except (OperationalError, InterfaceError, Retry):
+        raise  # the same task comes back for the same batch
+    except BaseException:
+        ready.done(lease)
+        raise
+    ready.done(lease)
+    return steps
+
+
+def _run_batch(task: Any, targets: list[tuple[Any, Any]]) -> int:
+    """The body of ``run_nodes`` and ``run_ready``: run ``targets`` under this message's leases."""
+    lease = task.request.id or ""
     if len(targets) == 1:
         workflow_id, node_id = targets[0]
         try:
             return services.node_run(workflow_id=workflow_id, node_id=node_id, lease=f"{lease}:0")
         except services.LeaseHeld as held:
-            raise self.retry(countdown=held.retry_in, max_retries=None) from None
+            raise task.retry(countdown=held.retry_in, max_retries=None) from None
         except (OperationalError, InterfaceError):
             raise
         except Exception:
@@ -85,11 +118,11 @@ def run_nodes(self: Any, targets: list[list[str]]) -> int:
                 extra=logs.extra(workflow_id, key, node_id),
             )
             return 0
-    done = services.nodes_run(targets=[(w, n) for w, n in targets], lease=lease)
+    done = services.nodes_run(targets=targets, lease=lease)
     if done.retry_in:
         # Some node of this batch still runs under its lease: come back once it would be stale
         # (the nodes done by then are no-ops).
-        raise self.retry(countdown=done.retry_in, max_retries=None)
+        raise task.retry(countdown=done.retry_in, max_retries=None)
     return done.steps
 
 
@@ -161,6 +194,7 @@ def _recover_on_boot(sender: Any = None, **kwargs: Any) -> None:
 TRACED: dict[str, tuple[int | None, int | None]] = {
     "dagger_django.run_node": (0, 1),
     "dagger_django.run_nodes": (None, None),
+    "dagger_django.run_ready": (None, None),
     "dagger_django.fire_timer": (None, None),
     "dagger_django.run_stop_hooks": (0, None),
     "dagger_django.sweep_timers": (None, None),
@@ -186,7 +220,7 @@ def _trace_start(sender: Any = None, task: Any = None, args: Any = None, **kwarg
         task.request,
         workflow_id=args[workflow_at] if workflow_at is not None and len(args) > workflow_at else None,
         node_id=args[node_at] if node_at is not None and len(args) > node_at else None,
-        batch=task.name == "dagger_django.run_nodes",
+        batch=task.name in ("dagger_django.run_nodes", "dagger_django.run_ready"),
     )
 
 
@@ -204,4 +238,12 @@ def _trace_end(sender: Any = None, task: Any = None, **kwargs: Any) -> None:
         tracing.task_end(started, getattr(task.request, "dagger_span_error", None))
 
 
-__all__ = ["run_node", "run_nodes", "fire_timer", "run_stop_hooks", "sweep_timers", "recover_nodes"]
+__all__ = [
+    "run_node",
+    "run_nodes",
+    "run_ready",
+    "fire_timer",
+    "run_stop_hooks",
+    "sweep_timers",
+    "recover_nodes",
+]

@@ -19,7 +19,7 @@ from dagger_django.checks import check_settings
 
 from .test_settings import manage
 
-CHECK_IDS = {"dagger_django.E050", "dagger_django.W050"}
+CHECK_IDS = {"dagger_django.E050", "dagger_django.W050", "dagger_django.E051"}
 
 
 def celery_app_problems() -> dict[str, Any]:
@@ -78,6 +78,18 @@ def test_a_configured_broker_is_not_reported(monkeypatch: pytest.MonkeyPatch, wi
     assert celery_app_problems() == {}
     # RabbitMQ on localhost with the guest user, when it is said explicitly.
     monkeypatch.setitem(current_app.conf, "broker_url", "amqp://guest@localhost//")
+    assert celery_app_problems() == {}
+
+
+def test_the_ready_list_forced_on_needs_a_redis_broker(
+    monkeypatch: pytest.MonkeyPatch, settings: Any, without_broker: None
+) -> None:
+    settings.DAGGER = {**settings.DAGGER, "READY_LIST": True}
+    monkeypatch.setitem(current_app.conf, "broker_url", "amqp://guest@localhost//")
+    problems = celery_app_problems()
+    assert set(problems) == {"dagger_django.E051"}
+    assert "READY_LIST" in problems["dagger_django.E051"].msg
+    monkeypatch.setitem(current_app.conf, "broker_url", "rediss://cache.example:6380/0")
     assert celery_app_problems() == {}
 
 

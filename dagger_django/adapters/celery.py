@@ -35,7 +35,9 @@ class CeleryDispatcher:
     def __init__(self, app: Any = None) -> None:
         self.app = app
 
-    def _options(self) -> dict[str, Any]:
+    @staticmethod
+    def options() -> dict[str, Any]:
+        """Send options of dagger's per-node messages: the queue and the brief retries."""
         queue = dagger_settings.CELERY_QUEUE
         options: dict[str, Any] = {"retry": True, "retry_policy": RETRY_POLICY}
         if queue:
@@ -43,9 +45,18 @@ class CeleryDispatcher:
         return options
 
     def run_node(self, *, workflow_id: uuid.UUID, node_id: uuid.UUID) -> None:
+        """One node: appended to the ready list where the broker is Redis (adapters/ready.py),
+        else a ``run_node`` message of its own. A node handed out inside a traced span (an HTTP
+        request that submits, with OpenTelemetry configured) also gets a message of its own,
+        which carries the trace to the worker's span."""
+        from ..observability import tracing
         from ..tasks import run_node
+        from . import ready
 
-        run_node.apply_async(args=[str(workflow_id), str(node_id)], **self._options())
+        if ready.enabled() and not tracing.active():
+            ready.append([(workflow_id, node_id)])
+            return
+        run_node.apply_async(args=[str(workflow_id), str(node_id)], **self.options())
 
     def run_nodes(self, *, targets: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
         """Celery messages of at most ``DISPATCH_BATCH`` nodes (a bridge batch of 500 deliveries
@@ -58,7 +69,7 @@ class CeleryDispatcher:
         size = max(1, int(dagger_settings.DISPATCH_BATCH))
         count = -(-len(targets) // size)  # messages needed
         size = -(-len(targets) // max(1, count))  # nodes per message, evened out
-        options = self._options()
+        options = self.options()
         for start in range(0, len(targets), size):
             chunk = targets[start : start + size]
             if len(chunk) == 1:
@@ -89,7 +100,14 @@ class CeleryDispatcher:
     def run_stop_hooks(self, *, workflow_id: uuid.UUID, node_ids: list[uuid.UUID]) -> None:
         from ..tasks import run_stop_hooks
 
-        run_stop_hooks.apply_async(args=[str(workflow_id), [str(i) for i in node_ids]], **self._options())
+        run_stop_hooks.apply_async(args=[str(workflow_id), [str(i) for i in node_ids]], **self.options())
+
+    def ready_wake(self) -> bool:
+        """Ring the ready list's bell if nodes wait there unannounced (its message was lost); the
+        recovery sweep asks. Returns whether it rang. Raises when Redis cannot be reached."""
+        from . import ready
+
+        return ready.enabled() and ready.wake()
 
     def messages_lost(self) -> bool:
         """Whether the broker lost the messages it held: the marker message of :data:`MARKER_QUEUE`

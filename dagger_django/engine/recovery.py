@@ -210,6 +210,20 @@ def broker_loss_check() -> bool:
     return True
 
 
+def ready_wake() -> bool:
+    """Have the dispatcher announce nodes that wait for a worker unannounced (``ready_wake()``:
+    ``CeleryDispatcher``'s ready list, whose message was lost); a dispatcher without it is never
+    asked. Returns whether it announced any. When it cannot, the next sweep asks again."""
+    wake = getattr(ports.get_dispatcher(), "ready_wake", None)
+    if wake is None:
+        return False
+    try:
+        return bool(wake())
+    except Exception as exc:  # noqa: BLE001 - the broker is down: ask again at the next sweep
+        logger.info("could not look at the ready list (%r)", exc)
+        return False
+
+
 def backoffs_forget() -> tuple[int, int]:
     """Drop the re-send backoff of the nodes, stop hooks and listener deliveries that wait for a
     message (``redispatch_at`` still ahead): the copies sent so far are gone with the broker's
@@ -265,6 +279,7 @@ def nodes_recover(*, lease_seconds: float | None = None, limit: int | None = Non
     lease = _lease(lease_seconds)
     recovered = 0
     broker_loss_check()
+    ready_wake()
     hooks = stop_hooks_recover(lease_seconds=lease, limit=limit)
     for node_id, workflow_id in stranded_nodes(lease_seconds=lease, limit=limit):
         try:

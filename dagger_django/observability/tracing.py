@@ -1,7 +1,7 @@
 """OpenTelemetry traces of dagger's work (docs/observability.md).
 
 Spans: each dagger Celery task a worker runs (``dagger_django.run_node``, ``run_nodes``,
-``fire_timer``, ``run_stop_hooks``, ``sweep_timers``, ``recover_nodes``), each batch the Kafka
+``run_ready``, ``fire_timer``, ``run_stop_hooks``, ``sweep_timers``, ``recover_nodes``), each batch the Kafka
 bridge routes, each outbox publish. The context travels in W3C ``traceparent``/``tracestate``
 headers: in Celery messages (set when a task is published, read when it runs) and in Kafka
 messages (written with the outbox row by the code that sent it, else set by the relay's
@@ -108,6 +108,11 @@ def kafka_headers(existing: list[tuple[str, Any]]) -> list[tuple[str, bytes]]:
     carrier: dict[str, str] = {}
     _otel[1].inject(carrier)
     return [(name, value.encode("ascii")) for name, value in carrier.items() if name in TRACE_HEADERS]
+
+
+def active() -> bool:
+    """Whether something is being traced here (the current context holds a valid span)."""
+    return _otel is not None and _otel[0].get_current_span().get_span_context().is_valid
 
 
 def context_headers() -> dict[str, str]:
