@@ -852,7 +852,14 @@ def test_celery_dispatcher_sends_timer_work_to_the_timer_queue(settings: Any, mo
     from dagger_django.adapters.celery import CeleryDispatcher
     from dagger_django.engine import ports
 
-    settings.DAGGER = {**getattr(settings, "DAGGER", {}), "CELERY_QUEUE": "main", "TIMER_QUEUE": "timers"}
+    # READY_LIST off: run_node as a message of its own (the ready list's announcements go to
+    # CELERY_QUEUE too: tests/e2e/test_ready_list.py).
+    settings.DAGGER = {
+        **getattr(settings, "DAGGER", {}),
+        "CELERY_QUEUE": "main",
+        "TIMER_QUEUE": "timers",
+        "READY_LIST": False,
+    }
     sent: list[tuple[str, dict[str, Any]]] = []
     for name in ("run_node", "fire_timer", "sweep_timers", "run_stop_hooks"):
         task = getattr(celery_tasks, name)
