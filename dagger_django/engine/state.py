@@ -18,9 +18,9 @@ import datetime as dt
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import connections, router
 from django.db.models import (
@@ -41,6 +41,8 @@ from ..models import HistoryRecord, Node, NodePage, NodeType, Status, StopHook, 
 from ..models.history import history_event
 from ..models.status import TERMINAL, TIMER_TRANSITIONS, NodeKind, sole_source, transition
 from . import ports
+
+T = TypeVar("T")
 
 S = Status
 
@@ -121,9 +123,8 @@ def _update_arrays(conn: Any, model: type[Model], fields: list[str], objs: list[
     """:func:`update_rows` of many rows on PostgreSQL: one ``UPDATE ... FROM unnest(...)`` with an
     array per column, instead of one statement per row (a batch of 50 workflows made 50)."""
     binary = _binary_params(conn)
-    key = (conn.alias, "update_arrays", model, tuple(fields), binary)
-    cached = _ARRAY_STATEMENTS.get(key)
-    if cached is None:
+
+    def build() -> tuple[str, list[tuple[str, Any, Any]]]:
         meta = model._meta
         qn = conn.ops.quote_name
         pk = meta.pk
@@ -141,7 +142,9 @@ def _update_arrays(conn: Any, model: type[Model], fields: list[str], objs: list[
             qn(pk.column),
         )
         preparers = field_preparers(conn, columns)
-        cached = _ARRAY_STATEMENTS[key] = (sql, [(name, prep, None) for name, prep in preparers])
+        return sql, [(name, prep, None) for name, prep in preparers]
+
+    cached = _compiled((conn.alias, "update_arrays", model, tuple(fields), binary), build)
     sql, preparers = cached
     params = [[prep(_plain(getattr(obj, attname)), conn) for obj in objs] for attname, prep, _ in preparers]
     with conn.cursor() as cursor:
@@ -203,9 +206,8 @@ def insert_arrays(
         objs = model.objects.bulk_create([model(**row) for row in rows])
         return [obj.pk for obj in objs] if returning_ids else []
     binary = _binary_params(conn)
-    key = (conn.alias, "insert_arrays", model, returning_ids, binary)
-    cached = _ARRAY_STATEMENTS.get(key)
-    if cached is None:
+
+    def build() -> tuple[str, list[tuple[str, Any, Any]]]:
         qn = conn.ops.quote_name
         pk = meta.pk
         assert pk is not None
@@ -232,7 +234,9 @@ def insert_arrays(
             sql = f"INSERT INTO {table} ({columns}) SELECT {names} FROM ({rows_sql}) AS u"
         preparers = field_preparers(conn, model_fields)
         fields = {f.attname: f for f in model_fields}
-        cached = _ARRAY_STATEMENTS[key] = (sql, [(name, prep, fields[name]) for name, prep in preparers])
+        return sql, [(name, prep, fields[name]) for name, prep in preparers]
+
+    cached = _compiled((conn.alias, "insert_arrays", model, returning_ids, binary), build)
     sql, columns_of = cached
     params = []
     for attname, prep, f in columns_of:
@@ -276,7 +280,20 @@ def _plain(value: Any) -> Any:
     return str.__str__(value) if isinstance(value, str) and type(value) is not str else value
 
 
-_ARRAY_STATEMENTS: dict[tuple[Any, ...], tuple[str, list[tuple[str, Any, Any]]]] = {}
+#: Statements composed once per process (:func:`_compiled`): their SQL depends only on the
+#: connection's backend and the models, so it is built at first use, then looked up.
+_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+
+
+def _compiled(key: tuple[Any, ...], build: Callable[[], T]) -> T:
+    """What ``build`` makes for ``key`` (the connection's alias first, then what else the
+    statement depends on), built at its first use in this process and kept."""
+    try:
+        return _STATEMENTS[key]  # type: ignore[no-any-return]
+    except KeyError:
+        made = _STATEMENTS[key] = build()
+        return made
+
 
 #: (alias, verb, model, fields) -> (SQL, [(attname, prepare)]): built once per process.
 _STATEMENTS: dict[tuple[Any, ...], tuple[str, list[tuple[str, Any]]]] = {}
@@ -442,18 +459,15 @@ def recovery_marks(
     return leased, resend, hooks
 
 
-_PAGES_SQL: dict[str, str] = {}
-
-
 def _pages_read(cursor: Any, conn: Any, workflow_ids: list[Any]) -> dict[Any, list[tuple[int, Any]]]:
     """``{workflow id: [(number, nodes), ...]}`` of the further pages of ``workflow_ids``."""
-    sql = _PAGES_SQL.get(conn.alias)
-    if sql is None:
-        qn = conn.ops.quote_name
-        sql = _PAGES_SQL[conn.alias] = (
-            f"SELECT workflow_id, number, nodes FROM {qn(NodePage._meta.db_table)}"
+    sql = _compiled(
+        (conn.alias, "pages_read"),
+        lambda: (
+            f"SELECT workflow_id, number, nodes FROM {conn.ops.quote_name(NodePage._meta.db_table)}"
             " WHERE workflow_id = ANY(%s) ORDER BY workflow_id, number"
-        )
+        ),
+    )
     out: dict[Any, list[tuple[int, Any]]] = defaultdict(list)
     if conn.vendor != "postgresql":
         rows = NodePage.objects.filter(workflow_id__in=workflow_ids).order_by("workflow_id", "number")
@@ -646,13 +660,14 @@ class Reuse:
         with conn.cursor() as cursor:
             todo = ids
             if any(i in kept for i in ids):
-                sql = _NARROW_SQL.get(conn.alias)
-                if sql is None:
-                    qn = conn.ops.quote_name
-                    sql = _NARROW_SQL[conn.alias] = (
-                        f"SELECT id, xmin::text::bigint, {_XID_SQL} FROM {qn(Workflow._meta.db_table)}"
+                sql = _compiled(
+                    (conn.alias, "lock_narrow"),
+                    lambda: (
+                        f"SELECT id, xmin::text::bigint, {_XID_SQL}"
+                        f" FROM {conn.ops.quote_name(Workflow._meta.db_table)}"
                         " WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
-                    )
+                    ),
+                )
                 # Every row is locked here, in id order; the rows to load are read under that lock.
                 cursor.execute(sql, [[prep(i, conn) for i in ids]])
                 todo = []
@@ -699,7 +714,6 @@ class Reuse:
 
 
 _XID_LOADERS: dict[str, _RowLoader] = {}
-_NARROW_SQL: dict[str, str] = {}
 
 
 @contextmanager
@@ -1004,15 +1018,15 @@ def _timers_cancel(states: list[WorkflowState]) -> None:
     workflows = [state.workflow.id for state in states]
     whole = [state.workflow.id for state in states if None in state.cancel_timers_for]
     node_ids = [i for state in states if None not in state.cancel_timers_for for i in state.cancel_timers_for]
-    sql = _CANCEL_SQL.get(conn.alias)
-    if sql is None:
-        qn = conn.ops.quote_name
-        # Node ids are unique across workflows: a node's timers are found by its id alone, and
-        # the workflow ids keep the statement on the timers' workflow index.
-        sql = _CANCEL_SQL[conn.alias] = (
-            f"UPDATE {qn(Timer._meta.db_table)} SET status = %s"
+    # Node ids are unique across workflows: a node's timers are found by its id alone, and
+    # the workflow ids keep the statement on the timers' workflow index.
+    sql = _compiled(
+        (conn.alias, "timers_cancel"),
+        lambda: (
+            f"UPDATE {conn.ops.quote_name(Timer._meta.db_table)} SET status = %s"
             " WHERE workflow_id = ANY(%s) AND status = %s AND (workflow_id = ANY(%s) OR node_id = ANY(%s))"
-        )
+        ),
+    )
     params = [TimerStatus.CANCELLED.value, workflows, cancelled_from, whole, node_ids]
     with conn.cursor() as cursor:
         cursor.execute(sql, params)
@@ -1079,13 +1093,13 @@ def _pages_write(pages: list[tuple[Any, int, list[Any]]]) -> None:
                 workflow_id=workflow_id, number=number, defaults={"nodes": nodes}
             )
         return
-    sql = _PAGES_WRITE_SQL.get(conn.alias)
-    if sql is None:
-        qn = conn.ops.quote_name
-        sql = _PAGES_WRITE_SQL[conn.alias] = (
-            f"INSERT INTO {qn(NodePage._meta.db_table)} (workflow_id, number, nodes) VALUES (%s, %s, %s)"
-            " ON CONFLICT (workflow_id, number) DO UPDATE SET nodes = EXCLUDED.nodes"
-        )
+    sql = _compiled(
+        (conn.alias, "pages_write"),
+        lambda: (
+            f"INSERT INTO {conn.ops.quote_name(NodePage._meta.db_table)} (workflow_id, number, nodes)"
+            " VALUES (%s, %s, %s) ON CONFLICT (workflow_id, number) DO UPDATE SET nodes = EXCLUDED.nodes"
+        ),
+    )
     field = NodePage._meta.get_field("nodes")
     params = [[w, number, conn.ops.adapt_json_value(nodes, field.encoder)] for w, number, nodes in pages]
     with conn.cursor() as cursor:
@@ -1093,7 +1107,3 @@ def _pages_write(pages: list[tuple[Any, int, list[Any]]]) -> None:
             cursor.execute(sql, params[0])
         else:
             cursor.executemany(sql, params)
-
-
-_PAGES_WRITE_SQL: dict[str, str] = {}
-_CANCEL_SQL: dict[str, str] = {}
