@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .harness import percentile
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/dagger_pages"
 SLOW_MS = 50.0
@@ -366,11 +368,6 @@ def _rows() -> dict[str, int]:
 # ==================================================================================================
 # measure
 # ==================================================================================================
-def _pct(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1))))]
-
-
 def _explain(sql: str, params: Any) -> str:
     from django.db import connection
 
@@ -420,7 +417,7 @@ def time_page(client: Any, urls: list[str], *, explain_over_ms: float = SLOW_MS)
         "url": urls[0],
         "requests": len(urls),
         "median_ms": round(statistics.median(timings), 2),
-        "p95_ms": round(_pct(timings, 95), 2),
+        "p95_ms": round(percentile(timings, 95), 2),
         "queries": queries,
         "slowest_sql": {"ms": round(ms, 2), "sql": connection.ops.compose_sql(sql, params) if sql else ""},
     }
