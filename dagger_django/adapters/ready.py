@@ -184,7 +184,11 @@ def take(task_id: str) -> list[tuple[uuid.UUID, uuid.UUID]]:
         keys=[ready, taken], args=[max(1, int(dagger_settings.DISPATCH_BATCH)), TAKEN_TTL], client=client
     )
     if int(waiting) > 0:
-        ring()
+        try:
+            ring()
+        except Exception as exc:  # noqa: BLE001 - this batch still runs; the rest is announced later
+            # By the next append once the bell expires, or by the recovery sweep (wake).
+            logger.warning("ready list: could not announce %s waiting node(s) (%r)", waiting, exc)
     return [target for target in (decode(item) for item in batch) if target is not None]
 
 

@@ -125,6 +125,22 @@ def test_an_announcement_that_fails_clears_the_bell_and_raises(own_queue: str, m
     assert _messages(own_queue) == ["dagger_django.run_ready"]
 
 
+def test_a_task_whose_announcement_of_the_rest_fails_still_runs_its_batch(
+    own_queue: str, monkeypatch: Any, caplog: Any
+) -> None:
+    targets = _targets(4)
+    _redis().rpush(ready._keys()[0], *[f"{w}:{n}" for w, n in targets])
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("the broker is gone")
+
+    monkeypatch.setattr(celery_tasks.run_ready, "apply_async", refuse)
+    assert ready.take("task") == targets[:2]  # its batch, to run now
+    assert "could not announce 2 waiting node(s)" in caplog.text
+    assert ready.waiting() == 2  # the rest waits for the next bell or the recovery sweep
+    assert not _redis().exists(ready._keys()[1])
+
+
 def test_the_recovery_sweep_announces_a_list_whose_message_was_lost(own_queue: str) -> None:
     previous = ports.set_dispatcher(CeleryDispatcher())
     try:
