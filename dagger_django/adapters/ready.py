@@ -52,11 +52,12 @@ TAKEN_TTL = 24 * 3600
 #: Seconds a Redis call may take before it counts as failed (the send is then owed: recovery).
 SOCKET_TIMEOUT = 2.0
 
-# Moves a batch from the ready list into the task's own list, or gives back the batch the task
-# already holds (a redelivered or retried task). A task takes half of what waits, at most ARGV[1]
-# nodes: a backlog is shared between the pool processes that are free instead of one taking it
-# all. Returns {nodes left waiting, the batch}.
+# Clears the bell (KEYS[3]), then moves a batch from the ready list into the task's own list, or
+# gives back the batch the task already holds (a redelivered or retried task). A task takes half
+# of what waits, at most ARGV[1] nodes: a backlog is shared between the pool processes that are
+# free instead of one taking it all. Returns {nodes left waiting, the batch}.
 _TAKE = """
+redis.call('DEL', KEYS[3])
 local held = redis.call('LRANGE', KEYS[2], 0, -1)
 local waiting = redis.call('LLEN', KEYS[1])
 if #held > 0 then
@@ -115,7 +116,7 @@ def _client() -> Any:
 def _keys(task_id: str | None = None) -> tuple[str, str, str]:
     """The ready list, its bell and ``task_id``'s own list, named after the queue the bell's
     messages go to (projects and test runs sharing a Redis database keep apart as their queues
-    do). The braces keep them in one slot of a Redis cluster (the take script touches two)."""
+    do). The braces keep them in one slot of a Redis cluster (the take script touches all three)."""
     queue = dagger_settings.CELERY_QUEUE or _app().conf.task_default_queue or "celery"
     base = f"dagger:{{{queue}}}"
     return f"{base}:ready", f"{base}:bell", f"{base}:taken:{task_id or ''}"
@@ -179,9 +180,10 @@ def take(task_id: str) -> list[tuple[uuid.UUID, uuid.UUID]]:
     from the ready list. Clears the bell first, and rings it again when nodes are left waiting."""
     ready, bell, taken = _keys(task_id)
     client = _client()
-    client.delete(bell)
     waiting, batch = _local.take(
-        keys=[ready, taken], args=[max(1, int(dagger_settings.DISPATCH_BATCH)), TAKEN_TTL], client=client
+        keys=[ready, taken, bell],
+        args=[max(1, int(dagger_settings.DISPATCH_BATCH)), TAKEN_TTL],
+        client=client,
     )
     if int(waiting) > 0:
         try:
